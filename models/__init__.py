@@ -1,0 +1,21 @@
+"""Flax NNX recommenders, one per file, all on the interface of :mod:`.base`."""
+
+from mirrorgrad_jax.models.base import Constant, Recommender, available_models, build_config, get_model, register
+from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
+from mirrorgrad_jax.models.lightgcn import LightGCN, LightGCNConfig
+from mirrorgrad_jax.models.vbpr import VBPR, VBPRConfig
+
+__all__ = [
+    "BPRMF",
+    "BPRMFConfig",
+    "Constant",
+    "LightGCN",
+    "LightGCNConfig",
+    "Recommender",
+    "VBPR",
+    "VBPRConfig",
+    "available_models",
+    "build_config",
+    "get_model",
+    "register",
+]
