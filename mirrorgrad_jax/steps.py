@@ -7,7 +7,10 @@ mirror step applies its two inner updates in place, one after the other, exactly
 the reference trainer's two ``optimizer.step()`` calls, so XLA never has to keep two
 copies of large embedding tables alive around a conditional.
 
-``loss_fn(params, batch, key) -> loss`` or ``-> (loss, aux)`` with ``has_aux=True``.
+``loss_fn(params, batch, key, *context) -> loss`` or ``-> (loss, aux)`` with
+``has_aux=True``; ``context`` holds non-differentiated inputs that are not split per
+batch (model constants, graphs), passed as arguments so they are not baked into the
+compiled program.
 The mirror pass gets a fresh key (``jax.random.fold_in(key, 1)``) so dropout-like
 layers draw new randomness, as in the reference.
 """
@@ -22,11 +25,11 @@ import optax
 
 __all__ = ["TrainSteps", "make_train_steps", "make_block_step", "epoch_layout"]
 
-StepFn = Callable[[Any, Any, Any, jax.Array], tuple[Any, Any, jax.Array, Any]]
+StepFn = Callable[..., tuple[Any, Any, jax.Array, Any]]
 
 
 class TrainSteps(NamedTuple):
-    """Pure (unjitted) step functions ``(params, opt_state, batch, key) -> (params, opt_state, loss, aux)``.
+    """Pure step functions ``(params, opt_state, batch, key, *context) -> (params, opt_state, loss, aux)``.
 
     ``loss`` is the first-pass loss (the one the reference logs); ``aux`` is the
     auxiliary output of the LAST forward pass of the step (the second pass on
@@ -47,7 +50,7 @@ def make_train_steps(
     """Builds the normal and mirror train steps for ``tx``.
 
     Args:
-      loss_fn: ``loss_fn(params, batch, key)`` returning the loss, or ``(loss, aux)``
+      loss_fn: ``loss_fn(params, batch, key, *context)`` returning the loss, or ``(loss, aux)``
         when ``has_aux``.
       tx: a :func:`~mirrorgrad_jax.mirror_gradient` transformation in
         ``mode="transparent"`` (or any optax transformation when ``mirror=False``).
@@ -60,22 +63,22 @@ def make_train_steps(
     """
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
-    def evaluate(params, batch, key):
-        out, grads = value_and_grad(params, batch, key)
+    def evaluate(params, batch, key, context):
+        out, grads = value_and_grad(params, batch, key, *context)
         loss, aux = out if has_aux else (out, None)
         return loss, aux, grads
 
-    def normal(params, opt_state, batch, key):
-        loss, aux, grads = evaluate(params, batch, key)
+    def normal(params, opt_state, batch, key, *context):
+        loss, aux, grads = evaluate(params, batch, key, context)
         extra = {"mirror": False} if mirror else {}
         updates, opt_state = tx.update(grads, opt_state, params, **extra)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
-    def mirrored(params, opt_state, batch, key):
-        loss, _, grads = evaluate(params, batch, key)
+    def mirrored(params, opt_state, batch, key, *context):
+        loss, _, grads = evaluate(params, batch, key, context)
         updates, opt_state = tx.update(grads, opt_state, params, mirror=True)
         params = optax.apply_updates(params, updates)
-        _, aux, grads = evaluate(params, batch, jax.random.fold_in(key, 1))
+        _, aux, grads = evaluate(params, batch, jax.random.fold_in(key, 1), context)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux
 
@@ -90,13 +93,13 @@ def make_block_step(steps: TrainSteps, beta: int) -> StepFn:
     returns the per-batch losses ``(beta,)`` and the aux of the last batch.
     """
 
-    def block(params, opt_state, batches, keys):
+    def block(params, opt_state, batches, keys, *context):
         losses = []
         aux = None
         for j in range(beta):
             batch = jax.tree.map(lambda b: b[j], batches)
             step = steps.mirror if j == 0 else steps.normal
-            params, opt_state, loss, aux = step(params, opt_state, batch, keys[j])
+            params, opt_state, loss, aux = step(params, opt_state, batch, keys[j], *context)
             losses.append(loss)
         return params, opt_state, jnp.stack(losses), aux
 

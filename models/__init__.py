@@ -1,6 +1,6 @@
 """Flax NNX recommenders, one per file, all on the interface of :mod:`.base`."""
 
-from mirrorgrad_jax.models.base import Constant, Recommender, available_models, build_config, get_model, register
+from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, available_models, build_config, get_model, register
 from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
 from mirrorgrad_jax.models.lightgcn import LightGCN, LightGCNConfig
 from mirrorgrad_jax.models.vbpr import VBPR, VBPRConfig
@@ -13,6 +13,7 @@ __all__ = [
     "LightGCNConfig",
     "Recommender",
     "VBPR",
+    "TrainingCache",
     "VBPRConfig",
     "available_models",
     "build_config",

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["Constant", "Recommender", "register", "get_model", "available_models", "xavier_uniform", "xavier_normal"]
+__all__ = ["Constant", "TrainingCache", "Recommender", "register", "get_model", "available_models", "xavier_uniform", "xavier_normal"]
 
 # torch's xavier initialisers on an (n, d) table: U(+-sqrt(6/(n+d))) and N(0, 2/(n+d)),
 # symmetric in n and d. jax's glorot_normal truncates, so the normal one is spelled out.
@@ -33,6 +33,16 @@ xavier_normal = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 class Constant(nnx.Variable):
     """A non-trainable array held by a model (features, graph edges, frozen tensors)."""
+
+
+class TrainingCache(nnx.Variable):
+    """An output of the training forward pass kept for evaluation ("stale" evaluation).
+
+    Several reference models rank items with the representation cached by the LAST
+    training forward of the epoch instead of recomputing it. A model reproduces that by
+    assigning to a ``TrainingCache`` variable inside ``loss``; the trainer carries the
+    value out of its jitted epoch and writes it back before evaluating.
+    """
 
 
 class Recommender(nnx.Module):

@@ -1,0 +1,36 @@
+"""Datasets for mirrorgrad-jax: the MMRec format, synthetic and MovieLens data, sampling.
+
+* :class:`RecDataset`, :func:`load_mmrec`, :func:`write_mmrec`: the immutable dataset
+  and the MMRec on-disk format, validated with :class:`DatasetError`.
+* :func:`per_user_split`: the reference's per-user random train/valid/test split.
+* :func:`make_synthetic`, :data:`SYNTHETIC_DEFAULT`: a generated multimodal dataset.
+* :func:`load_movielens_100k`: MovieLens-100K with text and metadata features.
+* :func:`sample_negatives`, :func:`epoch_batches`: the reference's training batches.
+"""
+
+from mirrorgrad_jax.data.dataset import (
+    SPLIT_LABELS,
+    DatasetError,
+    RecDataset,
+    load_mmrec,
+    per_user_split,
+    write_mmrec,
+)
+from mirrorgrad_jax.data.movielens import load_movielens_100k
+from mirrorgrad_jax.data.sampling import EpochBatches, epoch_batches, sample_negatives
+from mirrorgrad_jax.data.synthetic import SYNTHETIC_DEFAULT, make_synthetic
+
+__all__ = [
+    "SPLIT_LABELS",
+    "SYNTHETIC_DEFAULT",
+    "DatasetError",
+    "EpochBatches",
+    "RecDataset",
+    "epoch_batches",
+    "load_mmrec",
+    "load_movielens_100k",
+    "make_synthetic",
+    "per_user_split",
+    "sample_negatives",
+    "write_mmrec",
+]
