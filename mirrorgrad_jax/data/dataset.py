@@ -150,7 +150,9 @@ def _check_features(
     checked: dict[str, np.ndarray] = {}
     for modality, values in features.items():
         if not isinstance(modality, str) or not modality:
-            raise DatasetError(f"feature modality names must be non-empty strings, got {modality!r}")
+            raise DatasetError(
+                f"feature modality names must be non-empty strings, got {modality!r}"
+            )
         label = (sources or {}).get(modality, f"the {modality!r} feature matrix")
         arr = np.asarray(values)
         if arr.ndim != 2:
@@ -493,6 +495,14 @@ class RecDataset:
             lines.append(f"  user graph: {s['num_users']} users")
         return "\n".join(lines)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # MappingProxyType cannot be pickled; rebuild (and re-validate) from plain dicts.
+        graph = None if self.user_graph is None else dict(self.user_graph)
+        return type(self), (
+            self.name, self.num_users, self.num_items, self.train, self.valid, self.test,
+            dict(self.features), graph,
+        )  # fmt: skip
+
     def __repr__(self) -> str:
         s = self.stats()
         return (
@@ -596,7 +606,7 @@ def _locate_bad_value(path: Path, header: list[str], columns: list[int]) -> str:
 
 def _read_inter(path: Path) -> np.ndarray:
     """Reads (userID, itemID, x_label) as an (E, 3) int64 array in file order."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         header = handle.readline().rstrip("\r\n").split("\t")
     header = [column.strip() for column in header]
     missing = [column for column in _REQUIRED_COLUMNS if column not in header]

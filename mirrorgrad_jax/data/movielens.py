@@ -340,7 +340,8 @@ def build_movielens(
     if text_encoder not in ("tfidf", "minilm"):
         raise ValueError(f"text_encoder must be 'tfidf' or 'minilm', got {text_encoder!r}")
     pairs = np.stack([raw.users, raw.items], axis=1)
-    _, first = np.unique(pairs[:, 0] * (int(pairs[:, 1].max()) + 1) + pairs[:, 1], return_index=True)
+    keys = pairs[:, 0] * (int(pairs[:, 1].max()) + 1) + pairs[:, 1]
+    _, first = np.unique(keys, return_index=True)
     if len(first) < len(pairs):
         if verbose:
             print(f"[{name}] dropped {len(pairs) - len(first)} duplicate (user, item) ratings")
@@ -507,7 +508,7 @@ def load_movielens_100k(
     cache_dir = Path(cache_dir).expanduser()
     info_path = cache_dir / "build_info.json"
     expected = {"format": _CACHE_FORMAT, "text_encoder": text_encoder}
-    if info_path.is_file():
+    if info_path.is_file() and (cache_dir / f"{DATASET_NAME}.inter").is_file():
         info = json.loads(info_path.read_text())
         if {key: info.get(key) for key in expected} == expected:
             return load_mmrec(cache_dir, DATASET_NAME, verbose=verbose)

@@ -56,7 +56,8 @@ def sample_negatives(
 
     Each negative is uniform over ``item_pool`` minus that user's train items: all
     entries are drawn at once, tested against the CSR with ``searchsorted``, and only
-    the rejected ones are redrawn.
+    the rejected ones are redrawn. Indexing the CSR costs O(E) per call, so draw a
+    whole epoch in one call (as :func:`epoch_batches` does) rather than per batch.
 
     Args:
         users: ``(n,)`` user ids.
@@ -84,11 +85,18 @@ def sample_negatives(
         raise ValueError("the item pool is empty; there is nothing to sample negatives from")
     if len(users) == 0:
         return np.zeros(0, dtype=np.int32)
+    num_users = len(indptr) - 1
+    if users.min() < 0 or users.max() >= num_users:
+        raise ValueError(
+            f"user ids must be in 0..{num_users - 1}, got {users.min()}..{users.max()}"
+        )
 
     width = int(max(pool.max(), indices.max(initial=-1))) + 1
     owners = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
     keys = owners * width + indices  # sorted: CSR rows are in user order, items sorted
     negatives = pool[rng.integers(0, len(pool), size=len(users))]
+    if len(keys) == 0:  # no train rows at all: nothing to reject
+        return negatives.astype(np.int32)
     pending = np.flatnonzero(_in_train(users, negatives, keys, width))
 
     rounds = 0

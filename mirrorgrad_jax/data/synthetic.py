@@ -19,7 +19,11 @@ The generative story:
 
 Everything is drawn from ``np.random.default_rng(seed)``, so the dataset is a pure
 function of the arguments. Baby-sized data (19k users, 7k items, 160k interactions)
-takes a few seconds.
+takes about two seconds.
+
+The defaults make the personal signal dominate popularity: on ``SYNTHETIC_DEFAULT``,
+test recall@20 is about 0.01 for random ranking, 0.14 for popularity ranking and 0.25
+for a rank-16 PureSVD of the train matrix.
 
 Example::
 
