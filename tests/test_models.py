@@ -80,3 +80,21 @@ def test_vbpr_without_features_is_refused():
     ds = make_synthetic(num_users=30, num_items=20, modalities={}, seed=1)
     with pytest.raises(ValueError, match="VBPR needs item features"):
         VBPR(ds, build_config(VBPR, {}), rngs=nnx.Rngs(0))
+
+
+def test_vbpr_projection_variants_agree(tiny):
+    batch = _batch(tiny)
+    out = {}
+    for projection in ("all_items", "batch_items"):
+        model = VBPR(tiny, build_config(VBPR, {"embedding_size": 8, "projection": projection}), rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        loss_fn = lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0))
+        out[projection] = jax.value_and_grad(loss_fn)(params)
+        assert model.scores(jnp.arange(3)).shape == (3, tiny.num_items)
+    (la, ga), (lb, gb) = out["all_items"], out["batch_items"]
+    # Same maths, different float32 summation order: 1e-5 relative.
+    np.testing.assert_allclose(la, lb, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="projection must be"):
+        build_config(VBPR, {"projection": "some"})

@@ -1,0 +1,443 @@
+"""Tests of the graph building blocks against small dense numpy computations.
+
+Float32 results are compared with float64 numpy references at ``atol/rtol = 1e-5`` (a few
+float32 ulps on values of order 1) unless a test says otherwise; integer outputs and sampled
+sets are compared exactly. Sampling statistics use fixed seeds and tolerances of 5 binomial
+standard deviations, so a correct implementation fails with probability below 1e-6 per check.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mirrorgrad_jax.graph import (
+    CooAdjacency,
+    UserNeighbourLists,
+    bipartite_edges,
+    build_user_graph,
+    combine_knn,
+    kept_edge_count,
+    knn_item_graph,
+    knn_propagate,
+    knn_topk_cosine,
+    normalize_knn_values,
+    normalized_bipartite_adjacency,
+    pack_user_graph,
+    propagate,
+    sample_edges_degree_sensitive,
+    sample_user_neighbours,
+    segment_mean,
+    segment_softmax,
+    symmetric_edge_norm,
+)
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+# 3 users x 4 items; (1, 2) appears twice to exercise de-duplication.
+U, I = 3, 4
+TRAIN = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 3], [1, 2], [0, 3]])
+DISTINCT = np.unique(TRAIN, axis=0)
+
+
+def _dense(rows, cols, values, n):
+    mat = np.zeros((n, n))
+    np.add.at(mat, (np.asarray(rows), np.asarray(cols)), np.asarray(values, np.float64))
+    return mat
+
+
+def _binary_adjacency(pairs, num_users, num_items):
+    a = np.zeros((num_users + num_items,) * 2)
+    a[pairs[:, 0], pairs[:, 1] + num_users] = 1.0
+    a[pairs[:, 1] + num_users, pairs[:, 0]] = 1.0
+    return a
+
+
+# ---------------------------------------------------------------------------------------
+# A_sym and COO propagation.
+
+
+def test_normalized_bipartite_adjacency_matches_dense_sym_normalisation():
+    adj = normalized_bipartite_adjacency(TRAIN, U, I)
+    a = _binary_adjacency(DISTINCT, U, I)
+    d = a.sum(1) + 1e-7
+    expected = a / np.sqrt(np.outer(d, d))
+    np.testing.assert_allclose(_dense(adj.rows, adj.cols, adj.values, U + I), expected, **TOL)
+    assert np.all(np.diff(adj.rows) >= 0)
+    x = np.random.default_rng(0).normal(size=(U + I, 3)).astype(np.float32)
+    np.testing.assert_allclose(propagate(adj, jnp.asarray(x)), expected @ x, **TOL)
+
+
+# ---------------------------------------------------------------------------------------
+# PyG edge lists and aggregations.
+
+
+def test_bipartite_edges_offsets_items_and_appends_reversed_copy():
+    senders, receivers = bipartite_edges(TRAIN, U)
+    e = len(DISTINCT)
+    assert senders.dtype == np.int32 and receivers.dtype == np.int32
+    np.testing.assert_array_equal(senders[:e], DISTINCT[:, 0])
+    np.testing.assert_array_equal(receivers[:e], DISTINCT[:, 1] + U)
+    np.testing.assert_array_equal(senders[e:], receivers[:e])
+    np.testing.assert_array_equal(receivers[e:], senders[:e])
+    np.testing.assert_array_equal(_dense(senders, receivers, np.ones(2 * e), U + I), _binary_adjacency(DISTINCT, U, I))
+
+
+def test_bipartite_edges_one_directional_and_without_dedupe():
+    senders, receivers = bipartite_edges(TRAIN, U, bidirectional=False, dedupe=False)
+    np.testing.assert_array_equal(senders, TRAIN[:, 0])
+    np.testing.assert_array_equal(receivers, TRAIN[:, 1] + U)
+    with pytest.raises(ValueError, match="user 3"):
+        bipartite_edges(np.array([[3, 0]]), U)
+
+
+def test_segment_mean_is_sum_over_max_count_one():
+    rng = np.random.default_rng(1)
+    ids = np.array([0, 2, 2, 4, 0, 2])  # segments 1 and 3 are empty
+    data = rng.normal(size=(6, 3)).astype(np.float32)
+    member = (ids[None, :] == np.arange(5)[:, None]).astype(np.float64)  # (segments, E)
+    expected = (member @ data) / np.maximum(member.sum(1, keepdims=True), 1)
+    out = jax.jit(segment_mean, static_argnums=2)(data, ids, 5)
+    np.testing.assert_allclose(out, expected, **TOL)
+    np.testing.assert_array_equal(np.asarray(out)[[1, 3]], 0.0)
+    np.testing.assert_allclose(segment_mean(data[:, 0], ids, 5), expected[:, 0], **TOL)
+
+
+def test_segment_softmax_equals_dense_softmax_per_segment_and_sums_to_one():
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 6, size=40)
+    logits = rng.normal(size=(40, 2)) * 3 + 500.0  # large offsets: the max shift must be there
+    out = np.asarray(jax.jit(segment_softmax, static_argnums=2)(logits.astype(np.float32), ids, 7))
+    for seg in range(7):
+        members = ids == seg
+        if members.any():
+            z = logits[members] - logits[members].max(0)
+            np.testing.assert_allclose(out[members], np.exp(z) / np.exp(z).sum(0), **TOL)
+    sums = np.zeros((7, 2))
+    np.add.at(sums, ids, out)
+    present = np.isin(np.arange(7), ids)
+    np.testing.assert_allclose(sums[present], 1.0, atol=1e-5)
+    assert np.isfinite(out).all()
+
+
+def test_symmetric_edge_norm_counts_degree_as_sender_occurrences():
+    senders, receivers = bipartite_edges(TRAIN, U)
+    norm = np.asarray(symmetric_edge_norm(senders, receivers, U + I))
+    deg = np.bincount(senders, minlength=U + I).astype(np.float64)
+    np.testing.assert_allclose(norm, 1 / np.sqrt(deg[senders] * deg[receivers]), **TOL)
+    # The conv out_dst = sum_e norm_e x_src is D^-1/2 A D^-1/2 x on the bidirectional graph.
+    x = np.random.default_rng(3).normal(size=(U + I, 4)).astype(np.float32)
+    out = jax.ops.segment_sum(norm[:, None] * x[senders], receivers, num_segments=U + I)
+    a = _binary_adjacency(DISTINCT, U, I)
+    np.testing.assert_allclose(out, (a / np.sqrt(np.outer(deg, deg))) @ x, **TOL)
+
+
+def test_symmetric_edge_norm_zero_sender_degree_gives_zero_not_inf():
+    # One-directional: items never send, so their degree is 0 and every edge weight is 0.
+    senders, receivers = bipartite_edges(TRAIN, U, bidirectional=False)
+    norm = np.asarray(symmetric_edge_norm(senders, receivers, U + I))
+    np.testing.assert_array_equal(norm, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Item-item kNN graphs.
+
+
+def _brute_force_knn(features, k):
+    f = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sim = f @ f.T
+    idx = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(sim, idx, axis=1), sim
+
+
+FEATS = np.random.default_rng(4).normal(size=(37, 6))
+
+
+@pytest.mark.parametrize("chunk_size", [8, 37, 2048])  # 5 chunks (with padding), 1 chunk, clamped
+def test_knn_topk_cosine_matches_dense_brute_force(chunk_size):
+    k = 5
+    idx, sim = knn_topk_cosine(FEATS.astype(np.float32), k, chunk_size=chunk_size)
+    ref_idx, ref_sim, dense = _brute_force_knn(FEATS, k)
+    # Guard against a near-tie making the check flaky: the k-th and (k+1)-th are well apart.
+    gaps = np.sort(dense, axis=1)[:, ::-1]
+    assert np.min(gaps[:, k - 1] - gaps[:, k]) > 1e-4
+    assert idx.shape == (37, k) and idx.dtype == jnp.int32
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sim, ref_sim, **TOL)
+    np.testing.assert_array_equal(idx[:, 0], np.arange(37))  # the item itself comes first
+
+
+def test_knn_item_graph_binary_values_are_one_over_k():
+    k = 5
+    idx, val = knn_item_graph(FEATS, k, chunk_size=8, values="binary")
+    ref_idx, _, _ = _brute_force_knn(FEATS, k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    # Dense reference: binary pattern, D^-1/2 P D^-1/2 with D the row counts + 1e-7.
+    pattern = np.zeros((37, 37))
+    np.put_along_axis(pattern, ref_idx, 1.0, axis=1)
+    r = pattern.sum(1) + 1e-7
+    dense = pattern / np.sqrt(np.outer(r, r))
+    np.testing.assert_allclose(val, np.take_along_axis(dense, ref_idx, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(val, 1 / (k + 1e-7), rtol=1e-6)
+
+
+def test_knn_item_graph_cosine_values_match_dense_sym_normalised_topk():
+    k = 5
+    idx, val = knn_item_graph(FEATS, k, chunk_size=8, values="cosine")
+    ref_idx, ref_sim, _ = _brute_force_knn(FEATS, k)
+    kept = np.zeros((37, 37))
+    np.put_along_axis(kept, ref_idx, ref_sim, axis=1)
+    r = kept.sum(1)
+    dense = kept / np.sqrt(np.outer(r, r))
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(val, np.take_along_axis(dense, ref_idx, axis=1), **TOL)
+
+
+def test_knn_zero_feature_row_is_finite():
+    feats = FEATS.copy()
+    feats[3] = 0.0
+    idx, val = knn_item_graph(feats, 4, values="cosine")
+    assert np.isfinite(np.asarray(val)).all()
+    with pytest.raises(ValueError, match="k must be"):
+        knn_item_graph(feats, 38)
+
+
+def test_combine_knn_and_propagate_equal_dense_weighted_sum():
+    k = 4
+    rng = np.random.default_rng(5)
+    image = knn_item_graph(rng.normal(size=(37, 6)), k, chunk_size=16)
+    text = knn_item_graph(FEATS, k, chunk_size=16)
+    idx, val = combine_knn([(image, 0.1), (text, 0.9)])
+    assert idx.shape == (37, 2 * k) and val.shape == (37, 2 * k)
+    rows = np.repeat(np.arange(37), k)
+    dense = 0.1 * _dense(rows, np.ravel(image[0]), np.ravel(image[1]), 37) + 0.9 * _dense(
+        rows, np.ravel(text[0]), np.ravel(text[1]), 37
+    )
+    # Both graphs contain every self-loop (1/k each), so overlapping entries must add up.
+    np.testing.assert_allclose(np.diag(dense), 1 / k, rtol=1e-5)
+    np.testing.assert_allclose(dense.sum(1), 1.0, rtol=1e-5)  # row-stochastic average
+    x = rng.normal(size=(37, 3)).astype(np.float32)
+    np.testing.assert_allclose(jax.jit(knn_propagate)(idx, val, x), dense @ x, **TOL)
+    np.testing.assert_allclose(knn_propagate(idx, val, x[:, 0]), dense @ x[:, 0], **TOL)
+
+
+def test_normalize_knn_values_handles_repeated_columns_like_dense():
+    idx = np.array([[0, 1, 1], [1, 2, 0], [2, 2, 2]])
+    val = np.array([[0.5, 0.2, 0.3], [1.0, 0.4, 0.1], [0.0, 0.0, 0.0]], np.float32)
+    rows = np.repeat(np.arange(3), 3)
+    dense = _dense(rows, idx.ravel(), val.ravel(), 3)
+    r = dense.sum(1)
+    inv = np.where(r > 0, 1 / np.sqrt(np.where(r > 0, r, 1)), 0.0)
+    expected = dense * np.outer(inv, inv)
+    out = normalize_knn_values(idx, val)
+    np.testing.assert_allclose(_dense(rows, idx.ravel(), np.ravel(out), 3), expected, **TOL)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-epoch edge sampling.
+
+BACKENDS = {
+    "numpy": lambda seed: np.random.default_rng(seed),
+    "jax": lambda seed: jax.random.key(seed),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("degree_sensitive", [True, False])
+def test_sampled_edges_are_distinct_train_edges_renormalised_and_mirrored(backend, degree_sensitive):
+    keep = 4
+    for seed in range(5):
+        rng = BACKENDS[backend](seed)
+        adj = sample_edges_degree_sensitive(DISTINCT, U, I, keep, rng, degree_sensitive=degree_sensitive)
+        assert isinstance(adj, CooAdjacency) and adj.num_nodes == U + I
+        rows, cols, values = (np.asarray(a) for a in adj[:3])
+        assert rows.shape == cols.shape == values.shape == (2 * keep,)  # static size
+        assert np.all(np.diff(rows) >= 0)
+        forward = rows < U
+        kept = np.stack([rows[forward], cols[forward] - U], axis=1)
+        assert len(kept) == keep
+        assert len(np.unique(kept, axis=0)) == keep  # no duplicates
+        assert set(map(tuple, kept)) <= set(map(tuple, DISTINCT))  # only train edges
+        a = _binary_adjacency(kept, U, I)  # mirrored, re-normalised with the new degrees
+        d = a.sum(1) + 1e-7
+        np.testing.assert_allclose(_dense(rows, cols, values, U + I), a / np.sqrt(np.outer(d, d)), **TOL)
+
+
+def test_sampling_keep_all_returns_the_full_normalised_adjacency():
+    full = normalized_bipartite_adjacency(TRAIN, U, I)
+    adj = sample_edges_degree_sensitive(DISTINCT, U, I, len(DISTINCT), np.random.default_rng(0))
+    for got, want in zip(adj[:3], full[:3]):
+        np.testing.assert_allclose(got, want, **TOL)
+    with pytest.raises(ValueError, match="keep must be"):
+        sample_edges_degree_sensitive(DISTINCT, U, I, len(DISTINCT) + 1, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="Generator or a JAX PRNG key"):
+        sample_edges_degree_sensitive(DISTINCT, U, I, 2, 0)
+    # int(E * (1 - p)) truncates in floating point, as the reference: 1 - 0.9 < 0.1.
+    assert kept_edge_count(100, 0.8) == 19
+    assert kept_edge_count(100, 0.9) == 9
+    assert kept_edge_count(1000, 0.5) == 500
+
+
+# A star: user 0 has every item (degree 5) and users 1..3 have one item each, so the edges of
+# user 0 have weight 1/sqrt(5 d_i) and the others 1/sqrt(d_i): degree-sensitive sampling must
+# prefer the low-degree edges.
+STAR = np.array([[0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [1, 0], [2, 1], [3, 4]])
+STAR_U, STAR_I = 4, 5
+
+
+def _inclusion_probabilities(weights, keep):
+    """Exact P(edge in sample) of sequential weighted draws without replacement."""
+    prob = np.zeros(len(weights))
+    for order in itertools.permutations(range(len(weights)), keep):
+        p, left = 1.0, weights.sum()
+        for e in order:
+            p *= weights[e] / left
+            left -= weights[e]
+        prob[list(order)] += p
+    return prob
+
+
+def _star_inclusion_frequency(backend, degree_sensitive, draws, keep):
+    lookup = {tuple(p): n for n, p in enumerate(STAR)}
+    def rows_cols(rng_or_key):
+        adj = sample_edges_degree_sensitive(STAR, STAR_U, STAR_I, keep, rng_or_key, degree_sensitive=degree_sensitive)
+        return adj.rows, adj.cols
+
+    if backend == "numpy":
+        rng = np.random.default_rng(123)
+        rows = np.stack([np.stack(rows_cols(rng)) for _ in range(draws)])
+    else:
+        keys = jax.random.split(jax.random.key(123), draws)
+        rows = np.asarray(jax.vmap(lambda key: jnp.stack(rows_cols(key)))(keys))
+    counts = np.zeros(len(STAR))
+    for r, c in zip(rows[:, 0, :keep].ravel(), rows[:, 1, :keep].ravel()):  # user -> item half
+        counts[lookup[(int(r), int(c) - STAR_U)]] += 1
+    return counts / draws
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_degree_sensitive_sampling_has_multinomial_without_replacement_inclusion_rates(backend):
+    # Statistical test: over 4000 draws of keep=3 of the 8 star edges, every edge's inclusion
+    # frequency is within 5 binomial std of the exact probability of torch.multinomial(w, 3)
+    # (sequential draws without replacement), with w = 1/sqrt(d_u d_i). In particular every
+    # low-degree edge (users 1..3) is kept more often than a uniform subset would (3/8) and
+    # every edge of the degree-5 user 0 less often.
+    draws, keep = 4000, 3
+    deg_u = np.bincount(STAR[:, 0], minlength=STAR_U)
+    deg_i = np.bincount(STAR[:, 1], minlength=STAR_I)
+    w = 1 / np.sqrt((deg_u[STAR[:, 0]] + 1e-7) * (deg_i[STAR[:, 1]] + 1e-7))
+    expected = _inclusion_probabilities(w, keep)
+    freq = _star_inclusion_frequency(backend, True, draws, keep)
+    tol = 5 * np.sqrt(expected * (1 - expected) / draws)
+    np.testing.assert_array_less(np.abs(freq - expected), tol)
+    assert freq[5:].min() > keep / len(STAR) > freq[:5].max()  # low-degree edges are preferred
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_uniform_sampling_keeps_every_edge_equally_often(backend):
+    draws, keep = 4000, 3
+    freq = _star_inclusion_frequency(backend, False, draws, keep)
+    p = keep / len(STAR)
+    np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / draws))
+
+
+# ---------------------------------------------------------------------------------------
+# User-user graph.
+
+
+def _softmax(x):
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+def test_sample_user_neighbours_truncates_pads_and_softmaxes_counts():
+    k = 6
+    graph = {
+        0: (np.arange(1, 9), np.arange(8, 0, -1).astype(np.float32)),  # 8 >= k neighbours
+        1: ([0, 4, 2], [3.0, 2.0, 1.0]),  # 0 < n < k: padded
+        2: (np.zeros(0, np.int64), np.zeros(0, np.float32)),  # no neighbours
+        3: ([1], [5.0]),  # one neighbour fills every slot
+        4: ([0, 1, 2, 3, 5, 6], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),  # exactly k
+    }
+    num_users = 9  # users 5..8 are missing from the mapping: no neighbours
+    for seed in range(10):
+        idx, weights = sample_user_neighbours(graph, num_users, k, rng=np.random.default_rng(seed))
+        assert idx.shape == weights.shape == (num_users, k)
+        assert idx.dtype == np.int32 and weights.dtype == np.float32
+        np.testing.assert_array_equal(idx[0], np.arange(1, 7))
+        np.testing.assert_allclose(weights[0], _softmax(np.arange(8, 2, -1.0)), **TOL)
+        np.testing.assert_array_equal(idx[1, :3], [0, 4, 2])  # originals stay in place
+        assert set(idx[1, 3:]) <= {0, 4, 2}  # padding only repeats existing neighbours
+        count_of = {0: 3.0, 4: 2.0, 2: 1.0}
+        np.testing.assert_allclose(weights[1], _softmax(np.array([count_of[i] for i in idx[1]])), **TOL)
+        for empty in (2, 5, 6, 7, 8):
+            np.testing.assert_array_equal(idx[empty], 0)
+            np.testing.assert_array_equal(weights[empty], 0.0)
+        np.testing.assert_array_equal(idx[3], 1)
+        np.testing.assert_allclose(weights[3], 1 / k, **TOL)
+        np.testing.assert_array_equal(idx[4], [0, 1, 2, 3, 5, 6])
+    packed = pack_user_graph(graph, num_users, width=10)
+    assert isinstance(packed, UserNeighbourLists)
+    for a, b in zip(
+        sample_user_neighbours(graph, num_users, k, rng=np.random.default_rng(7)),
+        sample_user_neighbours(packed, num_users, k, rng=np.random.default_rng(7)),
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sample_user_neighbours_pads_from_the_growing_list():
+    # Two neighbours (a, b) padded to k = 4: slot 2 copies one of 2 slots, slot 3 one of 3.
+    # That is a Polya urn, so the number of a's is 1, 2 or 3 with probability 1/3 each. Padding
+    # from the original two only would give 1/4, 1/2, 1/4 instead (off by >= 0.083).
+    num_users, k = 6000, 4
+    graph = {u: ([1, 2], [1.0, 1.0]) for u in range(num_users)}
+    idx, _ = sample_user_neighbours(graph, num_users, k, rng=np.random.default_rng(11))
+    freq = np.bincount((idx == 1).sum(1), minlength=5)[1:4] / num_users
+    np.testing.assert_array_less(np.abs(freq - 1 / 3), 5 * np.sqrt(2 / 9 / num_users))
+
+
+def _brute_force_user_graph(train, num_users, max_neighbours):
+    items = [set() for _ in range(num_users)]
+    for u, i in train:
+        items[u].add(i)
+    graph = {}
+    for a in range(num_users):
+        pairs = []
+        for b in range(num_users):
+            shared = len(items[a] & items[b])
+            if b != a and shared > 0:
+                pairs.append((-shared, b))
+        pairs.sort()
+        pairs = pairs[:max_neighbours]
+        graph[a] = ([b for _, b in pairs], [float(-c) for c, _ in pairs])
+    return graph
+
+
+@pytest.mark.parametrize("max_neighbours, pair_budget", [(200, 1 << 23), (3, 1 << 23), (200, 5), (2, 1)])
+def test_build_user_graph_matches_double_loop(max_neighbours, pair_budget):
+    rng = np.random.default_rng(6)
+    num_users = 9  # user 8 has no interactions
+    train = np.stack([rng.integers(0, 8, 40), rng.integers(0, 6, 40)], axis=1)
+    train = np.concatenate([train, train[:5]])  # duplicates must not count twice
+    got = build_user_graph(train, num_users, max_neighbours, pair_budget=pair_budget)
+    want = _brute_force_user_graph(train, num_users, max_neighbours)
+    assert sorted(got) == list(range(num_users))
+    for user in range(num_users):
+        np.testing.assert_array_equal(got[user][0], want[user][0])
+        np.testing.assert_array_equal(got[user][1], want[user][1])
+        assert got[user][1].dtype == np.float32
+    assert len(got[8][0]) == 0
+
+
+def test_built_user_graph_feeds_the_sampler():
+    train = np.array([[0, 0], [1, 0], [1, 1], [2, 1], [3, 2]])
+    graph = build_user_graph(train, 4)
+    idx, weights = sample_user_neighbours(graph, 4, 3, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(idx[0], 1)  # user 0's only neighbour is 1
+    assert set(idx[1]) == {0, 2}
+    np.testing.assert_allclose(weights[:3].sum(1), 1.0, **TOL)
+    np.testing.assert_array_equal(weights[3], 0.0)  # user 3 shares no item
