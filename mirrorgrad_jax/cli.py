@@ -38,7 +38,7 @@ def load_dataset(name: str, *, verbose: bool = True):
     if name == "synthetic":
         return data.make_synthetic(**data.SYNTHETIC_DEFAULT)
     if name == "synthetic-small":
-        return data.make_synthetic(num_users=200, num_items=120, seed=0)
+        return data.make_synthetic(num_users=200, num_items=120, seed=0, name="synthetic-small")
     if name in ("movielens-100k", "ml-100k"):
         return data.load_movielens_100k(verbose=verbose)
     if os.path.isdir(name):
@@ -232,6 +232,12 @@ def _cmd_evaluate(args) -> int:
     saved = load_checkpoint(args.checkpoint)
     meta = saved["meta"]
     dataset = load_dataset(args.dataset or meta["dataset"]["name"])
+    trained_on = meta["dataset"]
+    if (dataset.num_users, dataset.num_items) != (trained_on["num_users"], trained_on["num_items"]):
+        raise SystemExit(
+            f"{args.checkpoint} was trained on {trained_on['name']} ({trained_on['num_users']} users, "
+            f"{trained_on['num_items']} items) but {dataset.name} has {dataset.num_users} users and {dataset.num_items} items"
+        )
     model_cls = get_model(meta["model"])
     model = model_cls(dataset, build_config(model_cls, meta["model_config"]), rngs=nnx.Rngs(params=0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
