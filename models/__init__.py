@@ -3,6 +3,7 @@
 from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, available_models, build_config, get_model, register
 from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
 from mirrorgrad_jax.models.lightgcn import LightGCN, LightGCNConfig
+from mirrorgrad_jax.models.slmrec import SLMRec, SLMRecConfig
 from mirrorgrad_jax.models.vbpr import VBPR, VBPRConfig
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "LightGCN",
     "LightGCNConfig",
     "Recommender",
+    "SLMRec",
+    "SLMRecConfig",
     "VBPR",
     "TrainingCache",
     "VBPRConfig",
