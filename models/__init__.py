@@ -4,7 +4,9 @@ from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, ava
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
+from mirrorgrad_jax.models.grcn import GRCN, GRCNConfig
 from mirrorgrad_jax.models.lightgcn import LightGCN, LightGCNConfig
+from mirrorgrad_jax.models.mmgcn import MMGCN, MMGCNConfig
 from mirrorgrad_jax.models.slmrec import SLMRec, SLMRecConfig
 from mirrorgrad_jax.models.vbpr import VBPR, VBPRConfig
 
@@ -13,6 +15,10 @@ __all__ = [
     "BM3Config",
     "FREEDOM",
     "FREEDOMConfig",
+    "GRCN",
+    "GRCNConfig",
+    "MMGCN",
+    "MMGCNConfig",
     "BPRMF",
     "BPRMFConfig",
     "Constant",
