@@ -3,6 +3,8 @@
 from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, available_models, build_config, get_model, register
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
+from mirrorgrad_jax.models.dragon import DRAGON, DRAGONConfig
+from mirrorgrad_jax.models.dualgnn import DualGNN, DualGNNConfig
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
 from mirrorgrad_jax.models.grcn import GRCN, GRCNConfig
 from mirrorgrad_jax.models.lightgcn import LightGCN, LightGCNConfig
@@ -20,6 +22,10 @@ __all__ = [
     "MMGCN",
     "MMGCNConfig",
     "BPRMF",
+    "DRAGON",
+    "DRAGONConfig",
+    "DualGNN",
+    "DualGNNConfig",
     "BPRMFConfig",
     "Constant",
     "LightGCN",

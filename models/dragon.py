@@ -1,0 +1,183 @@
+"""DRAGON (Zhou et al., 2023) as the reference card describes it (spec section 3.8).
+
+The modality branches are DualGNN's (:class:`~mirrorgrad_jax.models.dualgnn.ModalityGCN`:
+trainable ``pref_m (U, d)``, MLP ``F_m -> 4d -> d`` on the RAW, constant feature table,
+rownorm, two symmetric-normalised hops, ``x + h + h1``). Then, with ``image`` = v and
+``text`` = t:
+
+* fusion ``"cat"``: ``rep = [rep_v || rep_t]`` (``(U + I, 2d)``); users
+  ``[w_u0 v_u || w_u1 t_u]`` with ``weight_u (U, 2, 1)`` softmax-initialised;
+* items: ``item_rep + mm_adj^L item_rep`` (``L = n_mm_layers = 1``), where ``mm_adj`` is
+  the frozen item-item graph ``0.1 K_bin(image) + 0.9 K_bin(text)`` built once from the raw
+  features (top-``knn_k`` cosine neighbours, self included, each value ``1/(k + 1e-7)``),
+  stored as ``(I, 2k)`` neighbour lists;
+* users: ``user_rep + sum_k W[u, k] user_rep[nbr[u, k]]`` over the 40 co-occurrence
+  neighbours re-drawn every epoch in :meth:`pre_epoch` (as DualGNN);
+* score = dot product; loss ``-mean log2 sigmoid(s_pos - s_neg) + reg_weight *
+  (mean(pref_v[users]^2) + mean(pref_t[users]^2) + mean(weight_u^2))``.
+
+With a single modality the fusion is that modality's representation and ``mm_adj`` its
+own K_bin (``weight_u`` then only appears in the regulariser, as in the reference).
+
+Evaluation (``stale_eval``): the Mirror-Gradient reference's ``full_sort_predict``
+RECOMPUTES the forward pass with the current parameters and the current epoch's
+user-graph sample, so the default is ``stale_eval=False``. Upstream MMRec instead ranks
+with the representation cached by the last training forward; ``stale_eval=True``
+reproduces that (a :class:`TrainingCache` written in ``loss``).
+
+Parameters: the reference registers but never uses (in any forward pass)
+``image_embedding``/``text_embedding`` (``I x F_m`` copies of the features, used only to
+build ``mm_adj``), ``image_trs``/``text_trs`` (``F_m -> feat_embed_dim``), ``MLP_v``,
+``MLP_t`` (``d x d``), ``MLP_user`` (``2d -> d``) and ``weight_i (I, 2, 1)``; its "dropped
+item" edge lists are never read either. None of them is created here, so the count is
+``sum_m (dU + 4d F_m + 4d + 4d*d + d) + 2U`` instead of the reference's 88,387,398 on sports
+(here 5,808,028 with d = 64).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mirrorgrad_jax.graph import combine_knn, knn_item_graph, knn_propagate
+from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register
+from mirrorgrad_jax.models.dualgnn import (
+    AGGR_MODES,
+    ModalityGCN,
+    UserNeighbourSampler,
+    aggregate_user_neighbours,
+    check_modalities,
+    compiled_edge_norm,
+    initial_sample_rng,
+    log2_bpr_loss,
+    softmax_fusion_weights,
+    sorted_bipartite_edges,
+)
+
+__all__ = ["DRAGON", "DRAGONConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DRAGONConfig:
+    """Attributes:
+    embedding_size: latent size d of each modality branch (64; MLP width 4d; the
+      fused representation has 2d entries).
+    reg_weight: weight of the squared-mean regulariser; grid {0.1, 0.01, 1e-3, 1e-4, 1e-5}.
+    knn_k: neighbours per item in each modality's kNN graph, the item itself included (10).
+    mm_image_weight: weight of the image kNN graph in ``mm_adj`` (0.1; text gets 1 - it).
+    n_mm_layers: propagation steps on ``mm_adj`` for the item side (1).
+    aggr_mode: GCN aggregation, ``"add"`` (reference) or ``"mean"``.
+    num_user_neighbours: k of the per-epoch user-graph sample (40, a code constant).
+    stale_eval: False (the MG reference: recompute for ranking) or True (upstream MMRec:
+      rank with the representation cached by the last training forward).
+    """
+
+    embedding_size: int = 64
+    reg_weight: float = 1e-3
+    knn_k: int = 10
+    mm_image_weight: float = 0.1
+    n_mm_layers: int = 1
+    aggr_mode: str = "add"
+    num_user_neighbours: int = 40
+    stale_eval: bool = False
+
+    def __post_init__(self):
+        if int(self.embedding_size) < 1:
+            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
+        if not self.reg_weight >= 0:
+            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        if int(self.knn_k) < 1:
+            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
+        if not 0.0 <= self.mm_image_weight <= 1.0:
+            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
+        if int(self.n_mm_layers) < 0:
+            raise ValueError(f"n_mm_layers must be >= 0, got {self.n_mm_layers}")
+        if self.aggr_mode not in AGGR_MODES:
+            raise ValueError(f"aggr_mode must be one of {AGGR_MODES}, got {self.aggr_mode!r}")
+        if int(self.num_user_neighbours) < 1:
+            raise ValueError(f"num_user_neighbours must be >= 1, got {self.num_user_neighbours}")
+        if not isinstance(self.stale_eval, bool):
+            raise ValueError(f"stale_eval must be True or False, got {self.stale_eval!r}")
+
+
+def multimodal_knn_graph(features, modalities, k: int, image_weight: float) -> tuple[jax.Array, jax.Array]:
+    """``mm_adj`` as ``(I, m k)`` lists: ``w K_bin(image) + (1 - w) K_bin(text)``, or one modality's K_bin."""
+    if k > len(features[modalities[0]]):
+        raise ValueError(f"knn_k={k} exceeds the number of items ({len(features[modalities[0]])})")
+    graphs = {m: knn_item_graph(np.asarray(features[m], np.float32), k, values="binary") for m in modalities}
+    if len(graphs) == 1:
+        return next(iter(graphs.values()))
+    return combine_knn([(graphs["image"], image_weight), (graphs["text"], 1.0 - image_weight)])
+
+
+@register
+class DRAGON(Recommender):
+    """Dual user-user and item-item graphs over DualGNN's modality GCNs; see the module docstring."""
+
+    name = "dragon"
+    config_class = DRAGONConfig
+    multimodal = True
+
+    def __init__(self, dataset, config: DRAGONConfig, *, rngs: nnx.Rngs):
+        self.modalities = check_modalities("DRAGON", dataset)
+        self.config = config
+        self.num_users, self.num_items = int(dataset.num_users), int(dataset.num_items)
+        n, d = self.num_users + self.num_items, int(config.embedding_size)
+        for m in self.modalities:
+            setattr(self, f"gcn_{m}", ModalityGCN(dataset.features[m], self.num_users, d, rngs=rngs))
+        self.weight_u = nnx.Param(softmax_fusion_weights(rngs.params(), self.num_users))
+        senders, receivers = sorted_bipartite_edges(dataset.train, self.num_users)
+        self.senders, self.receivers = Constant(jnp.asarray(senders)), Constant(jnp.asarray(receivers))
+        self.edge_norm = Constant(compiled_edge_norm(senders, receivers, n))
+        mm_idx, mm_val = multimodal_knn_graph(dataset.features, self.modalities, int(config.knn_k), float(config.mm_image_weight))
+        self.mm_idx, self.mm_val = Constant(jnp.asarray(mm_idx)), Constant(jnp.asarray(mm_val))
+        self._user_sampler = UserNeighbourSampler(dataset, config.num_user_neighbours)
+        idx, weights = self._user_sampler.sample(initial_sample_rng(rngs))
+        self.user_nbr_idx, self.user_nbr_weights = Constant(idx), Constant(weights)
+        if config.stale_eval:
+            self.cache = TrainingCache(jnp.zeros((n, d * len(self.modalities)), jnp.float32))
+
+    def pre_epoch(self, rng: np.random.Generator) -> None:
+        idx, weights = self._user_sampler.sample(rng)
+        self.user_nbr_idx, self.user_nbr_weights = Constant(idx), Constant(weights)
+
+    def _gcn(self, modality: str) -> ModalityGCN:
+        return getattr(self, f"gcn_{modality}")
+
+    def representation(self) -> jax.Array:
+        """``[user_rep; item_rep]``, shape ``(U + I, 2d)`` (``d`` with one modality)."""
+        u = self.num_users
+        edges = (self.senders[...], self.receivers[...], self.edge_norm[...])
+        reps = [self._gcn(m)(*edges, self.config.aggr_mode) for m in self.modalities]
+        if len(reps) == 1:
+            user_rep, item_rep = reps[0][:u], reps[0][u:]
+        else:
+            v, t = reps
+            item_rep = jnp.concatenate([v[u:], t[u:]], axis=1)
+            w = self.weight_u[...]
+            user_rep = jnp.concatenate([w[:, 0] * v[:u], w[:, 1] * t[:u]], axis=1)
+        h = item_rep
+        for _ in range(self.config.n_mm_layers):
+            h = knn_propagate(self.mm_idx[...], self.mm_val[...], h)
+        item_rep = item_rep + h
+        user_rep = user_rep + aggregate_user_neighbours(user_rep, self.user_nbr_idx[...], self.user_nbr_weights[...])
+        return jnp.concatenate([user_rep, item_rep])
+
+    def loss(self, batch, key):
+        users = batch[0]
+        result = self.representation()
+        if self.config.stale_eval:
+            self.cache[...] = jax.lax.stop_gradient(result)
+        u, pos, neg = result[users], result[self.num_users + batch[1]], result[self.num_users + batch[2]]
+        bpr = log2_bpr_loss(jnp.sum(u * pos, -1), jnp.sum(u * neg, -1))
+        reg = sum(jnp.mean(self._gcn(m).pref[...][users] ** 2) for m in self.modalities)
+        reg = reg + jnp.mean(self.weight_u[...] ** 2)
+        return bpr + self.config.reg_weight * reg
+
+    def scores(self, users):
+        result = self.cache[...] if self.config.stale_eval else self.representation()
+        return result[users] @ result[self.num_users :].T

@@ -1,0 +1,233 @@
+"""DualGNN (spec card 3.4): parameter count, gradients, training, a dense hand-check, quirks."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mirrorgrad_jax.data import RecDataset, make_synthetic
+from mirrorgrad_jax.models.base import Constant, TrainingCache
+from mirrorgrad_jax.models.dualgnn import DualGNN, DualGNNConfig
+from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+
+D = 8  # small latent size for the tiny tests
+# float32 forward vs float64 numpy: a handful of ulps on O(1) values.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_synthetic(num_users=60, num_items=40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def hand():
+    """3 users, 4 items, a given (deliberately not co-occurrence-derived) user graph."""
+    rng = np.random.default_rng(3)
+    train_pairs = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 3], [2, 0], [2, 1]])
+    user_graph = {0: ([2, 1], [2.0, 1.0]), 1: ([0], [1.0]), 2: ([], [])}
+    return RecDataset(
+        name="hand",
+        num_users=3,
+        num_items=4,
+        train=train_pairs,
+        valid=np.array([[0, 2]]),
+        test=np.array([[1, 3]]),
+        features={"image": rng.normal(size=(4, 5)), "text": rng.normal(size=(4, 3))},
+        user_graph=user_graph,
+    )
+
+
+def _batch(ds, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = ds.train[rng.choice(len(ds.train), n, replace=False)]
+    neg = rng.integers(0, ds.num_items, n)
+    return jnp.asarray(np.stack([rows[:, 0], rows[:, 1], neg]), jnp.int32)
+
+
+# Forward passes are jitted: on CPU one compile costs less than dispatching the ops one by one.
+_representation = nnx.jit(lambda model: model.representation())
+_scores = nnx.jit(lambda model, users: model.scores(users))
+_loss = nnx.jit(lambda model, batch, key: model.loss(batch, key))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _grads(graphdef, params, rest, batch):
+    """d loss / d params with the constants (``rest``) held fixed, as the trainer differentiates."""
+    return jax.grad(lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0)))(params)
+
+
+def _model(ds, **overrides):
+    return DualGNN(ds, DualGNNConfig(embedding_size=D, **overrides), rngs=nnx.Rngs(0))
+
+
+def test_parameter_count_matches_card(tiny):
+    model = _model(tiny)
+    u, i, d = tiny.num_users, tiny.num_items, D
+    # Card: sum_m (dU + 4d*F_m + 4d + 4d*d + d) + 2U + 2I, without the never-used
+    # MLP_v, MLP_t (2 d^2) and MLP_user (3d*d + d) the reference also registers.
+    per_modality = sum(d * u + 4 * d * f.shape[1] + 4 * d + 4 * d * d + d for f in tiny.features.values())
+    assert model.num_trainable_params() == per_modality + 2 * u + 2 * i
+
+
+@pytest.mark.parametrize("stale_eval", [True, False])
+def test_scores_shape_and_finite_scalar_loss(tiny, stale_eval):
+    model = _model(tiny, stale_eval=stale_eval)
+    loss = _loss(model, _batch(tiny), jax.random.key(0))
+    assert loss.shape == () and np.isfinite(float(loss))
+    assert _scores(model, jnp.arange(7)).shape == (7, tiny.num_items)
+
+
+def test_every_parameter_gets_a_gradient_and_constants_are_not_differentiated(tiny):
+    model = _model(tiny)
+    batch = _batch(tiny)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    grads = _grads(graphdef, params, rest, batch)
+    leaves = jax.tree_util.tree_leaves_with_path(grads)
+    assert len(leaves) == 2 * 5 + 2  # per modality pref + two Linear layers; weight_u, weight_i
+    for path, g in leaves:
+        assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+    kinds = {type(v) for v in jax.tree.leaves(rest, is_leaf=lambda x: isinstance(x, nnx.Variable))}
+    assert kinds == {Constant, TrainingCache}
+
+
+@pytest.mark.parametrize("mg", [True, False])
+def test_loss_falls_during_training(tiny, mg):
+    # Kept fast on CPU by compiling few XLA programs: per-batch dispatch (the epoch scan is
+    # covered by the trainer tests) and a batch size near 64 that divides the train rows
+    # (no smaller last batch to compile for).
+    batch_size = next(b for b in range(64, len(tiny.train) + 1) if len(tiny.train) % b == 0)
+    train_config = TrainConfig(
+        epochs=4, batch_size=batch_size, learning_rate=1e-2, valid_metric="recall@20", patience=50, topk=(5, 10, 20), dispatch="per_batch"
+    )
+    result = train(DualGNN, DualGNNConfig(embedding_size=D), tiny, train_config, MGConfig(enabled=mg), log=None)
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+
+
+def _dense_reference(model, ds, user_fusion, aggr_mode):
+    """The whole DualGNN forward in float64 numpy with dense matrices."""
+    u, n = ds.num_users, ds.num_users + ds.num_items
+    adj = np.zeros((n, n))
+    for user, item in ds.train:
+        adj[user, u + item] = adj[u + item, user] = 1.0
+    deg = adj.sum(1)
+    if aggr_mode == "add":
+        prop = adj / np.sqrt(np.outer(deg, deg))
+    else:
+        prop = adj / np.maximum(deg, 1)[:, None]
+    reps = []
+    for m in ("image", "text"):
+        gcn = getattr(model, f"gcn_{m}")
+        p = {k: np.asarray(getattr(gcn, k)[...], np.float64) for k in ("pref", "mlp_w", "mlp_b", "mlp1_w", "mlp1_b")}
+        hidden = ds.features[m].astype(np.float64) @ p["mlp_w"] + p["mlp_b"]
+        hidden = np.where(hidden > 0, hidden, 0.01 * hidden)
+        x = np.concatenate([p["pref"], hidden @ p["mlp1_w"] + p["mlp1_b"]])
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        h = prop @ x
+        reps.append(x + h + prop @ h)
+    v, t = reps
+    w = np.asarray(model.weight_u[...], np.float64)[:, :, 0]
+    v_users = v[:u] + t[:u] if user_fusion == "aliased" else v[:u]
+    user = w[:, :1] * v_users + w[:, 1:] * t[:u]
+    graph = np.zeros((u, u))
+    for a in range(u):
+        for b, weight in zip(np.asarray(model.user_nbr_idx[...][a]), np.asarray(model.user_nbr_weights[...][a])):
+            graph[a, b] += weight
+    user = user + graph @ user
+    return np.concatenate([user, v[u:] + t[u:]])
+
+
+@pytest.mark.parametrize("user_fusion", ["aliased", "weighted_sum"])
+@pytest.mark.parametrize("aggr_mode", ["add", "mean"])
+def test_forward_matches_dense_numpy_on_a_3x4_graph(hand, user_fusion, aggr_mode):
+    model = _model(hand, user_fusion=user_fusion, aggr_mode=aggr_mode, num_user_neighbours=3, stale_eval=False)
+    model.pre_epoch(np.random.default_rng(5))
+    # The given user graph is used (not rebuilt from train): user 0 -> [2, 1], user 1 pads
+    # [0] to [0, 0, 0], user 2 has no neighbours (ids 0, weights 0).
+    idx, weights = np.asarray(model.user_nbr_idx[...]), np.asarray(model.user_nbr_weights[...])
+    assert idx[0, :2].tolist() == [2, 1] and idx[1].tolist() == [0, 0, 0]
+    np.testing.assert_allclose(weights[1], 1 / 3, rtol=1e-6)
+    assert idx[2].tolist() == [0, 0, 0] and weights[2].tolist() == [0, 0, 0]
+    expected = _dense_reference(model, hand, user_fusion, aggr_mode)
+    np.testing.assert_allclose(np.asarray(_representation(model)), expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray(_scores(model, jnp.arange(3))), expected[:3] @ expected[3:].T, rtol=RTOL, atol=ATOL
+    )
+
+
+def test_aliased_fusion_adds_w0_t_to_the_users(hand):
+    """aliased - weighted_sum = (I + S) (w0 * t_u): the in-place add leaks t into v's share."""
+    aliased = _model(hand, stale_eval=False)
+    plain = _model(hand, user_fusion="weighted_sum", stale_eval=False)
+    diff = np.asarray(_representation(aliased) - _representation(plain))
+    assert np.allclose(diff[3:], 0.0)  # items are v + t either way
+    assert np.abs(diff[:3]).max() > 1e-3
+
+
+def test_stale_eval_ranks_with_the_last_training_forward(tiny):
+    batch = _batch(tiny)
+    for stale in (True, False):
+        model = _model(tiny, stale_eval=stale)
+        _loss(model, batch, jax.random.key(0))
+        before = np.asarray(_scores(model, jnp.arange(5)))
+        model.gcn_image.pref[...] = model.gcn_image.pref[...] * 3.0 + 0.1
+        after = np.asarray(_scores(model, jnp.arange(5)))
+        fresh = np.asarray(_representation(model))
+        recomputed = fresh[:5] @ fresh[tiny.num_users :].T
+        if stale:
+            np.testing.assert_array_equal(after, before)
+            assert np.abs(after - recomputed).max() > 1e-4
+        else:
+            np.testing.assert_allclose(after, recomputed, rtol=1e-6, atol=1e-6)
+
+
+def test_stale_cache_is_zero_before_training(tiny):
+    model = _model(tiny)
+    assert np.all(np.asarray(_scores(model, jnp.arange(3))) == 0.0)
+
+
+def test_pre_epoch_resamples_user_graph_with_fixed_shapes(tiny):
+    model = _model(tiny, num_user_neighbours=40)
+    idx0, w0 = np.asarray(model.user_nbr_idx[...]), np.asarray(model.user_nbr_weights[...])
+    model.pre_epoch(np.random.default_rng(1))
+    idx1, w1 = np.asarray(model.user_nbr_idx[...]), np.asarray(model.user_nbr_weights[...])
+    assert idx1.shape == idx0.shape == w1.shape == (tiny.num_users, 40)
+    assert idx1.dtype == np.int32 and w1.dtype == np.float32
+    assert not np.array_equal(idx0, idx1)  # padding of short neighbour lists is re-drawn
+    sums = w1.sum(1)
+    assert np.allclose(sums[sums > 0], 1.0, atol=1e-5)
+
+
+def test_fusion_weights_start_as_a_softmax(tiny):
+    w = np.asarray(_model(tiny).weight_u[...])
+    assert w.shape == (tiny.num_users, 2, 1)
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+    assert np.abs(w - 0.5).max() < 0.2
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("embedding_size", 0, "embedding_size must be >= 1"),
+        ("reg_weight", -1.0, "reg_weight must be >= 0"),
+        ("aggr_mode", "max", "aggr_mode must be one of"),
+        ("num_user_neighbours", 0, "num_user_neighbours must be >= 1"),
+        ("user_fusion", "cat", "user_fusion must be one of"),
+        ("stale_eval", "yes", "stale_eval must be True or False"),
+    ],
+)
+def test_config_validation(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DualGNNConfig(**{field: value})
+
+
+def test_dataset_without_image_or_text_is_rejected():
+    ds = make_synthetic(num_users=20, num_items=15, modalities={"audio": 4}, seed=0)
+    with pytest.raises(ValueError, match="needs an 'image' and/or a 'text' feature table"):
+        _model(ds)
