@@ -1,4 +1,4 @@
-"""Command line: ``mirrorgrad train | evaluate | datasets | demo`` (also ``python -m mirrorgrad_jax``).
+"""Command line: ``mirrorgrad train | evaluate | datasets | demo | robustness | flatness`` (also ``python -m mirrorgrad_jax``).
 
 ``train`` runs a model on a dataset with or without Mirror Gradient, over any grid of
 hyper-parameters (lists in the YAML config or comma-separated flag values) and
@@ -308,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seeds", type=int, default=3)
     m.add_argument("--epochs", type=int, default=80)
     m.set_defaults(func=_cmd_demo)
+
+    from mirrorgrad_jax.robustness import add_flatness_command, add_robustness_command
+
+    add_robustness_command(sub)
+    add_flatness_command(sub)
     return parser
 
 
