@@ -94,14 +94,21 @@ def make_block_step(steps: TrainSteps, beta: int) -> StepFn:
     """
 
     def block(params, opt_state, batches, keys, *context):
-        losses = []
-        aux = None
-        for j in range(beta):
-            batch = jax.tree.map(lambda b: b[j], batches)
-            step = steps.mirror if j == 0 else steps.normal
-            params, opt_state, loss, aux = step(params, opt_state, batch, keys[j], *context)
-            losses.append(loss)
-        return params, opt_state, jnp.stack(losses), aux
+        first = jax.tree.map(lambda b: b[0], batches)
+        params, opt_state, loss, aux = steps.mirror(params, opt_state, first, keys[0], *context)
+        if beta == 1:
+            return params, opt_state, loss[None], aux
+
+        # The normal batches run as an inner scan rather than unrolled: unrolled steps in
+        # one scan body made XLA copy the carried tables (measured ~20% slower on CPU).
+        def normal(carry, xs):
+            p, s, _ = carry
+            p, s, loss, aux = steps.normal(p, s, *xs, *context)
+            return (p, s, aux), loss
+
+        rest = jax.tree.map(lambda b: b[1:], batches)
+        (params, opt_state, aux), losses = jax.lax.scan(normal, (params, opt_state, aux), (rest, keys[1:]))
+        return params, opt_state, jnp.concatenate([loss[None], losses]), aux
 
     return block
 
