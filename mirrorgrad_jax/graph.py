@@ -41,6 +41,7 @@ __all__ = [
     "normalized_bipartite_adjacency",
     "pack_user_graph",
     "propagate",
+    "layer_mean_propagate",
     "sample_edges_degree_sensitive",
     "sample_user_neighbours",
     "segment_mean",
@@ -111,6 +112,15 @@ def normalized_bipartite_adjacency(train: np.ndarray, num_users: int, num_items:
     return CooAdjacency(
         rows[order].astype(np.int32), cols[order].astype(np.int32), values[order].astype(np.float32), num_nodes
     )
+
+
+def layer_mean_propagate(adjacency: CooAdjacency, x: jax.Array, n_layers: int) -> jax.Array:
+    """LightGCN's output: the mean of ``x, A x, ..., A^n_layers x``."""
+    total = x
+    for _ in range(n_layers):
+        x = propagate(adjacency, x)
+        total = total + x
+    return total / (n_layers + 1)
 
 
 def propagate(adjacency: CooAdjacency, x: jax.Array) -> jax.Array:

@@ -96,6 +96,29 @@ def build_config(cls: type[Recommender], values: dict[str, Any] | None) -> Any:
     return cls.config_class(**values)
 
 
+def rownorm(x: jax.Array) -> jax.Array:
+    """torch's ``F.normalize``: each row over ``max(||row||, 1e-12)``, with a finite gradient at 0."""
+    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+
+
+def torch_linear_default(key: jax.Array, fan_in: int, fan_out: int) -> tuple[jax.Array, jax.Array]:
+    """torch's default ``nn.Linear`` init as ``(weight (fan_in, fan_out), bias (fan_out,))``.
+
+    Both are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (kaiming-uniform with ``a = sqrt(5)``
+    for the weight). The weight is stored transposed w.r.t. torch, so ``y = x @ w + b``.
+    """
+    bound = 1.0 / np.sqrt(fan_in)
+    # One draw for weight and bias (same distribution): one random kernel to compile.
+    both = jax.random.uniform(key, (fan_in + 1, fan_out), jnp.float32, -bound, bound)
+    return both[:fan_in], both[fan_in]
+
+
+def branch_order(names) -> list[str]:
+    """The reference's per-modality branch order: image (v), text (t), then the rest alphabetically."""
+    first = [m for m in ("image", "text") if m in names]
+    return first + sorted(set(names) - set(first))
+
+
 def bpr_log_likelihood(pos: jax.Array, neg: jax.Array) -> jax.Array:
     """Mean of ``log sigmoid(pos - neg)`` (numerically safe)."""
     return jnp.mean(jax.nn.log_sigmoid(pos - neg))

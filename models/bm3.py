@@ -55,26 +55,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.graph import CooAdjacency, normalized_bipartite_adjacency, propagate
-from mirrorgrad_jax.models.base import Constant, Recommender, frobenius, register, xavier_normal, xavier_uniform
+from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
+from mirrorgrad_jax.models.base import Constant, Recommender, frobenius, register, torch_linear_default, xavier_normal, xavier_uniform
 
-__all__ = ["BM3", "BM3Config", "image_and_text_features", "torch_linear_default"]
+__all__ = ["BM3", "BM3Config", "image_and_text_features"]
 
 # torch.nn.functional.cosine_similarity clamps each norm at this value.
 _COSINE_EPS = 1e-8
-
-
-def torch_linear_default(key: jax.Array, fan_in: int, fan_out: int) -> tuple[jax.Array, jax.Array]:
-    """torch's default ``nn.Linear`` init as ``(weight (fan_in, fan_out), bias (fan_out,))``.
-
-    Both are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (kaiming-uniform with ``a = sqrt(5)``
-    for the weight). The weight is stored transposed w.r.t. torch, so ``y = x @ w + b``.
-    """
-    bound = 1.0 / np.sqrt(fan_in)
-    # One draw for weight and bias (same distribution): one random kernel to compile.
-    both = jax.random.uniform(key, (fan_in + 1, fan_out), jnp.float32, -bound, bound)
-    w, b = both[:fan_in], both[fan_in]
-    return w, b
 
 
 def image_and_text_features(dataset, image_modality: str, text_modality: str, model: str) -> dict[str, np.ndarray]:
@@ -207,11 +194,7 @@ class BM3(Recommender):
         n = self.num_users + self.num_items
         adj = CooAdjacency(self.adj_rows[...], self.adj_cols[...], self.adj_values[...], n)
         x = jnp.concatenate([self.users[...], self.items[...]])
-        total = x
-        for _ in range(self.config.n_layers):
-            x = propagate(adj, x)
-            total = total + x
-        out = total / (self.config.n_layers + 1)
+        out = layer_mean_propagate(adj, x, self.config.n_layers)
         return out[: self.num_users], out[self.num_users :] + self.items[...]
 
     def _predict(self, x: jax.Array) -> jax.Array:

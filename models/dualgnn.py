@@ -58,13 +58,12 @@ from mirrorgrad_jax.graph import (
     segment_mean,
     symmetric_edge_norm,
 )
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register
+from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, rownorm
 
 __all__ = ["DualGNN", "DualGNNConfig", "ModalityGCN", "UserNeighbourSampler", "reference_modalities"]
 
 _LN2 = float(np.log(2.0))
 # F.normalize's default epsilon.
-_ROWNORM_EPS = 1e-12
 AGGR_MODES = ("add", "mean")
 USER_FUSIONS = ("aliased", "weighted_sum")
 
@@ -113,12 +112,6 @@ def init_modality_branch(key: jax.Array, num_users: int, feat_dim: int, dim: int
     for name, fan_in in bounds.items():
         out[name] = pieces[name] / np.sqrt(fan_in)
     return {name: out[name].reshape(shape) for name, shape in shapes.items()}
-
-
-def rownorm(x: jax.Array) -> jax.Array:
-    """``F.normalize(x)``: each row divided by ``max(||row||, 1e-12)``."""
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, _ROWNORM_EPS)
 
 
 def log2_bpr_loss(pos: jax.Array, neg: jax.Array) -> jax.Array:

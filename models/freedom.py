@@ -54,12 +54,12 @@ from mirrorgrad_jax.graph import (
     kept_edge_count,
     knn_item_graph,
     knn_propagate,
+    layer_mean_propagate,
     normalized_bipartite_adjacency,
-    propagate,
     sample_edges_degree_sensitive,
 )
-from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, register, xavier_uniform
-from mirrorgrad_jax.models.bm3 import image_and_text_features, torch_linear_default
+from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, register, torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.bm3 import image_and_text_features
 
 __all__ = ["FREEDOM", "FREEDOMConfig"]
 
@@ -184,11 +184,7 @@ class FREEDOM(Recommender):
         for _ in range(self.config.n_mm_layers):
             h = knn_propagate(self.mm_idx[...], self.mm_val[...], h)
         x = jnp.concatenate([self.users[...], self.items[...]])
-        total = x
-        for _ in range(self.config.n_ui_layers):
-            x = propagate(adjacency, x)
-            total = total + x
-        out = total / (self.config.n_ui_layers + 1)
+        out = layer_mean_propagate(adjacency, x, self.config.n_ui_layers)
         return out[: self.num_users], out[self.num_users :] + h
 
     def _project(self, role: str, items: jax.Array) -> jax.Array:

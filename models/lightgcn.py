@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from mirrorgrad_jax.graph import CooAdjacency, normalized_bipartite_adjacency, propagate
+from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
 from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, frobenius, register, xavier_uniform
 
 
@@ -45,11 +45,7 @@ class LightGCN(Recommender):
     def _propagated(self):
         adj = CooAdjacency(self.adj_rows[...], self.adj_cols[...], self.adj_values[...], self.num_users + self.num_items)
         x = jnp.concatenate([self.users[...], self.items[...]])
-        total = x
-        for _ in range(self.config.n_layers):
-            x = propagate(adj, x)
-            total = total + x
-        out = total / (self.config.n_layers + 1)
+        out = layer_mean_propagate(adj, x, self.config.n_layers)
         return out[: self.num_users], out[self.num_users :]
 
     def loss(self, batch, key):

@@ -61,22 +61,11 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.graph import bipartite_edges, segment_mean
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, xavier_normal
+from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
 
 __all__ = ["MMGCN", "MMGCNConfig"]
 
 _NUM_LAYERS = 3  # hard-coded in the reference, whatever its YAML says
-
-
-def branch_order(names) -> list[str]:
-    """The reference's branch order: image (v), text (t), then the rest alphabetically."""
-    first = [m for m in ("image", "text") if m in names]
-    return first + sorted(set(names) - set(first))
-
-
-def rownorm(x: jax.Array) -> jax.Array:
-    """``F.normalize``: ``x / max(||x||, 1e-12)`` per row, with a finite gradient at 0."""
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
 def _torch_linear_default(key: jax.Array, fan_in: int, shape: tuple[int, ...]) -> jax.Array:

@@ -66,8 +66,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.graph import CooAdjacency, normalized_bipartite_adjacency, propagate
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, xavier_uniform
+from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
+from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, rownorm, xavier_uniform
 
 __all__ = ["SLMRec", "SLMRecConfig", "A_PRE_EPS"]
 
@@ -75,11 +75,6 @@ __all__ = ["SLMRec", "SLMRecConfig", "A_PRE_EPS"]
 A_PRE_EPS = 1e-8
 # torch.nn.functional.normalize's default eps.
 _ROWNORM_EPS = 1e-12
-
-
-def rownorm(x: jax.Array) -> jax.Array:
-    """L2 row normalisation ``x / max(||x||, 1e-12)`` (torch's ``F.normalize``) with a finite gradient at 0."""
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _ROWNORM_EPS**2))
 
 
 def rownorm_np(x: np.ndarray) -> np.ndarray:
@@ -185,11 +180,7 @@ class SLMRec(Recommender):
         e_u = self.user_embedding[...]
         items = jnp.concatenate([self.item_embedding[...], self.v_dense(self.image[...]), self.t_dense(self.text[...])], axis=1)
         x = jnp.concatenate([jnp.tile(e_u, (1, 3)), items], axis=0)
-        total = x
-        for _ in range(self.config.n_layers):
-            x = propagate(adj, x)
-            total = total + x
-        out = total / (self.config.n_layers + 1)
+        out = layer_mean_propagate(adj, x, self.config.n_layers)
         return out[: self.num_users], out[self.num_users :]
 
     def _forward(self) -> tuple[jax.Array, jax.Array, jax.Array]:
