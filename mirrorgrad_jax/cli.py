@@ -266,6 +266,20 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    import dataclasses as dc
+
+    from mirrorgrad_jax.models import available_models, get_model
+
+    for name in available_models():
+        cls = get_model(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        defaults = ", ".join(f"{f.name}={f.default!r}" for f in dc.fields(cls.config_class))
+        print(f"{name:10s} {doc}")
+        print(f"{'':10s} defaults: {defaults}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from mirrorgrad_jax.demo import run_demo
 
@@ -303,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="list datasets, or describe one")
     d.add_argument("name", nargs="?")
     d.set_defaults(func=_cmd_datasets)
+
+    ls = sub.add_parser("models", help="list the registered models and their default settings")
+    ls.set_defaults(func=_cmd_models)
 
     m = sub.add_parser("demo", help="VBPR with and without MG on the synthetic default (what `make demo` runs)")
     m.add_argument("--seeds", type=int, default=3)

@@ -90,3 +90,10 @@ def test_evaluate_on_mismatched_dataset_is_refused(tmp_path, capsys):
           "--valid-metric", "recall@20", "--set", "embedding_size=8", "--checkpoint-dir", str(tmp_path), "--quiet"])
     with pytest.raises(SystemExit, match="was trained on synthetic-small"):
         main(["evaluate", str(tmp_path / "combo0-seed999" / "best.ckpt"), "--dataset", "synthetic"])
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vbpr", "mmgcn", "grcn", "dualgnn", "slmrec", "bm3", "freedom", "dragon", "lightgcn", "bprmf"):
+        assert f"\n{name} " in "\n" + out, name
