@@ -60,6 +60,7 @@ xavier), the kwai (image-only) branch. The reference's ``reg`` option is never r
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,10 @@ class SLMRecConfig:
     ssl_alpha: weight of the FAC loss; grid {0.01, 0.05, 0.1, 0.5, 1.0}; default = first value.
     stale_eval: rank with the representation cached by the last training forward
       (True, the reference) or recompute it with the current parameters (False).
+    image_modality, text_modality: the dataset modalities playing the reference's image
+      (v) and text (t) roles. When the named image modality is absent and the dataset has
+      exactly one modality besides the text one (e.g. MovieLens' "meta"), that one is used
+      with a warning; otherwise a missing role is an error naming what the dataset has.
     """
 
     embedding_size: int = 64
@@ -120,6 +125,8 @@ class SLMRecConfig:
     ssl_temp: float = 0.1
     ssl_alpha: float = 0.01
     stale_eval: bool = True
+    image_modality: str = "image"
+    text_modality: str = "text"
 
     def __post_init__(self):
         if int(self.embedding_size) < 2:
@@ -135,6 +142,27 @@ class SLMRecConfig:
             raise ValueError(f"stale_eval must be true or false, got {self.stale_eval!r}")
 
 
+def _feature_roles(dataset, config: SLMRecConfig) -> tuple[str, str]:
+    """The dataset modalities used as (image, text); see :class:`SLMRecConfig`."""
+    names = set(dataset.features)
+    image, text = config.image_modality, config.text_modality
+    if image not in names:
+        others = sorted(names - {text})
+        if text in names and len(others) == 1:
+            warnings.warn(
+                f"SLMRec: dataset {dataset.name!r} has no {image!r} modality; using {others[0]!r} in the image role",
+                stacklevel=3,
+            )
+            image = others[0]
+    missing = [m for m in (image, text) if m not in names]
+    if missing:
+        raise ValueError(
+            f"SLMRec needs an image and a text feature table, but dataset {dataset.name!r} lacks {missing} "
+            f"(it has {sorted(names)}); set image_modality / text_modality"
+        )
+    return image, text
+
+
 @register
 class SLMRec(Recommender):
     """SLMRec with the FAC task; see the module docstring."""
@@ -145,17 +173,12 @@ class SLMRec(Recommender):
     multimodal = True
 
     def __init__(self, dataset, config: SLMRecConfig, *, rngs: nnx.Rngs):
-        missing = [m for m in ("image", "text") if m not in dataset.features]
-        if missing:
-            raise ValueError(
-                f"SLMRec needs 'image' and 'text' item features, but dataset {dataset.name!r} lacks {missing} "
-                f"(it has {sorted(dataset.features)})"
-            )
+        image_name, text_name = _feature_roles(dataset, config)
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         d = config.embedding_size
-        image = rownorm_np(dataset.features["image"])
-        text = rownorm_np(dataset.features["text"])
+        image = rownorm_np(dataset.features[image_name])
+        text = rownorm_np(dataset.features[text_name])
         self.image = Constant(jnp.asarray(image))
         self.text = Constant(jnp.asarray(text))
         self.user_embedding = nnx.Param(xavier_uniform(rngs.params(), (self.num_users, d)))

@@ -240,6 +240,18 @@ def test_missing_modality_is_refused():
         SLMRec(ds, SLMRecConfig(embedding_size=D), rngs=nnx.Rngs(0))
 
 
+def test_other_modality_fills_the_image_role_with_a_warning():
+    ds = make_synthetic(num_users=30, num_items=20, modalities={"meta": 8, "text": 16}, seed=1)
+    with pytest.warns(UserWarning, match="using 'meta' in the image role"):
+        model = SLMRec(ds, SLMRecConfig(embedding_size=D), rngs=nnx.Rngs(0))
+    assert model.image[...].shape == (20, 8)
+    two = make_synthetic(num_users=30, num_items=20, modalities={"meta": 8, "audio": 4, "text": 16}, seed=1)
+    with pytest.raises(ValueError, match=r"lacks \['image'\].*set image_modality"):
+        SLMRec(two, SLMRecConfig(embedding_size=D), rngs=nnx.Rngs(0))
+    model = SLMRec(two, SLMRecConfig(embedding_size=D, image_modality="audio"), rngs=nnx.Rngs(0))
+    assert model.image[...].shape == (20, 4)
+
+
 def test_yaml_maps_onto_the_config_and_trainer():
     import pathlib
 
