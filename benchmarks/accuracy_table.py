@@ -57,10 +57,11 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epoc
 _DATASETS: dict = {}
 
 
-def _fmt(values):
+def _fmt(values, digits: int = 4):
     if not values:
         return "n/a"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def summarise(rows: list[dict], valid_metric: str) -> list[str]:
@@ -83,7 +84,7 @@ def summarise(rows: list[dict], valid_metric: str) -> list[str]:
                 continue
             lines.append(
                 f"| {model} | {dataset} | {arm} | {alpha} | {_fmt([r['test']['recall@20'] for r in rs])} | "
-                f"{_fmt([r['test']['ndcg@20'] for r in rs])} | {_fmt([float(r['best_epoch']) for r in rs])[:-2]} | {len(rs)} |"
+                f"{_fmt([r['test']['ndcg@20'] for r in rs])} | {_fmt([float(r['best_epoch']) for r in rs], 1)} | {len(rs)} |"
             )
     return lines
 
