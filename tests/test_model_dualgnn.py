@@ -14,6 +14,7 @@ from mirrorgrad_jax.data import RecDataset, make_synthetic
 from mirrorgrad_jax.models.base import Constant, TrainingCache
 from mirrorgrad_jax.models.dualgnn import DualGNN, DualGNNConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+from helpers import random_batch
 
 D = 8  # small latent size for the tiny tests
 # float32 forward vs float64 numpy: a handful of ulps on O(1) values.
@@ -43,11 +44,7 @@ def hand():
     )
 
 
-def _batch(ds, n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = ds.train[rng.choice(len(ds.train), n, replace=False)]
-    neg = rng.integers(0, ds.num_items, n)
-    return jnp.asarray(np.stack([rows[:, 0], rows[:, 1], neg]), jnp.int32)
+_batch = random_batch
 
 
 # Forward passes are jitted: on CPU one compile costs less than dispatching the ops one by one.

@@ -15,6 +15,7 @@ from mirrorgrad_jax.graph import kept_edge_count, knn_item_graph
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+from helpers import random_batch
 
 D = 8
 EPS = 1e-7  # the reference's degree epsilon
@@ -47,10 +48,7 @@ def _model(ds, **overrides):
     return FREEDOM(ds, dataclasses.replace(FREEDOMConfig(embedding_size=D), **overrides), rngs=nnx.Rngs(0))
 
 
-def _batch(ds, n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = ds.train[rng.choice(len(ds.train), n, replace=False)]
-    return jnp.asarray(np.stack([rows[:, 0], rows[:, 1], rng.integers(0, ds.num_items, n)]), jnp.int32)
+_batch = random_batch
 
 
 def _grad_fn(model):

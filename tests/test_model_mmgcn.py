@@ -13,6 +13,7 @@ from mirrorgrad_jax.data import RecDataset, make_synthetic
 from mirrorgrad_jax.models.base import Constant, TrainingCache, build_config
 from mirrorgrad_jax.models.mmgcn import MMGCN, MMGCNConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+from helpers import random_batch
 
 SMALL = {"embedding_size": 8, "image_latent_dim": 16}
 
@@ -31,11 +32,7 @@ def train_ds(tiny):
     )
 
 
-def _batch(ds, n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = ds.train[rng.choice(len(ds.train), n, replace=False)]
-    neg = rng.integers(0, ds.num_items, n)
-    return jnp.asarray(np.stack([rows[:, 0], rows[:, 1], neg]), jnp.int32)
+_batch = random_batch
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -14,6 +14,7 @@ from mirrorgrad_jax.data import RecDataset, make_synthetic
 from mirrorgrad_jax.models.base import Constant, TrainingCache, build_config, get_model
 from mirrorgrad_jax.models.slmrec import SLMRec, SLMRecConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+from helpers import random_batch
 
 D = 8
 
@@ -42,10 +43,7 @@ def _model(ds, **kw):
     return SLMRec(ds, SLMRecConfig(**{"embedding_size": D, "ssl_alpha": 0.5, **kw}), rngs=nnx.Rngs(0))
 
 
-def _batch(ds, n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = ds.train[rng.choice(len(ds.train), n, replace=False)]
-    return jnp.asarray(np.stack([rows[:, 0], rows[:, 1], rng.integers(0, ds.num_items, n)]), jnp.int32)
+_batch = random_batch
 
 
 def test_registered_and_parameter_count_matches_card(tiny):

@@ -11,6 +11,7 @@ from flax import nnx
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.graph import normalized_bipartite_adjacency, propagate
 from mirrorgrad_jax.models import BPRMF, VBPR, LightGCN, available_models, build_config, get_model
+from helpers import random_batch
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +19,7 @@ def tiny():
     return make_synthetic(num_users=60, num_items=40, seed=0)
 
 
-def _batch(ds, n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = ds.train[rng.choice(len(ds.train), n, replace=False)]
-    neg = rng.integers(0, ds.num_items, n)
-    return jnp.asarray(np.stack([rows[:, 0], rows[:, 1], neg]), jnp.int32)
+_batch = random_batch
 
 
 def test_registry_and_config_errors():
