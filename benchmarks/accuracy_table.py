@@ -5,8 +5,13 @@ alpha2 in {0.1, 0.2, 0.3}; alpha2 is chosen on the VALIDATION split (mean over s
 the early-stopping metric). Reports mean ± std over seeds of test Recall@20 and
 NDCG@20 at the best-validation epoch, and of that epoch.
 
-Every finished run is appended to a JSONL file (``--runs``) and skipped when the script
-is started again, so a long table can be filled in over several sessions.
+Every finished run is appended to a JSONL file (``--runs``, under a file lock) and skipped
+when the script is started again, so a long table can be filled in over several sessions
+and machines; each row records the device it ran on. ``--workers N`` runs the pending
+runs in N worker processes (useful on a GPU, where one small run leaves the card idle);
+``--stop-after S`` starts no new run after S seconds, so a time-limited session ends with
+whole runs only. Pending runs go seed by seed, so a partial grid still compares every
+model on the first seeds.
 
 Usage:
   python benchmarks/accuracy_table.py --models vbpr,bm3 --datasets synthetic,movielens-100k \
@@ -20,9 +25,16 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import time
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None
 
 ALPHA2_GRID = (0.1, 0.2, 0.3)
 METRICS = ("recall@20", "ndcg@20")
@@ -39,6 +51,9 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epoc
     cfg = TrainConfig(epochs=epochs, patience=patience, valid_metric=valid_metric, seed=seed)
     started = time.perf_counter()
     result = train(cls, build_config(cls, {}), dataset, cfg, mg, log=None)
+    import jax
+
+    device = jax.devices()[0]
     return {
         "model": model,
         "dataset": dataset_name,
@@ -51,7 +66,64 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epoc
         "test": result.test_at_best,
         "valid_curve": [h["valid"][valid_metric] for h in result.history],
         "seconds": time.perf_counter() - started,
+        "device": f"{device.platform}:{device.device_kind}",
+        "jax": jax.__version__,
     }
+
+
+def read_runs(path: str) -> list[dict]:
+    """Rows of the runs file; a line cut short by a killed writer is skipped with a note."""
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    print(f"{path}:{number}: skipping an unreadable (truncated?) line", file=sys.stderr)
+    return rows
+
+
+def append_run(path: str, row: dict) -> None:
+    """Appends one row as one write under an exclusive lock (several workers share the file)."""
+    with open(path, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def pending_runs(done: list[dict], models: list[str], datasets: list[str], seeds: int) -> list[tuple]:
+    """(model, dataset, alpha2, seed) still to run, seed-major so partial grids stay comparable."""
+    have = {(r["model"], r["dataset"], r["alpha2"], r["seed"]) for r in done}
+    todo = []
+    for seed in range(999, 999 + seeds):
+        for dataset in datasets:
+            for model in models:
+                for alpha2 in (None,) + ALPHA2_GRID:
+                    if (model, dataset, alpha2, seed) not in have:
+                        todo.append((model, dataset, alpha2, seed))
+    return todo
+
+
+def run_pending(todo: list[tuple], args, started: float) -> None:
+    for model, dataset, alpha2, seed in todo:
+        if args.stop_after is not None and time.perf_counter() - started > args.stop_after:
+            print(f"--stop-after {args.stop_after}s reached: {model} {dataset} alpha2={alpha2} seed={seed} and later left for next time", file=sys.stderr, flush=True)
+            return
+        try:
+            row = run_one(model, dataset, alpha2, seed, args.epochs, args.patience, args.valid_metric)
+        except Exception as error:  # one broken run must not end the others; nothing is written for it
+            print(f"{model} {dataset} alpha2={alpha2} seed={seed} FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            continue
+        append_run(args.runs, row)
+        print(
+            f"{model} {dataset} alpha2={alpha2} seed={seed}: test recall@20 {row['test'].get('recall@20', float('nan')):.4f} "
+            f"best epoch {row['best_epoch']} ({row['seconds']:.0f}s, {row['device']})",
+            file=sys.stderr, flush=True,
+        )
 
 
 _DATASETS: dict = {}
@@ -64,10 +136,18 @@ def _fmt(values, digits: int = 4):
     return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
 
 
+def _device_counts(rows: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = r.get("device", "cpu:cpu (before devices were recorded)")
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
 def summarise(rows: list[dict], valid_metric: str) -> list[str]:
     lines = [
-        "| model | dataset | arm | alpha2 (chosen on valid) | test recall@20 | test ndcg@20 | best epoch | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | dataset | arm | alpha2 (chosen on valid) | test recall@20 | test ndcg@20 | best epoch | seeds | recall@20 vs no MG | devices |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["model"], r["dataset"]) for r in rows})
     for model, dataset in keys:
@@ -79,13 +159,41 @@ def summarise(rows: list[dict], valid_metric: str) -> list[str]:
         if by_alpha:
             chosen = max(by_alpha, key=lambda a: statistics.fmean(r["valid"][valid_metric] for r in by_alpha[a]))
             arms.append(("MG", f"{chosen}", by_alpha[chosen]))
+        base = statistics.fmean(r["test"]["recall@20"] for r in plain) if plain else None
         for arm, alpha, rs in arms:
             if not rs:
                 continue
+            mean = statistics.fmean(r["test"]["recall@20"] for r in rs)
+            change = f"{100 * (mean / base - 1):+.1f}%" if base and arm == "MG" else "-"
+            devices = ", ".join(sorted({r.get("device", "cpu:cpu").split(":", 1)[-1] for r in rs}))
             lines.append(
                 f"| {model} | {dataset} | {arm} | {alpha} | {_fmt([r['test']['recall@20'] for r in rs])} | "
-                f"{_fmt([r['test']['ndcg@20'] for r in rs])} | {_fmt([float(r['best_epoch']) for r in rs], 1)} | {len(rs)} |"
+                f"{_fmt([r['test']['ndcg@20'] for r in rs])} | {_fmt([float(r['best_epoch']) for r in rs], 1)} | {len(rs)} | "
+                f"{change} | {devices} |"
             )
+    return lines
+
+
+def paired(rows: list[dict], valid_metric: str) -> list[str]:
+    """MG minus no MG on the same seed: the chosen alpha2's differences, and the sign over all alpha2."""
+    lines = [
+        "| model | dataset | chosen alpha2 | recall@20 difference per seed (MG - no MG) | mean ± std | MG runs above their seed's no-MG run (any alpha2) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, dataset in sorted({(r["model"], r["dataset"]) for r in rows}):
+        mine = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
+        plain = {r["seed"]: r["test"]["recall@20"] for r in mine if r["alpha2"] is None}
+        by_alpha = {a: [r for r in mine if r["alpha2"] == a and r["seed"] in plain] for a in ALPHA2_GRID}
+        by_alpha = {a: rs for a, rs in by_alpha.items() if rs}
+        if not by_alpha:
+            continue
+        chosen = max(by_alpha, key=lambda a: statistics.fmean(r["valid"][valid_metric] for r in by_alpha[a]))
+        diffs = [r["test"]["recall@20"] - plain[r["seed"]] for r in sorted(by_alpha[chosen], key=lambda r: r["seed"])]
+        every = [r["test"]["recall@20"] - plain[r["seed"]] for rs in by_alpha.values() for r in rs]
+        lines.append(
+            f"| {model} | {dataset} | {chosen} | {', '.join(f'{d:+.4f}' for d in diffs)} | {_fmt(diffs)} | "
+            f"{sum(d > 0 for d in every)} / {len(every)} |"
+        )
     return lines
 
 
@@ -100,37 +208,61 @@ def main(argv=None):
     parser.add_argument("--runs", default="benchmarks/results/accuracy_runs.jsonl")
     parser.add_argument("--out", default=None, help="write the markdown table here")
     parser.add_argument("--summarise-only", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the pending runs")
+    parser.add_argument("--stop-after", type=float, default=None, help="start no new run after this many seconds")
+    parser.add_argument("--reverse", action="store_true", help="take pending runs from the end (a second machine working on the same grid)")
+    parser.add_argument("--_shard", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    done = []
-    if os.path.exists(args.runs):
-        with open(args.runs) as f:
-            done = [json.loads(line) for line in f if line.strip()]
-    have = {(r["model"], r["dataset"], r["alpha2"], r["seed"]) for r in done}
+    started = time.perf_counter()
+    done = read_runs(args.runs)
     if not args.summarise_only:
-        for dataset in args.datasets.split(","):
-            for model in args.models.split(","):
-                for alpha2 in (None,) + ALPHA2_GRID:
-                    for seed in range(999, 999 + args.seeds):
-                        if (model, dataset, alpha2, seed) in have:
-                            continue
-                        row = run_one(model, dataset, alpha2, seed, args.epochs, args.patience, args.valid_metric)
-                        done.append(row)
-                        with open(args.runs, "a") as f:
-                            f.write(json.dumps(row) + "\n")
-                        print(
-                            f"{model} {dataset} alpha2={alpha2} seed={seed}: test recall@20 {row['test'].get('recall@20', float('nan')):.4f} "
-                            f"best epoch {row['best_epoch']} ({row['seconds']:.0f}s)",
-                            file=sys.stderr, flush=True,
-                        )
+        todo = pending_runs(done, args.models.split(","), args.datasets.split(","), args.seeds)
+        if args.reverse:
+            todo.reverse()
+        if args._shard:
+            index, count = (int(x) for x in args._shard.split("/"))
+            run_pending(todo[index::count], args, started)
+            return
+        print(f"{len(todo)} runs pending", file=sys.stderr, flush=True)
+        if args.workers > 1 and todo:
+            common = [
+                "--models", args.models, "--datasets", args.datasets, "--seeds", str(args.seeds),
+                "--epochs", str(args.epochs), "--patience", str(args.patience),
+                "--valid-metric", args.valid_metric, "--runs", args.runs,
+            ] + (["--reverse"] if args.reverse else [])
+            if args.stop_after is not None:
+                common += ["--stop-after", str(args.stop_after)]
+            workers = [
+                subprocess.Popen([sys.executable, os.path.abspath(__file__), *common, "--_shard", f"{i}/{args.workers}"])
+                for i in range(args.workers)
+            ]
+            # a TERM (e.g. from `timeout`) ends the workers too; finished runs are already on disk
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            try:
+                failed = [w.args[-1] for w in workers if w.wait() != 0]
+            finally:
+                for w in workers:
+                    if w.poll() is None:
+                        w.terminate()
+            if failed:
+                print(f"workers {failed} exited with an error; their finished runs are kept", file=sys.stderr)
+        else:
+            run_pending(todo, args, started)
+        done = read_runs(args.runs)
     header = (
         f"Command: `python benchmarks/accuracy_table.py --models {args.models} --datasets {args.datasets} --seeds {args.seeds} "
         f"--epochs {args.epochs} --patience {args.patience} --valid-metric {args.valid_metric}`  \n"
-        f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPU cores.  \n"
+        f"Date: {datetime.date.today().isoformat()}; table written on {platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"runs by device: {_device_counts(done)}.  \n"
         f"Model settings: the reference defaults of each model's config dataclass; Adam lr 1e-3, batch 2048. "
         f"Early stopping on {args.valid_metric}, patience {args.patience}, at most {args.epochs} epochs. "
         f"MG: alpha1 1.0, beta 3, alpha2 from {list(ALPHA2_GRID)} chosen on validation.\n"
     )
-    text = header + "\n" + "\n".join(summarise(done, args.valid_metric)) + "\n"
+    text = (
+        header + "\n" + "\n".join(summarise(done, args.valid_metric)) + "\n\n"
+        + "Paired by seed (same seed, same data order and initialisation; MG changes only the updates):\n\n"
+        + "\n".join(paired(done, args.valid_metric)) + "\n"
+    )
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -1,0 +1,82 @@
+"""The bookkeeping of the resumable benchmark scripts (no training here).
+
+These scripts fill long grids over several sessions and machines, so the parts that decide
+what still has to run, how partial files are read and how the table picks its arms must be
+right: a slip would silently rerun, skip or mislabel published numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def acc():
+    return _load("accuracy_table")
+
+
+def _row(model, dataset, alpha2, seed, valid, test, epoch=10):
+    return {
+        "model": model, "dataset": dataset, "alpha2": alpha2, "seed": seed, "best_epoch": epoch,
+        "valid": {"recall@20": valid}, "test": {"recall@20": test, "ndcg@20": test / 2},
+    }
+
+
+def test_pending_runs_are_seed_major_and_skip_finished(acc):
+    done = [_row("vbpr", "synthetic", None, 999, 0.3, 0.3)]
+    todo = acc.pending_runs(done, ["vbpr", "bm3"], ["synthetic"], seeds=2)
+    assert ("vbpr", "synthetic", None, 999) not in todo
+    assert len(todo) == 2 * 4 * 2 - 1
+    # every run of the first seed comes before any run of the second
+    seeds = [t[3] for t in todo]
+    assert seeds == sorted(seeds)
+    assert todo[0] == ("vbpr", "synthetic", 0.1, 999)
+
+
+def test_read_runs_skips_a_truncated_last_line(acc, tmp_path, capsys):
+    path = tmp_path / "runs.jsonl"
+    good = _row("vbpr", "synthetic", None, 999, 0.3, 0.3)
+    acc.append_run(str(path), good)
+    with open(path, "a") as f:
+        f.write('{"model": "vbpr", "dat')  # a writer killed mid-line
+    rows = acc.read_runs(str(path))
+    assert rows == [json.loads(json.dumps(good))]
+    assert "truncated" in capsys.readouterr().err
+    assert acc.read_runs(str(tmp_path / "missing.jsonl")) == []
+
+
+def test_summary_chooses_alpha2_on_validation_not_test(acc):
+    rows = [_row("m", "d", None, s, 0.30, 0.30) for s in (999, 1000)]
+    # alpha2 0.1: better on validation, worse on test; alpha2 0.3: the opposite
+    rows += [_row("m", "d", 0.1, s, 0.40, 0.20) for s in (999, 1000)]
+    rows += [_row("m", "d", 0.3, s, 0.10, 0.50) for s in (999, 1000)]
+    lines = acc.summarise(rows, "recall@20")
+    mg = [l for l in lines if "| MG |" in l]
+    assert len(mg) == 1 and "| 0.1 |" in mg[0]
+    assert "0.2000 ± 0.0000" in mg[0] and "-33.3%" in mg[0]
+    paired = [l for l in acc.paired(rows, "recall@20") if l.startswith("| m |")]
+    # chosen arm: -0.1 on both seeds; over all alpha2, 2 of 4 MG runs beat their seed
+    assert "-0.1000, -0.1000" in paired[0] and "2 / 4" in paired[0]
+
+
+def test_robustness_learning_rates_and_cell_keys():
+    rob = _load("robustness")
+    assert rob.learning_rate("vbpr", "sgd") == rob.LEARNING_RATES["sgd"]
+    assert rob.learning_rate("freedom", "adam") == rob.LEARNING_RATES["adam"]
+    assert rob.learning_rate("freedom", "sgd") == rob.SGD_LR_BY_MODEL["freedom"]
+    old = {"model": "freedom", "dataset": "synthetic", "optimizer": "sgd"}  # recorded before lr was stored
+    new = dict(old, learning_rate=rob.learning_rate("freedom", "sgd"))
+    assert rob.cell_key(old) != rob.cell_key(new)  # the lr-0.5 cell does not stand in for the new one
