@@ -28,6 +28,22 @@ import time
 
 ARMS = {"no MG": None, "MG gradient": "gradient", "MG update": "update"}
 LEARNING_RATES = {"adam": 1e-3, "sgd": 0.5}
+# FREEDOM's gradients on its embeddings are far smaller than VBPR's or DRAGON's, and plain SGD
+# at 0.5 does not learn within 60 epochs (recall@20 stays at random level, the first cell
+# recorded). Probe on synthetic, no MG, 40 epochs, batch 1024 (`mirrorgrad train --model
+# freedom --optimizer sgd --lr 5,20,50`): test recall@20 0.057 / 0.223 / 0.338.
+SGD_LR_BY_MODEL = {"freedom": 50.0}
+
+
+def learning_rate(model: str, optimizer: str) -> float:
+    if optimizer == "sgd" and model in SGD_LR_BY_MODEL:
+        return SGD_LR_BY_MODEL[model]
+    return LEARNING_RATES[optimizer]
+
+
+def cell_key(cell: dict) -> tuple:
+    # cells recorded before the learning rate was stored used the optimizer's default
+    return (cell["model"], cell["dataset"], cell["optimizer"], cell.get("learning_rate", LEARNING_RATES[cell["optimizer"]]))
 
 
 def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: int, patience: int, fig_dir: str) -> dict:
@@ -46,22 +62,29 @@ def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: 
         for seed in range(999, 999 + seeds):
             cfg = TrainConfig(
                 epochs=epochs, patience=patience, valid_metric="recall@20", optimizer=optimizer,
-                learning_rate=LEARNING_RATES[optimizer], batch_size=1024, seed=seed,
+                learning_rate=learning_rate(model, optimizer), batch_size=1024, seed=seed,
             )
             trained = train_and_measure(cls, config, dataset, cfg, mg)
             params[label].append(trained.params)
             results[label].append(trained.result)
             print(f"  {model}/{dataset_name}/{optimizer} {label} seed {seed}: best epoch {trained.result.best_epoch}", file=sys.stderr, flush=True)
     os.makedirs(fig_dir, exist_ok=True)
-    figure = os.path.join(fig_dir, f"robustness_{model}_{dataset_name}_{optimizer}.png")
+    lr = learning_rate(model, optimizer)
+    suffix = "" if lr == LEARNING_RATES[optimizer] else f"_lr{lr:g}"
+    figure = os.path.join(fig_dir, f"robustness_{model}_{dataset_name}_{optimizer}{suffix}.png")
     comparison = compare_runs(
         cls, config, dataset, params, path=figure, kinds=("noise", "campaign"), levels=(0.5, 1.0, 2.0),
         perturb_seeds=(0, 1), flatness=True, rho=0.05, batch_size=1024,
     )
+    import jax
+
+    device = jax.devices()[0]
     return {
         "model": model,
         "dataset": dataset_name,
         "optimizer": optimizer,
+        "learning_rate": learning_rate(model, optimizer),
+        "device": f"{device.platform}:{device.device_kind}",
         "seeds": seeds,
         "table": comparison.table,
         "figure": os.path.relpath(figure, os.path.dirname(fig_dir)),
@@ -85,14 +108,16 @@ def render(cells: list[dict], command: str) -> str:
     lines = [
         f"Command: `{command}`  ",
         f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPU cores.  ",
-        "Arms: alpha1 1.0, alpha2 0.2, beta 3; Adam lr 1e-3 or SGD lr 0.5, batch 1024, early stopping on "
+        "Arms: alpha1 1.0, alpha2 0.2, beta 3; Adam lr 1e-3 or SGD (lr 0.5; FREEDOM 50, see its cell), batch 1024, early stopping on "
         "valid recall@20 (patience in the command). Flatness on 4 fixed training batches; rho = 0.05 relative. "
         "Retention = perturbed / clean test recall@20 (noise: sigma in units of each feature dimension's std, "
         "all items; campaign: shift of the given size, in mean row norms, on 20% of items).",
         "",
     ]
     for cell in cells:
-        lines.append(f"### {cell['model']} on {cell['dataset']}, {cell['optimizer']} ({cell['seeds']} seeds)")
+        lr = cell.get("learning_rate", LEARNING_RATES[cell["optimizer"]])
+        device = cell.get("device", "cpu:cpu").split(":", 1)[-1]
+        lines.append(f"### {cell['model']} on {cell['dataset']}, {cell['optimizer']} lr {lr:g} ({cell['seeds']} seeds, {device})")
         lines.append("")
         lines.append(cell["table"])
         lines.append("")
@@ -119,11 +144,11 @@ def main(argv=None):
     if os.path.exists(args.runs):
         with open(args.runs) as f:
             cells = [json.loads(line) for line in f if line.strip()]
-    have = {(c["model"], c["dataset"], c["optimizer"]) for c in cells}
+    have = {cell_key(c) for c in cells}
     for dataset in args.datasets.split(","):
         for model in args.models.split(","):
             for optimizer in args.optimizers.split(","):
-                if (model, dataset, optimizer) in have:
+                if (model, dataset, optimizer, learning_rate(model, optimizer)) in have:
                     continue
                 started = time.perf_counter()
                 cell = run_cell(model, dataset, optimizer, args.seeds, args.epochs, args.patience, args.figures)
