@@ -77,14 +77,57 @@ def measure(model: str, mg: bool, epochs: int, folder: str) -> dict:
     return out
 
 
+def _jax_version() -> str:
+    from importlib.metadata import version
+
+    return version("jax")
+
+
+def _secs(value: float) -> str:
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+
+
+def render(rows: list[dict], command: str, machine: str, epochs: int) -> str:
+    """Markdown block (command, date, machine, table) for measured rows."""
+    header = (
+        f"Command: `{command}`  \n"
+        f"Date: {datetime.date.today().isoformat()}  \n"
+        f"Machine: {machine}  \n"
+        f"Data: Baby graph ({rows[0]['batches']} batches of 2048) with random image 4096-d and text 384-d features. "
+        f"Epoch = median of epochs 2..{epochs}; eval = one full ranking of the validation users.\n"
+    )
+    table = [
+        "| model | arm | epoch (s) | MG / plain | first epoch incl. compile (s) | eval (s) | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    plain = {r["model"]: r["epoch_s"] for r in rows if not r["mg"]}
+    for r in rows:
+        ratio = (f"{r['epoch_s'] / plain[r['model']]:.2f}" if r["model"] in plain else "n/a") if r["mg"] else "1.00"
+        table.append(
+            f"| {r['model']} | {'MG' if r['mg'] else 'plain'} | {_secs(r['epoch_s'])} | {ratio} | {r['first_epoch_s']:.2f} | "
+            f"{_secs(r['eval_s'])} | {r['peak_rss_mb']:.0f}" + (f" (device {r['device_peak_mb']:.0f})" if "device_peak_mb" in r else "") + " |"
+        )
+    return header + "\n" + "\n".join(table) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vbpr,lightgcn")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (first includes compilation)")
     parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
     parser.add_argument("--out", default=None, help="append a markdown table here")
+    parser.add_argument("--jsonl", default=None, help="append each measured row here as soon as it is measured")
+    parser.add_argument("--child-timeout", type=float, default=None, help="seconds allowed per model/arm; a run past it is reported and skipped")
+    parser.add_argument("--render", default=None, metavar="JSONL", help="only format rows saved with --jsonl (e.g. on another machine)")
+    parser.add_argument("--machine", default=None, help="with --render: the machine the rows were measured on")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        machine = args.machine or f"device {rows[0]['device']}"
+        print(render(rows, f"python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}", machine, args.epochs))
+        return
     if args._child:
         model, mg = args._child.split(":")
         print("RESULT " + json.dumps(measure(model, mg == "mg", args.epochs, args.graph)))
@@ -97,35 +140,28 @@ def main(argv=None):
         for arm in ("plain", "mg"):
             print(f"[{model} {arm}] {args.epochs} epochs ...", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, __file__, "--_child", f"{model}:{arm}", "--epochs", str(args.epochs), "--graph", args.graph],
-                capture_output=True, text=True,
-            )
+            try:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--_child", f"{model}:{arm}", "--epochs", str(args.epochs), "--graph", args.graph],
+                    capture_output=True, text=True, timeout=args.child_timeout,
+                )
+            except subprocess.TimeoutExpired:
+                print(f"{model} {arm}: skipped, longer than --child-timeout {args.child_timeout}s", file=sys.stderr, flush=True)
+                continue
             line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
             if proc.returncode or not line:
-                raise SystemExit(f"{model} {arm} failed:\n{proc.stderr[-3000:]}")
+                print(f"{model} {arm} failed (other models go on):\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+                continue
             row = json.loads(line[0][7:])
             row["wall_s"] = time.perf_counter() - started
             rows.append(row)
-    header = (
-        f"Command: `python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}`  \n"
-        f"Date: {datetime.date.today().isoformat()}  \n"
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {rows[0]['device']}  \n"
-        f"Data: Baby graph ({rows[0]['batches']} batches of 2048) with random image 4096-d and text 384-d features. "
-        f"Epoch = median of epochs 2..{args.epochs}; eval = one full ranking of the validation users.\n"
-    )
-    table = [
-        "| model | arm | epoch (s) | MG / plain | first epoch incl. compile (s) | eval (s) | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    plain = {r["model"]: r["epoch_s"] for r in rows if not r["mg"]}
-    for r in rows:
-        ratio = f"{r['epoch_s'] / plain[r['model']]:.2f}" if r["mg"] else "1.00"
-        table.append(
-            f"| {r['model']} | {'MG' if r['mg'] else 'plain'} | {r['epoch_s']:.2f} | {ratio} | {r['first_epoch_s']:.2f} | "
-            f"{r['eval_s']:.2f} | {r['peak_rss_mb']:.0f}" + (f" (device {r['device_peak_mb']:.0f})" if "device_peak_mb" in r else "") + " |"
-        )
-    text = header + "\n" + "\n".join(table) + "\n"
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    if not rows:
+        raise SystemExit("no model/arm was measured")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, device {rows[0]['device']}, jax {_jax_version()}"
+    text = render(rows, f"python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}", machine, args.epochs)
     print(text)
     if args.out:
         with open(args.out, "a") as f:
