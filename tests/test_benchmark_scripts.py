@@ -74,9 +74,11 @@ def test_summary_chooses_alpha2_on_validation_not_test(acc):
 
 def test_robustness_learning_rates_and_cell_keys():
     rob = _load("robustness")
-    assert rob.learning_rate("vbpr", "sgd") == rob.LEARNING_RATES["sgd"]
-    assert rob.learning_rate("freedom", "adam") == rob.LEARNING_RATES["adam"]
-    assert rob.learning_rate("freedom", "sgd") == rob.SGD_LR_BY_MODEL["freedom"]
+    assert rob.learning_rate("vbpr", "synthetic", "sgd") == rob.LEARNING_RATES["sgd"]
+    assert rob.learning_rate("vbpr", "movielens-100k", "sgd") == rob.SGD_LR_OVERRIDES[("vbpr", "movielens-100k")]
+    assert rob.learning_rate("vbpr", "movielens-100k", "adam") == rob.LEARNING_RATES["adam"]
+    assert rob.learning_rate("freedom", "movielens-100k", "adam") == rob.LEARNING_RATES["adam"]
+    assert rob.learning_rate("freedom", "synthetic", "sgd") == rob.SGD_LR_OVERRIDES[("freedom", None)]
     old = {"model": "freedom", "dataset": "synthetic", "optimizer": "sgd"}  # recorded before lr was stored
-    new = dict(old, learning_rate=rob.learning_rate("freedom", "sgd"))
+    new = dict(old, learning_rate=rob.learning_rate("freedom", "synthetic", "sgd"))
     assert rob.cell_key(old) != rob.cell_key(new)  # the lr-0.5 cell does not stand in for the new one
