@@ -112,7 +112,7 @@ def _mean_std(values):
 def render(cells: list[dict], command: str) -> str:
     lines = [
         f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} CPU cores.  ",
+        f"Date: {datetime.date.today().isoformat()}; table written on {platform.machine()}, {os.cpu_count()} CPU cores; each cell names the device it ran on.  ",
         "Arms: alpha1 1.0, alpha2 0.2, beta 3; Adam lr 1e-3 or SGD (lr 0.5 unless the cell says otherwise), batch 1024, early stopping on "
         "valid recall@20 (patience in the command). Flatness on 4 fixed training batches; rho = 0.05 relative. "
         "Retention = perturbed / clean test recall@20 (noise: sigma in units of each feature dimension's std, "
@@ -123,6 +123,13 @@ def render(cells: list[dict], command: str) -> str:
         lr = cell.get("learning_rate", LEARNING_RATES[cell["optimizer"]])
         device = cell.get("device", "cpu:cpu").split(":", 1)[-1]
         lines.append(f"### {cell['model']} on {cell['dataset']}, {cell['optimizer']} lr {lr:g} ({cell['seeds']} seeds, {device})")
+        newer = [c for c in cells if cell_key(c)[:3] == cell_key(cell)[:3] and cell_key(c)[3] != lr and cells.index(c) > cells.index(cell)]
+        if newer:
+            lines.append("")
+            lines.append(
+                f"Superseded: this learning rate left the runs under-trained; kept for the record, see the "
+                f"lr {cell_key(newer[-1])[3]:g} cell below."
+            )
         lines.append("")
         lines.append(cell["table"])
         lines.append("")
