@@ -44,19 +44,8 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.graph import combine_knn, knn_item_graph, knn_propagate
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register
-from mirrorgrad_jax.models.dualgnn import (
-    AGGR_MODES,
-    ModalityGCN,
-    UserNeighbourSampler,
-    aggregate_user_neighbours,
-    check_modalities,
-    compiled_edge_norm,
-    initial_sample_rng,
-    log2_bpr_loss,
-    softmax_fusion_weights,
-    sorted_bipartite_edges,
-)
+from mirrorgrad_jax.models.base import Constant, TrainingCache, register
+from mirrorgrad_jax.models.dualgnn import AGGR_MODES, DualGraphRecommender, aggregate_user_neighbours, log2_bpr_loss
 
 __all__ = ["DRAGON", "DRAGONConfig"]
 
@@ -115,7 +104,7 @@ def multimodal_knn_graph(features, modalities, k: int, image_weight: float) -> t
 
 
 @register
-class DRAGON(Recommender):
+class DRAGON(DualGraphRecommender):
     """Dual user-user and item-item graphs over DualGNN's modality GCNs; see the module docstring."""
 
     name = "dragon"
@@ -123,30 +112,12 @@ class DRAGON(Recommender):
     multimodal = True
 
     def __init__(self, dataset, config: DRAGONConfig, *, rngs: nnx.Rngs):
-        self.modalities = check_modalities("DRAGON", dataset)
-        self.config = config
-        self.num_users, self.num_items = int(dataset.num_users), int(dataset.num_items)
-        n, d = self.num_users + self.num_items, int(config.embedding_size)
-        for m in self.modalities:
-            setattr(self, f"gcn_{m}", ModalityGCN(dataset.features[m], self.num_users, d, rngs=rngs))
-        self.weight_u = nnx.Param(softmax_fusion_weights(rngs.params(), self.num_users))
-        senders, receivers = sorted_bipartite_edges(dataset.train, self.num_users)
-        self.senders, self.receivers = Constant(jnp.asarray(senders)), Constant(jnp.asarray(receivers))
-        self.edge_norm = Constant(compiled_edge_norm(senders, receivers, n))
+        n, d = self._init_branches("DRAGON", dataset, config, rngs)
+        self._init_graphs(dataset, config, rngs, n)
         mm_idx, mm_val = multimodal_knn_graph(dataset.features, self.modalities, int(config.knn_k), float(config.mm_image_weight))
         self.mm_idx, self.mm_val = Constant(jnp.asarray(mm_idx)), Constant(jnp.asarray(mm_val))
-        self._user_sampler = UserNeighbourSampler(dataset, config.num_user_neighbours)
-        idx, weights = self._user_sampler.sample(initial_sample_rng(rngs))
-        self.user_nbr_idx, self.user_nbr_weights = Constant(idx), Constant(weights)
         if config.stale_eval:
             self.cache = TrainingCache(jnp.zeros((n, d * len(self.modalities)), jnp.float32))
-
-    def pre_epoch(self, rng: np.random.Generator) -> None:
-        idx, weights = self._user_sampler.sample(rng)
-        self.user_nbr_idx, self.user_nbr_weights = Constant(idx), Constant(weights)
-
-    def _gcn(self, modality: str) -> ModalityGCN:
-        return getattr(self, f"gcn_{modality}")
 
     def representation(self) -> jax.Array:
         """``[user_rep; item_rep]``, shape ``(U + I, 2d)`` (``d`` with one modality)."""

@@ -60,7 +60,7 @@ from mirrorgrad_jax.graph import (
 )
 from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, rownorm
 
-__all__ = ["DualGNN", "DualGNNConfig", "ModalityGCN", "UserNeighbourSampler", "reference_modalities"]
+__all__ = ["DualGNN", "DualGNNConfig", "DualGraphRecommender", "ModalityGCN", "UserNeighbourSampler", "reference_modalities"]
 
 _LN2 = float(np.log(2.0))
 # F.normalize's default epsilon.
@@ -255,31 +255,29 @@ def check_modalities(name: str, dataset) -> tuple[str, ...]:
     return modalities
 
 
-@register
-class DualGNN(Recommender):
-    """Dual graph (user-item + user-user) multimodal GCN; see the module docstring."""
+class DualGraphRecommender(Recommender):
+    """What DualGNN and DRAGON share: per-modality GCN branches, user fusion weights, the
+    symmetric user-item graph and the user-user neighbour sample redrawn every epoch."""
 
-    name = "dualgnn"
-    config_class = DualGNNConfig
-    multimodal = True
-
-    def __init__(self, dataset, config: DualGNNConfig, *, rngs: nnx.Rngs):
-        self.modalities = check_modalities("DualGNN", dataset)
+    def _init_branches(self, model_name: str, dataset, config, rngs: nnx.Rngs) -> tuple[int, int]:
+        """Modality GCNs and ``weight_u``; returns ``(U + I, d)``."""
+        self.modalities = check_modalities(model_name, dataset)
         self.config = config
         self.num_users, self.num_items = int(dataset.num_users), int(dataset.num_items)
-        n, d = self.num_users + self.num_items, int(config.embedding_size)
+        d = int(config.embedding_size)
         for m in self.modalities:
             setattr(self, f"gcn_{m}", ModalityGCN(dataset.features[m], self.num_users, d, rngs=rngs))
         self.weight_u = nnx.Param(softmax_fusion_weights(rngs.params(), self.num_users))
-        self.weight_i = nnx.Param(softmax_fusion_weights(rngs.params(), self.num_items))
+        return self.num_users + self.num_items, d
+
+    def _init_graphs(self, dataset, config, rngs: nnx.Rngs, num_nodes: int) -> None:
+        """User-item edges with their norms, and the first user-user neighbour sample."""
         senders, receivers = sorted_bipartite_edges(dataset.train, self.num_users)
         self.senders, self.receivers = Constant(jnp.asarray(senders)), Constant(jnp.asarray(receivers))
-        self.edge_norm = Constant(compiled_edge_norm(senders, receivers, n))
+        self.edge_norm = Constant(compiled_edge_norm(senders, receivers, num_nodes))
         self._user_sampler = UserNeighbourSampler(dataset, config.num_user_neighbours)
         idx, weights = self._user_sampler.sample(initial_sample_rng(rngs))
         self.user_nbr_idx, self.user_nbr_weights = Constant(idx), Constant(weights)
-        if config.stale_eval:
-            self.cache = TrainingCache(jnp.zeros((n, d), jnp.float32))
 
     def pre_epoch(self, rng: np.random.Generator) -> None:
         idx, weights = self._user_sampler.sample(rng)
@@ -287,6 +285,22 @@ class DualGNN(Recommender):
 
     def _gcn(self, modality: str) -> ModalityGCN:
         return getattr(self, f"gcn_{modality}")
+
+
+@register
+class DualGNN(DualGraphRecommender):
+    """Dual graph (user-item + user-user) multimodal GCN; see the module docstring."""
+
+    name = "dualgnn"
+    config_class = DualGNNConfig
+    multimodal = True
+
+    def __init__(self, dataset, config: DualGNNConfig, *, rngs: nnx.Rngs):
+        n, d = self._init_branches("DualGNN", dataset, config, rngs)
+        self.weight_i = nnx.Param(softmax_fusion_weights(rngs.params(), self.num_items))
+        self._init_graphs(dataset, config, rngs, n)
+        if config.stale_eval:
+            self.cache = TrainingCache(jnp.zeros((n, d), jnp.float32))
 
     def _modality_reps(self) -> list[jax.Array]:
         edges = (self.senders[...], self.receivers[...], self.edge_norm[...])
