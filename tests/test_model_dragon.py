@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +9,14 @@ import pytest
 from flax import nnx
 
 from mirrorgrad_jax.data import RecDataset, make_synthetic
-from mirrorgrad_jax.models.base import Constant, TrainingCache
+from mirrorgrad_jax.models.base import Constant
 from mirrorgrad_jax.models.dragon import DRAGON, DRAGONConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import random_batch
+from helpers import check_stale_eval, random_batch
+from helpers import grads_constants_fixed as _grads
+from helpers import jit_loss as _loss
+from helpers import jit_representation as _representation
+from helpers import jit_scores as _scores
 
 D = 8  # small latent size for the tiny tests
 # float32 forward vs float64 numpy: a handful of ulps on O(1) values.
@@ -43,18 +45,6 @@ def hand():
 
 
 _batch = random_batch
-
-
-# Forward passes are jitted: on CPU one compile costs less than dispatching the ops one by one.
-_representation = nnx.jit(lambda model: model.representation())
-_scores = nnx.jit(lambda model, users: model.scores(users))
-_loss = nnx.jit(lambda model, batch, key: model.loss(batch, key))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _grads(graphdef, params, rest, batch):
-    """d loss / d params with the constants (``rest``) held fixed, as the trainer differentiates."""
-    return jax.grad(lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0)))(params)
 
 
 def _model(ds, **overrides):
@@ -189,20 +179,7 @@ def test_frozen_graphs_do_not_change_when_parameters_are_updated(tiny):
 
 
 def test_eval_recomputes_by_default_and_stale_eval_uses_the_training_cache(tiny):
-    batch = _batch(tiny)
-    for stale in (False, True):
-        model = _model(tiny, stale_eval=stale)
-        _loss(model, batch, jax.random.key(0))
-        before = np.asarray(_scores(model, jnp.arange(5)))
-        model.gcn_text.pref[...] = model.gcn_text.pref[...] * 3.0 + 0.1
-        after = np.asarray(_scores(model, jnp.arange(5)))
-        fresh = np.asarray(_representation(model))
-        recomputed = fresh[:5] @ fresh[tiny.num_users :].T
-        if stale:
-            np.testing.assert_array_equal(after, before)
-            assert np.abs(after - recomputed).max() > 1e-4
-        else:
-            np.testing.assert_allclose(after, recomputed, rtol=1e-6, atol=1e-6)
+    check_stale_eval(_model, tiny, "gcn_text")
 
 
 def test_single_modality_uses_its_own_representation_and_knn_graph(tiny):
