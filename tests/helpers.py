@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.data import RecDataset, make_synthetic
+
 
 def random_batch(ds, n: int = 16, seed: int = 0) -> jnp.ndarray:
     """An int32 (3, n) batch [users; positives; random items] of distinct train rows."""
@@ -24,9 +26,46 @@ jit_loss = nnx.jit(lambda model, batch, key: model.loss(batch, key))
 
 
 @functools.partial(jax.jit, static_argnums=0)
+def value_and_grad_constants_fixed(graphdef, params, rest, batch):
+    """(loss, d loss / d params) with the constants (``rest``) held fixed, as the trainer differentiates.
+
+    ``graphdef`` is static: models with equal configs and shapes share one compilation.
+    """
+    return jax.value_and_grad(lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0)))(params)
+
+
 def grads_constants_fixed(graphdef, params, rest, batch):
-    """d loss / d params with the constants (``rest``) held fixed, as the trainer differentiates."""
-    return jax.grad(lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0)))(params)
+    """d loss / d params with the constants held fixed (see :func:`value_and_grad_constants_fixed`)."""
+    return value_and_grad_constants_fixed(graphdef, params, rest, batch)[1]
+
+
+def three_block_dataset():
+    """60 users x 40 items whose 576 = 9 x 64 train rows make an epoch of exactly three MG blocks
+    at batch size 64, so a training test compiles one epoch scan and nothing else."""
+    ds = make_synthetic(num_users=60, num_items=40, seed=30)
+    assert len(ds.train) == 576
+    return ds
+
+
+def first_576_rows(ds):
+    """``ds`` with its first 576 train rows: 9 batches of 64, three MG blocks, no smaller last batch."""
+    return RecDataset.from_arrays(
+        "tiny576", ds.train[:576], ds.valid, ds.test, ds.features, ds.num_users, ds.num_items, verbose=False
+    )
+
+
+def hand_dataset():
+    """3 users, 4 items; train (0,0) (0,1) (1,1) (1,2) (2,3) (2,0); image 128-d, text 64-d (the
+    widths of the synthetic sets, so projections reuse their compilations)."""
+    rng = np.random.default_rng(3)
+    return RecDataset.from_arrays(
+        "hand",
+        train=[[0, 0], [0, 1], [1, 1], [1, 2], [2, 3], [2, 0]],
+        valid=[[0, 2], [2, 1]],
+        test=[[1, 3], [0, 3]],
+        features={"image": rng.normal(size=(4, 128)), "text": rng.normal(size=(4, 64))},
+        verbose=False,
+    )
 
 
 def check_stale_eval(make_model, ds, branch: str) -> None:

@@ -11,36 +11,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mirrorgrad_jax.data import RecDataset, make_synthetic
+from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+from helpers import hand_dataset, three_block_dataset
 
 D = 8
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    # Seed 30 gives 576 = 9 * 64 train rows: with batch_size 64 an epoch is exactly three
-    # MG blocks, so the training tests compile one epoch scan and nothing else.
-    ds = make_synthetic(num_users=60, num_items=40, seed=30)
-    assert len(ds.train) == 576
-    return ds
+    return three_block_dataset()
 
 
 @pytest.fixture(scope="module")
 def hand():
-    """3 users, 4 items; train (0,0) (0,1) (1,1) (1,2) (2,3) (2,0)."""
-    rng = np.random.default_rng(3)
-    return RecDataset.from_arrays(
-        "hand",
-        train=[[0, 0], [0, 1], [1, 1], [1, 2], [2, 3], [2, 0]],
-        valid=[[0, 2], [2, 1]],
-        test=[[1, 3], [0, 3]],
-        # The feature widths of ``tiny`` (128, 64) let the projections reuse its compilations.
-        features={"image": rng.normal(size=(4, 128)), "text": rng.normal(size=(4, 64))},
-        verbose=False,
-    )
+    return hand_dataset()
 
 
 def _model(ds, **overrides):

@@ -15,7 +15,8 @@ from mirrorgrad_jax.graph import bipartite_edges
 from mirrorgrad_jax.models.base import TrainingCache
 from mirrorgrad_jax.models.grcn import GRCN, GRCNConfig, dot_attention
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import random_batch
+from helpers import first_576_rows, random_batch
+from helpers import value_and_grad_constants_fixed as _value_and_grad
 
 SMALL = {"embedding_size": 8, "latent_embedding": 6}
 
@@ -27,21 +28,10 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def train_ds(tiny):
-    # Exactly 9 batches of 64 (three Mirror Gradient blocks, no smaller last batch), so
-    # the trainer compiles one scanned program per run instead of three step variants.
-    return RecDataset.from_arrays(
-        "tiny576", tiny.train[:576], tiny.valid, tiny.test, tiny.features, tiny.num_users, tiny.num_items, verbose=False
-    )
+    return first_576_rows(tiny)
 
 
 _batch = random_batch
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _value_and_grad(graphdef, params, rest, batch):
-    # graphdef is static: models with equal configs and shapes share one compilation.
-    loss_fn = lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0))  # noqa: E731
-    return jax.value_and_grad(loss_fn)(params)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

@@ -13,7 +13,8 @@ from mirrorgrad_jax.data import RecDataset, make_synthetic
 from mirrorgrad_jax.models.base import Constant, TrainingCache, build_config
 from mirrorgrad_jax.models.mmgcn import MMGCN, MMGCNConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import random_batch
+from helpers import first_576_rows, random_batch
+from helpers import value_and_grad_constants_fixed as _value_and_grad
 
 SMALL = {"embedding_size": 8, "image_latent_dim": 16}
 
@@ -25,21 +26,10 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def train_ds(tiny):
-    # Exactly 9 batches of 64 (three Mirror Gradient blocks, no smaller last batch), so
-    # the trainer compiles one scanned program per run instead of three step variants.
-    return RecDataset.from_arrays(
-        "tiny576", tiny.train[:576], tiny.valid, tiny.test, tiny.features, tiny.num_users, tiny.num_items, verbose=False
-    )
+    return first_576_rows(tiny)
 
 
 _batch = random_batch
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _value_and_grad(graphdef, params, rest, batch):
-    # graphdef is static: models with equal configs and shapes share one compilation.
-    loss_fn = lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0))  # noqa: E731
-    return jax.value_and_grad(loss_fn)(params)
 
 
 def _loss_and_grads(model, batch):

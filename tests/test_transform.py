@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import chex
 import jax
@@ -18,7 +17,6 @@ import optax
 import pytest
 
 from mirrorgrad_jax import (
-    MirrorGradientState,
     implicit_penalty,
     is_mirror_batch,
     mirror_gradient,
