@@ -16,7 +16,7 @@ Trainable parameters are ``nnx.Param``; constants (features, graphs) are
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
