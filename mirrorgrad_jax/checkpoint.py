@@ -1,51 +1,225 @@
-"""Atomic checkpoint files.
+"""Checkpoints that hold only arrays and JSON: orbax folders, replaced atomically.
 
-A checkpoint is a pickled dict of plain Python values and numpy arrays, written to a
-temporary file in the same folder, flushed to disk and renamed over the target, so a
-crash mid-write never leaves a truncated checkpoint behind. Only load checkpoints you
-wrote yourself: unpickling runs code.
+A checkpoint is a folder written by `orbax-checkpoint <https://orbax.readthedocs.io>`_
+with two items: ``arrays`` (named groups of named arrays: ``params``, ``model_state``,
+``opt_state``...) and ``meta`` (plain JSON: configs, metrics, history). Nothing in it is
+ever unpickled, so loading a checkpoint someone else made cannot run code; a file that
+is not such a folder (for example a pickle from mirrorgrad 0.1) is refused with a
+:class:`~mirrorgrad_jax.errors.CheckpointError`.
+
+Arrays are stored under path-like names (``"user_embedding/value"``,
+``"inner_state/0/mu/items/value"``) made by :func:`flatten_arrays`, and put back into a
+freshly built structure by :func:`unflatten_like`, which names every missing, extra or
+mis-shaped array instead of silently reordering leaves.
+
+Writing is atomic: the new checkpoint is completed under a temporary name next to the
+target and swapped in with two renames, so an interruption leaves either the old or the
+new checkpoint (and :func:`load_checkpoint` finds a completed one left mid-swap).
+Orbax's format is also what sharded, multi-host checkpoints use.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
-import tempfile
-from typing import Any
+import shutil
+from typing import Any, Mapping, NamedTuple
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+import jax
+import numpy as np
 
-CHECKPOINT_FORMAT = 1
+from mirrorgrad_jax.errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "flatten_arrays",
+    "load_checkpoint",
+    "save_checkpoint",
+    "unflatten_like",
+]
+
+CHECKPOINT_FORMAT = 2
+"""Version of the layout (1 was a pickle file, never loaded)."""
+
+_NEXT, _PREV = ".next", ".prev"
+_FORMAT_GROUP = "checkpoint"
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Writes ``payload`` to ``path`` atomically (temp file + ``os.replace``)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=folder)
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: ``arrays[group][name]`` (numpy, or jax arrays when restored with targets) and ``meta``."""
+
+    arrays: dict[str, dict[str, Any]]
+    meta: dict[str, Any]
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def flatten_arrays(tree: Any) -> dict[str, Any]:
+    """``{"a/b/c": leaf}`` for every leaf of a pytree (nnx states, optax states, dicts).
+
+    Names are the pytree paths joined with ``/``; they are stable for a given structure,
+    so :func:`unflatten_like` can match them against a freshly built tree.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out: dict[str, Any] = {}
+    for path, leaf in flat:
+        name = "/".join(_key_name(p) for p in path) or "."
+        if name in out:
+            raise ValueError(f"two leaves share the name {name!r}; cannot checkpoint this tree")
+        out[name] = leaf
+    return out
+
+
+def unflatten_like(reference: Any, arrays: Mapping[str, Any], what: str) -> Any:
+    """Puts ``arrays`` (from :func:`flatten_arrays`) into the structure of ``reference``.
+
+    Args:
+      reference: a tree of the wanted structure (e.g. a freshly built model's state).
+      arrays: name -> array.
+      what: names the thing in error messages (e.g. ``"best.ckpt: the parameters"``).
+
+    Returns:
+      The tree, leaves taken from ``arrays`` (cast to the reference leaf's dtype).
+
+    Raises:
+      CheckpointError: missing or unexpected names, or a shape that differs.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(reference)
+    names = ["/".join(_key_name(p) for p in path) or "." for path, _ in flat]
+    missing = [n for n in names if n not in arrays]
+    extra = sorted(set(arrays) - set(names))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lacks {len(missing)} array(s) the model has (e.g. {missing[:3]})")
+        if extra:
+            parts.append(f"has {len(extra)} array(s) the model does not (e.g. {extra[:3]})")
+        raise CheckpointError(f"mismatch in {what}: the checkpoint " + " and ".join(parts))
+    leaves = []
+    for name, (_, ref) in zip(names, flat):
+        value = arrays[name]
+        if tuple(np.shape(value)) != tuple(np.shape(ref)):
+            raise CheckpointError(f"mismatch in {what}: {name!r} has shape {tuple(np.shape(value))} in the checkpoint, {tuple(np.shape(ref))} in the model")
+        dtype = getattr(ref, "dtype", None)
+        if isinstance(value, np.ndarray) and dtype is not None and value.dtype != dtype:
+            value = value.astype(dtype)
+        leaves.append(value)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _orbax():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _checkpointer():
+    ocp = _orbax()
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def _plain(tree: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Groups of arrays with host copies of single-device jax arrays (sharded ones stay as they are)."""
+    out: dict[str, dict[str, Any]] = {}
+    for group, arrays in tree.items():
+        out[group] = {}
+        for name, value in arrays.items():
+            if isinstance(value, jax.Array) and len(value.sharding.device_set) > 1:
+                out[group][name] = value
+            else:
+                out[group][name] = np.asarray(value)
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+    """Writes a checkpoint folder at ``path``, replacing any previous one atomically.
+
+    Args:
+      path: the checkpoint folder (e.g. ``runs/x/best.ckpt``).
+      arrays: group name -> array name -> array (numpy or jax; sharded jax arrays are
+        written shard by shard by orbax).
+      meta: JSON-serialisable metadata (big integers and NaN are fine).
+    """
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    ocp = _orbax()
+    payload = json.loads(json.dumps({"format": CHECKPOINT_FORMAT, **meta}, default=_json_default))
+    groups = {g: dict(a) for g, a in _plain(arrays).items() if a}
+    # orbax refuses an empty item; a model without parameters (ItemKNNCBF) still gets a folder.
+    groups[_FORMAT_GROUP] = {"format": np.asarray(CHECKPOINT_FORMAT, np.int32)}
+    nxt, prev = path + _NEXT, path + _PREV
+    for stale in (nxt, prev):
+        if os.path.lexists(stale):
+            shutil.rmtree(stale) if os.path.isdir(stale) else os.unlink(stale)
+    _checkpointer().save(nxt, args=ocp.args.Composite(arrays=ocp.args.StandardSave(groups), meta=ocp.args.JsonSave(payload)))
+    if os.path.lexists(path):
+        os.rename(path, prev)
+    os.rename(nxt, path)
+    if os.path.lexists(prev):
+        shutil.rmtree(prev) if os.path.isdir(prev) else os.unlink(prev)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _resolve(path: str) -> str:
+    """The folder to read: ``path``, or a completed ``path.next`` left by an interrupted swap."""
+    if os.path.isdir(path):
+        return path
+    if not os.path.lexists(path) and os.path.isdir(path + _NEXT) and os.path.exists(os.path.join(path + _NEXT, "meta")):
+        return path + _NEXT
+    if os.path.isfile(path):
+        raise CheckpointError(
+            f"{path} is a file, not a mirrorgrad checkpoint folder. Checkpoints are orbax folders of arrays and "
+            "JSON; files such as the pickles of mirrorgrad 0.1 are never loaded, because unpickling can run code"
+        )
+    raise CheckpointError(f"no checkpoint at {path}")
+
+
+def load_checkpoint(path: str | os.PathLike, *, targets: Mapping[str, Mapping[str, Any]] | None = None) -> Checkpoint:
+    """Reads a checkpoint written by :func:`save_checkpoint`; never unpickles anything.
+
+    Args:
+      path: the checkpoint folder.
+      targets: optional group -> name -> ``jax.ShapeDtypeStruct`` (with a sharding) to
+        restore arrays directly onto devices, e.g. onto another mesh. Without it every
+        array comes back as numpy on the host.
+
+    Returns:
+      A :class:`Checkpoint`.
+
+    Raises:
+      CheckpointError: not a folder, not a mirrorgrad checkpoint, or of another format.
+    """
+    folder = _resolve(os.path.abspath(os.fspath(path)))
+    ocp = _orbax()
+    if not os.path.isdir(os.path.join(folder, "meta")) or not os.path.isdir(os.path.join(folder, "arrays")):
+        raise CheckpointError(f"{path} is not a mirrorgrad checkpoint (it has no 'meta' and 'arrays' items)")
     try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump({"format": CHECKPOINT_FORMAT, **payload}, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`save_checkpoint`, with clear errors."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        meta = _checkpointer().restore(folder, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as err:  # orbax raises many types for unreadable folders
+        raise CheckpointError(f"{path}: cannot read the checkpoint metadata ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} is a checkpoint of format {found!r}; this version reads format {CHECKPOINT_FORMAT}")
+    restore = ocp.args.StandardRestore(dict(targets)) if targets is not None else ocp.args.StandardRestore()
     try:
-        with open(path, "rb") as f:
-            payload = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
-        raise ValueError(f"{path} is not a readable mirrorgrad checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a mirrorgrad checkpoint of format {CHECKPOINT_FORMAT}")
-    return payload
+        arrays = _checkpointer().restore(folder, args=ocp.args.Composite(arrays=restore))["arrays"]
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint arrays ({type(err).__name__}: {err})") from None
+    return Checkpoint({g: dict(a) for g, a in arrays.items() if g != _FORMAT_GROUP}, meta)

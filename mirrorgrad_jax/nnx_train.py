@@ -52,6 +52,17 @@ def nnx_grad_fn(
     return jax.grad(loss_of)
 
 
+def _advance_rng_counts(model: nnx.Module, before: Any, after: Any, times: Any) -> None:
+    """Moves every RNG stream of ``model`` on by ``times`` more forward passes.
+
+    ``before``/``after`` are the stream counts around one forward pass; the mirror pass
+    runs on a discarded copy, so without this the next batch's first pass would reuse
+    the counts (and draw the same dropout masks) that the mirror pass used.
+    """
+    advanced = jax.tree.map(lambda b, a: a + (a - b) * times, before, after)
+    nnx.update(model, advanced)
+
+
 def make_nnx_train_step(
     loss_fn: Callable[..., jax.Array],
 ) -> Callable[..., jax.Array]:
@@ -65,6 +76,13 @@ def make_nnx_train_step(
     (no ``lax.cond``), or leave it ``None`` to follow the optimizer's own counter.
     Optimizers that take no extra arguments are called without them.
 
+    Randomness: the mirror pass draws from the RNG streams as they are after the first
+    pass (fresh dropout masks, as in the reference), and the model's streams are then
+    moved on by one more forward pass, so the next batch draws new masks too. With
+    ``mirror=None`` the step cannot tell whether the optimizer mirrored, so the streams
+    move on by two passes on every batch (skipped counts cost nothing and keep every
+    draw fresh).
+
     Args:
       loss_fn: ``loss_fn(model, *batch) -> scalar loss``.
 
@@ -74,12 +92,17 @@ def make_nnx_train_step(
 
     @nnx.jit(static_argnames=("mirror",))
     def train_step(model: nnx.Module, optimizer: nnx.Optimizer, *batch: Any, mirror: bool | None = None):
+        # Snapshots (tree.map copies the containers): nnx.state returns live Variables.
+        counts_before = jax.tree.map(lambda c: c, nnx.state(model, nnx.RngCount))
         loss, grads = nnx.value_and_grad(loss_fn)(model, *batch)
         if isinstance(optimizer.tx, optax.GradientTransformationExtraArgs):
+            counts_after = jax.tree.map(lambda c: c, nnx.state(model, nnx.RngCount))
             extra = {"grad_fn": nnx_grad_fn(model, loss_fn, *batch, wrt=optimizer.wrt)}
             if mirror is not None:
                 extra["mirror"] = mirror
             optimizer.update(model, grads, **extra)
+            if mirror is not False and jax.tree.leaves(counts_after):
+                _advance_rng_counts(model, counts_before, counts_after, 1)
         else:
             optimizer.update(model, grads)
         return loss

@@ -17,7 +17,7 @@ layers draw new randomness, as in the reference.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +31,10 @@ StepFn = Callable[..., tuple[Any, Any, jax.Array, Any]]
 class TrainSteps(NamedTuple):
     """Pure step functions ``(params, opt_state, batch, key, *context) -> (params, opt_state, loss, aux)``.
 
-    ``loss`` is the first-pass loss (the one the reference logs); ``aux`` is the
-    auxiliary output of the LAST forward pass of the step (the second pass on
-    mirror batches), matching models that cache their training forward.
+    ``loss`` is the first-pass loss (the one the reference logs), or
+    ``[first, last]`` with ``both_losses``; ``aux`` is the auxiliary output of the LAST
+    forward pass of the step (the second pass on mirror batches), matching models that
+    cache their training forward.
     """
 
     normal: StepFn
@@ -46,6 +47,11 @@ def make_train_steps(
     *,
     has_aux: bool = False,
     mirror: bool = True,
+    both_losses: bool = False,
+    thread_aux: bool = False,
+    update_kwargs: Mapping[str, Any] | None = None,
+    mirror_pass_loss_fn: Callable[..., Any] | None = None,
+    mirror_pass_update_kwargs: Mapping[str, Any] | None = None,
 ) -> TrainSteps:
     """Builds the normal and mirror train steps for ``tx``.
 
@@ -56,41 +62,62 @@ def make_train_steps(
         ``mode="transparent"`` (or any optax transformation when ``mirror=False``).
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
       mirror: False for a plain optimizer: ``mirror`` then equals ``normal`` and
-        ``tx`` receives no extra arguments.
+        ``tx`` receives no MG extra arguments.
+      both_losses: return ``loss`` as ``[first-pass loss, last-pass loss]`` (shape
+        ``(2,)``; on normal steps both are the one loss), so a caller can check the
+        mirror pass for non-finite values too.
+      thread_aux: the last ``context`` element is a state the loss updates and returns
+        as ``aux`` (e.g. a model's training cache): the mirror pass sees the state the
+        first pass produced.
+      update_kwargs: static extra arguments for ``tx.update`` on the first (or only)
+        inner step of a batch.
+      mirror_pass_loss_fn: the loss of the mirror pass (default ``loss_fn``).
+      mirror_pass_update_kwargs: extra arguments for the mirror pass's ``tx.update``
+        (default ``update_kwargs``).
 
     Returns:
       A :class:`TrainSteps` of pure functions; jit them (donating params and state).
     """
+    first_kwargs = dict(update_kwargs or {})
+    second_kwargs = dict(first_kwargs if mirror_pass_update_kwargs is None else mirror_pass_update_kwargs)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+    second_value_and_grad = value_and_grad if mirror_pass_loss_fn is None else jax.value_and_grad(mirror_pass_loss_fn, has_aux=has_aux)
 
-    def evaluate(params, batch, key, context):
-        out, grads = value_and_grad(params, batch, key, *context)
+    def evaluate(vg, params, batch, key, context):
+        out, grads = vg(params, batch, key, *context)
         loss, aux = out if has_aux else (out, None)
         return loss, aux, grads
 
+    def report(first, last):
+        return jnp.stack([first, last]) if both_losses else first
+
     def normal(params, opt_state, batch, key, *context):
-        loss, aux, grads = evaluate(params, batch, key, context)
-        extra = {"mirror": False} if mirror else {}
+        loss, aux, grads = evaluate(value_and_grad, params, batch, key, context)
+        extra = {"mirror": False, **first_kwargs} if mirror else first_kwargs
         updates, opt_state = tx.update(grads, opt_state, params, **extra)
-        return optax.apply_updates(params, updates), opt_state, loss, aux
+        return optax.apply_updates(params, updates), opt_state, report(loss, loss), aux
 
     def mirrored(params, opt_state, batch, key, *context):
-        loss, _, grads = evaluate(params, batch, key, context)
-        updates, opt_state = tx.update(grads, opt_state, params, mirror=True)
+        loss, aux, grads = evaluate(value_and_grad, params, batch, key, context)
+        updates, opt_state = tx.update(grads, opt_state, params, mirror=True, **first_kwargs)
         params = optax.apply_updates(params, updates)
-        _, aux, grads = evaluate(params, batch, jax.random.fold_in(key, 1), context)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, aux
+        if thread_aux:
+            context = (*context[:-1], aux)
+        loss2, aux, grads = evaluate(second_value_and_grad, params, batch, jax.random.fold_in(key, 1), context)
+        updates, opt_state = tx.update(grads, opt_state, params, **second_kwargs)
+        return optax.apply_updates(params, updates), opt_state, report(loss, loss2), aux
 
     return TrainSteps(normal, mirrored if mirror else normal)
 
 
-def make_block_step(steps: TrainSteps, beta: int) -> StepFn:
+def make_block_step(steps: TrainSteps, beta: int, *, thread_aux: bool = False) -> StepFn:
     """A step over a block of ``beta`` batches: the first mirrored, the rest normal.
 
     ``batches`` has a leading axis of size ``beta`` and ``keys`` holds ``beta`` PRNG keys.
     Meant as the body of a ``lax.scan`` over an epoch laid out by :func:`epoch_layout`;
-    returns the per-batch losses ``(beta,)`` and the aux of the last batch.
+    returns the per-batch losses (leading axis ``beta``) and the aux of the last batch.
+    With ``thread_aux`` (see :func:`make_train_steps`) each batch sees, as its last
+    context element, the aux the previous batch produced.
     """
 
     def block(params, opt_state, batches, keys, *context):
@@ -98,13 +125,15 @@ def make_block_step(steps: TrainSteps, beta: int) -> StepFn:
         params, opt_state, loss, aux = steps.mirror(params, opt_state, first, keys[0], *context)
         if beta == 1:
             return params, opt_state, loss[None], aux
+        head = context[:-1] if thread_aux else context
 
         # The normal batches run as an inner scan rather than unrolled: unrolled steps in
         # one scan body made XLA copy the carried tables (measured ~20% slower on CPU).
         def normal(carry, xs):
-            p, s, _ = carry
-            p, s, loss, aux = steps.normal(p, s, *xs, *context)
-            return (p, s, aux), loss
+            p, s, a = carry
+            ctx = (*head, a) if thread_aux else head
+            p, s, loss, a = steps.normal(p, s, *xs, *ctx)
+            return (p, s, a), loss
 
         rest = jax.tree.map(lambda b: b[1:], batches)
         (params, opt_state, aux), losses = jax.lax.scan(normal, (params, opt_state, aux), (rest, keys[1:]))

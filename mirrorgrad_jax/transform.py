@@ -40,9 +40,10 @@ __all__ = [
     "is_mirror_batch",
     "mirror_pass_pending",
     "find_mirror_state",
+    "torch_clip_grad_norm",
 ]
 
-Schedule = Literal["reference", "algorithm1"]
+Schedule = Literal["reference", "global", "algorithm1"]
 ApplyTo = Literal["gradient", "update"]
 Mode = Literal["opaque", "transparent"]
 
@@ -82,19 +83,23 @@ def is_mirror_batch(
       schedule: ``"reference"`` reproduces the reference trainer: the in-epoch batch
         index ``b`` restarts every epoch and batches with ``b % beta == 0`` (0, beta,
         2*beta, ...) are mirror batches, so the first batch of every epoch mirrors.
-        ``"algorithm1"`` is the paper's Algorithm 1: a global 1-based counter ``t``
-        with mirror steps where ``t % beta == 0`` (batches beta-1, 2*beta-1, ... in
-        0-based terms), never reset.
+        ``"global"``: batches 0, beta, 2*beta, ... of the whole run, never restarted
+        (the same as ``"reference"`` when every epoch has a multiple of ``beta``
+        batches). ``"algorithm1"`` is the paper's Algorithm 1: a global 1-based
+        counter ``t`` with mirror steps where ``t % beta == 0`` (batches beta-1,
+        2*beta-1, ... in 0-based terms), never reset.
       steps_per_epoch: batches per epoch, used by ``"reference"`` to restart the index;
-        ``None`` means the index never restarts (one endless epoch).
+        with ``None`` the index never restarts (as ``"global"``).
 
     Returns:
       A Python bool for Python inputs, else a boolean array.
     """
     if schedule == "algorithm1":
         return (batch_index + 1) % beta == 0
+    if schedule == "global":
+        return batch_index % beta == 0
     if schedule != "reference":
-        raise ValueError(f"schedule must be 'reference' or 'algorithm1', got {schedule!r}")
+        raise ValueError(f"schedule must be 'reference', 'global' or 'algorithm1', got {schedule!r}")
     in_epoch = batch_index if steps_per_epoch is None else batch_index % steps_per_epoch
     return in_epoch % beta == 0
 
@@ -147,6 +152,21 @@ def _scale(factor: Any, tree: Any) -> Any:
     return jax.tree.map(lambda x: (jnp.asarray(factor, x.dtype) * x), tree)
 
 
+def torch_clip_grad_norm(grads: Any, max_norm: float) -> Any:
+    """Rescales ``grads`` as ``torch.nn.utils.clip_grad_norm_`` does.
+
+    With ``n`` the global L2 norm over all leaves, every leaf is multiplied by
+    ``min(1, max_norm / (n + 1e-6))`` (torch's epsilon; ``optax.clip_by_global_norm``
+    uses ``max_norm / max(n, max_norm)``, which differs by that epsilon).
+    """
+    leaves = jax.tree.leaves(grads)
+    if not leaves:
+        return grads
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32 if g.dtype != jnp.float64 else g.dtype))) for g in leaves))
+    coef = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    return jax.tree.map(lambda g: (g * coef.astype(g.dtype)).astype(g.dtype), grads)
+
+
 def _is_concrete_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -180,8 +200,9 @@ def mirror_gradient(
     *,
     mode: Mode = "opaque",
     apply_to: ApplyTo = "gradient",
-    schedule: Schedule = "reference",
+    schedule: Schedule | None = None,
     steps_per_epoch: int | None = None,
+    clip_grad_norm: float | None = None,
     batch_axis_name: str | None = None,
     allow_ascent: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -189,11 +210,22 @@ def mirror_gradient(
 
     Must be the outermost transformation: anything chained before it sees only the
     first gradient of a mirror batch, and anything after it would alter an update
-    whose second half assumed it is applied as is. Put weight decay, clipping and
-    learning-rate scaling INSIDE ``inner`` (``optax.chain(optax.add_decayed_weights(wd),
+    whose second half assumed it is applied as is. Put weight decay and learning-rate
+    scaling INSIDE ``inner`` (``optax.chain(optax.add_decayed_weights(wd),
     optax.adam(lr))`` reproduces torch's coupled weight decay, which the reference does
     not negate in the mirror pass). Learning-rate schedules inside ``inner`` advance
     per inner step, i.e. ``1 + 1/beta`` times per batch.
+
+    Gradient clipping has two placements:
+
+    * ``clip_grad_norm=c`` (the reference trainer's): the reference clips ONCE per
+      batch, after its if/else, so only the gradient of the LAST inner step of a batch
+      is clipped: the normal step, or on a mirror batch the mirror step's
+      ``-alpha2 * g'``; the ``alpha1`` step is never clipped. The clip acts on the
+      gradient after MG's scaling (torch clips the gradient of ``-alpha2 * L``), with
+      torch's formula (:func:`torch_clip_grad_norm`).
+    * ``optax.clip_by_global_norm`` inside ``inner``: every inner step is clipped,
+      both sub-steps of a mirror batch included. Not what the reference does.
 
     Do not nest it inside ``optax.MultiSteps`` (it would mirror each micro-batch with
     a gradient function that sees only that micro-batch) nor wrap a ``MultiSteps``
@@ -214,12 +246,19 @@ def mirror_gradient(
         scaled, ``alpha1 * u(g)`` then ``-alpha2 * u(g')``, so the second sub-step is
         a true step against the optimizer's direction even under Adam. With plain SGD
         both are Algorithm 1.
-      schedule: ``"reference"`` (default) mirrors the first batch of every epoch and
-        then every ``beta``-th, restarting the index each epoch, as the reference
-        trainer whose numbers the paper reports; ``"algorithm1"`` uses the paper's
-        global 1-based counter. See :func:`is_mirror_batch`.
-      steps_per_epoch: batches per epoch, so ``"reference"`` can restart its index;
-        ``None`` never restarts.
+      schedule: ``"reference"`` mirrors the first batch of every epoch and then every
+        ``beta``-th, restarting the index each epoch, as the reference trainer whose
+        numbers the paper reports; it needs ``steps_per_epoch``. ``"global"`` mirrors
+        batches 0, beta, 2*beta, ... of the whole run without restarting.
+        ``"algorithm1"`` uses the paper's global 1-based counter. The default (``None``)
+        is ``"reference"`` when ``steps_per_epoch`` is given and ``"global"``
+        otherwise: without the epoch length no transformation can know where an
+        epoch starts. See :func:`is_mirror_batch`. A static ``mirror=`` extra
+        argument overrides the schedule batch by batch.
+      steps_per_epoch: batches per epoch, so ``"reference"`` can restart its index.
+      clip_grad_norm: clip the gradient of the last inner step of each batch to this
+        global norm, as the reference trainer (see above); ``None`` (default, as the
+        reference's config) does not clip.
       batch_axis_name: under ``shard_map``/``pmap``, the axis over which the mirror
         gradient computed by ``grad_fn`` is averaged (opaque mode; in transparent
         mode average the gradients you pass in, as for any optimizer).
@@ -254,16 +293,30 @@ def mirror_gradient(
         raise ValueError(f"mode must be 'opaque' or 'transparent', got {mode!r}")
     if apply_to not in ("gradient", "update"):
         raise ValueError(f"apply_to must be 'gradient' or 'update', got {apply_to!r}")
-    if schedule not in ("reference", "algorithm1"):
-        raise ValueError(f"schedule must be 'reference' or 'algorithm1', got {schedule!r}")
-    if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+    if schedule is None:
+        schedule = "reference" if steps_per_epoch is not None else "global"
+    if schedule not in ("reference", "global", "algorithm1"):
+        raise ValueError(f"schedule must be 'reference', 'global' or 'algorithm1', got {schedule!r}")
+    if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1):
         raise ValueError(f"steps_per_epoch must be a positive int or None, got {steps_per_epoch!r}")
+    if schedule == "reference" and steps_per_epoch is None:
+        raise ValueError(
+            "schedule='reference' restarts the batch index every epoch (the first batch of each epoch mirrors) "
+            "and needs steps_per_epoch; pass it, or use schedule='global' for batches 0, beta, 2*beta, ... "
+            "of the whole run"
+        )
+    if clip_grad_norm is not None and (not _is_concrete_number(clip_grad_norm) or not clip_grad_norm > 0):
+        raise ValueError(f"clip_grad_norm must be a positive number or None, got {clip_grad_norm!r}")
     _validate(alpha1, alpha2, beta, allow_ascent)
     inner = optax.with_extra_args_support(inner)
 
-    def scaled_inner_step(grads, inner_state, params, in_scale, out_scale, extra):
-        """One inner step with the gradient scaled by ``in_scale`` and the update by ``out_scale``."""
-        updates, inner_state = inner.update(_scale(in_scale, grads), inner_state, params, **extra)
+    def scaled_inner_step(grads, inner_state, params, in_scale, out_scale, extra, clip=False):
+        """One inner step with the gradient scaled by ``in_scale`` (then clipped when ``clip``) and the update by ``out_scale``."""
+        grads = _scale(in_scale, grads)
+        if clip is not False and clip_grad_norm is not None:
+            clipped = torch_clip_grad_norm(grads, clip_grad_norm)
+            grads = clipped if clip is True else jax.tree.map(lambda c, g: jnp.where(clip, c, g), clipped, grads)
+        updates, inner_state = inner.update(grads, inner_state, params, **extra)
         return _scale(out_scale, updates), inner_state
 
     def coefficients(sign_alpha):
@@ -298,7 +351,7 @@ def mirror_gradient(
             raise ValueError("mirror_gradient(mode='opaque') needs params: update(grads, state, params, grad_fn=...).")
 
         def normal(inner_state):
-            return inner.update(grads, inner_state, params, **extra)
+            return scaled_inner_step(grads, inner_state, params, 1.0, 1.0, extra, clip=True)
 
         def mirrored(inner_state):
             u1, inner_state = scaled_inner_step(grads, inner_state, params, *coefficients(alpha1), extra)
@@ -306,7 +359,7 @@ def mirror_gradient(
             mirror_grads = grad_fn(moved)
             if batch_axis_name is not None:
                 mirror_grads = jax.lax.pmean(mirror_grads, axis_name=batch_axis_name)
-            u2, inner_state = scaled_inner_step(mirror_grads, inner_state, moved, *coefficients(-alpha2), extra)
+            u2, inner_state = scaled_inner_step(mirror_grads, inner_state, moved, *coefficients(-alpha2), extra, clip=True)
             # Summed in the parameters' dtype so that apply_updates(params, u1 + u2) == moved + u2 up to rounding.
             return jax.tree.map(lambda a, b: (a + b).astype(a.dtype), u1, u2), inner_state
 
@@ -327,7 +380,10 @@ def mirror_gradient(
             second_pass, -jnp.asarray(alpha2, dtype), jnp.where(starts_mirror, jnp.asarray(alpha1, dtype), one)
         )
         in_scale, out_scale = (signed, one) if apply_to == "gradient" else (one, signed)
-        updates, inner_state = scaled_inner_step(grads, state.inner_state, params, in_scale, out_scale, extra)
+        # The last inner step of a batch is clipped (reference placement): every step but a mirror batch's first.
+        updates, inner_state = scaled_inner_step(
+            grads, state.inner_state, params, in_scale, out_scale, extra, clip=jnp.logical_not(starts_mirror)
+        )
         phase = starts_mirror.astype(jnp.int32)
         count = state.count + (1 - phase)
         return updates, MirrorGradientState(count, phase, inner_state)

@@ -7,10 +7,27 @@ sees only this interface and never special-cases a model:
   ``[users; positives; negatives]`` (``(2, B)`` when ``uses_negatives`` is False);
 * ``scores(users) -> (len(users), num_items)`` for full ranking;
 * ``pre_epoch(rng)``: optional host-side refresh before each epoch (graph sampling);
-  it may replace non-trainable variables with arrays of the SAME shapes.
+  it may replace non-trainable variables with arrays of the SAME shapes, held as
+  :class:`EpochSample` (checkpoints keep them: evaluation may read them).
+
+Optional parts of the contract, each with a default that changes nothing:
+
+* ``trainable = False``: the model needs no training (ItemKNNCBF); the trainer runs
+  one evaluation, builds no optimizer and refuses Mirror Gradient with a clear message.
+* ``first_batch_params`` / ``first_batch_loss(batch, key)``: parameters that get a
+  gradient only from the FIRST training forward of each epoch (LATTICE rebuilds its
+  item graph there and reuses it detached afterwards). The trainer computes that
+  forward with ``first_batch_loss`` and, on every other step, leaves these parameters
+  AND their optimizer state untouched, as torch's Adam skips parameters whose
+  gradient is ``None``.
+* ``ranks_with_training_cache()``: True when ``scores`` reads a
+  :class:`TrainingCache` written by ``loss`` ("stale" evaluation); evaluating such a
+  model before its cache was filled is an error, not a ranking.
 
 Trainable parameters are ``nnx.Param``; constants (features, graphs) are
-:class:`Constant` variables, which the optimizer never sees.
+:class:`Constant` variables, which the optimizer never sees. A model may READ a
+:class:`TrainingCache` that an earlier step of the same epoch wrote: the trainer
+carries the cache from step to step.
 """
 
 from __future__ import annotations
@@ -23,7 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["Constant", "TrainingCache", "Recommender", "register", "get_model", "available_models", "xavier_uniform", "xavier_normal"]
+from mirrorgrad_jax.errors import ConfigError, UserInputError
+
+__all__ = ["CHECKPOINTED", "Constant", "EpochSample", "FrozenRandom", "TrainingCache", "check_ready_to_rank", "Recommender", "register", "get_model", "available_models", "xavier_uniform", "xavier_normal"]
 
 # torch's xavier initialisers on an (n, d) table: U(+-sqrt(6/(n+d))) and N(0, 2/(n+d)),
 # symmetric in n and d. jax's glorot_normal truncates, so the normal one is spelled out.
@@ -33,6 +52,22 @@ xavier_normal = jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 class Constant(nnx.Variable):
     """A non-trainable array held by a model (features, graph edges, frozen tensors)."""
+
+
+class EpochSample(Constant):
+    """A constant redrawn by ``pre_epoch`` (sampled graphs, neighbour lists).
+
+    Checkpoints keep these, because evaluation may read them (DualGNN's and DRAGON's
+    user-graph sample of the epoch).
+    """
+
+
+class FrozenRandom(Constant):
+    """A random tensor drawn at construction and never trained (MMGCN's id/preference tables).
+
+    Unlike feature-derived constants it cannot be rebuilt from the dataset, so
+    checkpoints keep it.
+    """
 
 
 class TrainingCache(nnx.Variable):
@@ -52,9 +87,22 @@ class Recommender(nnx.Module):
     config_class: ClassVar[type] = object
     uses_negatives: ClassVar[bool] = True
     multimodal: ClassVar[bool] = False
+    #: False: no training at all (one evaluation, no optimizer, no MG).
+    trainable: ClassVar[bool] = True
+    #: Top-level attribute names of the parameters that get gradient only from
+    #: ``first_batch_loss`` (see the module docstring); empty for most models.
+    first_batch_params: ClassVar[tuple[str, ...]] = ()
 
     def loss(self, batch: jax.Array, key: jax.Array) -> jax.Array:
         raise NotImplementedError
+
+    def first_batch_loss(self, batch: jax.Array, key: jax.Array) -> jax.Array:
+        """The loss of the first training batch of an epoch; ``loss`` unless the model says otherwise."""
+        return self.loss(batch, key)
+
+    def ranks_with_training_cache(self) -> bool:
+        """Whether ``scores`` reads a :class:`TrainingCache` filled by training (stale evaluation)."""
+        return False
 
     def scores(self, users: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -64,6 +112,31 @@ class Recommender(nnx.Module):
 
     def num_trainable_params(self) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(self, nnx.Param))))
+
+
+#: What a trained model is besides its dataset: everything a checkpoint keeps. Plain
+#: :class:`Constant` values are functions of the dataset and config and are rebuilt.
+CHECKPOINTED = (nnx.Param, TrainingCache, EpochSample, FrozenRandom)
+
+
+def check_ready_to_rank(model: Recommender) -> None:
+    """Refuses to rank with a stale-evaluation model whose training cache was never filled.
+
+    Such a model would score every item 0 and ``top_k`` would return the lowest item
+    ids: numbers that look like metrics and mean nothing.
+
+    Raises:
+      ValueError: when ``model.ranks_with_training_cache()`` and every cached array is all zeros.
+    """
+    if not model.ranks_with_training_cache():
+        return
+    leaves = jax.tree.leaves(nnx.state(model, TrainingCache))
+    if leaves and not any(bool(jnp.any(leaf != 0)) for leaf in leaves):
+        raise ValueError(
+            f"{type(model).__name__} ranks with the representation cached by its last training forward "
+            "(stale_eval=True), but that cache was never filled: train it, load it from a checkpoint "
+            "written by the trainer, or build it with stale_eval=False to recompute the representation"
+        )
 
 
 _REGISTRY: dict[str, type[Recommender]] = {}
@@ -80,20 +153,34 @@ def available_models() -> list[str]:
 
 
 def get_model(name: str) -> type[Recommender]:
-    key = name.lower()
+    """The registered model class called ``name`` (case-insensitive).
+
+    Raises:
+      UserInputError: an unknown name (the message lists the available ones).
+    """
+    key = str(name).lower()
     if key not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        raise UserInputError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return _REGISTRY[key]
 
 
 def build_config(cls: type[Recommender], values: dict[str, Any] | None) -> Any:
-    """Builds ``cls.config_class`` from a mapping, naming any unknown key and the allowed ones."""
+    """Builds ``cls.config_class`` from a mapping, naming any unknown key and the allowed ones.
+
+    Raises:
+      ConfigError: an unknown key, a value of the wrong type or out of range.
+    """
     values = dict(values or {})
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ValueError(f"unknown {cls.name} option(s) {unknown}; allowed: {sorted(fields)}")
-    return cls.config_class(**values)
+        raise ConfigError(f"unknown {cls.name} option(s) {unknown}; allowed: {sorted(fields)}")
+    try:
+        return cls.config_class(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cls.name} config: {err}") from None
 
 
 def rownorm(x: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.models.base import Recommender, bpr_log_likelihood, frobenius, register, xavier_uniform
 
 
@@ -20,6 +21,9 @@ class BPRMFConfig:
 
     embedding_size: int = 64
     reg_weight: float = 1e-4
+
+    def __post_init__(self):
+        check_field_types(self)
 
 
 @register

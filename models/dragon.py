@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import combine_knn, knn_item_graph, knn_propagate
 from mirrorgrad_jax.models.base import Constant, TrainingCache, register
 from mirrorgrad_jax.models.dualgnn import AGGR_MODES, DualGraphRecommender, aggregate_user_neighbours, log2_bpr_loss
@@ -75,6 +76,7 @@ class DRAGONConfig:
     stale_eval: bool = False
 
     def __post_init__(self):
+        check_field_types(self)
         if int(self.embedding_size) < 1:
             raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
         if not self.reg_weight >= 0:

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import (
     bipartite_edges,
     build_user_graph,
@@ -58,7 +59,7 @@ from mirrorgrad_jax.graph import (
     segment_mean,
     symmetric_edge_norm,
 )
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, rownorm
+from mirrorgrad_jax.models.base import Constant, EpochSample, Recommender, TrainingCache, register, rownorm
 
 __all__ = ["DualGNN", "DualGNNConfig", "DualGraphRecommender", "ModalityGCN", "UserNeighbourSampler", "reference_modalities"]
 
@@ -231,6 +232,7 @@ class DualGNNConfig:
     stale_eval: bool = True
 
     def __post_init__(self):
+        check_field_types(self)
         if int(self.embedding_size) < 1:
             raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
         if not self.reg_weight >= 0:
@@ -277,11 +279,14 @@ class DualGraphRecommender(Recommender):
         self.edge_norm = Constant(compiled_edge_norm(senders, receivers, num_nodes))
         self._user_sampler = UserNeighbourSampler(dataset, config.num_user_neighbours)
         idx, weights = self._user_sampler.sample(initial_sample_rng(rngs))
-        self.user_nbr_idx, self.user_nbr_weights = Constant(idx), Constant(weights)
+        self.user_nbr_idx, self.user_nbr_weights = EpochSample(idx), EpochSample(weights)
 
     def pre_epoch(self, rng: np.random.Generator) -> None:
         idx, weights = self._user_sampler.sample(rng)
-        self.user_nbr_idx, self.user_nbr_weights = Constant(idx), Constant(weights)
+        self.user_nbr_idx, self.user_nbr_weights = EpochSample(idx), EpochSample(weights)
+
+    def ranks_with_training_cache(self) -> bool:
+        return bool(self.config.stale_eval)
 
     def _gcn(self, modality: str) -> ModalityGCN:
         return getattr(self, f"gcn_{modality}")

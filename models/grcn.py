@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import bipartite_edges, segment_softmax
 from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
 
@@ -116,6 +117,7 @@ class GRCNConfig:
     stale_eval: bool = True
 
     def __post_init__(self):
+        check_field_types(self)
         for name in ("embedding_size", "latent_embedding"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -220,6 +222,9 @@ class GRCN(Recommender):
             pref = getattr(self, f"cgcn_{m}").pref[...]
             reg = reg + sq(pref, users) / (b * pref.shape[1])
         return bpr + self.config.reg_weight * reg
+
+    def ranks_with_training_cache(self) -> bool:
+        return bool(self.config.stale_eval)
 
     def scores(self, users):
         rep = self.cache[...] if self.config.stale_eval else self.representation()

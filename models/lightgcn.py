@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
 from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, frobenius, register, xavier_uniform
 
@@ -22,6 +23,9 @@ class LightGCNConfig:
     embedding_size: int = 64
     n_layers: int = 2
     reg_weight: float = 1e-4
+
+    def __post_init__(self):
+        check_field_types(self)
 
 
 @register

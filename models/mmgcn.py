@@ -60,8 +60,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import bipartite_edges, segment_mean
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
+from mirrorgrad_jax.models.base import Constant, FrozenRandom, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
 
 __all__ = ["MMGCN", "MMGCNConfig"]
 
@@ -109,7 +110,7 @@ class _ModalityGCN(nnx.Module):
         self.features = Constant(jnp.asarray(features, jnp.float32))
         self.mlp = _Linear(feat_dim, latent_dim, xavier=False, rngs=rngs) if latent_dim else None
         pref = xavier_normal(rngs.params(), (num_users, width))
-        self.pref = Constant(pref) if frozen else nnx.Param(pref)
+        self.pref = FrozenRandom(pref) if frozen else nnx.Param(pref)
         widths = [width] + [d] * (_NUM_LAYERS - 1)
         for layer, fan_in in enumerate(widths, start=1):
             # PyG conv weight (in, out), overwritten by xavier-normal; no bias is registered.
@@ -159,6 +160,7 @@ class MMGCNConfig:
     stale_eval: bool = True
 
     def __post_init__(self):
+        check_field_types(self)
         for name in ("embedding_size", "image_latent_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -202,7 +204,7 @@ class MMGCN(Recommender):
             )
             setattr(self, f"gcn_{m}", branch)
         id_emb = xavier_normal(rngs.params(), (num_nodes, d))
-        self.id_emb = Constant(id_emb) if config.frozen_random_tensors else nnx.Param(id_emb)
+        self.id_emb = FrozenRandom(id_emb) if config.frozen_random_tensors else nnx.Param(id_emb)
         self.cache = TrainingCache(jnp.zeros((num_nodes, d), jnp.float32))
 
     def representation(self) -> jax.Array:
@@ -226,6 +228,9 @@ class MMGCN(Recommender):
         if "image" in self.modalities:
             reg = reg + jnp.mean(self.gcn_image.pref[...] ** 2)
         return bpr + self.config.reg_weight * reg
+
+    def ranks_with_training_cache(self) -> bool:
+        return bool(self.config.stale_eval)
 
     def scores(self, users):
         rep = self.cache[...] if self.config.stale_eval else self.representation()

@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
 from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, rownorm, xavier_uniform
 
@@ -129,6 +130,7 @@ class SLMRecConfig:
     text_modality: str = "text"
 
     def __post_init__(self):
+        check_field_types(self)
         if int(self.embedding_size) < 2:
             raise ValueError(f"embedding_size must be >= 2 (the FAC heads project to embedding_size // 2), got {self.embedding_size}")
         if int(self.n_layers) < 0:
@@ -232,6 +234,9 @@ class SLMRec(Recommender):
         p = rownorm(all_items[positives])
         main = in_batch_cross_entropy(u @ p.T / self.config.temp)
         return main + self.config.ssl_alpha * self._fac_loss(branch_items[positives])
+
+    def ranks_with_training_cache(self) -> bool:
+        return bool(self.config.stale_eval)
 
     def scores(self, users):
         # The reference applies a sigmoid here; it is monotone, so it is left out (module docstring).

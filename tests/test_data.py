@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mirrorgrad_jax.data import (
+    convert_user_graph,
     SYNTHETIC_DEFAULT,
     DatasetError,
     RecDataset,
@@ -544,3 +545,35 @@ def test_dataset_pickles_and_stays_read_only():
     np.testing.assert_array_equal(back.train, ds.train)
     np.testing.assert_array_equal(back.features["image"], ds.features["image"])
     assert not back.train.flags.writeable and not back.features["image"].flags.writeable
+
+
+def test_mmrec_user_graph_is_read_without_unpickling_code(tmp_path):
+    # MMRec's generator stores lists of numpy numbers; the restricted reader admits them.
+    folder = write_folder(tmp_path / "toy")
+    graph = {0: [[np.int64(1), 2], [np.float64(2.0), 1.0]], 1: [[0], [2.0]], 2: [[], []]}
+    np.save(folder / "user_graph_dict.npy", np.array(graph, dtype=object), allow_pickle=True)
+    ds = load_mmrec(folder)
+    np.testing.assert_array_equal(ds.user_graph[0][0], [1, 2])
+    np.testing.assert_array_equal(ds.user_graph[0][1], [2.0, 1.0])
+    assert len(ds.user_graph[2][0]) == 0
+    # Converted once, the folder reads from user_graph.npz (plain arrays) from then on.
+    out = convert_user_graph(folder)
+    with np.load(out, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["indptr", "neighbours", "weights"]
+    (folder / "user_graph_dict.npy").unlink()
+    again = load_mmrec(folder)
+    for u in range(3):
+        np.testing.assert_array_equal(again.user_graph[u][0], ds.user_graph[u][0])
+        np.testing.assert_array_equal(again.user_graph[u][1], ds.user_graph[u][1])
+
+
+def test_written_user_graph_round_trips_without_pickles(tmp_path):
+    ds = load_mmrec(write_folder(tmp_path / "toy"))
+    graph = {0: ([1], [3.0]), 1: ([0, 2], [3.0, 1.0]), 2: ([], [])}
+    with_graph = RecDataset.from_arrays(ds.name, ds.train, ds.valid, ds.test, ds.features, user_graph=graph, verbose=False)
+    write_mmrec(with_graph, tmp_path / "out")
+    assert (tmp_path / "out" / "user_graph.npz").is_file() and not (tmp_path / "out" / "user_graph_dict.npy").exists()
+    back = load_mmrec(tmp_path / "out")
+    for u, (ids, weights) in graph.items():
+        np.testing.assert_array_equal(back.user_graph[u][0], ids)
+        np.testing.assert_array_equal(back.user_graph[u][1], weights)

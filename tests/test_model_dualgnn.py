@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from mirrorgrad_jax.data import RecDataset, make_synthetic
-from mirrorgrad_jax.models.base import Constant, TrainingCache
+from mirrorgrad_jax.models.base import Constant, EpochSample, TrainingCache
 from mirrorgrad_jax.models.dualgnn import DualGNN, DualGNNConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
 from helpers import check_stale_eval, random_batch
@@ -80,7 +80,7 @@ def test_every_parameter_gets_a_gradient_and_constants_are_not_differentiated(ti
     for path, g in leaves:
         assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
     kinds = {type(v) for v in jax.tree.leaves(rest, is_leaf=lambda x: isinstance(x, nnx.Variable))}
-    assert kinds == {Constant, TrainingCache}
+    assert kinds == {Constant, EpochSample, TrainingCache}
 
 
 @pytest.mark.parametrize("mg", [True, False])
@@ -193,7 +193,7 @@ def test_fusion_weights_start_as_a_softmax(tiny):
         ("aggr_mode", "max", "aggr_mode must be one of"),
         ("num_user_neighbours", 0, "num_user_neighbours must be >= 1"),
         ("user_fusion", "cat", "user_fusion must be one of"),
-        ("stale_eval", "yes", "stale_eval must be True or False"),
+        ("stale_eval", "yes", "stale_eval must be true or false"),
     ],
 )
 def test_config_validation(field, value, message):

@@ -235,7 +235,7 @@ def test_single_modality_dataset_works():
 def test_config_errors_and_missing_features():
     with pytest.raises(ValueError, match="embedding_size must be a positive integer"):
         GRCNConfig(embedding_size=0)
-    with pytest.raises(ValueError, match="latent_embedding must be a positive integer"):
+    with pytest.raises(ValueError, match="latent_embedding must be an integer, got 2.5"):
         GRCNConfig(latent_embedding=2.5)
     with pytest.raises(ValueError, match="n_layers must be an integer >= 0"):
         GRCNConfig(n_layers=-1)

@@ -96,3 +96,37 @@ def test_nnx_grad_fn_is_pure_and_matches_nnx_grad():
     want = nnx.grad(_loss)(model, x, y)
     for a, b in zip(jax.tree.leaves(g_shifted), jax.tree.leaves(nnx.state(want, nnx.Param))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+class _DroppedVector(nnx.Module):
+    """``sum(dropout(w))``: with SGD the parameter change reveals each pass's dropout mask."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.w = nnx.Param(jnp.zeros(64))
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self):
+        return jnp.sum(self.drop(self.w[...]))
+
+
+def test_mirror_pass_and_next_batch_draw_fresh_dropout_masks():
+    # SGD lr 1, alpha1 1, alpha2 0.5, dropout 0.5 (kept entries scaled by 2): a mirror batch
+    # moves w by -2 m1 + 1 m2 and a normal batch by -2 m3, so the masks m1 (first pass),
+    # m2 (mirror pass) and m3 (next batch) can be read back exactly from the changes.
+    model = _DroppedVector(nnx.Rngs(0, dropout=1))
+    opt = nnx.Optimizer(model, mirror_gradient(optax.sgd(1.0), 1.0, 0.5, 3, steps_per_epoch=3), wrt=nnx.Param)
+    step = make_nnx_train_step(lambda m: m())
+    w0 = np.asarray(model.w[...])
+    step(model, opt, mirror=True)
+    w1 = np.asarray(model.w[...])
+    step(model, opt, mirror=False)
+    w2 = np.asarray(model.w[...])
+    d1, d2 = w1 - w0, w2 - w1
+    assert set(np.round(d1, 6)) <= {0.0, -2.0, 1.0, -1.0} and set(np.round(d2, 6)) <= {0.0, -2.0}
+    m1 = np.isin(np.round(d1, 6), (-2.0, -1.0))
+    m2 = np.isin(np.round(d1, 6), (1.0, -1.0))
+    m3 = np.round(d2, 6) == -2.0
+    # Independent masks over 64 entries coincide with probability 2**-64.
+    assert not np.array_equal(m1, m2), "the mirror pass reused the first pass's mask"
+    assert not np.array_equal(m3, m2), "the next batch reused the mirror pass's mask"
+    assert not np.array_equal(m3, m1)

@@ -173,6 +173,51 @@ def test_reference_schedule_mirrors_first_batch_of_every_epoch():
     mirrors = [i for i in range(14) if is_mirror_batch(i, 3, schedule="reference", steps_per_epoch=7)]
     assert mirrors == [0, 3, 6, 7, 10, 13]
     assert [i for i in range(9) if is_mirror_batch(i, 3, schedule="algorithm1")] == [2, 5, 8]
+    assert [i for i in range(14) if is_mirror_batch(i, 3, schedule="global")] == [0, 3, 6, 9, 12]
+
+
+def _mirrored_batches(tx, n):
+    """Which of ``n`` batches the transformation's own counter mirrors (SGD, a constant gradient)."""
+    state, params, out = tx.init(jnp.zeros(2)), jnp.zeros(2), []
+    grad_fn = lambda p: jnp.ones(2)  # noqa: E731
+    for _ in range(n):
+        updates, state = tx.update(jnp.ones(2), state, params, grad_fn=grad_fn)
+        out.append(not np.allclose(updates, -0.1 * jnp.ones(2)))
+    return [i for i, mirrored in enumerate(out) if mirrored]
+
+
+def test_default_schedule_is_explicit_about_epochs():
+    # Without steps_per_epoch nobody knows where an epoch starts: the default is "global"
+    # (batches 0, beta, 2 beta... of the run). With it, the index restarts every epoch.
+    assert _mirrored_batches(mirror_gradient(optax.sgd(0.1), 1.0, 0.2, 3), 10) == [0, 3, 6, 9]
+    assert _mirrored_batches(mirror_gradient(optax.sgd(0.1), 1.0, 0.2, 3, steps_per_epoch=4), 10) == [0, 3, 4, 7, 8]
+
+
+@pytest.mark.parametrize("mode", ["opaque", "transparent"])
+def test_clip_grad_norm_clips_only_the_last_step_of_a_batch(mode):
+    # SGD lr 1, alpha1 1, alpha2 0.5, gradients of norm 10 clipped to norm 1 (torch formula):
+    # a mirror batch moves by -g (alpha1 step, unclipped) + clip(0.5 g') ; a normal one by -clip(g).
+    g = jnp.array([6.0, 8.0])
+    tx = mirror_gradient(optax.sgd(1.0), 1.0, 0.5, 2, mode=mode, steps_per_epoch=2, clip_grad_norm=1.0)
+    state, params, moves = tx.init(jnp.zeros(2)), jnp.zeros(2), []
+    for batch in range(2):
+        if mode == "opaque":
+            updates, state = tx.update(g, state, params, grad_fn=lambda p: g)
+            moves.append(np.asarray(updates))
+        else:
+            moved = params
+            updates, state = tx.update(g, state, moved)
+            moved = optax.apply_updates(moved, updates)
+            if bool(mirror_pass_pending(state)):
+                updates, state = tx.update(g, state, moved)
+                moved = optax.apply_updates(moved, updates)
+            moves.append(np.asarray(moved - params))
+    unit = np.asarray(g) / 10.0
+    coef = 1.0 / (10.0 + 1e-6)  # torch's max_norm / (norm + 1e-6)
+    # Batch 0 mirrors: -g (never clipped) + clip(0.5 g) = -g + 0.5 g * min(1, 1 / (5 + 1e-6)).
+    np.testing.assert_allclose(moves[0], -np.asarray(g) + 0.5 * np.asarray(g) / (5.0 + 1e-6), rtol=1e-6)
+    np.testing.assert_allclose(moves[1], -np.asarray(g) * coef, rtol=1e-6)
+    assert np.linalg.norm(moves[1]) == pytest.approx(np.linalg.norm(unit), rel=1e-5)
 
 
 def test_adam_inner_count_advances_twice_on_mirror_batches():
@@ -379,6 +424,8 @@ def test_implicit_penalty_value_and_condition():
         ({"apply_to": "loss"}, ValueError, "apply_to must be"),
         ({"schedule": "epoch"}, ValueError, "schedule must be"),
         ({"steps_per_epoch": 0}, ValueError, "steps_per_epoch"),
+        ({"schedule": "reference"}, ValueError, "needs steps_per_epoch"),
+        ({"clip_grad_norm": 0.0}, ValueError, "clip_grad_norm must be a positive number"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, error, match):

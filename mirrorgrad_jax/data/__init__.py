@@ -6,31 +6,39 @@
 * :func:`make_synthetic`, :data:`SYNTHETIC_DEFAULT`: a generated multimodal dataset.
 * :func:`load_movielens_100k`: MovieLens-100K with text and metadata features.
 * :func:`sample_negatives`, :func:`epoch_batches`: the reference's training batches.
+* :func:`load_dataset`, :data:`DATASETS`: the names ``--dataset`` accepts.
 """
 
 from mirrorgrad_jax.data.dataset import (
     SPLIT_LABELS,
     DatasetError,
     RecDataset,
+    convert_user_graph,
     load_mmrec,
+    read_user_graph,
     per_user_split,
     write_mmrec,
 )
+from mirrorgrad_jax.data.catalog import DATASETS, load_dataset
 from mirrorgrad_jax.data.movielens import load_movielens_100k
 from mirrorgrad_jax.data.sampling import EpochBatches, epoch_batches, sample_negatives
 from mirrorgrad_jax.data.synthetic import SYNTHETIC_DEFAULT, make_synthetic
 
 __all__ = [
+    "DATASETS",
     "SPLIT_LABELS",
     "SYNTHETIC_DEFAULT",
     "DatasetError",
     "EpochBatches",
     "RecDataset",
+    "convert_user_graph",
     "epoch_batches",
+    "load_dataset",
     "load_mmrec",
     "load_movielens_100k",
     "make_synthetic",
     "per_user_split",
+    "read_user_graph",
     "sample_negatives",
     "write_mmrec",
 ]

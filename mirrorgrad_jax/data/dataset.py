@@ -11,7 +11,13 @@ The on-disk format is the one of MMRec (one folder per dataset):
   ``timestamp``) is ignored.
 * ``<modality>_feat.npy``: an ``(num_items, D)`` array per modality; row ``r`` belongs
   to item ``r`` (``image_feat.npy`` becomes the modality ``"image"``).
-* ``user_graph_dict.npy`` (optional): a pickled ``{user: [neighbour_ids, weights]}``.
+* ``user_graph.npz`` (optional, written by this project): the DualGNN/DRAGON user-user
+  graph as three plain arrays (``indptr``, ``neighbours``, ``weights``: per user, its
+  neighbour ids and co-occurrence weights, CSR), read with ``allow_pickle=False``;
+* ``user_graph_dict.npy`` (optional, MMRec's): the same graph as a pickled
+  ``{user: [neighbour_ids, weights]}``. It is read with a restricted unpickler that
+  admits only numpy arrays, plain containers and numbers, so a crafted file cannot
+  run code; :func:`convert_user_graph` rewrites it as ``user_graph.npz``.
 
 The number of users (items) is ``max(id) + 1`` over the whole file, all splits
 together, exactly as in the reference. Bad input is reported with a
@@ -31,6 +37,7 @@ import csv
 import dataclasses
 import io
 import os
+import pickle
 import types
 import warnings
 from pathlib import Path
@@ -38,8 +45,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mirrorgrad_jax.errors import UserInputError
+
 __all__ = [
     "DatasetError",
+    "convert_user_graph",
+    "read_user_graph",
     "RecDataset",
     "SPLIT_LABELS",
     "load_mmrec",
@@ -53,9 +64,10 @@ SPLIT_LABELS: Mapping[str, int] = types.MappingProxyType({"train": 0, "valid": 1
 _REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 _FEATURE_SUFFIX = "_feat.npy"
 _USER_GRAPH_FILE = "user_graph_dict.npy"
+_USER_GRAPH_NPZ = "user_graph.npz"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserInputError):
     """Raised when interaction data or features violate the dataset format."""
 
 
@@ -721,13 +733,7 @@ def load_mmrec(
         except ValueError as err:
             raise DatasetError(f"{path.name} is not a numeric .npy array: {err}") from None
 
-    user_graph = None
-    graph_path = folder / _USER_GRAPH_FILE
-    if graph_path.is_file():
-        loaded = np.load(graph_path, allow_pickle=True)
-        user_graph = loaded.item() if loaded.dtype == object and loaded.ndim == 0 else None
-        if not isinstance(user_graph, Mapping):
-            raise DatasetError(f"{_USER_GRAPH_FILE} must hold a pickled dict")
+    user_graph = read_user_graph(folder)
 
     splits = {split: table[table[:, 2] == label, :2] for split, label in SPLIT_LABELS.items()}
     return RecDataset.from_arrays(
@@ -742,12 +748,117 @@ def load_mmrec(
     )
 
 
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles only numpy arrays/scalars and builtin containers and numbers.
+
+    Dicts, lists, tuples, ints, floats and strings need no global; the globals numpy
+    uses to rebuild arrays and scalars are the only ones admitted. Anything else (a
+    function, a class, ``os.system``...) is refused before it can be called.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays, numbers and plain containers are allowed")
+
+
+def _read_pickled_user_graph(path: Path) -> Any:
+    """MMRec's ``user_graph_dict.npy`` (an object .npy holding a pickled dict), read without running code."""
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            header = np.lib.format.read_array_header_1_0(handle) if version == (1, 0) else np.lib.format.read_array_header_2_0(handle)
+        except ValueError as err:
+            raise DatasetError(f"{path.name} is not a .npy file: {err}") from None
+        shape, _, dtype = header
+        if dtype != np.dtype(object):
+            raise DatasetError(f"{path.name} holds a {dtype} array of shape {shape}; MMRec's user graph is a pickled dict")
+        try:
+            loaded = _PlainDataUnpickler(handle).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError, IndexError) as err:
+            raise DatasetError(
+                f"{path.name} could not be read safely ({err}); convert it where you trust it with "
+                "mirrorgrad_jax.data.convert_user_graph, which writes user_graph.npz"
+            ) from None
+    value = loaded.item() if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.ndim == 0 else loaded
+    if not isinstance(value, Mapping):
+        raise DatasetError(f"{path.name} must hold a dict {{user: [neighbour_ids, weights]}}, got {type(value).__name__}")
+    return value
+
+
+def _read_npz_user_graph(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("indptr", "neighbours", "weights") if k not in npz.files]
+            if missing:
+                raise DatasetError(f"{path.name} lacks the array(s) {missing}")
+            indptr, neighbours, weights = npz["indptr"], npz["neighbours"], npz["weights"]
+    except (ValueError, OSError) as err:
+        raise DatasetError(f"{path.name} is not a readable .npz of plain arrays: {err}") from None
+    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(neighbours) or len(neighbours) != len(weights):
+        raise DatasetError(f"{path.name}: indptr, neighbours and weights do not form a CSR graph")
+    return {u: (neighbours[indptr[u] : indptr[u + 1]], weights[indptr[u] : indptr[u + 1]]) for u in range(len(indptr) - 1)}
+
+
+def read_user_graph(folder: str | os.PathLike) -> Mapping[Any, Any] | None:
+    """The user-user graph of a dataset folder, or None when it has none.
+
+    ``user_graph.npz`` (plain arrays) is preferred; MMRec's ``user_graph_dict.npy`` is
+    read with a restricted unpickler (see the module docstring).
+
+    Raises:
+      DatasetError: a file that is malformed or holds anything but plain data.
+    """
+    folder = Path(folder)
+    if (folder / _USER_GRAPH_NPZ).is_file():
+        return _read_npz_user_graph(folder / _USER_GRAPH_NPZ)
+    if (folder / _USER_GRAPH_FILE).is_file():
+        return _read_pickled_user_graph(folder / _USER_GRAPH_FILE)
+    return None
+
+
+def _write_npz_user_graph(graph: Mapping[int, tuple[Any, Any]], num_users: int, path: Path) -> None:
+    lists = [graph.get(u, ((), ())) for u in range(num_users)]
+    counts = np.array([len(ids) for ids, _ in lists], np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    neighbours = np.concatenate([np.asarray(ids, np.int64).reshape(-1) for ids, _ in lists]) if counts.sum() else np.zeros(0, np.int64)
+    weights = np.concatenate([np.asarray(w, np.float32).reshape(-1) for _, w in lists]) if counts.sum() else np.zeros(0, np.float32)
+    with open(path, "wb") as handle:
+        np.savez(handle, indptr=indptr, neighbours=neighbours.astype(np.int32), weights=weights)
+
+
+def convert_user_graph(folder: str | os.PathLike) -> Path:
+    """Rewrites a folder's MMRec ``user_graph_dict.npy`` as ``user_graph.npz`` (plain arrays).
+
+    Only data the restricted reader admits is converted; the original file is kept.
+
+    Returns:
+      The path of the written ``user_graph.npz``.
+    """
+    folder = Path(folder)
+    graph = _read_pickled_user_graph(folder / _USER_GRAPH_FILE)
+    checked = _check_user_graph(graph, len(graph), _USER_GRAPH_FILE)
+    out = folder / _USER_GRAPH_NPZ
+    _write_npz_user_graph(checked, len(checked), out)
+    return out
+
+
 def write_mmrec(dataset: RecDataset, folder: str | os.PathLike) -> Path:
     """Writes ``dataset`` in the MMRec format, readable by :func:`load_mmrec` and MMRec.
 
     Writes ``<name>.inter`` (columns ``userID, itemID, x_label``; train rows first,
     then valid, then test, each in its stored order), one ``<modality>_feat.npy`` per
-    modality (float32) and ``user_graph_dict.npy`` when the dataset has a user graph.
+    modality (float32) and ``user_graph.npz`` (plain arrays, no pickle) when the
+    dataset has a user graph.
 
     Args:
         dataset: The dataset to write.
@@ -771,10 +882,5 @@ def write_mmrec(dataset: RecDataset, folder: str | os.PathLike) -> Path:
     for modality, values in dataset.features.items():
         np.save(folder / f"{modality}{_FEATURE_SUFFIX}", np.asarray(values, dtype=np.float32))
     if dataset.user_graph is not None:
-        # Plain lists, like the reference's generator, so MMRec can read it too.
-        graph = {
-            int(user): [ids.tolist(), weights.tolist()]
-            for user, (ids, weights) in dataset.user_graph.items()
-        }
-        np.save(folder / _USER_GRAPH_FILE, np.array(graph, dtype=object), allow_pickle=True)
+        _write_npz_user_graph(dataset.user_graph, dataset.num_users, folder / _USER_GRAPH_NPZ)
     return inter_path

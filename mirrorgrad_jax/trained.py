@@ -1,0 +1,198 @@
+"""Trained models on disk: what a checkpoint keeps of a model, and how to get it back.
+
+A trained model is its ``nnx.Param`` state plus the non-trainable state that cannot be
+rebuilt from the dataset (:data:`~mirrorgrad_jax.models.base.CHECKPOINTED`): the
+training cache of "stale" evaluation models, the per-epoch samples evaluation reads
+(DualGNN's user-graph sample) and frozen random tensors (MMGCN's). Everything else
+(features, graphs built from them) is a function of the dataset and the config and is
+rebuilt, so a checkpoint ranks exactly as the training run did at that epoch.
+
+Example::
+
+    trained = load_trained_model("runs/combo0-seed999/best.ckpt", dataset)
+    print(evaluate_model(trained.model, dataset)["test"]["recall@20"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+from flax import nnx
+
+from mirrorgrad_jax.checkpoint import flatten_arrays, load_checkpoint, unflatten_like
+from mirrorgrad_jax.data import RecDataset
+from mirrorgrad_jax.errors import CheckpointError, UserInputError
+from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator
+from mirrorgrad_jax.models.base import CHECKPOINTED, Recommender, build_config, check_ready_to_rank, get_model
+
+__all__ = [
+    "SAVED_STATE",
+    "TrainedModel",
+    "evaluate_model",
+    "fit_trained_state",
+    "load_trained_model",
+    "model_arrays",
+    "restore_model_arrays",
+    "trained_state",
+]
+
+#: The non-parameter state a checkpoint keeps (``CHECKPOINTED`` without ``nnx.Param``).
+SAVED_STATE = tuple(t for t in CHECKPOINTED if t is not nnx.Param)
+
+
+def trained_state(model: nnx.Module) -> nnx.State:
+    """What makes ``model`` trained: its ``nnx.Param`` state plus the saved non-parameter state.
+
+    This is the unit the robustness and flatness tools take: for models without saved
+    state (VBPR, BM3...) it is just the parameters.
+    """
+    return nnx.state(model, CHECKPOINTED)
+
+
+def fit_trained_state(model: nnx.Module, state: Any, what: str, *, ignore_cache: bool = False) -> nnx.State:
+    """``state`` (a :func:`trained_state`, possibly of a model built on other features) in the structure of ``model``'s.
+
+    Args:
+      model: a freshly built model; its own values are replaced.
+      state: the trained state to fit.
+      what: names the thing in error messages.
+      ignore_cache: the model recomputes its representation (``stale_eval=False``):
+        training-cache arrays are neither required nor used.
+
+    Raises:
+      CheckpointError: arrays missing, unexpected or of another shape.
+    """
+    from mirrorgrad_jax.models.base import TrainingCache
+
+    reference = nnx.state(model, CHECKPOINTED)
+    given = flatten_arrays(state)
+    if ignore_cache:
+        cache = flatten_arrays(nnx.state(model, TrainingCache))
+        wanted = flatten_arrays(reference)
+        given = {name: given.get(name, wanted[name]) if name in cache else given[name] for name in wanted if name in given or name in cache}
+    return unflatten_like(reference, given, what)
+
+
+def model_arrays(params: Any, model: nnx.Module) -> dict[str, dict[str, Any]]:
+    """``{"params": ..., "model_state": ...}`` name -> array groups for :func:`~mirrorgrad_jax.checkpoint.save_checkpoint`.
+
+    Args:
+      params: the ``nnx.Param`` state to save (the trainer keeps it apart from the module).
+      model: the module whose non-parameter saved state (``SAVED_STATE``) is current.
+    """
+    return {"params": flatten_arrays(params), "model_state": flatten_arrays(nnx.state(model, SAVED_STATE))}
+
+
+def restore_model_arrays(model: nnx.Module, arrays: Mapping[str, Mapping[str, Any]], what: str) -> None:
+    """Writes checkpointed ``params`` and ``model_state`` groups into ``model`` in place.
+
+    Raises:
+      CheckpointError: when the arrays do not fit the model (names the first mismatch).
+    """
+    params = unflatten_like(nnx.state(model, nnx.Param), arrays.get("params", {}), f"{what}: the parameters")
+    saved = nnx.state(model, SAVED_STATE)
+    if jax.tree.leaves(saved) or arrays.get("model_state"):
+        nnx.update(model, unflatten_like(saved, arrays.get("model_state", {}), f"{what}: the model state"))
+    nnx.update(model, params)
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model rebuilt from a trainer checkpoint.
+
+    Attributes:
+      model_cls: the registered model class.
+      model_config: its config, as the run built it.
+      model: the module with the checkpoint's parameters and state.
+      epoch: the epoch the checkpoint was written after.
+      meta: the checkpoint's metadata (configs, dataset fingerprint, metrics).
+      path: the checkpoint folder.
+    """
+
+    model_cls: type[Recommender]
+    model_config: Any
+    model: Recommender
+    epoch: int
+    meta: dict[str, Any]
+    path: str
+
+    @property
+    def topk(self) -> tuple[int, ...]:
+        return tuple(self.meta.get("meta", {}).get("train_config", {}).get("topk", DEFAULT_TOPK))
+
+    @property
+    def eval_batch_size(self) -> int:
+        return int(self.meta.get("meta", {}).get("train_config", {}).get("eval_batch_size", 4096))
+
+
+def load_trained_model(path: str | os.PathLike, dataset: RecDataset, *, model_overrides: Mapping[str, Any] | None = None) -> TrainedModel:
+    """Rebuilds the model a trainer checkpoint (``best.ckpt`` or ``last.ckpt``) holds.
+
+    The model is built on ``dataset`` with the run's config and seed, then the
+    checkpoint's parameters and saved state are written into it.
+
+    Args:
+      path: the checkpoint folder.
+      dataset: the data to rank; it must have the users and items of the training data
+        (its features may differ, e.g. a perturbed copy).
+      model_overrides: config fields to change when rebuilding (e.g. ``{"stale_eval":
+        False}`` to recompute the representation from the dataset's features).
+
+    Raises:
+      CheckpointError: not a trainer checkpoint, a dataset of another size, or arrays
+        that do not fit the model.
+    """
+    path = os.fspath(path)
+    ckpt = load_checkpoint(path)
+    run = ckpt.meta.get("meta")
+    if not isinstance(run, dict) or "model" not in run or "dataset" not in run:
+        raise CheckpointError(f"{path} is not a trainer checkpoint (no run metadata)")
+    trained_on = run["dataset"]
+    if (dataset.num_users, dataset.num_items) != (trained_on["num_users"], trained_on["num_items"]):
+        raise CheckpointError(
+            f"{path} was trained on {trained_on['name']} ({trained_on['num_users']} users, {trained_on['num_items']} items) "
+            f"but {dataset.name} has {dataset.num_users} users and {dataset.num_items} items"
+        )
+    try:
+        model_cls = get_model(run["model"])
+        config = build_config(model_cls, {**run["model_config"], **dict(model_overrides or {})})
+    except UserInputError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    seed = int(run.get("train_config", {}).get("seed", 0))
+    model = model_cls(dataset, config, rngs=nnx.Rngs(params=seed))
+    restore_model_arrays(model, ckpt.arrays, path)
+    try:
+        check_ready_to_rank(model)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return TrainedModel(model_cls, config, model, int(ckpt.meta.get("epoch", -1)), ckpt.meta, path)
+
+
+def evaluate_model(
+    model: Recommender,
+    dataset: RecDataset,
+    splits: Sequence[str] = ("valid", "test"),
+    *,
+    topk: Sequence[int] = DEFAULT_TOPK,
+    eval_batch_size: int = 4096,
+    round_to: int | None = 4,
+) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of ``model`` (as it is) on each split, as the trainer computes them.
+
+    Raises:
+      ValueError: a stale-evaluation model whose training cache was never filled.
+    """
+    check_ready_to_rank(model)
+    graphdef, state = nnx.split(model)
+
+    def scores_fn(state, users):
+        return nnx.merge(graphdef, state, copy=True).scores(users)
+
+    out = {}
+    for split in splits:
+        evaluator = RankingEvaluator(dataset.num_items, dataset.train, dataset.split(split), topk=topk, user_block=eval_batch_size)
+        out[split] = evaluator.evaluate(scores_fn, state, round_to=round_to)
+    return out
