@@ -52,9 +52,9 @@ def cell_key(cell: dict) -> tuple:
 
 
 def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: int, patience: int, fig_dir: str) -> dict:
-    from mirrorgrad_jax.cli import load_dataset
+    from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.robustness import compare_runs, train_and_measure
+    from mirrorgrad_jax.comparison import compare_runs, train_and_measure
     from mirrorgrad_jax.trainer import MGConfig, TrainConfig
 
     dataset = load_dataset(dataset_name, verbose=False)
@@ -70,7 +70,7 @@ def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: 
                 learning_rate=learning_rate(model, dataset_name, optimizer), batch_size=1024, seed=seed,
             )
             trained = train_and_measure(cls, config, dataset, cfg, mg)
-            params[label].append(trained.params)
+            params[label].append(trained.state)
             results[label].append(trained.result)
             print(f"  {model}/{dataset_name}/{optimizer} {label} seed {seed}: best epoch {trained.result.best_epoch}", file=sys.stderr, flush=True)
     os.makedirs(fig_dir, exist_ok=True)

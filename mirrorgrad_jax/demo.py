@@ -9,7 +9,8 @@ from __future__ import annotations
 import statistics
 import time
 
-from mirrorgrad_jax.cli import format_mean_std, load_dataset
+from mirrorgrad_jax.data import load_dataset
+from mirrorgrad_jax.grid import format_mean_std
 
 METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 

@@ -9,9 +9,9 @@ pure loss ``loss_fn(params) -> scalar`` over any pytree of float arrays (an
   products (forward-over-reverse, all inside one ``jax.jit``);
 * :func:`sharpness`: the worst loss increase within a ball whose radius is RELATIVE to
   the parameter norm, along the SAM ascent direction or random filter-normalised ones;
-* :func:`loss_slice_1d` / :func:`loss_slice_2d` and :func:`plot_slices`: the loss along
-  filter-normalised random directions (Li et al., 2018, "Visualizing the Loss
-  Landscape of Neural Nets");
+* :func:`loss_slice_1d` / :func:`loss_slice_2d`: the loss along filter-normalised
+  random directions (Li et al., 2018, "Visualizing the Loss Landscape of Neural
+  Nets"), drawn by :func:`mirrorgrad_jax.plots.plot_slices`;
 * :func:`model_train_loss`: a deterministic training loss of a recommender, to feed the
   above (fixed batches, fixed negatives, fixed key).
 
@@ -25,8 +25,7 @@ Example::
 from __future__ import annotations
 
 import functools
-import os
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,16 +38,12 @@ from mirrorgrad_jax.data import RecDataset, epoch_batches
 __all__ = [
     "LossSlice",
     "check_params_fit",
-    "contour_levels",
-    "draw_slice_2d",
-    "draw_slices_1d",
     "filter_normalized_direction",
     "hessian_top_eigenvalue",
     "hessian_vector_product",
     "loss_slice_1d",
     "loss_slice_2d",
     "model_train_loss",
-    "plot_slices",
     "sharpness",
 ]
 
@@ -351,94 +346,6 @@ def loss_slice_2d(loss_fn: LossFn, params: Any, *, key: jax.Array, span: float =
 
 
 # ---------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg backend: files only, no display needed).
-# ---------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def draw_slices_1d(ax: Any, slices: Mapping[str, LossSlice]) -> None:
-    """Draws 1-D slices on a matplotlib axes, one curve per label."""
-    for label, s in slices.items():
-        ax.plot(s.alphas, s.losses, marker=".", label=label)
-    ax.set_xlabel("step along a filter-normalised direction")
-    ax.set_ylabel("training loss")
-    ax.set_title("1-D loss slice")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-
-
-def contour_levels(slices: Mapping[str, LossSlice], count: int = 21) -> np.ndarray:
-    """Contour levels shared by several 2-D slices, so their panels use one colour scale."""
-    values = np.concatenate([np.ravel(s.losses) for s in slices.values()])
-    low, high = float(np.nanmin(values)), float(np.nanmax(values))
-    if not high > low:
-        high = low + max(abs(low), 1.0) * 1e-6
-    return np.linspace(low, high, count)
-
-
-def draw_slice_2d(ax: Any, label: str, s: LossSlice, fig: Any = None, levels: np.ndarray | None = None) -> None:
-    """Draws one 2-D slice as a filled contour panel (``levels``: shared contour levels)."""
-    losses = np.asarray(s.losses).T  # contourf wants (y, x)
-    levels = contour_levels({label: s}) if levels is None else levels
-    contour = ax.contourf(s.alphas, s.betas, losses, levels=levels, cmap="viridis")
-    ax.contour(s.alphas, s.betas, losses, levels=levels[::2], colors="k", linewidths=0.4)
-    ax.plot([0], [0], "r+", markersize=10)
-    ax.set_title(label)
-    ax.set_xlabel("direction 1")
-    ax.set_ylabel("direction 2")
-    if fig is not None:
-        fig.colorbar(contour, ax=ax, format="%.3g")
-
-
-def plot_slices(slices: Mapping[str, LossSlice], path: str | os.PathLike) -> str:
-    """Writes a PNG of loss slices: 1-D ones as curves on one axes, 2-D ones as contour panels.
-
-    Args:
-      slices: label -> :class:`LossSlice`; all 1-D or all 2-D.
-      path: the PNG file (folders are created).
-
-    Returns:
-      The path written.
-
-    Raises:
-      ValueError: no slices, or 1-D and 2-D slices mixed.
-    """
-    if not slices:
-        raise ValueError("no slices to plot")
-    dims = {1 if s.betas is None else 2 for s in slices.values()}
-    if len(dims) != 1:
-        raise ValueError("plot_slices needs all-1-D or all-2-D slices, got a mix")
-    plt = _pyplot()
-    if dims == {1}:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        draw_slices_1d(ax, slices)
-    else:
-        fig, axes = plt.subplots(1, len(slices), figsize=(4.5 * len(slices), 4), squeeze=False)
-        levels = contour_levels(slices)
-        for ax, (label, s) in zip(axes[0], slices.items()):
-            draw_slice_2d(ax, label, s, fig, levels)
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
-
-
-# ---------------------------------------------------------------------------------------
 # A deterministic training loss of a recommender.
 # ---------------------------------------------------------------------------------------
 
@@ -465,7 +372,7 @@ def model_train_loss(
     model_cls: type,
     model_config: Any,
     dataset: RecDataset,
-    params: Any,
+    state: Any,
     *,
     seed: int,
     num_batches: int = 4,
@@ -473,21 +380,25 @@ def model_train_loss(
 ) -> LossFn:
     """A pure, deterministic training loss of a recommender: ``loss_fn(params) -> scalar``.
 
-    The model is built on ``dataset`` (its constants: features, graphs) and split into
-    ``(graphdef, nnx.Param state, rest)`` like the trainer. The loss is the mean of
+    The model is built on ``dataset`` (its constants: features, graphs), the trained
+    ``state`` is written into it, and it is split into ``(graphdef, nnx.Param state,
+    rest)`` like the trainer: ``rest`` keeps the trained non-parameter state (frozen
+    random tensors, training caches, the last epoch's samples), so the loss is the one
+    the trained model had. The loss is the mean of
     ``nnx.merge(graphdef, p, rest, copy=True).loss(batch, key)`` over a FIXED set of
     training batches: the first ``num_batches`` full batches of one epoch from
     :func:`~mirrorgrad_jax.data.epoch_batches` with ``np.random.default_rng(seed)``
     (fixed shuffling and negatives; the last, smaller batch only when there is no full
     one), each with a fixed key derived from ``seed``. Host-side refreshes
-    (``pre_epoch``) are not run: the constants are those of a freshly built model.
+    (``pre_epoch``) are not run.
 
     Args:
       model_cls: a :class:`~mirrorgrad_jax.models.base.Recommender` class.
       model_config: its config.
       dataset: the data.
-      params: trained parameters (the ``nnx.Param`` state); only checked against the
-        model here, so a mismatch fails early with a clear message.
+      state: the trained state (:func:`~mirrorgrad_jax.trained.trained_state`; for
+        models without saved state, the ``nnx.Param`` state alone). The returned loss
+        is a function of the parameters only: pass ``nnx.filter_state(state, nnx.Param)`` to it.
       seed: seeds the batches, negatives and keys.
       num_batches: how many training batches the loss averages.
       batch_size: rows per batch.
@@ -496,13 +407,19 @@ def model_train_loss(
       ``loss_fn(params)``, pure and jittable.
 
     Raises:
-      ValueError: ``params`` that do not fit the model; ``num_batches < 1``.
+      ValueError: a ``state`` that does not fit the model; ``num_batches < 1``.
     """
+    from mirrorgrad_jax.errors import CheckpointError
+    from mirrorgrad_jax.trained import fit_trained_state
+
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
     model = model_cls(dataset, model_config, rngs=nnx.Rngs(params=seed))
-    graphdef, expected, rest = nnx.split(model, nnx.Param, ...)
-    check_params_fit(expected, params, f"{model_cls.__name__} on {dataset.name}")
+    try:
+        nnx.update(model, fit_trained_state(model, state, f"the trained state of {model_cls.__name__} on {dataset.name}"))
+    except CheckpointError as err:
+        raise ValueError(str(err)) from None
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
     epoch = epoch_batches(dataset, batch_size, np.random.default_rng(seed), negatives=model_cls.uses_negatives)
     if epoch.full is not None and len(epoch.full):
         batches = jnp.asarray(epoch.full[:num_batches])

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -54,21 +58,76 @@ def test_yaml_config_and_evaluate_checkpoint(tmp_path, capsys):
     assert "valid" in out and "test" in out and "recall@20" in out
 
 
-def test_bad_config_key_is_named(tmp_path):
+def _one_line_error(capsys, code, *fragments):
+    """A user mistake: exit status 2, nothing on stdout about it, ONE line on stderr, no traceback."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("model: bprmf\ntrain:\n  learning_rat: 0.1\n")
-    with pytest.raises(SystemExit, match=r"unknown key\(s\) \['learning_rat'\]"):
-        main(["train", "--config", str(config), "--dataset", "synthetic-small"])
+    code = main(["train", "--config", str(config), "--dataset", "synthetic-small"])
+    _one_line_error(capsys, code, "unknown key(s) ['learning_rat']")
     config.write_text("modle: bprmf\n")
-    with pytest.raises(SystemExit, match="unknown top-level key"):
-        main(["train", "--config", str(config)])
+    _one_line_error(capsys, main(["train", "--config", str(config)]), "unknown top-level key")
 
 
-def test_unknown_dataset_and_model(capsys):
-    with pytest.raises(SystemExit, match="unknown dataset 'nowhere'"):
-        main(["train", "--dataset", "nowhere"])
-    with pytest.raises(ValueError, match="unknown model"):
-        main(["train", "--model", "nope", "--dataset", "synthetic-small", "--epochs", "1"])
+def test_unknown_dataset_and_model_are_one_line(capsys):
+    _one_line_error(capsys, main(["train", "--dataset", "nowhere"]), "unknown dataset 'nowhere'")
+    _one_line_error(capsys, main(["train", "--model", "nosuch", "--dataset", "synthetic-small", "--epochs", "1"]), "unknown model 'nosuch'", "available:")
+
+
+def test_malformed_inter_file_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "bad.inter").write_text("userID\titemID\tx_label\n0\t1\t0\n1\tx\t0\n")
+    line = _one_line_error(capsys, main(["train", "--dataset", str(folder), "--epochs", "1"]), "bad.inter", "line 3")
+    assert "itemID='x'" in line
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--lr", "1e-4"],
+        ["--lr", "1E-4"],
+        ["--set", "reg_weight=1e-4"],
+        ["--set", "reg_weight=.5"],
+        ["--epochs", "2e0"],
+    ],
+)
+def test_numbers_are_read_as_people_write_them(tmp_path, flags):
+    results = tmp_path / "r.json"
+    base = ["train", "--model", "vbpr", "--dataset", "synthetic-small", "--epochs", "2", "--batch-size", "512",
+            "--valid-metric", "recall@20", "--set", "embedding_size=8", "--quiet", "--results", str(results)]  # fmt: skip
+    assert main(base + flags) == 0
+    run = json.loads(results.read_text())["runs"][0]
+    assert isinstance(run["train"]["learning_rate"], float) and isinstance(run["model_config"]["reg_weight"], float)
+    if flags[0] == "--lr":
+        assert run["train"]["learning_rate"] == 1e-4
+    if flags[1].startswith("reg_weight"):
+        assert run["model_config"]["reg_weight"] == float(flags[1].split("=")[1])
+
+
+def test_yaml_numbers_and_field_types(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: bprmf\ndataset: synthetic-small\nmodel_config:\n  embedding_size: 8\n  reg_weight: 1e-4\n"
+        "train:\n  epochs: 1\n  batch_size: 512\n  learning_rate: 1e-3\n  valid_metric: recall@20\nmg:\n  enabled: false\n"
+    )
+    assert main(["train", "--config", str(config), "--quiet", "--results", str(tmp_path / "r.json")]) == 0
+    run = json.loads((tmp_path / "r.json").read_text())["runs"][0]
+    assert run["train"]["learning_rate"] == 1e-3 and run["model_config"]["reg_weight"] == 1e-4
+    capsys.readouterr()
+    config.write_text("model: bprmf\ntrain:\n  epochs: many\n")
+    _one_line_error(capsys, main(["train", "--config", str(config), "--dataset", "synthetic-small"]), "TrainConfig.epochs must be an integer", "'many'")
+    config.write_text("model: bprmf\nmodel_config:\n  reg_weight: '1e-4'\n")
+    _one_line_error(capsys, main(["train", "--config", str(config), "--dataset", "synthetic-small"]), "BPRMFConfig.reg_weight must be a number", "'1e-4'")
 
 
 def test_datasets_lists_and_describes(capsys):
@@ -81,15 +140,15 @@ def test_datasets_lists_and_describes(capsys):
 def test_packaged_reference_config_resolves(capsys):
     # `--config vbpr` finds models/configs/vbpr.yaml; its 7x3 grid is too big to run here,
     # so only check that an unknown name is refused clearly.
-    with pytest.raises(SystemExit, match="no packaged config"):
-        main(["train", "--config", "not-a-model"])
+    _one_line_error(capsys, main(["train", "--config", "not-a-model"]), "no packaged config")
 
 
 def test_evaluate_on_mismatched_dataset_is_refused(tmp_path, capsys):
     main(["train", "--model", "bprmf", "--dataset", "synthetic-small", "--no-mg", "--epochs", "1", "--batch-size", "256",
           "--valid-metric", "recall@20", "--set", "embedding_size=8", "--checkpoint-dir", str(tmp_path), "--quiet"])
-    with pytest.raises(SystemExit, match="was trained on synthetic-small"):
-        main(["evaluate", str(tmp_path / "combo0-seed999" / "best.ckpt"), "--dataset", "synthetic"])
+    capsys.readouterr()
+    code = main(["evaluate", str(tmp_path / "combo0-seed999" / "best.ckpt"), "--dataset", "synthetic"])
+    _one_line_error(capsys, code, "was trained on synthetic-small")
 
 
 def test_models_lists_the_registry(capsys):
@@ -97,3 +156,52 @@ def test_models_lists_the_registry(capsys):
     out = capsys.readouterr().out
     for name in ("vbpr", "mmgcn", "grcn", "dualgnn", "slmrec", "bm3", "freedom", "dragon", "lightgcn", "bprmf"):
         assert f"\n{name} " in "\n" + out, name
+
+
+class _WritesMarker:
+    """Unpickling this calls ``open(marker, "w")``: proof that a loader ran code from a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted_pickle(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps({"format": 1, "meta": _WritesMarker(marker)}))
+
+
+def test_pickled_checkpoints_are_refused_without_running_them(tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    ckpt = tmp_path / "runs" / "best.ckpt"
+    _crafted_pickle(ckpt, marker)
+    _one_line_error(capsys, main(["evaluate", str(ckpt)]), "is a file, not a mirrorgrad checkpoint", "never loaded")
+    assert not marker.exists()
+    run_dir = tmp_path / "resume"
+    _crafted_pickle(run_dir / "combo0-seed999" / "last.ckpt", marker)
+    code = main(["train", "--model", "bprmf", "--dataset", "synthetic-small", "--epochs", "1", "--set", "embedding_size=8",
+                 "--checkpoint-dir", str(run_dir), "--resume", "--quiet"])  # fmt: skip
+    _one_line_error(capsys, code, "cannot resume", "never loaded")
+    assert not marker.exists()
+
+
+def test_pickled_user_graph_is_refused_without_running_it(tmp_path, capsys):
+    from mirrorgrad_jax.data import make_synthetic, write_mmrec
+
+    marker = tmp_path / "PWNED"
+    folder = tmp_path / "ds"
+    write_mmrec(make_synthetic(num_users=30, num_items=20, seed=1, name="ds"), folder)
+    import numpy as np
+
+    np.save(folder / "user_graph_dict.npy", np.array(_WritesMarker(marker), dtype=object), allow_pickle=True)
+    _one_line_error(capsys, main(["datasets", str(folder)]), "user_graph_dict.npy")
+    assert not marker.exists()
+
+
+def test_cli_module_runs_as_a_program_with_exit_status_2(tmp_path):
+    # The installed entry point and `python -m mirrorgrad_jax` share main(); check the exit status end to end.
+    proc = subprocess.run([sys.executable, "-m", "mirrorgrad_jax", "train", "--model", "nosuch"], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown model 'nosuch'" in proc.stderr

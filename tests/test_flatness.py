@@ -18,9 +18,9 @@ from mirrorgrad_jax.flatness import (
     loss_slice_1d,
     loss_slice_2d,
     model_train_loss,
-    plot_slices,
     sharpness,
 )
+from mirrorgrad_jax.plots import plot_slices
 from mirrorgrad_jax.models import VBPR, VBPRConfig
 
 
@@ -154,7 +154,7 @@ def test_model_train_loss_is_the_mean_loss_over_fixed_batches(tiny):
     by_hand = np.mean([float(one_batch(jnp.asarray(b), k)) for b, k in zip(full, keys)])
     np.testing.assert_allclose(value, by_hand, rtol=1e-6)  # float32 mean of two losses
     wrong = jax.tree.map(lambda x: x[:1] if x.ndim == 2 else x, params)
-    with pytest.raises(ValueError, match="do not fit VBPR"):
+    with pytest.raises(ValueError, match="mismatch in the trained state of VBPR"):
         model_train_loss(VBPR, config, ds, wrong, seed=0)
 
 

@@ -1,4 +1,4 @@
-"""Robustness tooling: trained params evaluate as in the trainer, retention curves, the comparison and its CLI."""
+"""Robustness tooling: trained states evaluate as in the trainer, retention curves, the comparison and its CLI."""
 
 from __future__ import annotations
 
@@ -9,21 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from mirrorgrad_jax.cli import load_dataset
+from mirrorgrad_jax import comparison
+from mirrorgrad_jax.cli import robustness as robustness_cli
+from mirrorgrad_jax.comparison import compare_runs, load_trained_state, train_and_measure
+from mirrorgrad_jax.data import load_dataset
 from mirrorgrad_jax.models import BPRMF, VBPR, BPRMFConfig, VBPRConfig
-from mirrorgrad_jax import robustness
 from mirrorgrad_jax.perturb import PERTURBATIONS
-from mirrorgrad_jax.robustness import (
-    add_flatness_command,
-    add_robustness_command,
-    compare_runs,
-    evaluate_params,
-    load_best_params,
-    plot_robustness,
-    robustness_curve,
-    summarise,
-    train_and_measure,
-)
+from mirrorgrad_jax.plots import plot_robustness
+from mirrorgrad_jax.robustness import evaluate_params, robustness_curve, summarise
+from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig
 
 CONFIG = VBPRConfig(embedding_size=8)
@@ -48,8 +42,8 @@ def _png(path) -> bool:
 
 def test_evaluate_params_reproduces_the_trainers_test_metrics_exactly(dataset, trained):
     assert trained.checkpoint is not None and trained.checkpoint.endswith("best.ckpt")
-    reloaded = load_best_params(VBPR, CONFIG, dataset, trained.checkpoint)
-    for a, b in zip(jax.tree.leaves(reloaded), jax.tree.leaves(trained.params)):
+    reloaded = load_trained_state(VBPR, CONFIG, dataset, trained.checkpoint)
+    for a, b in zip(jax.tree.leaves(reloaded), jax.tree.leaves(trained.state)):
         assert np.array_equal(a, b)
     metrics = evaluate_params(VBPR, CONFIG, dataset, reloaded, "test", TRAIN.topk, eval_batch_size=TRAIN.eval_batch_size)
     # Same parameters, same constants, same rounding: bit-identical to the trainer's numbers.
@@ -59,18 +53,18 @@ def test_evaluate_params_reproduces_the_trainers_test_metrics_exactly(dataset, t
 
 
 def test_params_that_do_not_fit_are_refused_clearly(dataset, trained, tmp_path):
-    wrong = jax.tree.map(lambda x: x[:-1] if x.ndim == 2 else x, trained.params)
-    with pytest.raises(ValueError, match=r"do not fit VBPR .* has shape"):
+    wrong = jax.tree.map(lambda x: x[:-1] if x.ndim == 2 else x, trained.state)
+    with pytest.raises(ValueError, match=r"mismatch in the trained state of VBPR .* has shape"):
         evaluate_params(VBPR, CONFIG, dataset, wrong)
     with pytest.raises(ValueError, match="holds a 'vbpr' model, not 'bprmf'"):
-        load_best_params(BPRMF, BPRMFConfig(embedding_size=8), dataset, trained.checkpoint)
+        load_trained_state(BPRMF, BPRMFConfig(embedding_size=8), dataset, trained.checkpoint)
     with pytest.raises(ValueError, match="does not fit VBPR"):
-        load_best_params(VBPR, VBPRConfig(embedding_size=4), dataset, trained.checkpoint)
+        load_trained_state(VBPR, VBPRConfig(embedding_size=4), dataset, trained.checkpoint)
 
 
 def test_level_zero_keeps_every_metric_exactly(dataset, trained):
     for kind in PERTURBATIONS:
-        rows = robustness_curve(VBPR, CONFIG, dataset, trained.params, kind, [0.0], seeds=[0, 1], modality="image")
+        rows = robustness_curve(VBPR, CONFIG, dataset, trained.state, kind, [0.0], seeds=[0, 1], modality="image")
         assert [r["seed"] for r in rows] == [0, 1]
         for row in rows:
             assert row["retention"] == {"recall@20": 1.0, "ndcg@20": 1.0}, (kind, row)
@@ -78,7 +72,7 @@ def test_level_zero_keeps_every_metric_exactly(dataset, trained):
 
 
 def test_strong_noise_changes_the_ranking_and_summarise_averages_seeds(dataset, trained):
-    rows = robustness_curve(VBPR, CONFIG, dataset, trained.params, "noise", [0.5, 8.0], seeds=[0, 1, 2], metrics=("recall@10",))
+    rows = robustness_curve(VBPR, CONFIG, dataset, trained.state, "noise", [0.5, 8.0], seeds=[0, 1, 2], metrics=("recall@10",))
     assert len(rows) == 6 and all(set(r["retention"]) == {"recall@10"} for r in rows)
     # Noise 8x the feature spread scrambles the feature half of every item vector.
     assert any(r["retention"]["recall@10"] != 1.0 for r in rows if r["level"] == 8.0)
@@ -105,7 +99,7 @@ def test_summarise_and_plot_robustness(tmp_path):
 
 def test_compare_runs_builds_one_table_and_one_figure(dataset, trained, tmp_path):
     report = compare_runs(
-        VBPR, CONFIG, dataset, {"A": trained.params, "B": [trained.params, trained.params]},
+        VBPR, CONFIG, dataset, {"A": trained.state, "B": [trained.state, trained.state]},
         path=tmp_path / "cmp.png", levels=(0.0, 1.0), power_iterations=5, num_directions=2, flatness_batches=1, batch_size=128,
     )  # fmt: skip
     lines = report.table.splitlines()
@@ -122,8 +116,7 @@ def test_compare_runs_builds_one_table_and_one_figure(dataset, trained, tmp_path
 def _parser():
     parser = argparse.ArgumentParser(prog="mirrorgrad")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_robustness_command(sub)
-    add_flatness_command(sub)
+    robustness_cli.register(sub)
     return parser
 
 
@@ -132,10 +125,10 @@ def test_cli_defaults_are_small_and_the_robustness_command_runs(tmp_path, capsys
     defaults = parser.parse_args(["flatness"])
     assert (defaults.model, defaults.dataset, defaults.arms, defaults.epochs, defaults.patience) == ("vbpr", "synthetic", ["none", "gradient", "update"], 30, 5)
     assert parser.parse_args(["robustness"]).out_dir == "runs/robustness" and defaults.out_dir == "runs/flatness"
-    with pytest.raises(SystemExit, match="unknown arm"):
+    with pytest.raises(ConfigError, match="unknown arm"):
         bad = parser.parse_args(["robustness", "--arms", "none,mirror", "--dataset", "synthetic-small"])
         bad.func(bad)
-    with pytest.raises(SystemExit, match="has no modality \\['audio'\\]; available: image, text"):
+    with pytest.raises(ConfigError, match="has no modality \\['audio'\\]; available: image, text"):
         bad = parser.parse_args(["robustness", "--modality", "audio", "--dataset", "synthetic-small", "--quiet"])
         bad.func(bad)
     # Training itself is covered by the `trained` fixture (the real train_and_measure);
@@ -146,14 +139,14 @@ def test_cli_defaults_are_small_and_the_robustness_command_runs(tmp_path, capsys
         calls.append((model_config, train_config, mg))
         return trained
 
-    monkeypatch.setattr(robustness, "train_and_measure", fake_train)
+    monkeypatch.setattr(comparison, "train_and_measure", fake_train)
     args = parser.parse_args([
         "robustness", "--dataset", "synthetic-small", "--arms", "none,update", "--optimizer", "sgd", "--epochs", "3",
         "--alpha2", "0.3", "--set", "embedding_size=8", "--kinds", "campaign", "--levels", "0,1", "--out-dir", str(tmp_path), "--quiet",
     ])  # fmt: skip
     assert args.func(args) == 0
     assert [(c[2].enabled, c[2].apply_to, c[2].alpha2) for c in calls] == [(False, "gradient", 0.3), (True, "update", 0.3)]
-    assert all(c[0] == CONFIG and c[1].optimizer == "sgd" and c[1].epochs == 3 and c[1].learning_rate == robustness.DEFAULT_LR["sgd"] for c in calls)
+    assert all(c[0] == CONFIG and c[1].optimizer == "sgd" and c[1].epochs == 3 and c[1].learning_rate == robustness_cli.DEFAULT_LR["sgd"] for c in calls)
     out = capsys.readouterr().out
     assert "| no MG | 1 |" in out and "| MG update | 1 |" in out and "campaign 1" in out
     assert _png(tmp_path / "robustness.png") and (tmp_path / "robustness.md").read_text().count("| MG update | 1 |") == 1

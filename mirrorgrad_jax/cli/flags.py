@@ -1,0 +1,50 @@
+"""Helpers shared by the command modules: values as people write them, ``KEY=VALUE`` options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Sequence
+
+from mirrorgrad_jax.config import parse_scalar
+from mirrorgrad_jax.errors import ConfigError
+
+__all__ = ["csv_list", "grid_value", "key_values"]
+
+
+def grid_value(text: str) -> Any:
+    """``"1e-4"`` -> 1e-4; ``"0.1,0.2"`` -> [0.1, 0.2] (a grid)."""
+    parts = [parse_scalar(part.strip()) for part in str(text).split(",")]
+    return parts if len(parts) > 1 else parts[0]
+
+
+def key_values(items: Sequence[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``["reg_weight=1e-4", "dropout=0.8,0.9"]`` -> ``{"reg_weight": 1e-4, "dropout": [0.8, 0.9]}``.
+
+    Raises:
+      ConfigError: an item without ``=`` or without a value.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        if not key or not value:
+            raise ConfigError(f"{flag} expects key=value, got {item!r}")
+        out[key.strip()] = grid_value(value)
+    return out
+
+
+def csv_list(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse ``type`` for comma-separated values (``1e-4`` reads as a number)."""
+
+    def parse(text: str) -> list[Any]:
+        values = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                values.append(cast(parse_scalar(part)) if cast is not str else part)
+            except (TypeError, ValueError):
+                raise argparse.ArgumentTypeError(f"expected a comma-separated list of {cast.__name__}, got {text!r}") from None
+        return values
+
+    return parse

@@ -1,0 +1,132 @@
+"""``mirrorgrad train``: one model on one dataset, with or without Mirror Gradient, over any grid and seeds.
+
+Values come from a YAML config (``--config FILE`` or a model name for its packaged
+reference config; lists are grids), then from flags (comma-separated values are grids).
+The best combination is selected on the VALIDATION split (``--select-on test``
+reproduces the reference's habit of selecting on test, and says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from mirrorgrad_jax.cli.flags import grid_value, key_values
+from mirrorgrad_jax.errors import ConfigError
+
+__all__ = ["register", "run", "read_config"]
+
+_TOP_LEVEL_KEYS = ("model", "dataset", "model_config", "train", "mg")
+
+#: flag -> (config section, key)
+_FLAGS = {
+    "epochs": ("train", "epochs"),
+    "patience": ("train", "patience"),
+    "min_epochs": ("train", "min_epochs"),
+    "lr": ("train", "learning_rate"),
+    "optimizer": ("train", "optimizer"),
+    "batch_size": ("train", "batch_size"),
+    "valid_metric": ("train", "valid_metric"),
+    "weight_decay": ("train", "weight_decay"),
+    "clip_grad_norm": ("train", "clip_grad_norm"),
+    "alpha1": ("mg", "alpha1"),
+    "alpha2": ("mg", "alpha2"),
+    "beta": ("mg", "beta"),
+    "apply_to": ("mg", "apply_to"),
+    "schedule": ("mg", "schedule"),
+}
+
+
+def read_config(name: str) -> dict[str, Any]:
+    """A YAML run config from a path, or the packaged reference config of a model name.
+
+    Raises:
+      ConfigError: no such file or packaged config, bad YAML, or unknown top-level keys.
+    """
+    from mirrorgrad_jax import models
+    from mirrorgrad_jax.config import load_yaml
+
+    path = name
+    if not os.path.exists(path):
+        packaged = os.path.join(os.path.dirname(models.__file__), "configs", f"{name}.yaml")
+        if not os.path.exists(packaged):
+            raise ConfigError(f"--config {name!r}: no such file, and no packaged config of that name")
+        path = packaged
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = load_yaml(f.read()) or {}
+    except Exception as err:  # yaml.YAMLError and decoding errors
+        raise ConfigError(f"{path}: not a readable YAML file ({type(err).__name__}: {' '.join(str(err).split())})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {list(_TOP_LEVEL_KEYS)}, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(_TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
+    for section in ("model_config", "train", "mg"):
+        if config.get(section) is not None and not isinstance(config[section], dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping, got {config[section]!r}")
+    return config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    t = subparsers.add_parser("train", help="train a model with or without Mirror Gradient", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--model", help="model name (see `mirrorgrad models`); default vbpr")
+    t.add_argument("--dataset", help="synthetic | synthetic-small | movielens-100k | an MMRec folder (see `mirrorgrad datasets`)")
+    t.add_argument("--config", help="YAML file (keys model, dataset, model_config, train, mg; lists = grids), or a model name for its packaged reference config")
+    t.add_argument("--mg", dest="mg", action="store_true", default=None, help="train with Mirror Gradient (default)")
+    t.add_argument("--no-mg", dest="mg", action="store_false", help="train without Mirror Gradient")
+    for flag in _FLAGS:
+        t.add_argument("--" + flag.replace("_", "-"), dest=flag, metavar="VALUE", help="value, or comma-separated values for a grid")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option (repeatable; comma list = grid)")
+    t.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...)")
+    t.add_argument("--seed", type=int, default=999, help="first seed (999 as the reference)")
+    t.add_argument("--select-on", choices=("valid", "test"), default="valid", help="grid selection split (reference: test)")
+    t.add_argument("--results", help="write the full report as JSON here")
+    t.add_argument("--checkpoint-dir", help="keep best/last checkpoints here (one subfolder per combination and seed)")
+    t.add_argument("--resume", action="store_true", help="resume each run from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    t.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mirrorgrad_jax.data import load_dataset
+    from mirrorgrad_jax.grid import run_grid, summary_table
+
+    config = read_config(args.config) if args.config else {}
+    model_name = args.model or config.get("model") or "vbpr"
+    dataset_name = args.dataset or config.get("dataset") or "synthetic"
+    model_grid = dict(config.get("model_config") or {})
+    sections = {"train": dict(config.get("train") or {}), "mg": dict(config.get("mg") or {})}
+    model_grid.update(key_values(args.set))
+    for flag, (section, key) in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            sections[section][key] = grid_value(value)
+    if args.mg is not None:
+        sections["mg"]["enabled"] = args.mg
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.results and not os.path.isdir(os.path.dirname(os.path.abspath(args.results))):
+        raise ConfigError(f"--results {args.results}: its folder does not exist")
+    seeds = [args.seed + i for i in range(args.seeds)]
+    dataset = load_dataset(dataset_name)
+    print(dataset.summary())
+    started = time.perf_counter()
+    report = run_grid(
+        model_name, dataset, model_grid, sections["train"], sections["mg"],
+        seeds=seeds, select_on=args.select_on, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+        log=None if args.quiet else print,
+    )  # fmt: skip
+    report["wall_seconds"] = time.perf_counter() - started
+    print(summary_table(report))
+    if args.results:
+        tmp = args.results + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        os.replace(tmp, args.results)
+        print(f"results written to {args.results}")
+    return 0
