@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(PY) -m mirrorgrad_jax demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4
 
 bench: $(STAMP)
 	$(PY) benchmarks/mg_overhead.py

@@ -90,3 +90,9 @@ def check_stale_eval(make_model, ds, branch: str) -> None:
             assert np.abs(after - recomputed).max() > 1e-4
         else:
             np.testing.assert_allclose(after, recomputed, rtol=1e-6, atol=1e-6)
+
+
+def positive_batch(ds, n: int = 16, seed: int = 0) -> jnp.ndarray:
+    """An int32 (2, n) batch [users; positives] of distinct train rows, for models without negatives."""
+    rows = ds.train[np.random.default_rng(seed).choice(len(ds.train), n, replace=False)]
+    return jnp.asarray(rows.T, jnp.int32)

@@ -15,28 +15,13 @@ from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import hand_dataset, three_block_dataset
+from helpers import positive_batch
 
 D = 8
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return three_block_dataset()
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return hand_dataset()
-
-
 def _model(ds, **overrides):
     return BM3(ds, dataclasses.replace(BM3Config(embedding_size=D), **overrides), rngs=nnx.Rngs(0))
-
-
-def _batch(ds, n=16, seed=0):
-    rows = ds.train[np.random.default_rng(seed).choice(len(ds.train), n, replace=False)]
-    return jnp.asarray(rows.T, jnp.int32)  # (2, B): BM3 takes no negatives
 
 
 def _grads(model, batch, key):
@@ -61,13 +46,13 @@ def test_uses_two_row_batches_shapes_and_finite_loss(tiny):
     assert BM3.uses_negatives is False and BM3.multimodal
     model = _model(tiny)
     assert model.scores(jnp.arange(5)).shape == (5, tiny.num_items)
-    loss = model.loss(_batch(tiny), jax.random.key(0))
+    loss = model.loss(positive_batch(tiny), jax.random.key(0))
     assert loss.shape == () and np.isfinite(float(loss))
 
 
 def test_every_parameter_gets_a_gradient_and_constants_none(tiny):
     model = _model(tiny)
-    params, grads = _grads(model, _batch(tiny), jax.random.key(1))
+    params, grads = _grads(model, positive_batch(tiny), jax.random.key(1))
     names = {str(path[0].key) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
     assert names == {"users", "items", "predictor_w", "predictor_b", "image_emb", "image_trs_w", "image_trs_b", "text_emb", "text_trs_w", "text_trs_b"}
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
@@ -132,7 +117,7 @@ def test_forward_and_scores_by_hand(hand, n_layers):
 
 def test_target_dropout_is_always_on_and_follows_the_key(tiny):
     model = _model(tiny, dropout=0.5)
-    batch = _batch(tiny)
+    batch = positive_batch(tiny)
     same = [float(model.loss(batch, jax.random.key(7))) for _ in range(2)]
     assert same[0] == same[1]
     assert float(model.loss(batch, jax.random.key(8))) != same[0]
@@ -165,7 +150,7 @@ def test_targets_are_stop_gradient(tiny):
     model = _model(tiny, dropout=0.0, reg_weight=0.0, cl_weight=0.0)
     model.predictor_w[...] = jnp.eye(D)
     model.predictor_b[...] = jnp.zeros(D)
-    batch = _batch(tiny)
+    batch = positive_batch(tiny)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def single(p):
@@ -184,7 +169,7 @@ def test_targets_are_stop_gradient(tiny):
 
 
 def test_reg_is_non_squared_norm_of_all_nodes_over_num_items(tiny):
-    batch, key = _batch(tiny), jax.random.key(0)
+    batch, key = positive_batch(tiny), jax.random.key(0)
     with_reg, without = _model(tiny, reg_weight=0.5), _model(tiny, reg_weight=0.0)
     u_g, i_g = (np.asarray(t, np.float64) for t in with_reg.propagated())
     expected = 0.5 * (np.linalg.norm(u_g) + np.linalg.norm(i_g)) / tiny.num_items
@@ -199,7 +184,7 @@ def test_modality_roles(tiny):
         model = BM3(text_only, BM3Config(embedding_size=D), rngs=nnx.Rngs(0))
     assert model.modalities == ("text",)
     assert model.num_trainable_params() == D * 100 + D * D + D + 40 * 64 + 64 * D + D
-    assert np.isfinite(float(model.loss(_batch(text_only), jax.random.key(0))))
+    assert np.isfinite(float(model.loss(positive_batch(text_only), jax.random.key(0))))
     other = make_synthetic(num_users=60, num_items=40, modalities={"audio": 64, "visual": 128}, seed=1)
     with pytest.raises(ValueError, match=r"BM3 needs an image and/or a text.*'audio', 'visual'"):
         BM3(other, BM3Config(embedding_size=D), rngs=nnx.Rngs(0))

@@ -258,7 +258,8 @@ def test_sgd_equals_algorithm1_closed_form(apply_to):
 
 
 def test_inner_may_be_a_chain_and_mg_may_sit_in_a_chain():
-    # Weight decay and clipping inside `inner` must see both sub-steps, like torch.
+    # Weight decay inside `inner` sees both sub-steps, like torch; clipping inside `inner` clips both
+    # sub-steps too, which the reference does NOT (it clips only the last; see clip_grad_norm).
     inner = optax.chain(optax.clip_by_global_norm(0.5), optax.add_decayed_weights(1e-2), optax.adam(0.05))
     np_adam_init, np_adam_step = _np_adam(0.05)
 
