@@ -736,3 +736,197 @@ def sample_user_neighbours(
     idx[empty] = 0
     weights[empty] = 0.0
     return idx.astype(np.int32), weights.astype(np.float32)
+
+
+# --- LayerGCN / SELFCFED / MVGAE / ItemKNNCBF graphs ---
+
+__all__ += ["knn_topk_shrink"]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "chunk_size"))
+def _chunked_topk_shrink(features: jax.Array, shrink: jax.Array, k: int, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+    num_rows = features.shape[0]
+    num_chunks = -(-num_rows // chunk_size)
+    norms = jnp.linalg.norm(features, axis=-1)
+    pad = num_chunks * chunk_size - num_rows
+    rows = jnp.pad(features, ((0, pad), (0, 0))).reshape(num_chunks, chunk_size, -1)
+    row_norms = jnp.pad(norms, (0, pad)).reshape(num_chunks, chunk_size)
+
+    def one_chunk(block: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        chunk, chunk_norms = block
+        # HIGHEST: TF32 matmuls on GPU could reorder near-ties in the top-k.
+        dots = jnp.dot(chunk, features.T, precision=jax.lax.Precision.HIGHEST)
+        denominator = chunk_norms[:, None] * norms[None, :] + shrink
+        sim = jnp.where(denominator > 0, dots / jnp.where(denominator > 0, denominator, 1.0), 0.0)
+        return jax.lax.top_k(sim, k)
+
+    values, indices = jax.lax.map(one_chunk, (rows, row_norms))
+    return values.reshape(-1, k)[:num_rows], indices.reshape(-1, k)[:num_rows].astype(jnp.int32)
+
+
+def knn_topk_shrink(
+    features: jax.Array | np.ndarray, k: int = 10, shrink: float = 10.0, *, chunk_size: int = 2048
+) -> tuple[jax.Array, jax.Array]:
+    """ItemKNNCBF's item-item graph K_shrink (spec section 3.0), as ``(idx, val)`` lists.
+
+    ``sim_ij = f_i . f_j / (||f_i|| ||f_j|| + shrink)`` on the RAW features (no
+    normalisation of the result); each row keeps its ``k`` largest VALUES, the item itself
+    being a candidate like any other. Computed in blocks of ``chunk_size`` rows against all
+    rows, so the ``I x I`` matrix never exists. With ``shrink = 0`` a pair involving an
+    all-zero row gets similarity 0 (the reference divides by zero and gets NaN). Ties are
+    broken towards the lower column index (``lax.top_k``; torch leaves the order unspecified).
+
+    Args:
+      features: ``(I, F)`` item features.
+      k: values kept per row, ``1 <= k <= I`` (``knn_k`` = 10).
+      shrink: added to the product of the norms, ``>= 0`` (10 in the reference).
+      chunk_size: rows per similarity block (memory ``chunk_size * I`` floats).
+
+    Returns:
+      ``(idx, val)``: ``(I, k)`` int32 column ids and ``(I, k)`` float32 similarities, by
+      decreasing similarity; the dense ``S`` has ``S[i, idx[i, m]] = val[i, m]``.
+
+    Example:
+      >>> feats = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+      >>> idx, val = knn_topk_shrink(feats, k=1, shrink=1.0)
+      >>> idx[:, 0].tolist(), [round(float(v), 4) for v in val[:, 0]]
+      ([1, 1, 2], [0.6667, 0.8, 0.9])
+    """
+    features = jnp.asarray(features, jnp.float32)
+    if features.ndim != 2:
+        raise ValueError(f"features must have shape (I, F), got {features.shape}")
+    num_rows = features.shape[0]
+    if not 1 <= k <= num_rows:
+        raise ValueError(f"k must be in 1..{num_rows} (the number of items), got {k}")
+    if not np.isfinite(shrink) or shrink < 0:
+        raise ValueError(f"shrink must be a finite number >= 0, got {shrink}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    val, idx = _chunked_topk_shrink(features, jnp.float32(shrink), k, min(chunk_size, num_rows))
+    return idx, val
+
+
+# --- LATTICE / MGCN graphs ---
+
+__all__ += [
+    "learnable_knn_cosine",
+    "self_loop_row_normalized_adjacency",
+    "summed_bipartite_adjacency",
+]
+
+
+def _pair_counts(train: Any, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (user, item) pairs and how often each occurs, as ``(users, items, counts)``."""
+    pairs = _check_pairs(train, num_users, num_items)
+    distinct, counts = np.unique(pairs, axis=0, return_counts=True)
+    return distinct[:, 0], distinct[:, 1], counts.astype(np.float64)
+
+
+def _sorted_coo(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, num_nodes: int) -> CooAdjacency:
+    order = np.lexsort((cols, rows))
+    return CooAdjacency(
+        rows[order].astype(np.int32), cols[order].astype(np.int32), values[order].astype(np.float32), num_nodes
+    )
+
+
+def self_loop_row_normalized_adjacency(train: np.ndarray, num_users: int, num_items: int) -> CooAdjacency:
+    """LATTICE's user-item graph ``A_rw+I``: ``(A + I_N)`` divided by its row sums (spec section 3.0).
+
+    ``A`` holds, for every train pair, its number of occurrences in both directions (the
+    reference fills a sparse matrix from the interaction COO, which sums repeated pairs;
+    the dataset loaders here refuse duplicates, so in practice every value is 1). Row ``r``
+    of the result is ``(A[r] + e_r) / (sum_c A[r, c] + 1)``: rows sum to 1 and the matrix
+    is NOT symmetric. Every node has its self-loop, so no row sum is 0.
+
+    Args:
+      train: ``(E, 2)`` int (user, item) pairs.
+      num_users: U.
+      num_items: I.
+
+    Returns:
+      A :class:`CooAdjacency` over ``U + I`` nodes with ``2 * E_distinct + U + I`` entries
+      sorted by (row, col) (numpy arrays).
+
+    Example:
+      >>> adj = self_loop_row_normalized_adjacency(np.array([[0, 0], [1, 0]]), 2, 1)
+      >>> adj.values.astype(float).round(3).tolist()
+      [0.5, 0.5, 0.5, 0.5, 0.333, 0.333, 0.333]
+    """
+    users, items, counts = _pair_counts(train, num_users, num_items)
+    num_nodes = num_users + num_items
+    nodes = np.arange(num_nodes)
+    rows = np.concatenate([users, items + num_users, nodes])
+    cols = np.concatenate([items + num_users, users, nodes])
+    values = np.concatenate([counts, counts, np.ones(num_nodes)])
+    row_sum = np.bincount(rows, weights=values, minlength=num_nodes)
+    return _sorted_coo(rows, cols, values / row_sum[rows], num_nodes)
+
+
+def summed_bipartite_adjacency(train: np.ndarray, num_users: int, num_items: int) -> CooAdjacency:
+    """MGCN's normalised user-item graph: ``D^-1/2 A D^-1/2`` with summed-value degrees, no eps.
+
+    Unlike :func:`normalized_bipartite_adjacency` (binary degrees + 1e-7), a pair that occurs
+    ``c`` times has value ``c`` in ``A`` and the degree of a node is the SUM of its row, so
+    a repeated pair counts ``c`` times; a 0 degree gives factor 0 instead of ``inf`` (no
+    entry can touch such a node, so this only matters for the definition). Without repeated
+    pairs every value is ``1 / sqrt(d_u d_i)``. The user rows (``rows < U``, the first
+    half of the entries, sorted by row) form MGCN's ``R_n``, the ``U x I`` user-item block:
+    ``R_n[u, i]`` is the entry at ``(u, U + i)``.
+
+    Args:
+      train: ``(E, 2)`` int (user, item) pairs.
+      num_users: U.
+      num_items: I.
+
+    Returns:
+      A :class:`CooAdjacency` over ``U + I`` nodes with ``2 * E_distinct`` entries sorted by
+      (row, col) (numpy arrays).
+
+    Example:
+      >>> adj = summed_bipartite_adjacency(np.array([[0, 0], [0, 1], [1, 0]]), 2, 2)
+      >>> adj.values.astype(float).round(4).tolist()
+      [0.5, 0.7071, 0.7071, 0.5, 0.7071, 0.7071]
+    """
+    users, items, counts = _pair_counts(train, num_users, num_items)
+    num_nodes = num_users + num_items
+    rows = np.concatenate([users, items + num_users])
+    cols = np.concatenate([items + num_users, users])
+    values = np.concatenate([counts, counts])
+    degree = np.bincount(rows, weights=values, minlength=num_nodes)
+    inv_sqrt = np.zeros(num_nodes)
+    np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
+    return _sorted_coo(rows, cols, values * inv_sqrt[rows] * inv_sqrt[cols], num_nodes)
+
+
+def learnable_knn_cosine(features: jax.Array, k: int, *, chunk_size: int = 2048) -> tuple[jax.Array, jax.Array]:
+    """Top-k cosine lists of trainable features, differentiable in the kept values (LATTICE).
+
+    The neighbour ids are chosen by :func:`knn_topk_cosine` under ``stop_gradient`` (row
+    chunks, never ``I x I`` at once); the kept similarities are then recomputed as the dot
+    products of the gathered L2-normalised rows, ``val[i, j] = n_i . n_{idx[i, j]}``. Their
+    gradient is the one torch gives when it differentiates the values of ``topk`` of the
+    dense cosine matrix (which flows only through the selected entries), at ``O(I k F)``
+    memory. A row of zeros has cosine 0 with everything and a finite gradient (the
+    reference would give NaN).
+
+    Args:
+      features: ``(I, F)`` item features (may be traced).
+      k: neighbours per row, the row itself included, ``1 <= k <= I``.
+      chunk_size: rows per similarity block of the neighbour search.
+
+    Returns:
+      ``(idx, val)``: ``(I, k)`` int32 neighbour ids and ``(I, k)`` float32 cosines, sorted
+      by decreasing similarity at selection time.
+
+    Example:
+      >>> x = jnp.asarray(np.random.default_rng(0).normal(size=(20, 4)), jnp.float32)
+      >>> g = jax.grad(lambda x: learnable_knn_cosine(x, 3)[1].sum())(x)
+      >>> g.shape
+      (20, 4)
+    """
+    features = jnp.asarray(features, jnp.float32)
+    idx, _ = knn_topk_cosine(jax.lax.stop_gradient(features), k, chunk_size=chunk_size)
+    # As _l2_normalise_rows, but with a finite gradient at a zero row (the norm's is NaN there).
+    squared = jnp.sum(features * features, axis=-1, keepdims=True)
+    normed = features / jnp.sqrt(jnp.where(squared > 0, squared, 1.0))
+    return idx, jnp.sum(normed[:, None, :] * normed[idx], axis=-1)

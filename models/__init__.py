@@ -1,43 +1,81 @@
-"""Flax NNX recommenders, one per file, all on the interface of :mod:`.base`."""
+"""Flax NNX recommenders, one per file, all on the interface of :mod:`.base`.
 
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, available_models, build_config, get_model, register
+The reference zoo (VBPR, MMGCN, GRCN, DualGNN, SLMRec, BM3, FREEDOM, DRAGON, LATTICE,
+MGCN, LayerGCN, SELFCFED_LGN, MVGAE, ItemKNNCBF) and two baselines (BPR-MF, LightGCN).
+"""
+
+from mirrorgrad_jax.models.base import (
+    CHECKPOINTED,
+    Constant,
+    EpochSample,
+    FrozenRandom,
+    Recommender,
+    TrainingCache,
+    available_models,
+    build_config,
+    check_ready_to_rank,
+    get_model,
+    register,
+)
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
 from mirrorgrad_jax.models.dragon import DRAGON, DRAGONConfig
 from mirrorgrad_jax.models.dualgnn import DualGNN, DualGNNConfig
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
 from mirrorgrad_jax.models.grcn import GRCN, GRCNConfig
+from mirrorgrad_jax.models.itemknncbf import ItemKNNCBF, ItemKNNCBFConfig
+from mirrorgrad_jax.models.lattice import LATTICE, LATTICEConfig
+from mirrorgrad_jax.models.layergcn import LayerGCN, LayerGCNConfig
 from mirrorgrad_jax.models.lightgcn import LightGCN, LightGCNConfig
+from mirrorgrad_jax.models.mgcn import MGCN, MGCNConfig
 from mirrorgrad_jax.models.mmgcn import MMGCN, MMGCNConfig
+from mirrorgrad_jax.models.mvgae import MVGAE, MVGAEConfig
+from mirrorgrad_jax.models.selfcfed_lgn import SELFCFED_LGN, SELFCFED_LGNConfig
 from mirrorgrad_jax.models.slmrec import SLMRec, SLMRecConfig
 from mirrorgrad_jax.models.vbpr import VBPR, VBPRConfig
 
 __all__ = [
+    "available_models",
     "BM3",
     "BM3Config",
     "BPRMF",
     "BPRMFConfig",
+    "build_config",
+    "check_ready_to_rank",
+    "CHECKPOINTED",
     "Constant",
     "DRAGON",
     "DRAGONConfig",
     "DualGNN",
     "DualGNNConfig",
+    "EpochSample",
     "FREEDOM",
     "FREEDOMConfig",
+    "FrozenRandom",
+    "get_model",
     "GRCN",
     "GRCNConfig",
+    "ItemKNNCBF",
+    "ItemKNNCBFConfig",
+    "LATTICE",
+    "LATTICEConfig",
+    "LayerGCN",
+    "LayerGCNConfig",
     "LightGCN",
     "LightGCNConfig",
+    "MGCN",
+    "MGCNConfig",
     "MMGCN",
     "MMGCNConfig",
+    "MVGAE",
+    "MVGAEConfig",
     "Recommender",
+    "register",
+    "SELFCFED_LGN",
+    "SELFCFED_LGNConfig",
     "SLMRec",
     "SLMRecConfig",
     "TrainingCache",
     "VBPR",
     "VBPRConfig",
-    "available_models",
-    "build_config",
-    "get_model",
-    "register",
 ]

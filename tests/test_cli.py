@@ -154,8 +154,11 @@ def test_evaluate_on_mismatched_dataset_is_refused(tmp_path, capsys):
 def test_models_lists_the_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in ("vbpr", "mmgcn", "grcn", "dualgnn", "slmrec", "bm3", "freedom", "dragon", "lightgcn", "bprmf"):
+    reference_zoo = ("vbpr", "mmgcn", "grcn", "dualgnn", "slmrec", "bm3", "freedom", "dragon", "lattice", "mgcn", "layergcn",
+                     "selfcfed_lgn", "mvgae", "itemknncbf")  # fmt: skip
+    for name in reference_zoo + ("lightgcn", "bprmf"):
         assert f"\n{name} " in "\n" + out, name
+    assert "no training" in out.split("\nitemknncbf ")[1].splitlines()[0]
 
 
 class _WritesMarker:

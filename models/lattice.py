@@ -1,0 +1,305 @@
+"""LATTICE (Zhang et al., 2021, "Mining Latent Structures for Multimedia Recommendation").
+
+Spec card 3.9. Two graphs:
+
+* the user-item graph ``A_rw+I`` (:func:`~mirrorgrad_jax.graph.self_loop_row_normalized_adjacency`:
+  ``A + I_N`` divided by its row sums, not symmetric); LightGCN with ``n_ui_layers`` layers,
+  mean of the ``n_ui_layers + 1`` outputs, gives ``u`` and ``i``;
+* a LEARNED item-item graph ``S``, mixing a graph of the projected, trainable features
+  with the frozen graphs of the raw features::
+
+      S = (1 - lambda) * norm(sum_m w_m Knn(cos(trs_m(emb_m)))) + lambda * sum_m w_m K_val_m
+
+  with ``w = softmax(modal_weight)`` (image first), ``Knn`` the top-``knn_k`` cosine VALUES
+  of each row (the item itself included), ``norm`` the symmetric normalisation by the row
+  sums of the combined kept values (:func:`~mirrorgrad_jax.graph.normalize_knn_values`),
+  and ``K_val_m`` the same top-k graph of the RAW features, normalised per modality and
+  built once at init. ``w`` weighs both parts, so it gets gradient through both.
+
+Forward: ``h = S^{n_layers} E_i``; items are ``i + rownorm(h)``. Loss: ``-mean
+logsigmoid(u.i+ - u.i-) + reg_weight * 0.5 (||u_B||^2 + ||i+_B||^2 + ||i-_B||^2) /
+reg_batch_size`` on the propagated embeddings of the batch, divided by the CONFIG batch
+size (2048) also for the short last batch, as the reference does.
+
+When ``S`` is rebuilt (the card's central point): the reference rebuilds it WITH gradient
+in the first training forward of each epoch and reuses it detached for the other batches,
+so the projections, the raw feature tables and ``modal_weight`` learn only from the first
+batch of each epoch, and torch's Adam skips them on every other step (their gradient is
+``None``). Here, on the interface of :mod:`~mirrorgrad_jax.models.base`:
+
+* those parameters live in one sub-module, ``graph_learner``, named in
+  ``first_batch_params``;
+* ``first_batch_loss`` rebuilds ``S`` from the current parameters with gradient, writes it
+  (detached) into the :class:`~mirrorgrad_jax.models.base.TrainingCache` variables
+  ``item_graph_idx`` / ``item_graph_val`` and returns the loss on the differentiable ``S``;
+* ``loss`` reads the cached ``S`` (constant: ``graph_learner`` gets exactly zero gradient);
+  the trainer carries the cache from step to step and leaves ``graph_learner`` and its
+  optimizer state untouched on these steps. On a Mirror Gradient batch 0, pass 1 is
+  ``first_batch_loss`` and pass 2 is ``loss`` (the reference's pass 2 reuses pass 1's ``S``
+  detached);
+* ``scores`` rebuilds ``S`` from the current parameters (the reference's
+  ``full_sort_predict`` builds it under ``no_grad``) and does not touch the cache.
+
+Memory: ``S`` is never dense. The neighbour search runs in row chunks of
+``knn_chunk_size`` rows (:func:`~mirrorgrad_jax.graph.learnable_knn_cosine`: top-k ids under
+``stop_gradient``, then the kept cosines recomputed from the gathered normalised rows,
+which gives the gradient torch gets through the top-k values), and ``S`` is stored as
+``(I, 4 knn_k)`` neighbour lists (learned image, learned text, original image, original
+text) with the weights multiplied in: ``O(I k d)`` memory instead of the reference's
+4-6 dense ``I x I`` matrices, so LATTICE runs on 63k-item datasets.
+
+Modalities: as in BM3/FREEDOM the image and text roles are filled by the dataset
+modalities named ``image_modality`` / ``text_modality``. With one of them the reference
+uses that modality's graphs with weight 1 (``modal_weight`` is then unused).
+
+Parameters (card: ``d(U + I) + sum_m [I F_m + F_m d_f + d_f] + 2``, 85,979,330 on sports
+with ``d = d_f = 64``); the projections use torch's default Linear init.
+
+Deliberate differences from the reference:
+
+* Only ``cf_model = lightgcn`` (the reference default and the card's setting); the
+  ``ngcf`` and ``mf`` branches and ``mess_dropout`` (NGCF only) are not offered.
+  ``n_ui_layers`` is a field; the reference derives it as ``len(weight_size)`` (2).
+* With a single modality ``modal_weight`` is not created (the reference registers it but
+  never reads it; Adam skips it, so it stays at its init): 2 parameters fewer.
+* A feature row of zeros has cosine 0 with every item; the reference divides by its zero
+  norm and gets NaN.
+* Exact ties in the top-k go to the lower item id (``lax.top_k``); torch's order for exact
+  ties is unspecified.
+* The reference caches the raw-feature graphs on disk (``image_adj_10.pt``) and reloads
+  them even if the features changed; here they are rebuilt from the dataset at init.
+* Corrected-behaviour option (off by default): ``reg_over_actual_batch = True`` divides the
+  L2 term by the rows of the batch at hand, so the short last batch of an epoch is not
+  under-regularised (the reference divides by the config batch size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.data import RecDataset
+from mirrorgrad_jax.graph import (
+    CooAdjacency,
+    combine_knn,
+    knn_item_graph,
+    knn_propagate,
+    layer_mean_propagate,
+    learnable_knn_cosine,
+    normalize_knn_values,
+    self_loop_row_normalized_adjacency,
+)
+from mirrorgrad_jax.models.base import (
+    Constant,
+    Recommender,
+    TrainingCache,
+    bpr_log_likelihood,
+    register,
+    rownorm,
+    torch_linear_default,
+    xavier_uniform,
+)
+from mirrorgrad_jax.models.bm3 import image_and_text_features
+
+__all__ = ["LATTICE", "LATTICEConfig", "ItemGraphLearner", "embedding_l2"]
+
+# One compiled program instead of many eagerly dispatched ops for the graph built at init.
+_initial_item_graph = nnx.jit(lambda learner: learner.item_graph())
+
+
+@dataclasses.dataclass(frozen=True)
+class LATTICEConfig:
+    """Attributes:
+    embedding_size: d of the user and item id tables (64).
+    feat_embed_dim: width of the modality projections that the learned graph is built from
+      (64); they feed only the similarity, so it may differ from ``embedding_size``.
+    n_ui_layers: LightGCN layers on ``A_rw+I`` (2; the reference's ``len(weight_size)``).
+    n_layers: hops of the item ids on the item graph ``S`` (1).
+    knn_k: neighbours per item in every kNN graph, the item itself included (10).
+    lambda_coeff: weight of the frozen raw-feature graphs in ``S``; the learned graph gets
+      ``1 - lambda_coeff`` (0.9).
+    reg_weight: weight of the L2 term on the batch's propagated embeddings; grid
+      {0, 1e-5, 1e-4, 1e-3}.
+    reg_batch_size: divisor of the L2 term (2048). The reference divides by its CONFIG
+      batch size, also for the short last batch, so keep this equal to the trainer's
+      ``batch_size``; the model cannot see the trainer's settings.
+    reg_over_actual_batch: corrected behaviour (False: the reference's): divide the L2 term
+      by the rows of the batch at hand instead of ``reg_batch_size``.
+    knn_chunk_size: rows per similarity block of the neighbour searches (2048); bounds the
+      memory of a rebuild at ``knn_chunk_size * I`` floats, does not change the result.
+    image_modality: dataset modality in the image role ("image"; "" leaves the role out).
+    text_modality: dataset modality in the text role ("text"; "" leaves the role out).
+
+    The reference has only the grid for reg_weight; the default here is its first value.
+    """
+
+    embedding_size: int = 64
+    feat_embed_dim: int = 64
+    n_ui_layers: int = 2
+    n_layers: int = 1
+    knn_k: int = 10
+    lambda_coeff: float = 0.9
+    reg_weight: float = 0.0
+    reg_batch_size: int = 2048
+    reg_over_actual_batch: bool = False
+    knn_chunk_size: int = 2048
+    image_modality: str = "image"
+    text_modality: str = "text"
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        for name in ("embedding_size", "feat_embed_dim", "knn_k", "reg_batch_size", "knn_chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_ui_layers", "n_layers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.lambda_coeff <= 1.0:
+            raise ValueError(f"lambda_coeff must be in [0, 1], got {self.lambda_coeff}")
+        if not self.reg_weight >= 0.0:
+            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        if not self.image_modality and not self.text_modality:
+            raise ValueError("image_modality and text_modality cannot both be empty: LATTICE needs a modality")
+        if self.image_modality and self.image_modality == self.text_modality:
+            raise ValueError(f"image_modality and text_modality must differ, both are {self.image_modality!r}")
+
+
+def embedding_l2(users: jax.Array, pos: jax.Array, neg: jax.Array, divisor: int | jax.Array) -> jax.Array:
+    """``0.5 (||users||^2 + ||pos||^2 + ||neg||^2) / divisor`` (LATTICE's and MGCN's ``bpr_loss`` regulariser)."""
+    return 0.5 * (jnp.sum(users * users) + jnp.sum(pos * pos) + jnp.sum(neg * neg)) / divisor
+
+
+class ItemGraphLearner(nnx.Module):
+    """The parameters LATTICE trains only through its item graph, and the graph they build.
+
+    Holds, per modality role, the trainable raw table ``{role}_emb`` (I, F), the projection
+    ``{role}_trs_w`` (F, d_f) / ``{role}_trs_b`` (d_f,), and with two roles
+    ``modal_weight`` (2,) = [0.5, 0.5] (image first); plus the frozen raw-feature graphs
+    ``{role}_knn_idx`` / ``{role}_knn_val`` (K_val lists, :class:`Constant`).
+    """
+
+    def __init__(self, feats: dict[str, np.ndarray], config: LATTICEConfig, *, rngs: nnx.Rngs) -> None:
+        self.config = config
+        self.modalities = tuple(role for role in ("image", "text") if role in feats)
+        for role in self.modalities:
+            table = feats[role]
+            w, b = torch_linear_default(rngs.params(), table.shape[1], config.feat_embed_dim)
+            setattr(self, f"{role}_emb", nnx.Param(jnp.asarray(table)))
+            setattr(self, f"{role}_trs_w", nnx.Param(w))
+            setattr(self, f"{role}_trs_b", nnx.Param(b))
+            idx, val = knn_item_graph(table, config.knn_k, chunk_size=config.knn_chunk_size, values="cosine")
+            setattr(self, f"{role}_knn_idx", Constant(jnp.asarray(idx, jnp.int32)))
+            setattr(self, f"{role}_knn_val", Constant(jnp.asarray(val, jnp.float32)))
+        if len(self.modalities) == 2:
+            self.modal_weight = nnx.Param(jnp.array([0.5, 0.5], jnp.float32))
+
+    def modality_weights(self) -> tuple[jax.Array | float, ...]:
+        """``softmax(modal_weight)`` per role (image first); ``(1.0,)`` with one role."""
+        if len(self.modalities) == 1:
+            return (1.0,)
+        w = jax.nn.softmax(self.modal_weight[...])
+        return tuple(w[m] for m in range(len(self.modalities)))
+
+    def projected(self, role: str) -> jax.Array:
+        """``{role}_trs({role}_emb)``: (I, d_f)."""
+        return getattr(self, f"{role}_emb")[...] @ getattr(self, f"{role}_trs_w")[...] + getattr(self, f"{role}_trs_b")[...]
+
+    def item_graph(self) -> tuple[jax.Array, jax.Array]:
+        """``S`` from the current parameters as merged neighbour lists, differentiable in them.
+
+        Returns:
+          ``(idx, val)``, each ``(I, 2 * knn_k * num_modalities)``: the learned lists of every
+          role, then the frozen ones, with ``(1 - lambda) w_m`` / ``lambda w_m`` multiplied in.
+        """
+        cfg = self.config
+        weights = self.modality_weights()
+        learned = [
+            (learnable_knn_cosine(self.projected(role), cfg.knn_k, chunk_size=cfg.knn_chunk_size), w)
+            for role, w in zip(self.modalities, weights)
+        ]
+        learned_idx, learned_val = combine_knn(learned)
+        # Normalised by the row sums of the COMBINED learned values (not per modality).
+        learned_val = normalize_knn_values(learned_idx, learned_val)
+        original = [
+            ((getattr(self, f"{role}_knn_idx")[...], getattr(self, f"{role}_knn_val")[...]), w)
+            for role, w in zip(self.modalities, weights)
+        ]
+        original_idx, original_val = combine_knn(original)
+        lam = cfg.lambda_coeff
+        return (
+            jnp.concatenate([learned_idx, original_idx], axis=1),
+            jnp.concatenate([(1.0 - lam) * learned_val, lam * original_val], axis=1),
+        )
+
+
+@register
+class LATTICE(Recommender):
+    """Learned multimodal item graph, rebuilt once per epoch; see the module docstring."""
+
+    name = "lattice"
+    config_class = LATTICEConfig
+    multimodal = True
+    first_batch_params = ("graph_learner",)
+
+    def __init__(self, dataset: RecDataset, config: LATTICEConfig, *, rngs: nnx.Rngs) -> None:
+        if config.knn_k > dataset.num_items:
+            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({dataset.num_items})")
+        feats = image_and_text_features(dataset, config.image_modality, config.text_modality, "LATTICE")
+        self.config = config
+        self.num_users, self.num_items = dataset.num_users, dataset.num_items
+        d = config.embedding_size
+        self.users = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_users, d)))
+        self.items = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_items, d)))
+        self.graph_learner = ItemGraphLearner(feats, config, rngs=rngs)
+        adj = self_loop_row_normalized_adjacency(dataset.train, dataset.num_users, dataset.num_items)
+        self.adj_rows, self.adj_cols, self.adj_values = (Constant(jnp.asarray(a)) for a in adj[:3])
+        # The reference has no graph before its first training forward; this one (from the
+        # init parameters) makes ``loss`` usable, with its final shapes, right after construction.
+        idx, val = _initial_item_graph(self.graph_learner)
+        self.item_graph_idx = TrainingCache(idx)
+        self.item_graph_val = TrainingCache(val)
+
+    # -- forward --------------------------------------------------------------------
+
+    def _adjacency(self) -> CooAdjacency:
+        return CooAdjacency(self.adj_rows[...], self.adj_cols[...], self.adj_values[...], self.num_users + self.num_items)
+
+    def forward(self, graph_idx: jax.Array, graph_val: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(users (U, d), items (I, d))`` with the item graph ``S`` given as neighbour lists."""
+        h = self.items[...]
+        for _ in range(self.config.n_layers):
+            h = knn_propagate(graph_idx, graph_val, h)
+        x = jnp.concatenate([self.users[...], self.items[...]])
+        out = layer_mean_propagate(self._adjacency(), x, self.config.n_ui_layers)
+        return out[: self.num_users], out[self.num_users :] + rownorm(h)
+
+    def _loss_with_graph(self, batch: jax.Array, graph_idx: jax.Array, graph_val: jax.Array) -> jax.Array:
+        users, pos, neg = batch[0], batch[1], batch[2]
+        all_users, all_items = self.forward(graph_idx, graph_val)
+        u, p, n = all_users[users], all_items[pos], all_items[neg]
+        bpr = -bpr_log_likelihood(jnp.sum(u * p, -1), jnp.sum(u * n, -1))
+        divisor = users.shape[0] if self.config.reg_over_actual_batch else self.config.reg_batch_size
+        return bpr + self.config.reg_weight * embedding_l2(u, p, n, divisor)
+
+    # -- interface ------------------------------------------------------------------
+
+    def first_batch_loss(self, batch: jax.Array, key: jax.Array) -> jax.Array:
+        """Rebuilds ``S`` with gradient, caches it detached, and returns the loss on it."""
+        idx, val = self.graph_learner.item_graph()
+        self.item_graph_idx[...] = jax.lax.stop_gradient(idx)
+        self.item_graph_val[...] = jax.lax.stop_gradient(val)
+        return self._loss_with_graph(batch, idx, val)
+
+    def loss(self, batch: jax.Array, key: jax.Array) -> jax.Array:
+        """The loss with the ``S`` cached by this epoch's ``first_batch_loss``, detached."""
+        return self._loss_with_graph(batch, self.item_graph_idx[...], jax.lax.stop_gradient(self.item_graph_val[...]))
+
+    def scores(self, users: jax.Array) -> jax.Array:
+        idx, val = self.graph_learner.item_graph()
+        all_users, all_items = self.forward(idx, val)
+        return all_users[users] @ all_items.T
