@@ -1,8 +1,10 @@
 """Graphs as flat edge arrays (COO) with segment-sum propagation.
 
 Static shapes, no Python loops over nodes or edges: an adjacency is three arrays
-(rows, cols, values) sorted by row, and ``A @ X`` is a gather followed by
-``jax.ops.segment_sum``. The module holds the graph building blocks of spec section 3.0:
+(rows, cols, values) sorted by row, and ``A @ X`` sums each row's entries in order (a
+CSR sparse-dense product on the CPU, a gather followed by ``jax.ops.segment_sum``
+elsewhere; bit-identical, see :func:`propagate` and ``benchmarks/propagation.py``).
+The module holds the graph building blocks of spec section 3.0:
 
 * user-item graphs: the normalised adjacency ``A_sym`` (:func:`normalized_bipartite_adjacency`),
   PyG-style edge lists (:func:`bipartite_edges`) with their aggregations
@@ -24,8 +26,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from jax.interpreters import ad, batching, mlir
 
 __all__ = [
     "CooAdjacency",
@@ -34,6 +38,7 @@ __all__ = [
     "build_user_graph",
     "combine_knn",
     "kept_edge_count",
+    "knn_column_order",
     "knn_item_graph",
     "knn_propagate",
     "knn_topk_cosine",
@@ -114,19 +119,154 @@ def normalized_bipartite_adjacency(train: np.ndarray, num_users: int, num_items:
     )
 
 
-def layer_mean_propagate(adjacency: CooAdjacency, x: jax.Array, n_layers: int) -> jax.Array:
-    """LightGCN's output: the mean of ``x, A x, ..., A^n_layers x``."""
+def layer_mean_propagate(adjacency: CooAdjacency, x: jax.Array, n_layers: int, *, symmetric: bool = False) -> jax.Array:
+    """LightGCN's output: the mean of ``x, A x, ..., A^n_layers x`` (``symmetric`` as in :func:`propagate`)."""
     total = x
     for _ in range(n_layers):
-        x = propagate(adjacency, x)
+        x = propagate(adjacency, x, symmetric=symmetric)
         total = total + x
     return total / (n_layers + 1)
 
 
-def propagate(adjacency: CooAdjacency, x: jax.Array) -> jax.Array:
-    """``A @ x`` for a COO adjacency sorted by row: ``out[r] = sum_c A[r, c] * x[c]``."""
-    messages = adjacency.values[:, None] * x[adjacency.cols]
-    return jax.ops.segment_sum(messages, adjacency.rows, num_segments=adjacency.num_nodes, indices_are_sorted=True)
+def propagate(adjacency: CooAdjacency, x: jax.Array, *, symmetric: bool = False) -> jax.Array:
+    """``A @ x`` for a COO adjacency sorted by row: ``out[r] = sum_c A[r, c] * x[c]``.
+
+    Each output row is summed in entry order, whatever the kernel (see
+    ``benchmarks/results/propagation.md``): on the CPU a CSR sparse-dense product (XLA's
+    own gather + segment sum is several times slower there), elsewhere a gather and a
+    sorted ``segment_sum``; the two give bit-identical results. Differentiable in ``x``
+    and in ``adjacency.values``, in reverse and forward mode.
+
+    Args:
+      adjacency: entries sorted by row.
+      x: ``(num_nodes, ...)`` node features.
+      symmetric: the caller's promise that ``A`` equals its transpose ENTRY BY ENTRY
+        (both ``(r, c)`` and ``(c, r)`` present with bitwise equal values, as in
+        :func:`normalized_bipartite_adjacency` and :func:`sample_edges_degree_sensitive`).
+        The gradient with respect to ``x``, ``A^T g``, is then computed as ``A g`` with the
+        fast kernel instead of a scatter-add; per column both sum the entries in row
+        order, so the two are bit-identical (tested).
+
+    Returns:
+      ``(num_nodes, ...)``, the trailing shape of ``x``.
+    """
+    return _sparse_product(
+        adjacency.rows, adjacency.cols, adjacency.values, x, adjacency.num_nodes, "symmetric" if symmetric else "scatter"
+    )
+
+
+# Below one entry per row on average, the CSR kernel's pass over the row pointers costs more
+# than it saves (benchmarks/results/propagation.md): the segment-sum form is used instead.
+_CSR_MIN_ENTRIES_PER_ROW = 1.0
+
+
+def _sparse_product(rows, cols, values, x, num_rows: int, transpose: str, column_order=None) -> jax.Array:
+    """``out[r] = sum over entries e of row r (in order) of values[e] * x[cols[e]]``; rows sorted."""
+    x = jnp.asarray(x)
+    if (
+        x.ndim < 1
+        or jnp.ndim(values) != 1
+        or jnp.shape(values)[0] < _CSR_MIN_ENTRIES_PER_ROW * max(num_rows, 1)
+        or jnp.shape(values)[0] == 0
+        or jnp.result_type(values) != x.dtype
+        or not jnp.issubdtype(x.dtype, jnp.floating)
+    ):
+        return _propagate_segment_sum(rows, cols, values, x, num_rows=num_rows)
+    if column_order is None:
+        column_order = jnp.zeros((0,), jnp.int32)
+    return _propagate_p.bind(
+        jnp.asarray(rows), jnp.asarray(cols), jnp.asarray(values), x, jnp.asarray(column_order),
+        num_rows=int(num_rows), transpose=transpose,
+    )
+
+
+# The propagation primitive: one op with a CPU lowering (a CSR kernel) and a default
+# lowering (gather + sorted segment sum), linear in x and in the values, with a transpose
+# rule of its own so that the backward pass can run the fast kernel again: for a symmetric
+# matrix on the same entries (transpose="symmetric"), for neighbour lists on the entries
+# re-sorted by column (transpose="order", the stable column order passed as an operand),
+# otherwise as the scatter-add that autodiff of the segment-sum form gives
+# (transpose="scatter"). A primitive rather than a custom_vjp, so that forward-mode
+# autodiff (the Hessian-vector products of mirrorgrad_jax.flatness) keeps working.
+
+
+def _propagate_segment_sum(rows, cols, values, x, column_order=None, *, num_rows: int, transpose: str = "scatter"):
+    del column_order, transpose  # the same sums either way
+    messages = jnp.reshape(values, jnp.shape(values) + (1,) * (x.ndim - 1)) * x[cols]
+    return jax.ops.segment_sum(messages, rows, num_segments=num_rows, indices_are_sorted=True)
+
+
+def _propagate_csr(rows, cols, values, x, column_order=None, *, num_rows: int, transpose: str = "scatter"):
+    from jax.experimental import sparse
+
+    del column_order, transpose
+    # Row pointers of the row-sorted entries: a binary search, no scatter.
+    indptr = jnp.searchsorted(rows, jnp.arange(num_rows + 1, dtype=rows.dtype)).astype(cols.dtype)
+    flat = x.reshape(x.shape[0], -1)
+    matrix = sparse.BCSR((values, cols, indptr), shape=(num_rows, x.shape[0]), indices_sorted=True)
+    return (matrix @ flat).reshape((num_rows,) + x.shape[1:])
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_propagate(num_rows: int, transpose: str):
+    return jax.jit(functools.partial(_propagate_p.bind, num_rows=num_rows, transpose=transpose))
+
+
+def _propagate_jvp(primals, tangents, *, num_rows, transpose):
+    rows, cols, values, x, order = primals
+    _, _, d_values, d_x, _ = tangents
+    params = dict(num_rows=num_rows, transpose=transpose)
+    out = _propagate_p.bind(rows, cols, values, x, order, **params)
+    terms = []
+    if type(d_x) is not ad.Zero:
+        terms.append(_propagate_p.bind(rows, cols, values, d_x, order, **params))
+    if type(d_values) is not ad.Zero:
+        terms.append(_propagate_p.bind(rows, cols, d_values, x, order, **params))
+    tangent = functools.reduce(jnp.add, terms) if terms else jnp.zeros(out.shape, out.dtype)
+    return out, tangent
+
+
+def _propagate_transpose(ct, rows, cols, values, x, order, *, num_rows, transpose):
+    # Bilinear: exactly one of values / x is the unknown (linear) input.
+    if type(ct) is ad.Zero:
+        return [None] * 5
+    if ad.is_undefined_primal(x):
+        num_cols = x.aval.shape[0]
+        if transpose == "symmetric":
+            ct_x = _propagate_p.bind(rows, cols, values, ct, order, num_rows=num_rows, transpose="symmetric")
+        elif transpose == "order":
+            # A^T's entries sorted by their row (A's column), ties in A's entry order: per
+            # output row the same summation order as the scatter-add below.
+            ct_x = _sparse_product(cols[order], rows[order], values[order], ct, num_cols, "scatter")
+        else:
+            # The transpose of gather + segment sum, as autodiff of the segment-sum form gives it.
+            messages = jnp.reshape(values, jnp.shape(values) + (1,) * (ct.ndim - 1)) * ct[rows]
+            ct_x = jax.ops.segment_sum(messages, cols, num_segments=num_cols)
+        return [None, None, None, ct_x, None]
+    products = (ct[rows] * x[cols]).reshape(rows.shape[0], -1)
+    return [None, None, jnp.sum(products, axis=1).astype(values.aval.dtype), None, None]
+
+
+def _propagate_batch(args, dims, *, num_rows, transpose):
+    rows, cols, values, x, order = args
+    if dims[0] is None and dims[1] is None and dims[2] is None and dims[4] is None:
+        # Only the features are batched: fold the batch into the trailing columns.
+        out = _propagate_p.bind(rows, cols, values, jnp.moveaxis(x, dims[3], 1), order, num_rows=num_rows, transpose=transpose)
+        return out, 1
+    fn = functools.partial(_propagate_segment_sum, num_rows=num_rows)
+    return jax.vmap(fn, in_axes=dims)(rows, cols, values, x, order), 0
+
+
+_propagate_p = jax.extend.core.Primitive("sparse_rows_product")
+_propagate_p.def_impl(lambda *args, num_rows, transpose: _jitted_propagate(num_rows, transpose)(*args))
+_propagate_p.def_abstract_eval(
+    lambda rows, cols, values, x, order, *, num_rows, transpose: jax.core.ShapedArray((num_rows,) + x.shape[1:], x.dtype)
+)
+ad.primitive_jvps[_propagate_p] = _propagate_jvp
+ad.primitive_transposes[_propagate_p] = _propagate_transpose
+batching.primitive_batchers[_propagate_p] = _propagate_batch
+mlir.register_lowering(_propagate_p, mlir.lower_fun(_propagate_segment_sum, multiple_results=False))
+mlir.register_lowering(_propagate_p, mlir.lower_fun(_propagate_csr, multiple_results=False), platform="cpu")
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,18 +651,47 @@ def combine_knn(
     return idx, val
 
 
-def knn_propagate(idx: jax.Array, val: jax.Array, x: jax.Array) -> jax.Array:
-    """``out[i] = sum_j val[i, j] * x[idx[i, j]]``: the kNN matrix times ``x``.
+def knn_column_order(idx: jax.Array | np.ndarray) -> np.ndarray:
+    """The flattened neighbour-list slots sorted by neighbour id, ties in slot order (host, once).
+
+    Pass it to :func:`knn_propagate` as ``column_order`` for a graph whose ``idx`` does not
+    change (FREEDOM's frozen item graph): the backward pass then runs the row-sorted
+    kernel on the transposed lists instead of a scatter-add.
 
     Args:
       idx: ``(I, m)`` int neighbour ids.
-      val: ``(I, m)`` values.
+
+    Returns:
+      ``(I * m,)`` int32 permutation of ``idx.reshape(-1)``'s slots.
+    """
+    flat = np.asarray(idx).reshape(-1)
+    return np.argsort(flat, kind="stable").astype(np.int32)
+
+
+def knn_propagate(idx: jax.Array, val: jax.Array, x: jax.Array, *, column_order: jax.Array | np.ndarray | None = None) -> jax.Array:
+    """``out[i] = sum_j val[i, j] * x[idx[i, j]]``: the kNN matrix times ``x``.
+
+    Without ``column_order``: a gather and an ``einsum`` over the lists. With it (from
+    :func:`knn_column_order` of the same ``idx``): the CSR kernel of :func:`propagate` both
+    ways, 10-20x faster on the CPU (``benchmarks/results/propagation.md``). Each row is
+    then summed in list order, sequentially: equal to the ``einsum`` to float32 rounding
+    (a few ulps; XLA's dot reduces the ``m`` products in another order), not bit-identical.
+
+    Args:
+      idx: ``(I, m)`` int neighbour ids.
+      val: ``(I, m)`` values (may be traced and differentiated).
       x: ``(I, ...)`` node features.
+      column_order: ``knn_column_order(idx)``, or None.
 
     Returns:
       ``(I, ...)``, the same trailing shape as ``x``.
     """
-    return jnp.einsum("im,im...->i...", val, jnp.asarray(x)[idx])
+    if column_order is None:
+        return jnp.einsum("im,im...->i...", val, jnp.asarray(x)[idx])
+    idx = jnp.asarray(idx)
+    num_rows, width = idx.shape
+    rows = jnp.repeat(jnp.arange(num_rows, dtype=idx.dtype), width)
+    return _sparse_product(rows, idx.reshape(-1), jnp.reshape(val, -1), x, num_rows, "order", column_order)
 
 
 # ---------------------------------------------------------------------------------------

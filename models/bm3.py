@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
 from mirrorgrad_jax.models.base import Constant, Recommender, frobenius, register, torch_linear_default, xavier_normal, xavier_uniform
 
@@ -131,6 +132,7 @@ class BM3Config:
     text_modality: str = "text"
 
     def __post_init__(self):
+        check_field_types(self)
         if self.embedding_size < 1:
             raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
         if self.n_layers < 0:
@@ -194,7 +196,8 @@ class BM3(Recommender):
         n = self.num_users + self.num_items
         adj = CooAdjacency(self.adj_rows[...], self.adj_cols[...], self.adj_values[...], n)
         x = jnp.concatenate([self.users[...], self.items[...]])
-        out = layer_mean_propagate(adj, x, self.config.n_layers)
+        # A_sym equals its transpose entry by entry: the backward pass reuses the forward kernel.
+        out = layer_mean_propagate(adj, x, self.config.n_layers, symmetric=True)
         return out[: self.num_users], out[self.num_users :] + self.items[...]
 
     def _predict(self, x: jax.Array) -> jax.Array:

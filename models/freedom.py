@@ -16,6 +16,9 @@ Spec card 3.7. Two graphs:
 
 ``forward(adj)``: ``h = mm_adj^{n_mm_layers} E_i``; LightGCN with ``n_ui_layers`` layers on
 ``adj`` (mean of the ``n_ui_layers + 1`` outputs) gives ``u``, ``i``; items are ``i + h``.
+Both products run the CSR kernel of :func:`~mirrorgrad_jax.graph.propagate` forward and
+backward (the user-item graphs are symmetric; the kNN lists' backward reads them by
+column through a stored order), see ``benchmarks/results/propagation.md``.
 
 Loss (on the sampled graph): ``-mean logsigmoid(u.i+ - u.i-)`` plus
 ``reg_weight * [BPR(u, T[i+], T[i-]) + BPR(u, V[i+], V[i-])]`` with ``T = text_trs(text_emb)``
@@ -48,17 +51,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import (
     CooAdjacency,
     combine_knn,
     kept_edge_count,
+    knn_column_order,
     knn_item_graph,
     knn_propagate,
     layer_mean_propagate,
     normalized_bipartite_adjacency,
     sample_edges_degree_sensitive,
 )
-from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, register, torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.base import Constant, EpochSample, Recommender, bpr_log_likelihood, register, torch_linear_default, xavier_uniform
 from mirrorgrad_jax.models.bm3 import image_and_text_features
 
 __all__ = ["FREEDOM", "FREEDOMConfig"]
@@ -93,6 +98,7 @@ class FREEDOMConfig:
     text_modality: str = "text"
 
     def __post_init__(self):
+        check_field_types(self)
         if self.embedding_size < 1:
             raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
         for name in ("n_mm_layers", "n_ui_layers"):
@@ -142,6 +148,9 @@ class FREEDOM(Recommender):
         graphs = [(knn_item_graph(feats[role], config.knn_k, values="binary"), weights[role]) for role in ("image", "text") if role in feats]
         mm_idx, mm_val = combine_knn(graphs)
         self.mm_idx, self.mm_val = Constant(jnp.asarray(mm_idx, jnp.int32)), Constant(jnp.asarray(mm_val, jnp.float32))
+        # The lists' slots by neighbour: the backward pass of the kNN product runs the CSR
+        # kernel on the transposed lists (see knn_propagate).
+        self.mm_order = Constant(jnp.asarray(knn_column_order(mm_idx)))
 
         # Full A_sym (evaluation) and the per-epoch sampled graph (training).
         full = normalized_bipartite_adjacency(dataset.train, dataset.num_users, dataset.num_items)
@@ -168,7 +177,7 @@ class FREEDOM(Recommender):
             pairs = np.asarray(self.train_pairs[...])
             adj = sample_edges_degree_sensitive(pairs, self.num_users, self.num_items, self.num_kept_edges, rng)
             rows, cols, values = (jnp.asarray(a) for a in adj[:3])
-        self.masked_rows, self.masked_cols, self.masked_values = Constant(rows), Constant(cols), Constant(values)
+        self.masked_rows, self.masked_cols, self.masked_values = EpochSample(rows), EpochSample(cols), EpochSample(values)
 
     def _full_adjacency(self) -> CooAdjacency:
         return CooAdjacency(self.full_rows[...], self.full_cols[...], self.full_values[...], self.num_users + self.num_items)
@@ -182,9 +191,10 @@ class FREEDOM(Recommender):
         """``(users (U, d), items (I, d))`` propagated on ``adjacency``, items plus the kNN term."""
         h = self.items[...]
         for _ in range(self.config.n_mm_layers):
-            h = knn_propagate(self.mm_idx[...], self.mm_val[...], h)
+            h = knn_propagate(self.mm_idx[...], self.mm_val[...], h, column_order=self.mm_order[...])
         x = jnp.concatenate([self.users[...], self.items[...]])
-        out = layer_mean_propagate(adjacency, x, self.config.n_ui_layers)
+        # Both graphs (full A_sym, sampled and mirrored) equal their transpose entry by entry.
+        out = layer_mean_propagate(adjacency, x, self.config.n_ui_layers, symmetric=True)
         return out[: self.num_users], out[self.num_users :] + h
 
     def _project(self, role: str, items: jax.Array) -> jax.Array:

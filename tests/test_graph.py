@@ -22,9 +22,11 @@ from mirrorgrad_jax.graph import (
     build_user_graph,
     combine_knn,
     kept_edge_count,
+    knn_column_order,
     knn_item_graph,
     knn_propagate,
     knn_topk_cosine,
+    layer_mean_propagate,
     normalize_knn_values,
     normalized_bipartite_adjacency,
     pack_user_graph,
@@ -70,6 +72,110 @@ def test_normalized_bipartite_adjacency_matches_dense_sym_normalisation():
     assert np.all(np.diff(adj.rows) >= 0)
     x = np.random.default_rng(0).normal(size=(U + I, 3)).astype(np.float32)
     np.testing.assert_allclose(propagate(adj, jnp.asarray(x)), expected @ x, **TOL)
+
+
+def _segment_form(adj, x):
+    """The previous propagate: a gather then a row-sorted segment sum (the bit-level reference)."""
+    messages = adj.values[:, None] * x[adj.cols]
+    return jax.ops.segment_sum(messages, adj.rows, num_segments=adj.num_nodes, indices_are_sorted=True)
+
+
+def _random_graph(seed=0, users=300, items=200, pairs=4000):
+    rng = np.random.default_rng(seed)
+    # Skewed item popularity, so some rows hold dozens of entries and summation order matters.
+    train = np.stack([rng.integers(0, users, pairs), np.minimum(rng.zipf(1.5, pairs) - 1, items - 1)], 1)
+    adj = normalized_bipartite_adjacency(train, users, items)
+    return CooAdjacency(*(jnp.asarray(a) for a in adj[:3]), adj.num_nodes), rng
+
+
+# Arrays go in as jit ARGUMENTS: closed-over constants may be constant-folded by XLA at
+# compile time, with its own summation order, which would make the comparisons meaningless.
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_propagate_kernel_is_bit_equal_to_gather_and_segment_sum(symmetric):
+    adj, rng = _random_graph()
+    x = jnp.asarray(rng.normal(size=(adj.num_nodes, 16)).astype(np.float32))
+    g = jnp.asarray(rng.normal(size=(adj.num_nodes, 16)).astype(np.float32))
+
+    def both(fn):
+        return jax.jit(lambda r, c, v, x, g: jax.vjp(lambda x, v: fn(CooAdjacency(r, c, v, adj.num_nodes), x), x, v)[1](g))
+
+    new = both(lambda a, x: propagate(a, x, symmetric=symmetric))(*adj[:3], x, g)
+    old = both(_segment_form)(*adj[:3], x, g)
+    forward = jax.jit(lambda r, c, v, x: (propagate(CooAdjacency(r, c, v, adj.num_nodes), x, symmetric=symmetric),
+                                          _segment_form(CooAdjacency(r, c, v, adj.num_nodes), x)))(*adj[:3], x)
+    # Forward A x, backward A^T g (a scatter-add, or A g for a symmetric A) and the gradient
+    # of the values: every output row sums the same products in the same order.
+    np.testing.assert_array_equal(forward[0], forward[1])
+    np.testing.assert_array_equal(new[0], old[0])
+    np.testing.assert_array_equal(new[1], old[1])
+
+
+def test_propagate_keeps_trailing_dims_forward_mode_and_vmap():
+    adj, rng = _random_graph(1, users=40, items=30, pairs=300)
+    x = jnp.asarray(rng.normal(size=(adj.num_nodes, 3, 2)).astype(np.float32))
+    t = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+    f = lambda a, x: jnp.sum(jnp.sin(propagate(a, x, symmetric=True)))
+    out = jax.jit(lambda x: propagate(adj, x))(x)
+    np.testing.assert_array_equal(out.reshape(adj.num_nodes, 6), jax.jit(lambda x: propagate(adj, x))(x.reshape(adj.num_nodes, 6)))
+    # Forward over reverse (mirrorgrad_jax.flatness's Hessian-vector products) goes through.
+    hvp = jax.jit(lambda x, t: jax.jvp(jax.grad(lambda y: f(adj, y)), (x,), (t,))[1])(x, t)
+    hvp_old = jax.jit(lambda x, t: jax.jvp(jax.grad(lambda y: jnp.sum(jnp.sin(_segment_form(adj, y.reshape(adj.num_nodes, 6))))), (x,), (t,))[1])(x, t)
+    np.testing.assert_allclose(hvp, hvp_old, rtol=1e-5, atol=1e-6)
+    batched = jax.vmap(lambda x: propagate(adj, x))(jnp.stack([x[:, 0], x[:, 1]]))
+    np.testing.assert_array_equal(batched[1], jax.jit(lambda x: propagate(adj, x))(x[:, 1]))
+
+
+def test_layer_mean_gradient_within_float32_rounding_of_the_segment_form():
+    # One propagation is bit-equal (above). Through x + A x + ..., XLA folded the residual
+    # cotangent into the scatter-add's initial value in the segment form, so the same float32
+    # sums are associated differently: a few ulps of the largest entry, not bit-equal.
+    adj, rng = _random_graph(2)
+    x = jnp.asarray(rng.normal(size=(adj.num_nodes, 16)).astype(np.float32))
+
+    def grad(propagate_fn):
+        def loss(r, c, v, x):
+            a, total, h = CooAdjacency(r, c, v, adj.num_nodes), x, x
+            for _ in range(2):
+                h = propagate_fn(a, h)
+                total = total + h
+            return jnp.sum(jnp.sin(total / 3))
+
+        return jax.jit(jax.grad(loss, argnums=3))(*adj[:3], x)
+
+    new, old = grad(lambda a, h: propagate(a, h, symmetric=True)), grad(_segment_form)
+    np.testing.assert_allclose(new, old, rtol=0, atol=8 * np.finfo(np.float32).eps * float(jnp.max(jnp.abs(old))))
+    layer_mean = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(layer_mean_propagate(adj, x, 2, symmetric=True)))))(x)
+    np.testing.assert_allclose(layer_mean, new, rtol=0, atol=8 * np.finfo(np.float32).eps * float(jnp.max(jnp.abs(old))))
+
+
+def test_knn_column_order_path_matches_the_einsum():
+    rng = np.random.default_rng(3)
+    idx, val = combine_knn([(knn_item_graph(rng.normal(size=(120, 8)), 10), 0.3), (knn_item_graph(rng.normal(size=(120, 5)), 10), 0.7)])
+    order = jnp.asarray(knn_column_order(idx))
+    x = jnp.asarray(rng.normal(size=(120, 16)).astype(np.float32))
+    g = jnp.asarray(rng.normal(size=(120, 16)).astype(np.float32))
+    rows = jnp.repeat(jnp.arange(120), idx.shape[1])
+
+    def run(fn):
+        def forward_and_vjp(i, v, x, g, o):
+            out, vjp = jax.vjp(lambda x, v: fn(i, v, x, o), x, v)
+            return out, vjp(g)
+
+        return jax.jit(forward_and_vjp)(idx, val, x, g, order)
+
+    (fwd_new, (dx_new, dv_new)) = run(lambda i, v, x, o: knn_propagate(i, v, x, column_order=o))
+    (fwd_old, (dx_old, dv_old)) = run(lambda i, v, x, o: knn_propagate(i, v, x))
+    seq = jax.jit(lambda i, v, x: _segment_form(CooAdjacency(rows, i.reshape(-1), v.reshape(-1), 120), x))(idx, val, x)
+    # Each row summed sequentially in list order: bit-equal to the segment form, and to
+    # float32 rounding of the einsum (XLA's dot reduces the 20 products in another order).
+    np.testing.assert_array_equal(fwd_new, seq)
+    np.testing.assert_allclose(fwd_new, fwd_old, rtol=1e-6, atol=1e-6)
+    # The transposed lists, read in column order, sum like the einsum's scatter-add: bit-equal.
+    np.testing.assert_array_equal(dx_new, dx_old)
+    np.testing.assert_allclose(dv_new, dv_old, rtol=1e-5, atol=1e-6)
+    assert sorted(np.asarray(order).tolist()) == list(range(idx.size))
 
 
 # ---------------------------------------------------------------------------------------

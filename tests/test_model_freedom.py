@@ -15,20 +15,10 @@ from mirrorgrad_jax.graph import kept_edge_count, knn_item_graph
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import hand_dataset, random_batch, three_block_dataset
+from helpers import random_batch
 
 D = 8
 EPS = 1e-7  # the reference's degree epsilon
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return three_block_dataset()
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return hand_dataset()
 
 
 def _model(ds, **overrides):
@@ -98,7 +88,8 @@ def test_every_parameter_gets_a_gradient_and_constants_none(tiny):
         assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
     constants = set(nnx.state(model, Constant).keys())
     assert constants == {
-        "mm_idx", "mm_val", "full_rows", "full_cols", "full_values", "train_pairs", "masked_rows", "masked_cols", "masked_values"
+        "mm_idx", "mm_val", "mm_order", "full_rows", "full_cols", "full_values", "train_pairs", "masked_rows", "masked_cols",
+        "masked_values",
     }
 
 

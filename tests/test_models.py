@@ -11,6 +11,7 @@ from flax import nnx
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.graph import normalized_bipartite_adjacency, propagate
 from mirrorgrad_jax.models import BPRMF, VBPR, LightGCN, available_models, build_config, get_model
+from mirrorgrad_jax.models.vbpr import project_distinct
 from helpers import random_batch
 
 
@@ -82,16 +83,40 @@ def test_vbpr_without_features_is_refused():
 def test_vbpr_projection_variants_agree(tiny):
     batch = _batch(tiny)
     out = {}
-    for projection in ("all_items", "batch_items"):
+    for projection in ("all_items", "batch_items", "distinct_items"):
         model = VBPR(tiny, build_config(VBPR, {"embedding_size": 8, "projection": projection}), rngs=nnx.Rngs(0))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         loss_fn = lambda p: nnx.merge(graphdef, p, rest, copy=True).loss(batch, jax.random.key(0))
         out[projection] = jax.value_and_grad(loss_fn)(params)
         assert model.scores(jnp.arange(3)).shape == (3, tiny.num_items)
-    (la, ga), (lb, gb) = out["all_items"], out["batch_items"]
+    (la, ga), (lb, gb), (lc, gc) = out["all_items"], out["batch_items"], out["distinct_items"]
     # Same maths, different float32 summation order: 1e-5 relative.
     np.testing.assert_allclose(la, lb, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # distinct_items computes the very same item vectors as batch_items.
+    assert np.asarray(lc) == np.asarray(lb)
+    for a, b in zip(jax.tree.leaves(gc), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="projection must be"):
         build_config(VBPR, {"projection": "some"})
+
+
+@pytest.mark.parametrize("pool, capacity", [(40, 48), (400, 48)])
+def test_project_distinct_equals_projecting_every_row(pool, capacity):
+    # pool 40: at most 40 distinct ids, the distinct path; pool 400: ~56 distinct ids among
+    # 64 rows, more than the capacity, so the lax.cond takes the every-row path.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((500, 300), dtype=np.float32))
+    w = jnp.asarray(rng.standard_normal((300, 8), dtype=np.float32))
+    b = jnp.asarray(rng.standard_normal(8, dtype=np.float32))
+    items = jnp.asarray(rng.integers(0, pool, 64).astype(np.int32))
+    distinct = jax.jit(lambda w, b: project_distinct(x, items, w, b, capacity))
+    every = jax.jit(lambda w, b: x[items] @ w + b)
+    # The forward rows are the same dot products, summed in the same order: bit-equal.
+    np.testing.assert_array_equal(distinct(w, b), every(w, b))
+    loss = lambda f: jax.grad(lambda w, b: jnp.sum(jnp.sin(f(w, b))), argnums=(0, 1))(w, b)
+    # d/dW: a repeated id's rows are summed before the matmul instead of inside it, so the
+    # float32 sums are associated differently (observed <= 1e-6 of the largest entry).
+    for got, want in zip(loss(distinct), loss(every)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))

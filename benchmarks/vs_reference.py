@@ -1,0 +1,672 @@
+"""Side by side with the PyTorch reference: epoch, evaluation and MG overhead, one sitting.
+
+Given a checkout of the public reference (Qrange-group/Mirror-Gradient, fetched by the
+user; nothing of it enters this repository), this runs the reference's OWN trainer
+(``common.trainer.Trainer.fit`` on its ``RecDataset`` / ``TrainDataLoader`` /
+``EvalDataLoader`` and its model classes) and this project's trainer
+(:func:`mirrorgrad_jax.trainer.train`) on the SAME data folder with the same
+hyper-parameters, and reports per-epoch train time, evaluation time, the MG overhead
+of both and the ratios, with the machine, versions and thread counts.
+
+How the two are kept side by side: for every model, four processes are started (reference
+plain, reference MG, ours plain, ours MG), one after the other, each stopping before its
+first epoch; then the parent hands out ONE epoch at a time, round-robin over the four,
+rotating the order every epoch, so the four arms see the same machine state and a drift
+in background load (a shared machine) spreads over all of them. A waiting process is
+blocked on a pipe and uses no CPU. Each arm trains ``--epochs`` epochs; the first one
+(compilation, caches) is reported separately, the others give the median.
+
+What is timed: the reference's ``fit`` prints each epoch's train time (pre-epoch graph
+sampling + batches + scheduler step) and ranks the validation AND test splits every
+epoch, as this project's trainer does. The evaluation time reported for both is one
+full-ranking pass, (valid + test) / 2: for the reference the two passes are the time
+from its "training" log line to its "evaluating" log line (both passes run in between;
+its own printed eval time covers the validation pass only and is reported too); for
+this project it is ``history[i]["eval_s"] / 2``.
+
+The data: the Baby-scale interaction graph (``../shared/data/baby-graph``) with seeded
+random features of the real shapes (image 7050 x 4096, text 7050 x 384), built by
+``benchmarks/epoch_time.py``'s loader and written once to a temporary MMRec folder
+(``baby/baby.inter``, ``image_feat.npy``, ``text_feat.npy``) that both trainers read.
+
+Running the reference today needs compatibility shims; they are applied at run time in
+the reference's process (:func:`install_reference_shims`), its files are never edited:
+
+* NumPy >= 1.24 removed the aliases ``np.float`` / ``np.int`` / ``np.bool`` /
+  ``np.object`` (its metrics use ``np.float``): restored as the builtins they aliased.
+* SciPy's ``dok_matrix`` lost the private ``_update`` (a ``dict.update`` without checks)
+  that the BM3 / FREEDOM / LayerGCN adjacency builders call: re-added as an update of
+  the matrix's key -> value store.
+* ``utils.data_utils`` imports ``torchvision`` unconditionally though only raw-image
+  paths use it (and PyPI's torchvision does not import beside the torch 2.13 CPU build):
+  an empty stand-in module is installed, whose functions raise if ever called. ``lmdb``,
+  ``PIL`` and ``matplotlib`` (imported at the top of modules, unused on this path) get
+  the same stand-ins when they are not installed.
+
+The reference environment (its own Python, outside this repository's venv), e.g.::
+
+    python3 -m venv /tmp/refvenv
+    /tmp/refvenv/bin/pip install torch==2.13.0 numpy scipy pandas pyyaml
+    git clone https://github.com/Qrange-group/Mirror-Gradient /tmp/mgref
+
+Usage::
+
+    python benchmarks/vs_reference.py --reference /tmp/mgref --ref-python /tmp/refvenv/bin/python \\
+        [--models vbpr,bm3,freedom] [--epochs 4] [--threads 2] [--out benchmarks/results/vs_reference.md]
+
+Only the standard library is imported at the top of this file: the reference's process
+runs it with the reference's Python, which has no JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_GRAPH = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "baby-graph"))
+PROTOCOL = "@@ "
+
+#: The settings both trainers get, per model (the issue's table; the reference's grid values).
+#: Keys are this project's config fields; the reference reads the same names.
+MODEL_SETTINGS: dict[str, dict] = {
+    "vbpr": {"reg_weight": 1e-3},
+    "bm3": {"n_layers": 1, "reg_weight": 0.1, "dropout": 0.3},
+    "freedom": {"reg_weight": 1e-4, "dropout": 0.8},
+}
+#: The reference's class (and config file) name per model.
+REFERENCE_NAMES = {"vbpr": "VBPR", "bm3": "BM3", "freedom": "FREEDOM", "lightgcn": "LightGCN"}
+MG_SETTINGS = {"alpha1": 1.0, "alpha2": 0.2, "beta": 3}
+SEED = 999
+
+#: The goals of issue 13: epoch ratio to the reference (per model, default for the rest),
+#: evaluation ratio, and MG / plain.
+EPOCH_GOAL = {"vbpr": 0.40}
+EPOCH_GOAL_DEFAULT = 0.33
+EVAL_GOAL = 0.25
+MG_GOAL = 1.36
+
+ARMS = (("ref", False), ("ref", True), ("ours", False), ("ours", True))
+
+
+# ---------------------------------------------------------------------------------------
+# Shims for running the reference on current NumPy / SciPy (reference process only).
+# ---------------------------------------------------------------------------------------
+
+
+def _stand_in(name: str, attrs: dict | None = None) -> types.ModuleType:
+    """An importable empty module; every missing attribute is a function that raises."""
+
+    module = types.ModuleType(name)
+    module.__path__ = []  # a package, so submodule imports resolve to other stand-ins
+
+    def __getattr__(attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def unavailable(*_args, **_kwargs):
+            raise RuntimeError(f"{name}.{attr} is a benchmark stand-in (vs_reference.py); this code path needs the real package")
+
+        return unavailable
+
+    module.__getattr__ = __getattr__
+    for key, value in (attrs or {}).items():
+        setattr(module, key, value)
+    sys.modules[name] = module
+    return module
+
+
+def _missing(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def install_reference_shims() -> list[str]:
+    """Patches NumPy / SciPy / imports so the reference's unmodified code runs; returns what was done."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    done = []
+    for alias, builtin in (("float", float), ("int", int), ("bool", bool), ("object", object)):
+        if alias not in np.__dict__:
+            setattr(np, alias, builtin)
+            done.append(f"np.{alias} = {builtin.__name__}")
+    if not hasattr(sp.dok_matrix, "_update"):
+
+        def _update(self, data):
+            # The old private dict.update: store the entries as given, without checks.
+            store = getattr(self, "_dict", None)
+            (store.update if store is not None else dict.update.__get__(self))(data)
+
+        sp.dok_matrix._update = _update
+        done.append("scipy.sparse.dok_matrix._update")
+    transforms = _stand_in("torchvision.transforms")
+    _stand_in("torchvision.transforms.functional")
+    _stand_in("torchvision", {"transforms": transforms})
+    done.append("torchvision (stand-in)")
+    if _missing("lmdb"):
+        _stand_in("lmdb")
+        done.append("lmdb (stand-in)")
+    if _missing("PIL"):
+        modes = {m: i for i, m in enumerate(("NEAREST", "LANCZOS", "BILINEAR", "BICUBIC", "BOX", "HAMMING"))}
+        _stand_in("PIL", {"Image": _stand_in("PIL.Image", modes)})
+        done.append("PIL (stand-in)")
+    if _missing("matplotlib"):
+        _stand_in("matplotlib", {"pyplot": _stand_in("matplotlib.pyplot")})
+        done.append("matplotlib (stand-in)")
+    return done
+
+
+# ---------------------------------------------------------------------------------------
+# The child processes: each runs one arm and yields to the parent between epochs.
+# ---------------------------------------------------------------------------------------
+
+
+def _say(kind: str, payload: dict | None = None) -> None:
+    sys.stdout.write(PROTOCOL + kind + " " + json.dumps(payload or {}) + "\n")
+    sys.stdout.flush()
+
+
+def _wait_for_turn() -> float:
+    """Blocks until the parent says go; returns the process CPU time at that moment."""
+    line = sys.stdin.readline()
+    if line.strip() != "go":
+        raise SystemExit("parent went away")
+    return time.process_time()
+
+
+_REF_TRAIN = re.compile(r"epoch (\d+) training \[time: ([0-9.]+)s")
+_REF_EVAL = re.compile(r"epoch (\d+) evaluating \[time: ([0-9.]+)s")
+
+
+class _ReferenceEpochs(logging.Handler):
+    """Reads the reference trainer's log lines; yields to the parent after each epoch."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.epochs: list[dict] = []
+        self._trained_at = None
+        self._trained_cpu = None
+        self.resumed_cpu = None  # process CPU time when this arm last got its turn
+
+    def emit(self, record):
+        message = record.getMessage()
+        train = _REF_TRAIN.search(message)
+        if train:
+            self._trained_at, self._trained_cpu = time.perf_counter(), time.process_time()
+            self.epochs.append(
+                {"epoch": int(train.group(1)), "train_s": float(train.group(2)), "train_cpu_s": self._trained_cpu - self.resumed_cpu}
+            )
+            return
+        valid = _REF_EVAL.search(message)
+        if valid and self.epochs:
+            # fit() ranks valid, then test, then logs: this line comes after both passes.
+            both = time.perf_counter() - self._trained_at
+            both_cpu = time.process_time() - self._trained_cpu
+            self.epochs[-1].update(eval_valid_printed_s=float(valid.group(2)), eval_s=both / 2, eval_cpu_s=both_cpu / 2)
+            return
+        if message.startswith("test result") and self.epochs:
+            _say("EPOCH", self.epochs[-1])
+            self.resumed_cpu = _wait_for_turn()
+
+
+def reference_child(reference: str, data_root: str, model: str, mg: bool, epochs: int, threads: int) -> None:
+    """One arm of the reference: its own Config, data loaders, model and ``Trainer.fit``."""
+    shims = install_reference_shims()
+    import torch
+
+    torch.set_num_threads(threads)
+    src = os.path.join(reference, "src")
+    os.chdir(src)  # the reference reads ./configs/ relative to the working directory
+    sys.path.insert(0, src)
+    from utils.configurator import Config
+    from utils.dataloader import EvalDataLoader, TrainDataLoader
+    from utils.dataset import RecDataset
+    from utils.utils import get_model, get_trainer, init_seed
+
+    name = REFERENCE_NAMES[model]
+    overrides = {
+        "gpu_id": 0,
+        "data_path": data_root.rstrip("/") + "/",
+        "epochs": epochs,
+        "stopping_step": 10**6,
+        "seed": SEED,
+        **MODEL_SETTINGS.get(model, {}),
+        **MG_SETTINGS,
+    }
+    config = Config(name, "baby", dict(overrides), mg)
+    for key, value in overrides.items():  # scalars, not the yaml grids
+        config[key] = value
+    logging.getLogger().setLevel(logging.INFO)
+    handler = _ReferenceEpochs()
+    logging.getLogger().addHandler(handler)
+    dataset = RecDataset(config)
+    train_ds, valid_ds, test_ds = dataset.split()
+    for part in (dataset, train_ds, valid_ds, test_ds):
+        str(part)  # quick_start logs these; __str__ sets the inter_num the loaders read
+    train_data = TrainDataLoader(config, train_ds, batch_size=config["train_batch_size"], shuffle=True)
+    valid_data = EvalDataLoader(config, valid_ds, additional_dataset=train_ds, batch_size=config["eval_batch_size"])
+    test_data = EvalDataLoader(config, test_ds, additional_dataset=train_ds, batch_size=config["eval_batch_size"])
+    init_seed(SEED)
+    train_data.pretrain_setup()
+    net = get_model(name)(config, train_data).to(config["device"])
+    trainer = get_trainer()(config, net, mg)
+    _say(
+        "READY",
+        {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+            "device": str(config["device"]),
+            "shims": shims,
+            "batches": len(train_data),
+        },
+    )
+    handler.resumed_cpu = _wait_for_turn()
+    trainer.fit(train_data, valid_data=valid_data, test_data=test_data, saved=False, verbose=True)
+    _say("RESULT", {"epochs": handler.epochs})
+
+
+def ours_child(data_folder: str, model: str, mg: bool, epochs: int) -> None:
+    """One arm of this project: :func:`mirrorgrad_jax.trainer.train` as a library."""
+    import jax
+
+    from mirrorgrad_jax.data import load_mmrec
+    from mirrorgrad_jax.evaluation import RankingEvaluator
+    from mirrorgrad_jax.models import build_config, get_model
+    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+
+    dataset = load_mmrec(data_folder, verbose=False)
+    cls = get_model(model)
+    state = {"ready": False, "resumed": 0.0, "eval_cpu": 0.0}
+    cpu = []
+    evaluate = RankingEvaluator.evaluate
+
+    def timed_evaluate(self, *args, **kwargs):
+        # CPU time of the rankings, to split an epoch's CPU time into train and eval.
+        start = time.process_time()
+        try:
+            return evaluate(self, *args, **kwargs)
+        finally:
+            state["eval_cpu"] += time.process_time() - start
+
+    RankingEvaluator.evaluate = timed_evaluate
+
+    def log(message: str) -> None:
+        # train() logs once before the first epoch and once after each epoch, outside
+        # its timed regions: both are the points where this arm yields.
+        if not state["ready"]:
+            state["ready"] = True
+            _say("READY", {"device": str(jax.devices()[0]), "batches": -(-len(dataset.train) // 2048)})
+        else:
+            epoch_cpu = time.process_time() - state["resumed"]
+            cpu.append({"train_cpu_s": epoch_cpu - state["eval_cpu"], "eval_cpu_s": state["eval_cpu"] / 2})
+            _say("EPOCH", {"line": message.strip(), **cpu[-1]})
+        state["resumed"] = _wait_for_turn()
+        state["eval_cpu"] = 0.0
+
+    result = train(
+        cls,
+        build_config(cls, MODEL_SETTINGS.get(model, {})),
+        dataset,
+        TrainConfig(epochs=epochs, patience=10**6, seed=SEED),
+        MGConfig(enabled=mg, **MG_SETTINGS),
+        log=log,
+    )
+    _say(
+        "RESULT",
+        {"epochs": [{"epoch": h["epoch"], "train_s": h["train_s"], "eval_s": h["eval_s"] / 2, **c} for h, c in zip(result.history, cpu)]},
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The parent: data folder, the four processes, round-robin epochs.
+# ---------------------------------------------------------------------------------------
+
+
+class _Arm:
+    def __init__(self, side: str, mg: bool, argv: list[str], log_path: str, env: dict):
+        self.side, self.mg = side, mg
+        self.log_path = log_path
+        self.stderr = open(log_path, "w")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env, cwd=ROOT)
+
+    @property
+    def label(self) -> str:
+        return f"{self.side} {'MG' if self.mg else 'plain'}"
+
+    def read(self, expected: str) -> dict:
+        """Reads stdout until the next protocol message; it must be ``expected``."""
+        for line in self.proc.stdout:
+            if line.startswith(PROTOCOL):
+                kind, _, payload = line[len(PROTOCOL):].partition(" ")
+                if kind != expected:
+                    raise RuntimeError(f"{self.label}: expected {expected}, got {kind}")
+                return json.loads(payload)
+        self.proc.wait()
+        self.stderr.flush()
+        with open(self.log_path) as f:
+            tail = f.read()[-4000:]
+        raise RuntimeError(f"{self.label} exited (code {self.proc.returncode}) before {expected}:\n{tail}")
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.stderr.close()
+
+
+def write_data_folder(graph: str, root: str) -> str:
+    """Writes the Baby graph + seeded random features as ``root/baby/`` (MMRec format)."""
+    sys.path.insert(0, HERE)
+    import dataclasses
+
+    from epoch_time import baby_dataset
+
+    from mirrorgrad_jax.data import write_mmrec
+
+    dataset = dataclasses.replace(baby_dataset(graph), name="baby")
+    folder = os.path.join(root, "baby")
+    write_mmrec(dataset, folder)
+    return folder
+
+
+def run_model(model: str, args, data_root: str, log_dir: str) -> dict:
+    """The four arms of one model, epochs round-robin; returns per-arm epoch lists and metadata."""
+    here = os.path.abspath(__file__)
+    env = dict(os.environ)
+    # Same intra-op thread count for both sides: torch gets --threads; XLA's CPU client
+    # uses one thread per core, which --threads defaults to.
+    env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    common = ["--model", model, "--epochs", str(args.epochs), "--threads", str(args.threads)]
+    arms = []
+    meta = {}
+    try:
+        for side, mg in ARMS:
+            python = args.ref_python if side == "ref" else sys.executable
+            argv = [python, here, "--_child", side, "--_data", data_root, "--reference", args.reference, *common]
+            if mg:
+                argv.append("--_mg")
+            arm = _Arm(side, mg, argv, os.path.join(log_dir, f"{model}-{side}-{'mg' if mg else 'plain'}.log"), env)
+            # Set-ups run one at a time, so none overlaps another arm's work.
+            meta[arm.label] = arm.read("READY")
+            print(f"[{model}] {arm.label} ready", file=sys.stderr, flush=True)
+            arms.append(arm)
+        for epoch in range(args.epochs):
+            order = arms[epoch % len(arms):] + arms[: epoch % len(arms)]
+            for arm in order:
+                arm.go()
+                line = arm.read("EPOCH")
+                print(f"[{model}] epoch {epoch} {arm.label}: {json.dumps(line)}", file=sys.stderr, flush=True)
+        results = {}
+        for arm in arms:
+            arm.go()
+            results[arm.label] = arm.read("RESULT")["epochs"]
+            arm.proc.wait(timeout=120)
+    finally:
+        for arm in arms:
+            arm.close()
+    return {"model": model, "epochs": results, "meta": meta}
+
+
+# ---------------------------------------------------------------------------------------
+# Summary and report (pure functions; tested in tests/test_vs_reference.py).
+# ---------------------------------------------------------------------------------------
+
+
+def summarize(run: dict) -> dict:
+    """Medians (epochs after the first), spreads and ratios of one model's four arms.
+
+    Args:
+      run: ``{"model": name, "epochs": {"ref plain": [{"train_s", "eval_s"}, ...], "ref MG": ...,
+        "ours plain": ..., "ours MG": ...}}``.
+
+    Returns:
+      A flat dict: ``{side}_{arm}_epoch`` (median train seconds of epochs 2..n),
+      ``..._first`` (epoch 1), ``..._spread`` ((max - min) / median over epochs 2..n),
+      ``{side}_eval`` (median over both arms' epochs 2..n of one ranking pass),
+      ``ratio_plain``, ``ratio_mg``, ``ratio_eval`` (ours / reference), ``{side}_mg_overhead``
+      (MG / plain) and ``goals`` (each goal: value, bound, met).
+    """
+    out = {"model": run["model"]}
+    evals = {"ref": [], "ours": []}
+    eval_cpu = {"ref": [], "ours": []}
+    has_cpu = all("train_cpu_s" in e for arm in run["epochs"].values() for e in arm)
+    for side in ("ref", "ours"):
+        for arm in ("plain", "MG"):
+            epochs = run["epochs"][f"{side} {arm}"]
+            steady = epochs[1:] or epochs
+            train = [e["train_s"] for e in steady]
+            key = f"{side}_{arm.lower()}"
+            out[f"{key}_epoch"] = statistics.median(train)
+            out[f"{key}_first"] = epochs[0]["train_s"]
+            out[f"{key}_spread"] = (max(train) - min(train)) / statistics.median(train)
+            evals[side] += [e["eval_s"] for e in steady]
+            if has_cpu:
+                out[f"{key}_cpu"] = statistics.median(e["train_cpu_s"] for e in steady)
+                eval_cpu[side] += [e["eval_cpu_s"] for e in steady]
+        out[f"{side}_eval"] = statistics.median(evals[side])
+        out[f"{side}_eval_range"] = (min(evals[side]), max(evals[side]))
+        out[f"{side}_mg_overhead"] = out[f"{side}_mg_epoch"] / out[f"{side}_plain_epoch"]
+        if has_cpu:
+            out[f"{side}_eval_cpu"] = statistics.median(eval_cpu[side])
+            out[f"{side}_mg_overhead_cpu"] = out[f"{side}_mg_cpu"] / out[f"{side}_plain_cpu"]
+    out["ratio_plain"] = out["ours_plain_epoch"] / out["ref_plain_epoch"]
+    out["ratio_mg"] = out["ours_mg_epoch"] / out["ref_mg_epoch"]
+    out["ratio_eval"] = out["ours_eval"] / out["ref_eval"]
+    if has_cpu:
+        out["cpu_ratio_plain"] = out["ours_plain_cpu"] / out["ref_plain_cpu"]
+        out["cpu_ratio_mg"] = out["ours_mg_cpu"] / out["ref_mg_cpu"]
+        out["cpu_ratio_eval"] = out["ours_eval_cpu"] / out["ref_eval_cpu"]
+    bound = EPOCH_GOAL.get(run["model"], EPOCH_GOAL_DEFAULT)
+    out["goals"] = {
+        "epoch plain": (out["ratio_plain"], bound, out["ratio_plain"] <= bound),
+        "epoch MG": (out["ratio_mg"], bound, out["ratio_mg"] <= bound),
+        "eval": (out["ratio_eval"], EVAL_GOAL, out["ratio_eval"] <= EVAL_GOAL),
+        "MG / plain": (out["ours_mg_overhead"], MG_GOAL, out["ours_mg_overhead"] <= MG_GOAL),
+    }
+    return out
+
+
+def _s(value: float) -> str:
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+
+
+def render(summaries: list[dict], meta: dict) -> str:
+    """The markdown report: header (command, date, machine, versions, noise), tables, goals."""
+    lines = [
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']}  ",
+        f"Reference: {meta['reference']}  ",
+        f"This project: {meta['ours']}  ",
+        f"Threads: {meta['threads']}  ",
+        f"Noise: {meta['noise']}  ",
+        f"Data: {meta['data']}",
+        "",
+        "Per-epoch train time (median of epochs 2..n, seconds) and one full-ranking evaluation pass "
+        "((valid + test) / 2, median over both arms). Ratio = this project / reference.",
+        "",
+        "| model | reference plain / MG | this project plain / MG | ratio plain / MG | MG / plain: reference, this project | eval: reference, this project | eval ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        lines.append(
+            f"| {s['model']} | {_s(s['ref_plain_epoch'])} / {_s(s['ref_mg_epoch'])} | "
+            f"{_s(s['ours_plain_epoch'])} / {_s(s['ours_mg_epoch'])} | {s['ratio_plain']:.2f} / {s['ratio_mg']:.2f} | "
+            f"{s['ref_mg_overhead']:.2f}, {s['ours_mg_overhead']:.2f} | {_s(s['ref_eval'])}, {_s(s['ours_eval'])} | "
+            f"{s['ratio_eval']:.2f} |"
+        )
+    if all("cpu_ratio_plain" in s for s in summaries):
+        lines += [
+            "",
+            "The same epochs in process CPU time (all threads, seconds): what each side computed, less sensitive than "
+            "wall time to other processes on a shared machine (both sides' thread pools also spin while waiting).",
+            "",
+            "| model | reference plain / MG | this project plain / MG | ratio plain / MG | MG / plain: reference, this project | eval: reference, this project | eval ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s in summaries:
+            lines.append(
+                f"| {s['model']} | {_s(s['ref_plain_cpu'])} / {_s(s['ref_mg_cpu'])} | "
+                f"{_s(s['ours_plain_cpu'])} / {_s(s['ours_mg_cpu'])} | {s['cpu_ratio_plain']:.2f} / {s['cpu_ratio_mg']:.2f} | "
+                f"{s['ref_mg_overhead_cpu']:.2f}, {s['ours_mg_overhead_cpu']:.2f} | {_s(s['ref_eval_cpu'])}, {_s(s['ours_eval_cpu'])} | "
+                f"{s['cpu_ratio_eval']:.2f} |"
+            )
+    lines += [
+        "",
+        "Goals (issue 13), on the wall-time table: epoch at most 0.33x the reference (VBPR 0.40x), evaluation at most 0.25x, "
+        "MG / plain at most 1.36.",
+        "",
+        "| model | epoch plain | epoch MG | eval | MG / plain |",
+        "|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        cells = [f"{v:.2f} {'<=' if ok else '>'} {b:.2f} {'met' if ok else 'MISSED'}" for v, b, ok in s["goals"].values()]
+        lines.append(f"| {s['model']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Spread and first epochs (spread = (max - min) / median of the timed epochs; first = epoch 1, with compilation for this project):",
+        "",
+        "| model | arm | first epoch (s) | spread |",
+        "|---|---|---|---|",
+    ]
+    for s in summaries:
+        for side, name in (("ref", "reference"), ("ours", "this project")):
+            for arm in ("plain", "mg"):
+                lines.append(
+                    f"| {s['model']} | {name} {'MG' if arm == 'mg' else 'plain'} | {_s(s[f'{side}_{arm}_first'])} | "
+                    f"{100 * s[f'{side}_{arm}_spread']:.0f}% |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _git_head(path: str) -> str:
+    try:
+        return subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="checkout of Qrange-group/Mirror-Gradient (holds src/main.py)")
+    parser.add_argument("--ref-python", default=os.environ.get("MG_REF_PYTHON", sys.executable),
+                        help="Python with torch, numpy, scipy, pandas, pyyaml for the reference (default $MG_REF_PYTHON, else this one)")
+    parser.add_argument("--models", default="vbpr,bm3,freedom")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per arm; the first is reported apart")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses one per core)")
+    parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
+    parser.add_argument("--out", default=None, help="append the markdown report here")
+    parser.add_argument("--jsonl", default=None, help="append each model's raw per-epoch times here")
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_data", help=argparse.SUPPRESS)
+    parser.add_argument("--_mg", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args._child == "ref":
+        reference_child(os.path.abspath(args.reference), args._data, args.model, args._mg, args.epochs, args.threads)
+        return
+    if args._child == "ours":
+        ours_child(os.path.join(args._data, "baby"), args.model, args._mg, args.epochs)
+        return
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (the first epoch is reported apart)")
+    if not os.path.isfile(os.path.join(args.reference, "src", "common", "trainer.py")):
+        raise SystemExit(f"{args.reference} does not look like a Mirror-Gradient checkout (no src/common/trainer.py)")
+    if not os.path.exists(os.path.join(args.graph, "baby.inter")):
+        raise SystemExit(f"the Baby graph is not at {args.graph} (it lives in ../shared/data/baby-graph/ beside the project)")
+    probe = subprocess.run([args.ref_python, "-c", "import torch, numpy, scipy, pandas, yaml; print(torch.__version__)"], capture_output=True, text=True)
+    if probe.returncode:
+        raise SystemExit(f"{args.ref_python} cannot import the reference's dependencies:\n{probe.stderr[-2000:]}")
+
+    from importlib.metadata import version
+
+    started = datetime.datetime.now()
+    load_before = os.getloadavg()
+    work = tempfile.mkdtemp(prefix="vs_reference_")
+    runs = []
+    try:
+        write_data_folder(args.graph, work)
+        for model in args.models.split(","):
+            run = run_model(model, args, work, work)
+            runs.append(run)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(run) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
+    summaries = [summarize(r) for r in runs]
+    spreads = [s[f"{side}_{arm}_spread"] for s in summaries for side in ("ref", "ours") for arm in ("plain", "mg")]
+    ref_meta = runs[0]["meta"]["ref plain"]
+    command = "python benchmarks/vs_reference.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    meta = {
+        "command": command,
+        "date": f"{started:%Y-%m-%d %H:%M}, {(datetime.datetime.now() - started).total_seconds() / 60:.0f} min",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({_cpu_name()}), {platform.system()} {platform.release()}",
+        "reference": (
+            f"Qrange-group/Mirror-Gradient @ {_git_head(args.reference)}, torch {ref_meta['torch']} on {ref_meta['device']}, "
+            f"shims: {', '.join(ref_meta['shims'])}"
+        ),
+        "ours": (
+            f"jax {version('jax')}, jaxlib {version('jaxlib')}, flax {version('flax')}, optax {version('optax')} on "
+            f"{runs[0]['meta']['ours plain']['device']}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')!r}"
+        ),
+        "threads": (
+            f"torch intra-op {ref_meta['threads']}, inter-op {ref_meta['interop_threads']}; XLA CPU: one per core ({os.cpu_count()}); "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', str(args.threads) + ' (set by the harness)')}"
+        ),
+        "noise": (
+            f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; epoch-time spread per arm "
+            f"{100 * min(spreads):.0f}-{100 * max(spreads):.0f}% (median {100 * statistics.median(spreads):.0f}%)"
+        ),
+        "data": (
+            f"Baby graph ({ref_meta['batches']} batches of 2048) with seeded random image 4096-d and text 384-d features, "
+            f"one MMRec folder read by both; settings {json.dumps({m: MODEL_SETTINGS.get(m, {}) for m in args.models.split(',')})}, "
+            f"MG {json.dumps(MG_SETTINGS)}, seed {SEED}; {args.epochs} epochs per arm, the four arms of a model "
+            "round-robin one epoch at a time"
+        ),
+    }
+    text = render(summaries, meta)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The side-by-side harness's bookkeeping: medians, ratios, goals and the report (no torch here).
+
+``benchmarks/vs_reference.py`` needs a reference checkout and torch to run; what it does
+with the measured epochs is pure and checked here on made-up numbers, as are the shims it
+applies to NumPy / SciPy (on copies of the modules' attributes, restored afterwards).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def vs():
+    spec = importlib.util.spec_from_file_location("bench_vs_reference", os.path.join(ROOT, "benchmarks", "vs_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _epochs(first, steady, eval_s, cpu_factor=None):
+    out = []
+    for i, t in enumerate([first] + steady):
+        e = {"epoch": i, "train_s": t, "eval_s": eval_s}
+        if cpu_factor:
+            e.update(train_cpu_s=cpu_factor * t, eval_cpu_s=cpu_factor * eval_s)
+        out.append(e)
+    return out
+
+
+def _run(model="bm3", cpu=True):
+    f = 2.0 if cpu else None
+    return {
+        "model": model,
+        "epochs": {
+            "ref plain": _epochs(20.0, [18.0, 17.0, 19.0], 2.8, f),
+            "ref MG": _epochs(25.0, [22.0, 23.0, 24.0], 2.8, f),
+            "ours plain": _epochs(9.0, [5.0, 5.5, 4.5], 0.6, f),
+            "ours MG": _epochs(12.0, [6.5, 6.6, 6.4], 0.7, f),
+        },
+    }
+
+
+META = {
+    "command": "python benchmarks/vs_reference.py --reference /tmp/mgref",
+    "date": "2026-11-29 10:00, 40 min",
+    "machine": "x86_64, 2 CPU cores",
+    "reference": "Qrange-group/Mirror-Gradient @ abc1234, torch 2.13.0",
+    "ours": "jax 0.10.2",
+    "threads": "torch intra-op 2",
+    "noise": "load average 0.10 before, 0.20 after",
+    "data": "Baby graph",
+}
+
+
+def test_summary_takes_medians_after_the_first_epoch_and_ratios(vs):
+    s = vs.summarize(_run())
+    assert s["ref_plain_epoch"] == 18.0 and s["ours_plain_epoch"] == 5.0
+    assert s["ref_mg_epoch"] == 23.0 and s["ours_mg_epoch"] == 6.5
+    assert s["ref_plain_first"] == 20.0 and s["ours_mg_first"] == 12.0
+    assert s["ratio_plain"] == pytest.approx(5.0 / 18.0)
+    assert s["ratio_mg"] == pytest.approx(6.5 / 23.0)
+    assert s["ours_mg_overhead"] == pytest.approx(1.3)
+    # eval: the median over both arms' timed epochs (0.6, 0.6, 0.6, 0.7, 0.7, 0.7)
+    assert s["ours_eval"] == pytest.approx(0.65) and s["ref_eval"] == pytest.approx(2.8)
+    assert s["ours_plain_spread"] == pytest.approx(1.0 / 5.0)
+    assert s["cpu_ratio_plain"] == pytest.approx(5.0 / 18.0)
+
+
+def test_goals_use_the_per_model_bounds(vs):
+    bm3 = vs.summarize(_run("bm3"))["goals"]
+    vbpr = vs.summarize(_run("vbpr"))["goals"]
+    assert bm3["epoch plain"] == (pytest.approx(5.0 / 18.0), 0.33, True)
+    assert vbpr["epoch plain"][1] == 0.40
+    assert bm3["eval"] == (pytest.approx(0.65 / 2.8), 0.25, True)
+    assert bm3["MG / plain"] == (pytest.approx(1.3), 1.36, True)
+
+
+def test_report_has_header_tables_and_goal_verdicts(vs):
+    text = vs.render([vs.summarize(_run("vbpr")), vs.summarize(_run("bm3"))], META)
+    for key in ("Command:", "Date:", "Machine:", "Reference:", "This project:", "Threads:", "Noise:", "Data:"):
+        assert key in text
+    lines = text.splitlines()
+    wall = [l for l in lines if l.startswith("| vbpr | 18.00 / 23.00 |")]
+    assert wall == ["| vbpr | 18.00 / 23.00 | 5.00 / 6.50 | 0.28 / 0.28 | 1.28, 1.30 | 2.80, 0.650 | 0.23 |"]
+    cpu = [l for l in lines if l.startswith("| vbpr | 36.00 / 46.00 |")]
+    assert len(cpu) == 1
+    verdicts = [l for l in lines if l.startswith("| bm3 | 0.28 <= 0.33 met")]
+    assert verdicts == ["| bm3 | 0.28 <= 0.33 met | 0.28 <= 0.33 met | 0.23 <= 0.25 met | 1.30 <= 1.36 met |"]
+    assert sum(1 for l in lines if l.startswith("| bm3 | ")) == 3 + 4  # wall, cpu, goals + four arms
+
+
+def test_report_without_cpu_times_has_no_cpu_table(vs):
+    text = vs.render([vs.summarize(_run(cpu=False))], META)
+    assert "process CPU time" not in text
+    missed = vs.summarize(_run(cpu=False))
+    missed["goals"]["eval"] = (0.31, 0.25, False)
+    assert "0.31 > 0.25 MISSED" in vs.render([missed], META)
+
+
+def test_reference_log_lines_are_parsed(vs):
+    assert vs._REF_TRAIN.search("epoch 3 training [time: 17.86s, train loss: 40.2]").groups() == ("3", "17.86")
+    assert vs._REF_EVAL.search("epoch 3 evaluating [time: 2.71s, valid_score: 0.0123]").groups() == ("3", "2.71")
+
+
+def test_shims_restore_numpy_aliases_and_dok_update(vs, monkeypatch):
+    np = pytest.importorskip("numpy")
+    sp = pytest.importorskip("scipy.sparse")
+    # setattr first so that the undo also removes what the shims add.
+    for alias in ("float", "int", "bool", "object"):
+        monkeypatch.setitem(np.__dict__, alias, None)
+        monkeypatch.delitem(np.__dict__, alias)
+    monkeypatch.setattr(sp.dok_matrix, "_update", None, raising=False)
+    monkeypatch.delattr(sp.dok_matrix, "_update")
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "lmdb", "PIL", "PIL.Image", "matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name))
+    done = vs.install_reference_shims()
+    assert "scipy.sparse.dok_matrix._update" in done and "torchvision (stand-in)" in done
+    assert np.float is float and np.int is int
+    a = sp.dok_matrix((3, 3), dtype=np.float32)
+    a._update({(0, 1): 1, (2, 0): 1})
+    assert a.toarray().tolist() == [[0, 1, 0], [0, 0, 0], [1, 0, 0]]
+    from torchvision.transforms.functional import resize  # the stand-in
+
+    with pytest.raises(RuntimeError, match="stand-in"):
+        resize(None, 3)
