@@ -15,7 +15,10 @@ mis-shaped array instead of silently reordering leaves.
 Writing is atomic: the new checkpoint is completed under a temporary name next to the
 target and swapped in with two renames, so an interruption leaves either the old or the
 new checkpoint (and :func:`load_checkpoint` finds a completed one left mid-swap).
-Orbax's format is also what sharded, multi-host checkpoints use.
+Orbax's format is also what sharded, multi-host checkpoints use: arrays sharded over a
+mesh are written shard by shard (every process writes its own; process 0 writes the
+JSON and does the renames, the others wait for it) and can be read back onto another
+mesh by passing ``targets`` with the new shardings.
 """
 
 from __future__ import annotations
@@ -154,15 +157,29 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Mapping[str, A
     # orbax refuses an empty item; a model without parameters (ItemKNNCBF) still gets a folder.
     groups[_FORMAT_GROUP] = {"format": np.asarray(CHECKPOINT_FORMAT, np.int32)}
     nxt, prev = path + _NEXT, path + _PREV
-    for stale in (nxt, prev):
-        if os.path.lexists(stale):
-            shutil.rmtree(stale) if os.path.isdir(stale) else os.unlink(stale)
+    primary = jax.process_index() == 0
+    if primary:
+        for stale in (nxt, prev):
+            if os.path.lexists(stale):
+                shutil.rmtree(stale) if os.path.isdir(stale) else os.unlink(stale)
+    _sync(f"mirrorgrad-checkpoint-clean:{path}")
+    # Collective over processes: each writes its own shards.
     _checkpointer().save(nxt, args=ocp.args.Composite(arrays=ocp.args.StandardSave(groups), meta=ocp.args.JsonSave(payload)))
-    if os.path.lexists(path):
-        os.rename(path, prev)
-    os.rename(nxt, path)
-    if os.path.lexists(prev):
-        shutil.rmtree(prev) if os.path.isdir(prev) else os.unlink(prev)
+    if primary:
+        if os.path.lexists(path):
+            os.rename(path, prev)
+        os.rename(nxt, path)
+        if os.path.lexists(prev):
+            shutil.rmtree(prev) if os.path.isdir(prev) else os.unlink(prev)
+    _sync(f"mirrorgrad-checkpoint-swapped:{path}")
+
+
+def _sync(name: str) -> None:
+    """Waits for every process (a no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _json_default(value: Any) -> Any:
@@ -191,14 +208,35 @@ def _resolve(path: str) -> str:
     raise CheckpointError(f"no checkpoint at {path}")
 
 
+def _complete_targets(folder: str, targets: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``targets`` plus a host (numpy) target for every stored array it does not name (orbax restores whole trees)."""
+    ocp = _orbax()
+    try:
+        stored = ocp.Checkpointer(ocp.StandardCheckpointHandler()).metadata(os.path.join(folder, "arrays"))
+    except Exception as err:
+        raise CheckpointError(f"{folder}: cannot read the array metadata ({type(err).__name__}: {err})") from None
+    stored = getattr(stored, "item_metadata", stored)
+    stored = getattr(stored, "tree", stored)
+    out: dict[str, dict[str, Any]] = {}
+    for group, arrays in stored.items():
+        wanted = targets.get(group, {})
+        unknown = sorted(set(wanted) - set(arrays))
+        if unknown:
+            raise CheckpointError(f"{folder}: the checkpoint has no array(s) {unknown[:3]} in {group!r}")
+        # np.empty only reserves address space: orbax reads the values into it.
+        out[group] = {name: wanted.get(name, np.empty(info.shape, info.dtype)) for name, info in arrays.items()}
+    return out
+
+
 def load_checkpoint(path: str | os.PathLike, *, targets: Mapping[str, Mapping[str, Any]] | None = None) -> Checkpoint:
     """Reads a checkpoint written by :func:`save_checkpoint`; never unpickles anything.
 
     Args:
       path: the checkpoint folder.
       targets: optional group -> name -> ``jax.ShapeDtypeStruct`` (with a sharding) to
-        restore arrays directly onto devices, e.g. onto another mesh. Without it every
-        array comes back as numpy on the host.
+        restore arrays directly onto devices, e.g. onto another mesh (each device reads
+        only its shard). Arrays it does not name, and every array without it, come back
+        as numpy on the host.
 
     Returns:
       A :class:`Checkpoint`.
@@ -217,7 +255,7 @@ def load_checkpoint(path: str | os.PathLike, *, targets: Mapping[str, Mapping[st
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{path} is a checkpoint of format {found!r}; this version reads format {CHECKPOINT_FORMAT}")
-    restore = ocp.args.StandardRestore(dict(targets)) if targets is not None else ocp.args.StandardRestore()
+    restore = ocp.args.StandardRestore(_complete_targets(folder, targets)) if targets is not None else ocp.args.StandardRestore()
     try:
         arrays = _checkpointer().restore(folder, args=ocp.args.Composite(arrays=restore))["arrays"]
     except Exception as err:

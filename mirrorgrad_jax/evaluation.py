@@ -203,7 +203,11 @@ class RankingEvaluator:
         number of positives is its number of rows (as the reference's ``pos_len``).
       topk: the cutoffs; ``max(topk)`` items are ranked per user.
       user_block: the most users per device block (the reference's ``eval_batch_size``);
-        the blocks are evened out (:attr:`user_block` may come out smaller).
+        without a mesh the blocks are evened out (:attr:`user_block` may come out smaller).
+      mesh: optional ``(data, model)`` device mesh: each block's users are split over
+        ``data`` (the block is rounded up to a multiple of its size) and the items over
+        ``model``, with the top-k merged across item shards
+        (:func:`mirrorgrad_jax.sharding.sharded_ranking_fn`); the same lists as one device.
 
     Raises:
       ValueError: on empty targets, ``num_items < max(topk)`` or malformed pairs.
@@ -217,6 +221,7 @@ class RankingEvaluator:
         *,
         topk: Sequence[int] = DEFAULT_TOPK,
         user_block: int = 4096,
+        mesh: Any = None,
     ):
         self.topk = _check_topk(topk)
         self.k_max = max(self.topk)
@@ -241,12 +246,16 @@ class RankingEvaluator:
         row_of[users] = np.arange(n_users)
 
         self.user_block = min(int(user_block), n_users)
-        # As many blocks as user_block requires, of equal size (a multiple of 8, at most
-        # user_block), so the last block is not mostly padding: 19,445 users run as 5 x
-        # 3,896 instead of 5 x 4,096.
-        blocks = -(-n_users // self.user_block)
-        even = -(-n_users // blocks)
-        self.user_block = min(self.user_block, -(-even // 8) * 8)
+        self._mesh = mesh
+        if mesh is not None:
+            self.user_block = -(-self.user_block // mesh.shape["data"]) * mesh.shape["data"]
+        else:
+            # As many blocks as user_block requires, of equal size (a multiple of 8, at most
+            # user_block), so the last block is not mostly padding: 19,445 users run as 5 x
+            # 3,896 instead of 5 x 4,096.
+            blocks = -(-n_users // self.user_block)
+            even = -(-n_users // blocks)
+            self.user_block = min(self.user_block, -(-even // 8) * 8)
         self._num_blocks = -(-n_users // self.user_block)
         n_padded = self._num_blocks * self.user_block
         # Padding rows repeat a real user (so scores_fn sees valid ids) and are dropped later.
@@ -261,9 +270,19 @@ class RankingEvaluator:
         self._user_ids = users
         self._num_positives = np.bincount(row_of[targets[:, 0]], minlength=n_users)
         shape = (self._num_blocks, self.user_block)
-        self._users_dev = jnp.asarray(padded_users.reshape(shape), jnp.int32)
-        self._train_dev = jnp.asarray(train_idx.reshape(shape + train_idx.shape[1:]))
-        self._targets_dev = jnp.asarray(target_idx.reshape(shape + target_idx.shape[1:]))
+        if mesh is None:
+            self._users_dev = jnp.asarray(padded_users.reshape(shape), jnp.int32)
+            self._train_dev = jnp.asarray(train_idx.reshape(shape + train_idx.shape[1:]))
+            self._targets_dev = jnp.asarray(target_idx.reshape(shape + target_idx.shape[1:]))
+        else:
+            from mirrorgrad_jax.sharding import place_user_blocks
+
+            self._users_dev, self._train_dev, self._targets_dev = place_user_blocks(
+                mesh,
+                padded_users.reshape(shape).astype(np.int32),
+                train_idx.reshape(shape + train_idx.shape[1:]),
+                target_idx.reshape(shape + target_idx.shape[1:]),
+            )
         self._block_fns: dict[ScoresFn, Callable[..., tuple[jax.Array, jax.Array]]] = {}
 
     @property
@@ -283,6 +302,10 @@ class RankingEvaluator:
 
     def _block_fn(self, scores_fn: ScoresFn) -> Callable[..., tuple[jax.Array, jax.Array]]:
         fn = self._block_fns.get(scores_fn)
+        if fn is None and self._mesh is not None:
+            from mirrorgrad_jax.sharding import sharded_ranking_fn
+
+            fn = self._block_fns[scores_fn] = sharded_ranking_fn(scores_fn, self._mesh, (self.user_block, self.num_items), self.k_max)
         if fn is None:
             block_shape = (self.user_block, self.num_items)
             k_max = self.k_max
@@ -309,8 +332,18 @@ class RankingEvaluator:
 
     def _run(self, scores_fn: ScoresFn, model_state: Any) -> tuple[np.ndarray, np.ndarray]:
         fn = self._block_fn(scores_fn)
-        top_items, hits = jax.device_get(fn(model_state, self._users_dev, self._train_dev, self._targets_dev))
-        return top_items.reshape(-1, self.k_max)[: self.num_users], hits.reshape(-1, self.k_max)[: self.num_users]
+        if self._mesh is None:
+            top_items, hits = jax.device_get(fn(model_state, self._users_dev, self._train_dev, self._targets_dev))
+            return top_items.reshape(-1, self.k_max)[: self.num_users], hits.reshape(-1, self.k_max)[: self.num_users]
+        # Dispatch every block before reading any back, so the device never waits on the host.
+        outs = [
+            fn(model_state, self._users_dev, self._train_dev, self._targets_dev, np.int32(b))
+            for b in range(self._num_blocks)
+        ]
+        outs = jax.device_get(outs)
+        top_items = np.concatenate([o[0] for o in outs])[: self.num_users]
+        hits = np.concatenate([o[1] for o in outs])[: self.num_users]
+        return top_items, hits
 
     def top_k(self, scores_fn: ScoresFn, model_state: Any) -> np.ndarray:
         """The ``(num_users, max(topk))`` ranked item ids per evaluated user, train items masked.

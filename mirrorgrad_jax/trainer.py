@@ -10,6 +10,12 @@ of the rounded validation metric, stop after ``patience + 1`` bad epochs), the b
 parameters (with the state evaluation needs) are checkpointed atomically and the latest
 state is kept for resuming (orbax folders of arrays and JSON, never pickles).
 
+With ``TrainConfig.mesh`` the same program runs over a device mesh (several devices,
+several processes): batches split over ``data``, tables placed by the rules of
+:mod:`mirrorgrad_jax.sharding`, parameters and optimizer state kept on their shardings
+across the jitted steps, evaluation sharded by user blocks and item tiles. Without it
+(the default) nothing of that runs and the one-device program is unchanged.
+
 Non-finite losses in either pass of a batch stop the run, keeping the best checkpoint.
 The per-epoch learning-rate schedule is written into the optimizer state before each
 epoch and the history records the rate read back from it.
@@ -37,6 +43,7 @@ from mirrorgrad_jax.errors import CheckpointError, ConfigError, UserInputError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, EarlyStopping, RankingEvaluator
 from mirrorgrad_jax.models.base import Recommender, TrainingCache
 from mirrorgrad_jax.partition import skippable_partition
+from mirrorgrad_jax.sharding import Placement, auto_budget_bytes, describe_mesh, make_mesh
 from mirrorgrad_jax.steps import epoch_layout, make_block_step, make_train_steps
 from mirrorgrad_jax.trained import model_arrays, restore_model_arrays
 from mirrorgrad_jax.transform import is_mirror_batch, mirror_gradient, torch_clip_grad_norm
@@ -113,6 +120,14 @@ class TrainConfig:
       dispatch: ``"scan"`` (an epoch's full batches in one jitted scan) or
         ``"per_batch"`` (one jitted call per batch; always used for schedules other
         than ``"reference"``).
+      mesh: ``None`` (one device, the default), ``"auto"`` (every device on ``data``) or a
+        spec such as ``"data=2,model=2"``: train and evaluate over that device mesh (see
+        :mod:`mirrorgrad_jax.sharding`). The same losses and metrics as one device, up to
+        float32 summation order.
+      shard_tables: with a mesh, row-shard every table (embeddings, features, graph edges)
+        over the ``model`` axis.
+      device_budget_mb: with a mesh, a table whose replica exceeds this many MiB is
+        row-sharded over the whole mesh; ``None``: 1/8 of one device's memory.
     """
 
     epochs: int = 1000
@@ -129,9 +144,14 @@ class TrainConfig:
     topk: tuple[int, ...] = DEFAULT_TOPK
     seed: int = 999
     dispatch: str = "scan"
+    mesh: str | None = None
+    shard_tables: bool = False
+    device_budget_mb: float | None = None
 
     def __post_init__(self):
         check_field_types(self)
+        if self.device_budget_mb is not None and not self.device_budget_mb > 0:
+            raise ConfigError(f"device_budget_mb must be > 0 (or null for automatic), got {self.device_budget_mb}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.dispatch not in ("scan", "per_batch"):
@@ -167,7 +187,7 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class TrainResult:
-    """What one training run produced."""
+    """What one training run produced (``layout``: the mesh and the per-device shard shapes of split arrays, with a mesh)."""
 
     best_epoch: int
     best_valid: dict[str, float]
@@ -178,6 +198,7 @@ class TrainResult:
     train_seconds: float
     eval_seconds: float
     num_params: int
+    layout: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -305,11 +326,32 @@ class _Engine:
     (constants). The cache is threaded through every step in order, so a model may read
     what an earlier step of the epoch cached (LATTICE's item graph) and evaluation sees
     what the last training forward wrote (stale evaluation).
+
+    With a :class:`~mirrorgrad_jax.sharding.Placement`, parameters, cache and constants
+    are placed on its mesh, every jitted step returns parameters, optimizer state and
+    cache on those same shardings (so they stay put across steps and epochs), and
+    batches are split over ``data``. Without one, nothing of that runs.
     """
 
-    def __init__(self, model: Recommender, tx, mg: MGConfig, train_config: TrainConfig):
-        self.graphdef, self.params, self.cache, self.consts = nnx.split(model, nnx.Param, TrainingCache, ...)
+    def __init__(self, model: Recommender, tx, mg: MGConfig, train_config: TrainConfig, placement: Placement | None = None):
+        self.graphdef, params, cache, consts = nnx.split(model, nnx.Param, TrainingCache, ...)
         self.mg, self.cfg = mg, train_config
+        self.placement = placement
+        self._const_sources: list[Any] = []
+        self._const_placed: list[Any] = []
+        if placement is None:
+            self.params, self.cache, self.consts = params, cache, consts
+        else:
+            # The module keeps host copies (its pre_epoch reads them there); the devices hold
+            # only the placed arrays, not also a full copy on the first device.
+            params, cache, consts = _to_host(params), _to_host(cache), _to_host(consts)
+            nnx.update(model, params, cache, consts)
+            self.params = placement.put(params)
+            self.cache = placement.put(cache)
+            self.consts = self._place_constants(consts)
+            self.param_shardings = placement.shardings(self.params)
+            self.cache_shardings = placement.shardings(self.cache)
+            self.opt_shardings = placement.shardings(jax.eval_shape(tx.init, self.params))
         self.first_batch = bool(type(model).first_batch_params)
         graphdef = self.graphdef
 
@@ -329,7 +371,10 @@ class _Engine:
         skip = {"skip": True} if self.first_batch else {}
         common = dict(has_aux=True, mirror=mg.enabled, both_losses=True, thread_aux=True)
         steps = make_train_steps(make_loss("loss"), tx, update_kwargs=skip, **common)
-        donate = dict(donate_argnums=(0, 1))
+        donate: dict[str, Any] = dict(donate_argnums=(0, 1))
+        if placement is not None:
+            # Parameters, optimizer state and cache come back on the shardings they went in with.
+            donate["out_shardings"] = (self.param_shardings, self.opt_shardings, placement.replicated, self.cache_shardings)
         self.normal = jax.jit(steps.normal, **donate)
         self.mirror = jax.jit(steps.mirror, **donate)
         if self.first_batch:
@@ -366,7 +411,39 @@ class _Engine:
 
     def refresh_constants(self, model: Recommender) -> None:
         """Takes the model's constants again (``pre_epoch`` may have redrawn samples)."""
-        _, _, _, self.consts = nnx.split(model, nnx.Param, TrainingCache, ...)
+        _, _, _, consts = nnx.split(model, nnx.Param, TrainingCache, ...)
+        self.consts = consts if self.placement is None else self._place_constants(consts)
+
+    def take_cache(self, model: Recommender) -> None:
+        """Takes the model's training cache (after a resume wrote it into the model)."""
+        _, _, cache, _ = nnx.split(model, nnx.Param, TrainingCache, ...)
+        self.cache = cache if self.placement is None else self.placement.put(cache)
+
+    def _place_constants(self, consts: Any) -> Any:
+        """Constants on the mesh; those ``pre_epoch`` left as they were keep their placed copy."""
+        leaves, treedef = jax.tree.flatten(consts)
+        shardings = jax.tree.leaves(self.placement.shardings(consts))
+        same = len(leaves) == len(self._const_sources)
+        placed = [
+            self._const_placed[i] if same and leaf is self._const_sources[i] else self.placement.put(leaf, sharding)
+            for i, (leaf, sharding) in enumerate(zip(leaves, shardings))
+        ]
+        self._const_sources, self._const_placed = leaves, placed
+        return jax.tree.unflatten(treedef, placed)
+
+    def init_opt_state(self, tx) -> Any:
+        """``tx.init(params)``, created directly on the optimizer state's shardings with a mesh."""
+        if self.placement is None:
+            return tx.init(self.params)
+        return jax.jit(tx.init, out_shardings=self.opt_shardings)(self.params)
+
+    def place_opt_state(self, opt_state: Any) -> Any:
+        """The optimizer state on its shardings (after the host changed a leaf, e.g. the learning rate)."""
+        return opt_state if self.placement is None else self.placement.put(opt_state, self.opt_shardings)
+
+    def _put_batches(self, batches: np.ndarray) -> jax.Array:
+        """A host batch (or stack of batches) on the device(s): rows (the last axis) split over ``data``."""
+        return jnp.asarray(batches) if self.placement is None else self.placement.put_batch(batches, axis=-1)
 
     def run_epoch(self, params, opt_state, full: np.ndarray | None, last: np.ndarray | None, key, global_batch: int, steps_per_epoch: int):
         """Trains one epoch.
@@ -380,6 +457,8 @@ class _Engine:
         cache = self.cache
         n_full = 0 if full is None else len(full)
         keys = jax.random.split(key, steps_per_epoch)
+        if self.placement is not None:
+            keys = self.placement.put(keys, self.placement.replicated)
         losses = []
 
         def single(p, s, c, b, index):
@@ -390,7 +469,7 @@ class _Engine:
                 step = self.first_mirror if mirror else self.first_normal
             else:
                 step = self.mirror if mirror else self.normal
-            p, s, loss, c = step(p, s, jnp.asarray(b), keys[index], consts, c)
+            p, s, loss, c = step(p, s, self._put_batches(b), keys[index], consts, c)
             losses.append(loss[None])
             return p, s, c
 
@@ -403,13 +482,13 @@ class _Engine:
             for index in range(start):
                 params, opt_state, cache = single(params, opt_state, cache, full[index], index)
             if n_full > start and not mg.enabled:
-                params, opt_state, scanned, cache = self.scan_normal(params, opt_state, jnp.asarray(full[start:]), keys[start:n_full], consts, cache)
+                params, opt_state, scanned, cache = self.scan_normal(params, opt_state, self._put_batches(full[start:]), keys[start:n_full], consts, cache)
                 losses.append(scanned)
             elif n_full > start:
                 blocks, _ = epoch_layout(n_full - start, mg.beta)
                 if blocks:
                     stop = start + blocks * mg.beta
-                    stacked = jnp.asarray(full[start:stop].reshape((blocks, mg.beta) + full.shape[1:]))
+                    stacked = self._put_batches(full[start:stop].reshape((blocks, mg.beta) + full.shape[1:]))
                     block_keys = keys[start:stop].reshape(blocks, mg.beta)
                     params, opt_state, scanned, cache = self.scan_blocks(params, opt_state, stacked, block_keys, consts, cache)
                     losses.append(scanned)
@@ -420,6 +499,34 @@ class _Engine:
         self.cache = cache
         flat = np.concatenate([np.asarray(x).reshape(-1, 2) for x in losses]) if losses else np.zeros((0, 2))
         return params, opt_state, flat
+
+
+def _to_host(tree: Any) -> Any:
+    """Numpy copies of a tree's arrays (PRNG keys stay as they are).
+
+    Real copies (``np.array``), not views: on a CPU ``np.asarray`` would alias, and so keep
+    alive, the first device's buffer.
+    """
+
+    def host(leaf):
+        if isinstance(leaf, jax.Array) and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return np.array(leaf)
+        return leaf
+
+    return jax.tree.map(host, tree)
+
+
+#: TrainConfig fields that say where the run's arrays live, not what it computes.
+LAYOUT_FIELDS = ("mesh", "shard_tables", "device_budget_mb")
+
+
+def _placement(cfg: TrainConfig) -> Placement | None:
+    """The placement rules of a run with a mesh; None for the one-device run."""
+    if cfg.mesh is None:
+        return None
+    mesh = make_mesh(cfg.mesh)
+    budget = auto_budget_bytes(mesh) if cfg.device_budget_mb is None else int(cfg.device_budget_mb * 2**20)
+    return Placement(mesh, shard_tables=cfg.shard_tables, budget_bytes=budget)
 
 
 def _first_non_finite(losses: np.ndarray) -> tuple[int, str, float] | None:
@@ -478,15 +585,22 @@ def train(
     if hasattr(model_config, "for_training"):
         model_config = model_config.for_training(mg.enabled, mg.beta)
     host_rng = np.random.default_rng(cfg.seed)
+    placement = _placement(cfg)
     model = model_cls(dataset, model_config, rngs=nnx.Rngs(params=cfg.seed))
-    valid_eval = RankingEvaluator(dataset.num_items, dataset.train, dataset.valid, topk=cfg.topk, user_block=cfg.eval_batch_size)
-    test_eval = RankingEvaluator(dataset.num_items, dataset.train, dataset.test, topk=cfg.topk, user_block=cfg.eval_batch_size)
+    ranking: dict[str, Any] = {"user_block": cfg.eval_batch_size}
+    if placement is not None:
+        ranking = {"user_block": placement.eval_user_block(cfg.eval_batch_size, dataset.num_items), "mesh": placement.mesh}
+    valid_eval = RankingEvaluator(dataset.num_items, dataset.train, dataset.valid, topk=cfg.topk, **ranking)
+    test_eval = RankingEvaluator(dataset.num_items, dataset.train, dataset.test, topk=cfg.topk, **ranking)
+    config = dataclasses.asdict(cfg)
     meta = {
         "model": model_cls.name,
         "model_config": dataclasses.asdict(model_config),
-        "train_config": dataclasses.asdict(cfg),
+        # The device layout is not part of the run's arithmetic: a checkpoint resumes on any mesh.
+        "train_config": {k: v for k, v in config.items() if k not in LAYOUT_FIELDS},
         "mg": dataclasses.asdict(mg),
         "dataset": _fingerprint(dataset),
+        "layout": {k: config[k] for k in LAYOUT_FIELDS},
     }
     last_path = best_path = None
     if checkpoint_dir is not None:
@@ -494,17 +608,16 @@ def train(
         last_path = os.path.join(checkpoint_dir, "last.ckpt")
         best_path = os.path.join(checkpoint_dir, "best.ckpt")
     if not model_cls.trainable:
-        return _evaluate_untrained(model_cls, model, mg, meta, valid_eval, test_eval, best_path, say)
+        return _evaluate_untrained(model_cls, model, mg, meta, valid_eval, test_eval, best_path, say, placement)
 
     uses_neg = model_cls.uses_negatives
     n_train = len(dataset.train)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    _, init_params = nnx.split(model, nnx.Param, ...)[:2]
-    labels = _first_batch_labels(model_cls, init_params) if model_cls.first_batch_params else None
+    labels = _first_batch_labels(model_cls, nnx.state(model, nnx.Param)) if model_cls.first_batch_params else None
     tx = build_optimizer(cfg, mg, steps_per_epoch, first_batch_labels=labels)
-    engine = _Engine(model, tx, mg, cfg)
+    engine = _Engine(model, tx, mg, cfg, placement)
     params = engine.params
-    opt_state = tx.init(params)
+    opt_state = engine.init_opt_state(tx)
     stopper = EarlyStopping(metric=cfg.valid_metric, patience=cfg.patience)
     history: list[dict[str, Any]] = []
     best_valid: dict[str, float] = {}
@@ -512,9 +625,9 @@ def train(
     start_epoch = 0
     train_seconds = eval_seconds = 0.0
     if resume and last_path and os.path.exists(last_path):
-        params, opt_state, saved = _resume(last_path, meta, model, params, opt_state)
+        params, opt_state, saved = _resume(last_path, meta, model, params, opt_state, engine)
         engine.refresh_constants(model)
-        _, _, engine.cache, _ = nnx.split(model, nnx.Param, TrainingCache, ...)
+        engine.take_cache(model)
         host_rng.bit_generator.state = saved["host_rng"]
         stopper = EarlyStopping.from_dict(saved["stopper"])
         history, best_valid, best_test = saved["history"], saved["best_valid"], saved["best_test"]
@@ -523,6 +636,13 @@ def train(
         say(f"resumed from {last_path} after epoch {saved['epoch']}")
     mg_text = f"on (alpha1={mg.alpha1:g}, alpha2={mg.alpha2:g}, beta={mg.beta}, {mg.apply_to})" if mg.enabled else "off"
     say(f"{model_cls.name} on {dataset.name}: {model.num_trainable_params():,} trainable parameters, {steps_per_epoch} batches/epoch, MG {mg_text}")
+    layout = None
+    if placement is not None:
+        layout = placement.describe({"params": params, "consts": engine.consts})
+        split = ", ".join(f"{name} {shape}" for name, shape in layout["shards"].items()) or "none"
+        say(f"mesh {describe_mesh(placement.mesh)}; arrays split (per-device shard): {split}; evaluation blocks of {valid_eval.user_block} users")
+        for note in placement.notes:
+            say(f"note: {note}")
     base_key = jax.random.key(cfg.seed)
     stop_reason = "max_epochs"
     epochs_this_call = 0
@@ -537,7 +657,7 @@ def train(
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             stop_reason = "interrupted"
             break
-        opt_state = _set_learning_rate(opt_state, cfg.learning_rate_at(epoch))
+        opt_state = engine.place_opt_state(_set_learning_rate(opt_state, cfg.learning_rate_at(epoch)))
         lr = optimizer_learning_rate(opt_state)
         t0 = time.perf_counter()
         # Host-side refresh (graph sampling) may change model constants: take them again.
@@ -607,20 +727,37 @@ def train(
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         num_params=model.num_trainable_params(),
+        layout=layout,
     )
 
 
-def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """Loads ``last.ckpt``: checks it belongs to this run, restores the model state, returns params, optimizer state and metadata."""
+def _restore_targets(tree: Any, shardings: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """Name -> shape, dtype and sharding of each leaf: where orbax should put it."""
+    shapes, placed = flatten_arrays(tree), flatten_arrays(shardings)
+    return {name: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=placed[name]) for name, leaf in shapes.items()}
+
+
+def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, opt_state: Any, engine: _Engine) -> tuple[Any, Any, dict[str, Any]]:
+    """Loads ``last.ckpt``: checks it belongs to this run, restores the model state, returns params, optimizer state and metadata.
+
+    With a mesh, parameters and optimizer state are read straight onto this run's
+    shardings (each device reads its own shards), whatever mesh wrote them.
+    """
+    targets = None
+    if engine.placement is not None:
+        targets = {"params": _restore_targets(params, engine.param_shardings), "opt_state": _restore_targets(opt_state, engine.opt_shardings)}
     try:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, targets=targets)
     except CheckpointError as err:
         raise TrainingError(f"cannot resume: {err}") from None
     saved = ckpt.meta
     if "opt_state" not in ckpt.arrays or "host_rng" not in saved:
         raise TrainingError(f"cannot resume from {path}: it is not a last.ckpt written by the trainer")
     mismatched = [
-        k for k in meta if json.dumps(saved.get("meta", {}).get(k), sort_keys=True, default=str) != json.dumps(meta[k], sort_keys=True, default=str)
+        k
+        for k in meta
+        if k != "layout"
+        and json.dumps(saved.get("meta", {}).get(k), sort_keys=True, default=str) != json.dumps(meta[k], sort_keys=True, default=str)
     ]
     if mismatched:
         raise TrainingError(f"cannot resume from {path}: its {', '.join(mismatched)} differ from this run's")
@@ -632,14 +769,19 @@ def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, op
         raise TrainingError(f"cannot resume: {err}") from None
     params = jax.tree.map(jnp.asarray, params)
     opt_state = jax.tree.map(jnp.asarray, opt_state)
+    if engine.placement is not None:
+        params = engine.placement.put(params, engine.param_shardings)
+        opt_state = engine.place_opt_state(opt_state)
     return params, opt_state, saved
 
 
-def _evaluate_untrained(model_cls, model, mg: MGConfig, meta, valid_eval, test_eval, best_path, say) -> TrainResult:
+def _evaluate_untrained(model_cls, model, mg: MGConfig, meta, valid_eval, test_eval, best_path, say, placement: Placement | None = None) -> TrainResult:
     """The run of a model that needs no training: one evaluation of valid and test."""
     note = "; Mirror Gradient does not apply to it (the run is the same with or without --mg)" if mg.enabled else ""
     say(f"{model_cls.name} needs no training: evaluating it once{note}")
     graphdef, state = nnx.split(model)
+    if placement is not None:
+        state = placement.put(state)
 
     def scores_fn(state, users):
         return nnx.merge(graphdef, state, copy=True).scores(users)

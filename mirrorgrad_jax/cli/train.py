@@ -4,6 +4,12 @@ Values come from a YAML config (``--config FILE`` or a model name for its packag
 reference config; lists are grids), then from flags (comma-separated values are grids).
 The best combination is selected on the VALIDATION split (``--select-on test``
 reproduces the reference's habit of selecting on test, and says so).
+
+Scaling out: ``--mesh data=4`` (or ``data=2,model=2``, ``auto``) trains and evaluates over
+a device mesh; ``--shard-tables`` splits the tables over ``model``. Several processes
+(hosts): start the same command on each with ``--coordinator HOST:PORT --num-processes N
+--process-id I`` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); only
+process 0 prints and writes results.
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser("train", help="train a model with or without Mirror Gradient", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", help="model name (see `mirrorgrad models`); default vbpr")
-    t.add_argument("--dataset", help="synthetic | synthetic-small | movielens-100k | an MMRec folder (see `mirrorgrad datasets`)")
+    t.add_argument("--dataset", help="synthetic | synthetic-small | large | large-10x | movielens-100k | an MMRec folder (see `mirrorgrad datasets`)")
     t.add_argument("--config", help="YAML file (keys model, dataset, model_config, train, mg; lists = grids), or a model name for its packaged reference config")
     t.add_argument("--mg", dest="mg", action="store_true", default=None, help="train with Mirror Gradient (default)")
     t.add_argument("--no-mg", dest="mg", action="store_false", help="train without Mirror Gradient")
@@ -89,13 +95,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--checkpoint-dir", help="keep best/last checkpoints here (one subfolder per combination and seed)")
     t.add_argument("--resume", action="store_true", help="resume each run from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    s = t.add_argument_group("scaling out (see README, 'Scaling out')")
+    s.add_argument("--mesh", help="device mesh, e.g. data=4 or data=2,model=2 ('auto': every device on data); default: one device")
+    s.add_argument("--shard-tables", dest="shard_tables", action="store_true", default=None, help="row-shard tables (embeddings, features, graph edges) over the model axis")
+    s.add_argument("--device-budget-mb", dest="device_budget_mb", type=float, metavar="MB", help="tables bigger than this are split over the whole mesh (default: 1/8 of a device's memory)")
+    s.add_argument("--coordinator", help="HOST:PORT of process 0 for a multi-process run ('auto': detect the cluster); default $JAX_COORDINATOR_ADDRESS")
+    s.add_argument("--num-processes", dest="num_processes", type=int, help="processes in a multi-process run; default $JAX_NUM_PROCESSES")
+    s.add_argument("--process-id", dest="process_id", type=int, help="this process's rank; default $JAX_PROCESS_ID")
     t.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from mirrorgrad_jax.sharding import initialize_distributed
+
+    # Before anything touches a device.
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.grid import run_grid, summary_table
 
+    primary = jax.process_index() == 0
     config = read_config(args.config) if args.config else {}
     model_name = args.model or config.get("model") or "vbpr"
     dataset_name = args.dataset or config.get("dataset") or "synthetic"
@@ -108,20 +128,27 @@ def run(args: argparse.Namespace) -> int:
             sections[section][key] = grid_value(value)
     if args.mg is not None:
         sections["mg"]["enabled"] = args.mg
+    # Not through grid_value: a mesh spec has commas but is one value.
+    for key in ("mesh", "shard_tables", "device_budget_mb"):
+        if getattr(args, key) is not None:
+            sections["train"][key] = getattr(args, key)
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     if args.results and not os.path.isdir(os.path.dirname(os.path.abspath(args.results))):
         raise ConfigError(f"--results {args.results}: its folder does not exist")
     seeds = [args.seed + i for i in range(args.seeds)]
-    dataset = load_dataset(dataset_name)
-    print(dataset.summary())
+    dataset = load_dataset(dataset_name, verbose=primary)
+    if primary:
+        print(dataset.summary())
     started = time.perf_counter()
     report = run_grid(
         model_name, dataset, model_grid, sections["train"], sections["mg"],
         seeds=seeds, select_on=args.select_on, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-        log=None if args.quiet else print,
+        log=None if args.quiet or not primary else print,
     )  # fmt: skip
     report["wall_seconds"] = time.perf_counter() - started
+    if not primary:
+        return 0
     print(summary_table(report))
     if args.results:
         tmp = args.results + ".tmp"

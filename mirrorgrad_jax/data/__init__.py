@@ -4,6 +4,7 @@
   and the MMRec on-disk format, validated with :class:`DatasetError`.
 * :func:`per_user_split`: the reference's per-user random train/valid/test split.
 * :func:`make_synthetic`, :data:`SYNTHETIC_DEFAULT`: a generated multimodal dataset.
+* :func:`make_large`: a generated dataset at the shapes of Amazon Electronics (or S times it).
 * :func:`load_movielens_100k`: MovieLens-100K with text and metadata features.
 * :func:`sample_negatives`, :func:`epoch_batches`: the reference's training batches.
 * :func:`load_dataset`, :data:`DATASETS`: the names ``--dataset`` accepts.
@@ -20,12 +21,14 @@ from mirrorgrad_jax.data.dataset import (
     write_mmrec,
 )
 from mirrorgrad_jax.data.catalog import DATASETS, load_dataset
+from mirrorgrad_jax.data.large import ELECTRONICS_SHAPE, make_large
 from mirrorgrad_jax.data.movielens import load_movielens_100k
 from mirrorgrad_jax.data.sampling import EpochBatches, epoch_batches, sample_negatives
 from mirrorgrad_jax.data.synthetic import SYNTHETIC_DEFAULT, make_synthetic
 
 __all__ = [
     "DATASETS",
+    "ELECTRONICS_SHAPE",
     "SPLIT_LABELS",
     "SYNTHETIC_DEFAULT",
     "DatasetError",
@@ -36,6 +39,7 @@ __all__ = [
     "load_dataset",
     "load_mmrec",
     "load_movielens_100k",
+    "make_large",
     "make_synthetic",
     "per_user_split",
     "read_user_graph",
