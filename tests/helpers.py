@@ -96,3 +96,23 @@ def positive_batch(ds, n: int = 16, seed: int = 0) -> jnp.ndarray:
     """An int32 (2, n) batch [users; positives] of distinct train rows, for models without negatives."""
     rows = ds.train[np.random.default_rng(seed).choice(len(ds.train), n, replace=False)]
     return jnp.asarray(rows.T, jnp.int32)
+
+
+def packaged_config(name: str, config_cls) -> dict:
+    """A model's packaged ``models/configs/<name>.yaml``, read as the CLI reads it.
+
+    Checks that it names the model and that every key of its ``model_config`` and ``train``
+    sections is a field of ``config_cls`` and of ``TrainConfig``; returns the parsed dict.
+    """
+    import dataclasses
+    import pathlib
+
+    from mirrorgrad_jax.config import load_yaml
+    from mirrorgrad_jax.trainer import TrainConfig
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / f"{name}.yaml"
+    config = load_yaml(path.read_text())
+    assert config["model"] == name
+    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(config_cls)}, "unknown model_config keys"
+    assert set(config.get("train") or {}) <= {f.name for f in dataclasses.fields(TrainConfig)}, "unknown train keys"
+    return config

@@ -15,7 +15,7 @@ from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import positive_batch
+from helpers import positive_batch, packaged_config
 
 D = 8
 
@@ -213,15 +213,9 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    import pathlib
 
-    import yaml
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "bm3.yaml"
-    config = yaml.safe_load(path.read_text())
-    assert config["model"] == "bm3"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(BM3Config)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("bm3", BM3Config)
     grid = config["model_config"]
     assert (grid["n_layers"], grid["dropout"], grid["reg_weight"], grid["cl_weight"]) == ([1, 2], [0.3, 0.5], [0.1, 0.01], 2.0)
     assert config["mg"]["alpha2"] == [0.1, 0.2, 0.3]

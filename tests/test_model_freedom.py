@@ -15,7 +15,7 @@ from mirrorgrad_jax.graph import kept_edge_count, knn_item_graph
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import random_batch
+from helpers import random_batch, packaged_config
 
 D = 8
 EPS = 1e-7  # the reference's degree epsilon
@@ -276,15 +276,9 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    import pathlib
 
-    import yaml
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "freedom.yaml"
-    config = yaml.safe_load(path.read_text())
-    assert config["model"] == "freedom"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(FREEDOMConfig)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("freedom", FREEDOMConfig)
     grid = config["model_config"]
     assert grid["dropout"] == [0.8, 0.9] and grid["reg_weight"] == [0.0, 1e-5, 1e-4, 1e-3]
     assert (grid["knn_k"], grid["mm_image_weight"], grid["n_mm_layers"], grid["n_ui_layers"]) == (10, 0.1, 1, 2)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 from flax import nnx
 
 from mirrorgrad_jax.data import make_synthetic
@@ -17,8 +15,7 @@ from mirrorgrad_jax.evaluation import RankingEvaluator
 from mirrorgrad_jax.graph import knn_topk_shrink
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.itemknncbf import ItemKNNCBF, ItemKNNCBFConfig, padded_train_items
-from mirrorgrad_jax.trainer import TrainConfig
-from helpers import jit_loss, jit_scores
+from helpers import jit_loss, jit_scores, packaged_config
 
 
 def _model(ds, **overrides):
@@ -148,10 +145,6 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "itemknncbf.yaml"
-    config = yaml.safe_load(path.read_text())
-    assert config["model"] == "itemknncbf"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(ItemKNNCBFConfig)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("itemknncbf", ItemKNNCBFConfig)
     assert (config["model_config"]["knn_k"], config["model_config"]["shrink"]) == (10, 10.0)
     assert config["mg"] == {"enabled": False}  # nothing to train, so nothing to mirror

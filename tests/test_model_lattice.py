@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +19,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mirrorgrad_jax.config import load_yaml
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models.base import Constant, TrainingCache, build_config
 from mirrorgrad_jax.models.lattice import LATTICE, LATTICEConfig
-from mirrorgrad_jax.trainer import TrainConfig
+from helpers import packaged_config
 
 D = 8
 LAM = 0.9
@@ -363,11 +361,7 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "lattice.yaml"
-    config = load_yaml(path.read_text())
-    assert config["model"] == "lattice"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(LATTICEConfig)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("lattice", LATTICEConfig)
     grid = config["model_config"]
     assert grid["reg_weight"] == [0.0, 1e-5, 1e-4, 1e-3]
     assert (grid["knn_k"], grid["lambda_coeff"], grid["n_layers"], grid["n_ui_layers"], grid["reg_batch_size"]) == (10, 0.9, 1, 2, 2048)

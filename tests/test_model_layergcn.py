@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 from flax import nnx
 
 from mirrorgrad_jax.graph import kept_edge_count, sample_edges_degree_sensitive
 from mirrorgrad_jax.models.base import Constant, EpochSample, build_config
 from mirrorgrad_jax.models.layergcn import LayerGCN, LayerGCNConfig
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import jit_loss, jit_scores, random_batch, value_and_grad_constants_fixed
+from helpers import jit_loss, jit_scores, random_batch, value_and_grad_constants_fixed, packaged_config
 
 D = 8
 EPS = 1e-7  # the reference's degree epsilon
@@ -203,11 +201,7 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "layergcn.yaml"
-    config = yaml.safe_load(path.read_text())
-    assert config["model"] == "layergcn"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(LayerGCNConfig)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("layergcn", LayerGCNConfig)
     grid = config["model_config"]
     assert grid["n_layers"] == 4 and grid["dropout"] == [0.0, 0.1, 0.2]
     assert grid["reg_weight"] == [1e-2, 1e-3, 1e-4, 1e-5]

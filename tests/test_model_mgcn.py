@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +17,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mirrorgrad_jax.config import load_yaml
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.mgcn import MGCN, MGCNConfig, info_nce
-from mirrorgrad_jax.trainer import TrainConfig
+from helpers import packaged_config
 
 D = 8
 U, I = 3, 4
@@ -265,11 +263,7 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "mgcn.yaml"
-    config = load_yaml(path.read_text())
-    assert config["model"] == "mgcn"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(MGCNConfig)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("mgcn", MGCNConfig)
     grid = config["model_config"]
     assert grid["cl_weight"] == [0.001, 0.01, 0.1]
     assert (grid["reg_weight"], grid["knn_k"], grid["n_layers"], grid["n_ui_layers"], grid["cl_temperature"]) == (1e-4, 10, 1, 2, 0.2)

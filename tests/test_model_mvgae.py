@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 from flax import nnx
 
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models.base import Constant, FrozenRandom, TrainingCache, build_config, check_ready_to_rank
 from mirrorgrad_jax.models.mvgae import MVGAE, MVGAEConfig
-from mirrorgrad_jax.trainer import TrainConfig
-from helpers import jit_loss, jit_scores, value_and_grad_constants_fixed
+from helpers import jit_loss, jit_scores, value_and_grad_constants_fixed, packaged_config
 
 D, L = 8, 16  # embedding_size, latent_dim
 ROLES = ("image", "text", "collab")
@@ -239,11 +236,7 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "mvgae.yaml"
-    config = yaml.safe_load(path.read_text())
-    assert config["model"] == "mvgae"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(MVGAEConfig)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("mvgae", MVGAEConfig)
     grid = config["model_config"]
     assert grid["kl_weight"] == [0.01, 0.1, 1.0] and grid["kl_weight_from_mg_beta"] is True
     assert grid["offset_item_ids"] is False and grid["stale_eval"] is True and grid["n_layers"] == 1

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 from flax import nnx
 
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.selfcfed_lgn import SELFCFED_LGN, SELFCFED_LGNConfig, random_rate_edge_dropout
 from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import jit_loss, jit_scores, value_and_grad_constants_fixed
+from helpers import jit_loss, jit_scores, value_and_grad_constants_fixed, packaged_config
 
 D = 8
 
@@ -190,11 +188,7 @@ def test_config_validation(values, message):
 
 
 def test_yaml_maps_onto_the_config_and_trainer():
-    path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / "selfcfed_lgn.yaml"
-    config = yaml.safe_load(path.read_text())
-    assert config["model"] == "selfcfed_lgn"
-    assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(SELFCFED_LGNConfig)}
-    assert set(config["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    config = packaged_config("selfcfed_lgn", SELFCFED_LGNConfig)
     grid = config["model_config"]
     assert grid["n_layers"] == [1, 2] and grid["dropout"] == [0.1, 0.2, 0.5]
     assert grid["reg_weight"] == [0.1, 1e-2, 1e-3, 1e-4, 1e-5, 0.0]
