@@ -8,8 +8,9 @@ them alike, and checks each result bit for bit against the previous implementati
 (gather + sorted ``segment_sum``; for kNN lists, gather + ``einsum``).
 
 Shapes: the Baby graph's ``A_sym`` (26,495 nodes, 237,102 entries: BM3, FREEDOM's
-evaluation, LightGCN), FREEDOM's per-epoch sampled graph (dropout 0.8: 47,420 entries;
-and 0.95, under one entry per row, where ``propagate`` keeps the segment sum), FREEDOM's
+evaluation, LightGCN), FREEDOM's per-epoch sampled graph (dropout 0.8: 47,420 entries,
+1.8 per row, and 0.95: both under ``graph._CSR_MIN_ENTRIES_PER_ROW``, where ``propagate``
+keeps the segment sum), FREEDOM's
 frozen kNN lists (7,050 items x 20) and a small random bipartite graph (1,500 nodes),
 where a dense matmul is an option. Features are 64 wide.
 
@@ -124,7 +125,8 @@ def baby_shapes(graph: str) -> list[tuple[str, dict, int]]:
     idx, val = combine_knn([(knn_item_graph(image, 10), 0.1), (knn_item_graph(text, 10), 0.9)])
     return [
         (f"Baby A_sym ({full.num_nodes:,} nodes, {len(full.rows):,} entries)", adjacency_kernels(full, False), full.num_nodes),
-        (f"Baby sampled graph, dropout 0.8 ({len(sampled.rows):,} entries, {len(sampled.rows) / sampled.num_nodes:.1f} per row)", adjacency_kernels(sampled, False), sampled.num_nodes),
+        (f"Baby sampled graph, dropout 0.8 ({len(sampled.rows):,} entries, {len(sampled.rows) / sampled.num_nodes:.1f} per row: "
+         "propagate keeps the segment sum)", adjacency_kernels(sampled, False), sampled.num_nodes),
         (f"Baby sampled graph, dropout 0.95 ({len(sparse_sample.rows):,} entries, {len(sparse_sample.rows) / sparse_sample.num_nodes:.2f} per row: "
          "propagate keeps the segment sum)", adjacency_kernels(sparse_sample, False), sparse_sample.num_nodes),
         (f"Baby kNN lists ({idx.shape[0]:,} x {idx.shape[1]})", knn_kernels(idx, val), idx.shape[0]),

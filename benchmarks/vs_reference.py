@@ -86,9 +86,28 @@ MODEL_SETTINGS: dict[str, dict] = {
     "vbpr": {"reg_weight": 1e-3},
     "bm3": {"n_layers": 1, "reg_weight": 0.1, "dropout": 0.3},
     "freedom": {"reg_weight": 1e-4, "dropout": 0.8},
+    "lattice": {"reg_weight": 1e-4},
+    "layergcn": {"n_layers": 4, "reg_weight": 1e-3, "dropout": 0.1},
+    "selfcfed_lgn": {"n_layers": 2, "reg_weight": 1e-3, "dropout": 0.2},
 }
-#: The reference's class (and config file) name per model.
-REFERENCE_NAMES = {"vbpr": "VBPR", "bm3": "BM3", "freedom": "FREEDOM", "lightgcn": "LightGCN"}
+#: Settings under the reference's own names where they differ from ours (one point of a
+#: yaml grid: the reference's config must hold scalars for a single run).
+REFERENCE_SETTINGS: dict[str, dict] = {
+    "lattice": {"learning_rate": 1e-3},
+    "mgcn": {"cl_loss": 0.001},
+}
+#: The reference's class (and config file) name per model. The models that need
+#: torch_geometric there (MMGCN, GRCN, DualGNN, DRAGON, MVGAE) are not covered; LightGCN
+#: and BPR-MF are not in the reference.
+REFERENCE_NAMES = {
+    "vbpr": "VBPR",
+    "bm3": "BM3",
+    "freedom": "FREEDOM",
+    "lattice": "LATTICE",
+    "mgcn": "MGCN",
+    "layergcn": "LayerGCN",
+    "selfcfed_lgn": "SELFCFED_LGN",
+}
 MG_SETTINGS = {"alpha1": 1.0, "alpha2": 0.2, "beta": 3}
 SEED = 999
 
@@ -174,6 +193,20 @@ def install_reference_shims() -> list[str]:
     return done
 
 
+def install_cpu_cuda_shim(torch) -> list[str]:
+    """On a torch without CUDA, makes ``.cuda()`` a no-op: LATTICE calls it unconditionally.
+
+    The reference moves a few tensors with ``.cuda()`` instead of ``.to(config["device"])``
+    (LATTICE's item graphs), which raises on a CPU build; with the shim those tensors stay on
+    the CPU, where the rest of the model already is. Nothing changes where CUDA exists.
+    """
+    if torch.cuda.is_available():
+        return []
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    torch.nn.Module.cuda = lambda self, *args, **kwargs: self
+    return ["Tensor.cuda / Module.cuda = no-op (no CUDA)"]
+
+
 # ---------------------------------------------------------------------------------------
 # The child processes: each runs one arm and yields to the parent between epochs.
 # ---------------------------------------------------------------------------------------
@@ -232,6 +265,7 @@ def reference_child(reference: str, data_root: str, model: str, mg: bool, epochs
     shims = install_reference_shims()
     import torch
 
+    shims += install_cpu_cuda_shim(torch)
     torch.set_num_threads(threads)
     src = os.path.join(reference, "src")
     os.chdir(src)  # the reference reads ./configs/ relative to the working directory
@@ -249,6 +283,7 @@ def reference_child(reference: str, data_root: str, model: str, mg: bool, epochs
         "stopping_step": 10**6,
         "seed": SEED,
         **MODEL_SETTINGS.get(model, {}),
+        **REFERENCE_SETTINGS.get(model, {}),
         **MG_SETTINGS,
     }
     config = Config(name, "baby", dict(overrides), mg)
@@ -607,6 +642,9 @@ def main(argv=None):
         parser.error("--epochs must be >= 2 (the first epoch is reported apart)")
     if not os.path.isfile(os.path.join(args.reference, "src", "common", "trainer.py")):
         raise SystemExit(f"{args.reference} does not look like a Mirror-Gradient checkout (no src/common/trainer.py)")
+    unknown = [m for m in args.models.split(",") if m not in REFERENCE_NAMES]
+    if unknown:
+        raise SystemExit(f"--models: {', '.join(unknown)} not covered (choose from {', '.join(REFERENCE_NAMES)})")
     if not os.path.exists(os.path.join(args.graph, "baby.inter")):
         raise SystemExit(f"the Baby graph is not at {args.graph} (it lives in ../shared/data/baby-graph/ beside the project)")
     probe = subprocess.run([args.ref_python, "-c", "import torch, numpy, scipy, pandas, yaml; print(torch.__version__)"], capture_output=True, text=True)
@@ -618,17 +656,34 @@ def main(argv=None):
     started = datetime.datetime.now()
     load_before = os.getloadavg()
     work = tempfile.mkdtemp(prefix="vs_reference_")
-    runs = []
+    runs, failures, reused = [], [], []
+    # Models already measured into --jsonl (an interrupted sitting) are read back, not rerun.
+    earlier = {}
+    if args.jsonl and os.path.exists(args.jsonl):
+        with open(args.jsonl) as f:
+            earlier = {r["model"]: r for r in (json.loads(line) for line in f if line.strip())}
     try:
         write_data_folder(args.graph, work)
         for model in args.models.split(","):
-            run = run_model(model, args, work, work)
+            if model in earlier:
+                print(f"[{model}] read from {args.jsonl}", file=sys.stderr, flush=True)
+                runs.append(earlier[model])
+                reused.append(model)
+                continue
+            try:
+                run = run_model(model, args, work, work)
+            except Exception as err:  # one model's failure does not lose the others
+                print(f"[{model}] failed: {err}", file=sys.stderr, flush=True)
+                failures.append(f"{model}: {str(err).strip().splitlines()[-1][:300]}")
+                continue
             runs.append(run)
             if args.jsonl:
                 with open(args.jsonl, "a") as f:
                     f.write(json.dumps(run) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if not runs:
+        raise SystemExit("no model was measured:\n" + "\n".join(failures))
     load_after = os.getloadavg()
     summaries = [summarize(r) for r in runs]
     spreads = [s[f"{side}_{arm}_spread"] for s in summaries for side in ("ref", "ours") for arm in ("plain", "mg")]
@@ -636,7 +691,8 @@ def main(argv=None):
     command = "python benchmarks/vs_reference.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     meta = {
         "command": command,
-        "date": f"{started:%Y-%m-%d %H:%M}, {(datetime.datetime.now() - started).total_seconds() / 60:.0f} min",
+        "date": f"{started:%Y-%m-%d %H:%M}, {(datetime.datetime.now() - started).total_seconds() / 60:.0f} min"
+        + (f" ({', '.join(reused)}: read back from {args.jsonl}, measured by an earlier start)" if reused else ""),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({_cpu_name()}), {platform.system()} {platform.release()}",
         "reference": (
             f"Qrange-group/Mirror-Gradient @ {_git_head(args.reference)}, torch {ref_meta['torch']} on {ref_meta['device']}, "
@@ -657,11 +713,13 @@ def main(argv=None):
         "data": (
             f"Baby graph ({ref_meta['batches']} batches of 2048) with seeded random image 4096-d and text 384-d features, "
             f"one MMRec folder read by both; settings {json.dumps({m: MODEL_SETTINGS.get(m, {}) for m in args.models.split(',')})}, "
-            f"MG {json.dumps(MG_SETTINGS)}, seed {SEED}; {args.epochs} epochs per arm, the four arms of a model "
+            f"MG {json.dumps(MG_SETTINGS)}, seed {SEED}; epochs per arm {json.dumps({r['model']: len(r['epochs']['ref plain']) for r in runs})}, the four arms of a model "
             "round-robin one epoch at a time"
         ),
     }
     text = render(summaries, meta)
+    if failures:
+        text += "\nNot measured (the reference or this project failed to start):\n\n" + "\n".join(f"- {f}" for f in failures) + "\n"
     print(text)
     if args.out:
         with open(args.out, "a") as f:

@@ -155,9 +155,11 @@ def propagate(adjacency: CooAdjacency, x: jax.Array, *, symmetric: bool = False)
     )
 
 
-# Below one entry per row on average, the CSR kernel's pass over the row pointers costs more
-# than it saves (benchmarks/results/propagation.md): the segment-sum form is used instead.
-_CSR_MIN_ENTRIES_PER_ROW = 1.0
+# Below a few entries per row on average, the CSR kernel's pass over the row pointers costs
+# more than it saves (benchmarks/results/propagation.md: FREEDOM's sampled graph, 1.8 per
+# row, ran 0.9x forward and 0.7x backward; Baby's A_sym, 8.9 per row, 5x and 4.5x): the
+# segment-sum form is used instead.
+_CSR_MIN_ENTRIES_PER_ROW = 3.0
 
 
 def _sparse_product(rows, cols, values, x, num_rows: int, transpose: str, column_order=None) -> jax.Array:

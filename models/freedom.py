@@ -16,9 +16,11 @@ Spec card 3.7. Two graphs:
 
 ``forward(adj)``: ``h = mm_adj^{n_mm_layers} E_i``; LightGCN with ``n_ui_layers`` layers on
 ``adj`` (mean of the ``n_ui_layers + 1`` outputs) gives ``u``, ``i``; items are ``i + h``.
-Both products run the CSR kernel of :func:`~mirrorgrad_jax.graph.propagate` forward and
-backward (the user-item graphs are symmetric; the kNN lists' backward reads them by
-column through a stored order), see ``benchmarks/results/propagation.md``.
+The kNN product and the full-graph product (evaluation) run the CSR kernel of
+:func:`~mirrorgrad_jax.graph.propagate` forward and backward (the user-item graphs are
+symmetric; the kNN lists' backward reads them by column through a stored order); the
+sampled training graph, under two entries per row, keeps the segment sum, which is
+faster there (``benchmarks/results/propagation.md``).
 
 Loss (on the sampled graph): ``-mean logsigmoid(u.i+ - u.i-)`` plus
 ``reg_weight * [BPR(u, T[i+], T[i-]) + BPR(u, V[i+], V[i-])]`` with ``T = text_trs(text_emb)``
