@@ -68,7 +68,7 @@ def adjacency_kernels(adj: CooAdjacency, dense_ok: bool) -> dict:
         "gather + segment_sum, unsorted": lambda x: jax.ops.segment_sum(values[:, None] * x[cols], rows, num_segments=n),
         "sparse.BCOO @ x": lambda x: bcoo @ x,
         "sparse.BCSR @ x (CSR kernel)": lambda x: bcsr @ x,
-        "propagate (CSR kernel, this project)": lambda x: propagate(a, x),
+        "propagate (this project: CSR kernel above the threshold)": lambda x: propagate(a, x),
     }
     if dense_ok:
         dense = jnp.zeros((n, n), jnp.float32).at[rows, cols].add(values)
@@ -77,7 +77,7 @@ def adjacency_kernels(adj: CooAdjacency, dense_ok: bool) -> dict:
         "autodiff of gather + segment_sum (previous)": lambda x, g: jax.vjp(lambda y: _previous(a, y), x)[1](g)[0],
         "autodiff of sparse.BCSR @ x": lambda x, g: jax.vjp(lambda y: bcsr @ y, x)[1](g)[0],
         "propagate, general (scatter-add)": lambda x, g: jax.vjp(lambda y: propagate(a, y), x)[1](g)[0],
-        "propagate, symmetric=True (CSR kernel)": lambda x, g: jax.vjp(lambda y: propagate(a, y, symmetric=True), x)[1](g)[0],
+        "propagate, symmetric=True (CSR kernel above the threshold)": lambda x, g: jax.vjp(lambda y: propagate(a, y, symmetric=True), x)[1](g)[0],
     }
     if dense_ok:
         backward["dense matmul"] = lambda x, g: jax.vjp(lambda y: dense @ y, x)[1](g)[0]
