@@ -36,6 +36,7 @@ __all__ = [
     "UserNeighbourLists",
     "bipartite_edges",
     "build_user_graph",
+    "column_order",
     "combine_knn",
     "kept_edge_count",
     "knn_column_order",
@@ -119,16 +120,34 @@ def normalized_bipartite_adjacency(train: np.ndarray, num_users: int, num_items:
     )
 
 
-def layer_mean_propagate(adjacency: CooAdjacency, x: jax.Array, n_layers: int, *, symmetric: bool = False) -> jax.Array:
-    """LightGCN's output: the mean of ``x, A x, ..., A^n_layers x`` (``symmetric`` as in :func:`propagate`)."""
+def layer_mean_propagate(
+    adjacency: CooAdjacency, x: jax.Array, n_layers: int, *, symmetric: bool = False, column_order: Any = None
+) -> jax.Array:
+    """LightGCN's output: the mean of ``x, A x, ..., A^n_layers x`` (``symmetric``, ``column_order`` as in :func:`propagate`)."""
     total = x
     for _ in range(n_layers):
-        x = propagate(adjacency, x, symmetric=symmetric)
+        x = propagate(adjacency, x, symmetric=symmetric, column_order=column_order)
         total = total + x
     return total / (n_layers + 1)
 
 
-def propagate(adjacency: CooAdjacency, x: jax.Array, *, symmetric: bool = False) -> jax.Array:
+def column_order(cols: jax.Array | np.ndarray) -> np.ndarray:
+    """The entries sorted by column, ties in entry order (host, once): ``argsort(cols)``, stable.
+
+    For a COO adjacency whose STRUCTURE stays fixed while its values change (edge dropout
+    that masks values), pass it to :func:`propagate` as ``column_order``: the backward pass
+    then reads the transposed entries with the row-sorted kernel instead of a scatter-add.
+
+    Args:
+      cols: ``(E,)`` (or any shape, flattened) int column ids.
+
+    Returns:
+      ``(E,)`` int32 permutation of the entries.
+    """
+    return np.argsort(np.asarray(cols).reshape(-1), kind="stable").astype(np.int32)
+
+
+def propagate(adjacency: CooAdjacency, x: jax.Array, *, symmetric: bool = False, column_order: Any = None) -> jax.Array:
     """``A @ x`` for a COO adjacency sorted by row: ``out[r] = sum_c A[r, c] * x[c]``.
 
     Each output row is summed in entry order, whatever the kernel (see
@@ -146,13 +165,21 @@ def propagate(adjacency: CooAdjacency, x: jax.Array, *, symmetric: bool = False)
         The gradient with respect to ``x``, ``A^T g``, is then computed as ``A g`` with the
         fast kernel instead of a scatter-add; per column both sum the entries in row
         order, so the two are bit-identical (tested).
+      column_order: :func:`column_order` of ``adjacency.cols``, for a matrix that is not
+        symmetric entry by entry (e.g. a symmetric graph after an edge dropout of its
+        values): the gradient ``A^T g`` is then the row-sorted kernel over the entries read
+        in that order, bit-identical to the scatter-add (tested). Ignored with ``symmetric``.
 
     Returns:
       ``(num_nodes, ...)``, the trailing shape of ``x``.
     """
-    return _sparse_product(
-        adjacency.rows, adjacency.cols, adjacency.values, x, adjacency.num_nodes, "symmetric" if symmetric else "scatter"
-    )
+    if symmetric:
+        transpose, order = "symmetric", None
+    elif column_order is not None:
+        transpose, order = "order", column_order
+    else:
+        transpose, order = "scatter", None
+    return _sparse_product(adjacency.rows, adjacency.cols, adjacency.values, x, adjacency.num_nodes, transpose, order)
 
 
 # Below a few entries per row on average, the CSR kernel's pass over the row pointers costs
@@ -666,8 +693,7 @@ def knn_column_order(idx: jax.Array | np.ndarray) -> np.ndarray:
     Returns:
       ``(I * m,)`` int32 permutation of ``idx.reshape(-1)``'s slots.
     """
-    flat = np.asarray(idx).reshape(-1)
-    return np.argsort(flat, kind="stable").astype(np.int32)
+    return column_order(idx)
 
 
 def knn_propagate(idx: jax.Array, val: jax.Array, x: jax.Array, *, column_order: jax.Array | np.ndarray | None = None) -> jax.Array:

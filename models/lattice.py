@@ -86,6 +86,7 @@ from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.graph import (
     CooAdjacency,
+    column_order,
     combine_knn,
     knn_item_graph,
     knn_propagate,
@@ -258,6 +259,8 @@ class LATTICE(Recommender):
         self.graph_learner = ItemGraphLearner(feats, config, rngs=rngs)
         adj = self_loop_row_normalized_adjacency(dataset.train, dataset.num_users, dataset.num_items)
         self.adj_rows, self.adj_cols, self.adj_values = (Constant(jnp.asarray(a)) for a in adj[:3])
+        # A_rw+I is not symmetric: its backward pass reads the entries in column order.
+        self.adj_order = Constant(jnp.asarray(column_order(adj.cols)))
         # The reference has no graph before its first training forward; this one (from the
         # init parameters) makes ``loss`` usable, with its final shapes, right after construction.
         idx, val = _initial_item_graph(self.graph_learner)
@@ -275,7 +278,7 @@ class LATTICE(Recommender):
         for _ in range(self.config.n_layers):
             h = knn_propagate(graph_idx, graph_val, h)
         x = jnp.concatenate([self.users[...], self.items[...]])
-        out = layer_mean_propagate(self._adjacency(), x, self.config.n_ui_layers)
+        out = layer_mean_propagate(self._adjacency(), x, self.config.n_ui_layers, column_order=self.adj_order[...])
         return out[: self.num_users], out[self.num_users :] + rownorm(h)
 
     def _loss_with_graph(self, batch: jax.Array, graph_idx: jax.Array, graph_val: jax.Array) -> jax.Array:

@@ -58,7 +58,14 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.data import RecDataset
-from mirrorgrad_jax.graph import CooAdjacency, knn_item_graph, knn_propagate, layer_mean_propagate, summed_bipartite_adjacency
+from mirrorgrad_jax.graph import (
+    CooAdjacency,
+    column_order,
+    knn_item_graph,
+    knn_propagate,
+    layer_mean_propagate,
+    summed_bipartite_adjacency,
+)
 from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, register, rownorm, torch_linear_default, xavier_uniform
 from mirrorgrad_jax.models.bm3 import image_and_text_features
 from mirrorgrad_jax.models.lattice import embedding_l2
@@ -180,6 +187,8 @@ class MGCN(Recommender):
             idx, val = knn_item_graph(table, config.knn_k, chunk_size=config.knn_chunk_size, values="cosine")
             setattr(self, f"{role}_knn_idx", Constant(jnp.asarray(idx, jnp.int32)))
             setattr(self, f"{role}_knn_val", Constant(jnp.asarray(val, jnp.float32)))
+            # The lists' slots by neighbour: the backward pass runs the row-sorted kernel (knn_propagate).
+            setattr(self, f"{role}_knn_order", Constant(jnp.asarray(column_order(idx))))
         for gate in _GATES:
             w, b = torch_linear_default(rngs.params(), d, d)
             setattr(self, f"{gate}_w", nnx.Param(w))
@@ -190,6 +199,7 @@ class MGCN(Recommender):
 
         adj = summed_bipartite_adjacency(dataset.train, dataset.num_users, dataset.num_items)
         self.adj_rows, self.adj_cols, self.adj_values = (Constant(jnp.asarray(a)) for a in adj[:3])
+        self.adj_order = Constant(jnp.asarray(column_order(adj.cols)))
         # R_n: the entries of the user rows (sorted first), columns shifted to item ids.
         user_part = adj.rows < dataset.num_users
         self.r_rows = Constant(jnp.asarray(adj.rows[user_part]))
@@ -209,7 +219,7 @@ class MGCN(Recommender):
         idx, val = getattr(self, f"{role}_knn_idx")[...], getattr(self, f"{role}_knn_val")[...]
         h = purified
         for _ in range(self.config.n_layers):
-            h = knn_propagate(idx, val, h)
+            h = knn_propagate(idx, val, h, column_order=getattr(self, f"{role}_knn_order")[...])
         users = jax.ops.segment_sum(
             self.r_values[...][:, None] * h[self.r_cols[...]], self.r_rows[...], num_segments=self.num_users, indices_are_sorted=True
         )
@@ -225,7 +235,9 @@ class MGCN(Recommender):
             role: e_i * jax.nn.sigmoid(self._linear(gate, self._linear(f"{role}_trs", getattr(self, f"{role}_emb")[...])))
             for role, gate in (("image", "gate_v"), ("text", "gate_t"))
         }
-        content = layer_mean_propagate(self._adjacency(), jnp.concatenate([self.users[...], e_i]), self.config.n_ui_layers)
+        content = layer_mean_propagate(
+            self._adjacency(), jnp.concatenate([self.users[...], e_i]), self.config.n_ui_layers, column_order=self.adj_order[...]
+        )
         v, t = self._item_view("image", purified["image"]), self._item_view("text", purified["text"])
         weight = jax.nn.softmax(jnp.concatenate([self._query(v), self._query(t)], axis=-1), axis=-1)
         common = weight[:, :1] * v + weight[:, 1:] * t

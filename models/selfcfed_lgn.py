@@ -50,7 +50,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.errors import ConfigError
-from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
+from mirrorgrad_jax.graph import CooAdjacency, column_order, layer_mean_propagate, normalized_bipartite_adjacency
 from mirrorgrad_jax.models.base import Constant, Recommender, register, torch_linear_default, xavier_uniform
 
 __all__ = ["SELFCFED_LGN", "SELFCFED_LGNConfig", "random_rate_edge_dropout"]
@@ -135,6 +135,7 @@ class SELFCFED_LGN(Recommender):
         self.predictor_w, self.predictor_b = nnx.Param(w), nnx.Param(b)
         adj = normalized_bipartite_adjacency(dataset.train, dataset.num_users, dataset.num_items)
         self.adj_rows, self.adj_cols, self.adj_values = (Constant(jnp.asarray(a)) for a in adj[:3])
+        self.adj_order = Constant(jnp.asarray(column_order(adj.cols)))
 
     # -- pieces ---------------------------------------------------------------------
 
@@ -144,10 +145,13 @@ class SELFCFED_LGN(Recommender):
         ``values`` replaces the stored values of ``A_sym`` (the dropped-out graph of a
         training forward); ``None`` uses the graph as it is.
         """
+        # A_sym equals its transpose entry by entry; after an edge dropout only its structure
+        # does, so the backward pass reads the entries in the stored column order.
+        direction = {"symmetric": True} if values is None else {"column_order": self.adj_order[...]}
         values = self.adj_values[...] if values is None else values
         adj = CooAdjacency(self.adj_rows[...], self.adj_cols[...], values, self.num_users + self.num_items)
         x = jnp.concatenate([self.users[...], self.items[...]])
-        out = layer_mean_propagate(adj, x, self.config.n_layers)
+        out = layer_mean_propagate(adj, x, self.config.n_layers, **direction)
         return out[: self.num_users], out[self.num_users :]
 
     def edge_dropout(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -68,7 +68,7 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
+from mirrorgrad_jax.graph import CooAdjacency, column_order, layer_mean_propagate, normalized_bipartite_adjacency
 from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, rownorm, xavier_uniform
 
 __all__ = ["SLMRec", "SLMRecConfig", "A_PRE_EPS"]
@@ -196,6 +196,8 @@ class SLMRec(Recommender):
         self.g_t_ivat = TorchLinear(d, d // 2, rngs=rngs)
         adj = normalized_bipartite_adjacency(dataset.train, self.num_users, self.num_items, eps=A_PRE_EPS)
         self.adj_rows, self.adj_cols, self.adj_values = Constant(adj.rows), Constant(adj.cols), Constant(adj.values)
+        # The entries by column: the backward pass of the propagation runs the row-sorted kernel.
+        self.adj_order = Constant(jnp.asarray(column_order(adj.cols)))
         self.cached_users = TrainingCache(jnp.zeros((self.num_users, d), jnp.float32))
         self.cached_items = TrainingCache(jnp.zeros((self.num_items, d), jnp.float32))
 
@@ -205,7 +207,7 @@ class SLMRec(Recommender):
         e_u = self.user_embedding[...]
         items = jnp.concatenate([self.item_embedding[...], self.v_dense(self.image[...]), self.t_dense(self.text[...])], axis=1)
         x = jnp.concatenate([jnp.tile(e_u, (1, 3)), items], axis=0)
-        out = layer_mean_propagate(adj, x, self.config.n_layers)
+        out = layer_mean_propagate(adj, x, self.config.n_layers, column_order=self.adj_order[...])
         return out[: self.num_users], out[self.num_users :]
 
     def _forward(self) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -20,6 +20,7 @@ from mirrorgrad_jax.graph import (
     UserNeighbourLists,
     bipartite_edges,
     build_user_graph,
+    column_order,
     combine_knn,
     kept_edge_count,
     knn_column_order,
@@ -110,6 +111,31 @@ def test_propagate_kernel_is_bit_equal_to_gather_and_segment_sum(symmetric):
     np.testing.assert_array_equal(forward[0], forward[1])
     np.testing.assert_array_equal(new[0], old[0])
     np.testing.assert_array_equal(new[1], old[1])
+
+
+def test_propagate_with_column_order_is_bit_equal_after_an_edge_dropout():
+    # A symmetric structure whose values were masked (SELFCFED_LGN's edge dropout): not
+    # symmetric entry by entry any more, so the backward pass reads the stored column order.
+    adj, rng = _random_graph(4)
+    keep = rng.random(len(adj.values)) < 0.7
+    values = jnp.where(jnp.asarray(keep), adj.values / 0.7, 0.0)
+    order = jnp.asarray(column_order(adj.cols))
+    x = jnp.asarray(rng.normal(size=(adj.num_nodes, 16)).astype(np.float32))
+    g = jnp.asarray(rng.normal(size=(adj.num_nodes, 16)).astype(np.float32))
+
+    def both(fn):
+        def run(r, c, v, x, g, o):
+            out, vjp = jax.vjp(lambda x, v: fn(CooAdjacency(r, c, v, adj.num_nodes), x, o), x, v)
+            return out, vjp(g)
+
+        return jax.jit(run)(adj.rows, adj.cols, values, x, g, order)
+
+    new = both(lambda a, x, o: propagate(a, x, column_order=o))
+    old = both(lambda a, x, o: _segment_form(a, x))
+    np.testing.assert_array_equal(new[0], old[0])
+    np.testing.assert_array_equal(new[1][0], old[1][0])  # A^T g: same sums, same order
+    np.testing.assert_array_equal(new[1][1], old[1][1])
+    assert sorted(np.asarray(order).tolist()) == list(range(len(adj.cols)))
 
 
 def test_propagate_keeps_trailing_dims_forward_mode_and_vmap():

@@ -160,7 +160,7 @@ def test_interface_and_state_kinds(hand_model):
     learner = {f"graph_learner/{r}_{part}" for r in ("image", "text") for part in ("emb", "trs_w", "trs_b")}
     assert params == {"users", "items", "graph_learner/modal_weight"} | learner
     constants = _paths(model, Constant)
-    assert constants == {"adj_rows", "adj_cols", "adj_values"} | {
+    assert constants == {"adj_rows", "adj_cols", "adj_values", "adj_order"} | {
         f"graph_learner/{r}_knn_{part}" for r in ("image", "text") for part in ("idx", "val")
     }
     assert _paths(model, TrainingCache) == {"item_graph_idx", "item_graph_val"}

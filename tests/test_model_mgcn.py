@@ -140,8 +140,8 @@ def test_interface_and_state_kinds(hand_model):
     gates = {f"{g}_{part}" for g in ("gate_v", "gate_t", "gate_image_prefer", "gate_text_prefer") for part in ("w", "b")}
     assert _paths(hand_model, nnx.Param) == {"users", "items", "query_common_w1", "query_common_b1", "query_common_w2"} | modal | gates
     assert hand_model.query_common_w2.shape == (D, 1)  # the second query Linear has no bias
-    assert _paths(hand_model, Constant) == {"adj_rows", "adj_cols", "adj_values", "r_rows", "r_cols", "r_values"} | {
-        f"{r}_knn_{part}" for r in ("image", "text") for part in ("idx", "val")
+    assert _paths(hand_model, Constant) == {"adj_rows", "adj_cols", "adj_values", "adj_order", "r_rows", "r_cols", "r_values"} | {
+        f"{r}_knn_{part}" for r in ("image", "text") for part in ("idx", "val", "order")
     }
     assert _paths(hand_model, ...) == _paths(hand_model, nnx.Param) | _paths(hand_model, Constant)  # nothing else
 

@@ -108,7 +108,7 @@ def test_targets_are_stop_gradient_and_every_parameter_gets_a_gradient(hand):
     assert set(params.keys()) == {"users", "items", "predictor_w", "predictor_b"}
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
-    assert set(nnx.state(model, Constant).keys()) == {"adj_rows", "adj_cols", "adj_values"}
+    assert set(nnx.state(model, Constant).keys()) == {"adj_rows", "adj_cols", "adj_values", "adj_order"}
 
     # The same loss written out with the same random draws (helpers use key 0): its gradient
     # matches only when the targets are constants.
