@@ -13,6 +13,14 @@ runs in N worker processes (useful on a GPU, where one small run leaves the card
 whole runs only. Pending runs go seed by seed, so a partial grid still compares every
 model on the first seeds.
 
+Model and optimizer settings come from each model's packaged reference config
+(``models/configs/<model>.yaml``): every scalar of its ``model_config`` section and the
+optimizer settings of its ``train`` section (learning rate when it is not a grid, weight
+decay, learning-rate schedule, clipping, batch size); a grid-valued option keeps the
+config dataclass's default. The epoch cap, patience and validation metric are this
+script's. Every row records the settings it ran with, and the table says how many runs
+of each cell stopped at the epoch cap (a run still improving there would be cut).
+
 Usage:
   python benchmarks/accuracy_table.py --models vbpr,bm3 --datasets synthetic,movielens-100k \
       --seeds 3 --epochs 100 --patience 10 --out benchmarks/results/accuracy.md
@@ -38,6 +46,26 @@ except ImportError:  # pragma: no cover - not on POSIX
 
 ALPHA2_GRID = (0.1, 0.2, 0.3)
 METRICS = ("recall@20", "ndcg@20")
+#: Train-section keys taken from a packaged config (the rest are this script's settings).
+OPTIMIZER_KEYS = ("learning_rate", "optimizer", "weight_decay", "lr_schedule", "clip_grad_norm", "batch_size")
+
+
+def packaged_settings(model: str) -> tuple[dict, dict]:
+    """``(model_config values, train values)`` of a model's packaged reference config.
+
+    Scalars only: a list is a grid (except ``lr_schedule``, a pair), and a grid-valued
+    option keeps the config dataclass's default.
+    """
+    from mirrorgrad_jax.cli.train import read_config
+
+    config = read_config(model)
+    model_values = {k: v for k, v in (config.get("model_config") or {}).items() if not isinstance(v, list)}
+    train = config.get("train") or {}
+    train_values = {
+        k: v for k, v in train.items()
+        if k in OPTIMIZER_KEYS and (not isinstance(v, list) or (k == "lr_schedule" and not any(isinstance(x, list) for x in v)))
+    }  # fmt: skip
+    return model_values, train_values
 
 
 def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epochs: int, patience: int, valid_metric: str) -> dict:
@@ -45,12 +73,16 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epoc
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
 
+    import dataclasses
+
     dataset = _DATASETS.setdefault(dataset_name, load_dataset(dataset_name, verbose=False))
     cls = get_model(model)
+    model_values, train_values = packaged_settings(model)
     mg = MGConfig(enabled=alpha2 is not None, alpha1=1.0, alpha2=alpha2 or 0.2, beta=3)
-    cfg = TrainConfig(epochs=epochs, patience=patience, valid_metric=valid_metric, seed=seed)
+    cfg = TrainConfig(**{**train_values, "epochs": epochs, "patience": patience, "valid_metric": valid_metric, "seed": seed})
+    config = build_config(cls, model_values)
     started = time.perf_counter()
-    result = train(cls, build_config(cls, {}), dataset, cfg, mg, log=None)
+    result = train(cls, config, dataset, cfg, mg, log=None)
     import jax
 
     device = jax.devices()[0]
@@ -68,6 +100,7 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epoc
         "seconds": time.perf_counter() - started,
         "device": f"{device.platform}:{device.device_kind}",
         "jax": jax.__version__,
+        "settings": {"model_config": dataclasses.asdict(config), "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}},
     }
 
 
@@ -144,10 +177,28 @@ def _device_counts(rows: list[dict]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
+
+def run_workers(script: str, argv: list[str], workers: int) -> None:
+    """Runs ``script argv --_shard i/workers`` for every i at once and waits for all.
+
+    A TERM (e.g. from ``timeout``) ends the workers too; the runs they finished are already
+    on disk, and a worker that fails is reported without stopping the others.
+    """
+    procs = [subprocess.Popen([sys.executable, script, *argv, "--_shard", f"{i}/{workers}"]) for i in range(workers)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        failed = [p.args[-1] for p in procs if p.wait() != 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    if failed:
+        print(f"workers {failed} exited with an error; their finished runs are kept", file=sys.stderr)
+
 def summarise(rows: list[dict], valid_metric: str) -> list[str]:
     lines = [
-        "| model | dataset | arm | alpha2 (chosen on valid) | test recall@20 | test ndcg@20 | best epoch | seeds | recall@20 vs no MG | devices |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | dataset | arm | alpha2 (chosen on valid) | test recall@20 | test ndcg@20 | best epoch | seeds | recall@20 vs no MG | runs at the epoch cap | devices |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["model"], r["dataset"]) for r in rows})
     for model, dataset in keys:
@@ -166,10 +217,11 @@ def summarise(rows: list[dict], valid_metric: str) -> list[str]:
             mean = statistics.fmean(r["test"]["recall@20"] for r in rs)
             change = f"{100 * (mean / base - 1):+.1f}%" if base and arm == "MG" else "-"
             devices = ", ".join(sorted({r.get("device", "cpu:cpu").split(":", 1)[-1] for r in rs}))
+            capped = sum(r.get("stop_reason") == "max_epochs" for r in rs)
             lines.append(
                 f"| {model} | {dataset} | {arm} | {alpha} | {_fmt([r['test']['recall@20'] for r in rs])} | "
                 f"{_fmt([r['test']['ndcg@20'] for r in rs])} | {_fmt([float(r['best_epoch']) for r in rs], 1)} | {len(rs)} | "
-                f"{change} | {devices} |"
+                f"{change} | {capped} of {len(rs)} ({max(r['epochs_run'] for r in rs)} epochs max) | {devices} |"
             )
     return lines
 
@@ -232,20 +284,7 @@ def main(argv=None):
             ] + (["--reverse"] if args.reverse else [])
             if args.stop_after is not None:
                 common += ["--stop-after", str(args.stop_after)]
-            workers = [
-                subprocess.Popen([sys.executable, os.path.abspath(__file__), *common, "--_shard", f"{i}/{args.workers}"])
-                for i in range(args.workers)
-            ]
-            # a TERM (e.g. from `timeout`) ends the workers too; finished runs are already on disk
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-            try:
-                failed = [w.args[-1] for w in workers if w.wait() != 0]
-            finally:
-                for w in workers:
-                    if w.poll() is None:
-                        w.terminate()
-            if failed:
-                print(f"workers {failed} exited with an error; their finished runs are kept", file=sys.stderr)
+            run_workers(os.path.abspath(__file__), common, args.workers)
         else:
             run_pending(todo, args, started)
         done = read_runs(args.runs)
@@ -254,7 +293,8 @@ def main(argv=None):
         f"--epochs {args.epochs} --patience {args.patience} --valid-metric {args.valid_metric}`  \n"
         f"Date: {datetime.date.today().isoformat()}; table written on {platform.machine()}, {os.cpu_count()} CPU cores; "
         f"runs by device: {_device_counts(done)}.  \n"
-        f"Model settings: the reference defaults of each model's config dataclass; Adam lr 1e-3, batch 2048. "
+        f"Model settings: each model's packaged reference config (scalars; grid-valued options keep the dataclass "
+        f"default; optimizer settings of its train section, e.g. SLMRec's Adam weight decay 1e-4), recorded per run. "
         f"Early stopping on {args.valid_metric}, patience {args.patience}, at most {args.epochs} epochs. "
         f"MG: alpha1 1.0, beta 3, alpha2 from {list(ALPHA2_GRID)} chosen on validation.\n"
     )

@@ -110,6 +110,27 @@ def render(rows: list[dict], command: str, machine: str, epochs: int) -> str:
     return header + "\n" + "\n".join(table) + "\n"
 
 
+
+def run_child(argv: list[str], label: str, timeout: float, env: dict | None = None) -> dict | None:
+    """Runs ``python argv`` in a fresh process and returns the JSON of its ``RESULT`` line.
+
+    Adds ``wall_s`` (the whole process, start-up included). A child that fails or runs past
+    ``timeout`` seconds is reported on stderr and gives None, so the other measurements go on.
+    """
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        print(f"{label}: skipped, longer than --child-timeout {timeout}s", file=sys.stderr, flush=True)
+        return None
+    line = [text for text in proc.stdout.splitlines() if text.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(f"{label} failed (exit {proc.returncode}; the others go on):\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return None
+    row = json.loads(line[0][len("RESULT "):])
+    row["wall_s"] = time.perf_counter() - started
+    return row
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="vbpr,lightgcn")
@@ -139,21 +160,10 @@ def main(argv=None):
     for model in args.models.split(","):
         for arm in ("plain", "mg"):
             print(f"[{model} {arm}] {args.epochs} epochs ...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            try:
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--_child", f"{model}:{arm}", "--epochs", str(args.epochs), "--graph", args.graph],
-                    capture_output=True, text=True, timeout=args.child_timeout,
-                )
-            except subprocess.TimeoutExpired:
-                print(f"{model} {arm}: skipped, longer than --child-timeout {args.child_timeout}s", file=sys.stderr, flush=True)
+            row = run_child([__file__, "--_child", f"{model}:{arm}", "--epochs", str(args.epochs), "--graph", args.graph],
+                            f"{model} {arm}", args.child_timeout)
+            if row is None:
                 continue
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(f"{model} {arm} failed (other models go on):\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
-                continue
-            row = json.loads(line[0][7:])
-            row["wall_s"] = time.perf_counter() - started
             rows.append(row)
             if args.jsonl:
                 with open(args.jsonl, "a") as f:

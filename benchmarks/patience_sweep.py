@@ -33,13 +33,11 @@ import argparse
 import datetime
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy_table import _device_counts, _fmt, append_run, read_runs
+from accuracy_table import _device_counts, _fmt, append_run, read_runs, run_workers
 
 from mirrorgrad_jax.patience import (
     DEFAULT_PATIENCES,
@@ -487,19 +485,7 @@ def main(argv=None):
         if args.workers > 1 and todo:
             # the workers run and record; this process writes the summary once they are done
             common = _drop_options(argv if argv is not None else sys.argv[1:], ("--workers", "--out", "--figures", "--notes"))
-            workers = [
-                subprocess.Popen([sys.executable, os.path.abspath(__file__), *common, "--_shard", f"{i}/{args.workers}"])
-                for i in range(args.workers)
-            ]
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-            try:
-                failed = [w.args[-1] for w in workers if w.wait() != 0]
-            finally:
-                for w in workers:
-                    if w.poll() is None:
-                        w.terminate()
-            if failed:
-                print(f"workers {failed} exited with an error; their finished runs are kept", file=sys.stderr)
+            run_workers(os.path.abspath(__file__), common, args.workers)
         else:
             run_pending(todo, args, started)
         done = read_runs(args.runs)

@@ -28,10 +28,11 @@ def acc():
     return _load("accuracy_table")
 
 
-def _row(model, dataset, alpha2, seed, valid, test, epoch=10):
+def _row(model, dataset, alpha2, seed, valid, test, epoch=10, epochs_run=21, stop_reason="patience"):
     return {
         "model": model, "dataset": dataset, "alpha2": alpha2, "seed": seed, "best_epoch": epoch,
         "valid": {"recall@20": valid}, "test": {"recall@20": test, "ndcg@20": test / 2},
+        "epochs_run": epochs_run, "stop_reason": stop_reason,
     }
 
 
@@ -63,10 +64,14 @@ def test_summary_chooses_alpha2_on_validation_not_test(acc):
     # alpha2 0.1: better on validation, worse on test; alpha2 0.3: the opposite
     rows += [_row("m", "d", 0.1, s, 0.40, 0.20) for s in (999, 1000)]
     rows += [_row("m", "d", 0.3, s, 0.10, 0.50) for s in (999, 1000)]
+    rows[0].update(epochs_run=100, stop_reason="max_epochs")  # one plain run hit the epoch cap
     lines = acc.summarise(rows, "recall@20")
     mg = [l for l in lines if "| MG |" in l]
     assert len(mg) == 1 and "| 0.1 |" in mg[0]
     assert "0.2000 ± 0.0000" in mg[0] and "-33.3%" in mg[0]
+    assert "| 0 of 2 (21 epochs max) |" in mg[0]
+    plain = [l for l in lines if "| no MG |" in l]
+    assert "| 1 of 2 (100 epochs max) |" in plain[0]
     paired = [l for l in acc.paired(rows, "recall@20") if l.startswith("| m |")]
     # chosen arm: -0.1 on both seeds; over all alpha2, 2 of 4 MG runs beat their seed
     assert "-0.1000, -0.1000" in paired[0] and "2 / 4" in paired[0]
@@ -82,3 +87,21 @@ def test_robustness_learning_rates_and_cell_keys():
     old = {"model": "freedom", "dataset": "synthetic", "optimizer": "sgd"}  # recorded before lr was stored
     new = dict(old, learning_rate=rob.learning_rate("freedom", "synthetic", "sgd"))
     assert rob.cell_key(old) != rob.cell_key(new)  # the lr-0.5 cell does not stand in for the new one
+
+
+def test_run_child_reads_the_result_line_and_survives_failures(tmp_path, capsys):
+    epoch_time = _load("epoch_time")
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import sys, time\n"
+        "mode = sys.argv[1]\n"
+        "if mode == 'ok': print('noise'); print('RESULT {\"x\": 1}')\n"
+        "elif mode == 'fail': sys.exit('broken')\n"
+        "else: time.sleep(30)\n"
+    )
+    row = epoch_time.run_child([str(script), "ok"], "ok", timeout=60)
+    assert row["x"] == 1 and row["wall_s"] > 0
+    assert epoch_time.run_child([str(script), "fail"], "child fail", timeout=60) is None
+    assert "child fail failed (exit 1" in capsys.readouterr().err
+    assert epoch_time.run_child([str(script), "sleep"], "child sleep", timeout=0.5) is None
+    assert "child sleep: skipped, longer than" in capsys.readouterr().err
