@@ -119,6 +119,34 @@ class Recommender(nnx.Module):
 CHECKPOINTED = (nnx.Param, TrainingCache, EpochSample, FrozenRandom)
 
 
+
+def image_and_text_roles(dataset: Any, image: str, text: str, model: str) -> tuple[str, str]:
+    """The dataset modalities a model that needs BOTH roles uses as (image, text).
+
+    When the named image modality is missing but the text one is present and exactly one
+    other modality exists, that one plays the image role, with a warning (MovieLens-100K has
+    ``meta`` and ``text``, no image). Otherwise the names are used as given.
+
+    Raises:
+      ConfigError: when either role has no table in the dataset (a user input mistake:
+        the command line prints it as one line).
+    """
+    import warnings
+
+    names = set(dataset.features)
+    if image not in names:
+        others = sorted(names - {text})
+        if text in names and len(others) == 1:
+            warnings.warn(f"{model}: dataset {dataset.name!r} has no {image!r} modality; using {others[0]!r} in the image role", stacklevel=3)
+            image = others[0]
+    missing = [f"{role}_modality={name!r}" for role, name in (("image", image), ("text", text)) if name not in names]
+    if missing:
+        raise ConfigError(
+            f"{model} needs both an image and a text feature table, but dataset {dataset.name!r} has no "
+            f"{' / '.join(missing)}: its modalities are {sorted(names) or 'none'}; set image_modality / text_modality"
+        )
+    return image, text
+
 def check_ready_to_rank(model: Recommender) -> None:
     """Refuses to rank with a stale-evaluation model whose training cache was never filled.
 

@@ -66,7 +66,16 @@ from mirrorgrad_jax.graph import (
     layer_mean_propagate,
     summed_bipartite_adjacency,
 )
-from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, register, rownorm, torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.base import (
+    Constant,
+    Recommender,
+    bpr_log_likelihood,
+    image_and_text_roles,
+    register,
+    rownorm,
+    torch_linear_default,
+    xavier_uniform,
+)
 from mirrorgrad_jax.models.bm3 import image_and_text_features
 from mirrorgrad_jax.models.lattice import embedding_l2
 
@@ -93,7 +102,8 @@ class MGCNConfig:
       by the rows of the batch at hand instead of ``reg_batch_size``.
     knn_chunk_size: rows per similarity block of the kNN searches at init (2048); bounds
       their memory at ``knn_chunk_size * I`` floats, does not change the result.
-    image_modality: dataset modality in the image role ("image"; required).
+    image_modality: dataset modality in the image role ("image"; when the dataset has no such
+      modality but the text one and exactly one other, that other one is used, with a warning).
     text_modality: dataset modality in the text role ("text"; required).
 
     The reference has only the grid for cl_loss; the default here is its first value.
@@ -163,16 +173,10 @@ class MGCN(Recommender):
     multimodal = True
 
     def __init__(self, dataset: RecDataset, config: MGCNConfig, *, rngs: nnx.Rngs) -> None:
-        available = sorted(dataset.features)
-        missing = [f"{role}_modality={name!r}" for role, name in (("image", config.image_modality), ("text", config.text_modality)) if name not in dataset.features]
-        if missing:
-            raise ValueError(
-                f"MGCN needs both an image and a text feature table, but dataset {dataset.name!r} has no "
-                f"{' / '.join(missing)}: its modalities are {available or 'none'}; set image_modality / text_modality"
-            )
+        image, text = image_and_text_roles(dataset, config.image_modality, config.text_modality, "MGCN")
         if config.knn_k > dataset.num_items:
             raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({dataset.num_items})")
-        feats = image_and_text_features(dataset, config.image_modality, config.text_modality, "MGCN")
+        feats = image_and_text_features(dataset, image, text, "MGCN")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         d = config.embedding_size

@@ -84,7 +84,17 @@ from flax import nnx
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.graph import bipartite_edges
-from mirrorgrad_jax.models.base import Constant, FrozenRandom, Recommender, TrainingCache, register, rownorm, torch_linear_default, xavier_normal
+from mirrorgrad_jax.models.base import (
+    Constant,
+    FrozenRandom,
+    Recommender,
+    TrainingCache,
+    image_and_text_roles,
+    register,
+    rownorm,
+    torch_linear_default,
+    xavier_normal,
+)
 from mirrorgrad_jax.models.bm3 import image_and_text_features
 
 __all__ = ["MVGAE", "MVGAEConfig", "product_of_experts"]
@@ -294,15 +304,9 @@ class MVGAE(Recommender):
     multimodal = True
 
     def __init__(self, dataset, config: MVGAEConfig, *, rngs: nnx.Rngs):
-        roles = {"image": config.image_modality, "text": config.text_modality}
-        missing = [f"{role}_modality={name!r}" for role, name in roles.items() if name not in dataset.features]
-        if missing:
-            raise ValueError(
-                f"MVGAE needs both an image and a text feature table (its forward always runs both encoders), but dataset "
-                f"{dataset.name!r} has no {' / '.join(missing)}: its modalities are {sorted(dataset.features) or 'none'}; "
-                "set image_modality / text_modality to the names to use"
-            )
-        feats = image_and_text_features(dataset, config.image_modality, config.text_modality, "MVGAE")
+        # Both encoders always run in its forward, so both roles are required.
+        image, text = image_and_text_roles(dataset, config.image_modality, config.text_modality, "MVGAE")
+        feats = image_and_text_features(dataset, image, text, "MVGAE")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         d, latent = config.embedding_size, config.latent_dim

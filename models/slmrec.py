@@ -60,7 +60,6 @@ xavier), the kwai (image-only) branch. The reference's ``reg`` option is never r
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +68,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import CooAdjacency, column_order, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, register, rownorm, xavier_uniform
+from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, image_and_text_roles, register, rownorm, xavier_uniform
 
 __all__ = ["SLMRec", "SLMRecConfig", "A_PRE_EPS"]
 
@@ -144,27 +143,6 @@ class SLMRecConfig:
             raise ValueError(f"stale_eval must be true or false, got {self.stale_eval!r}")
 
 
-def _feature_roles(dataset, config: SLMRecConfig) -> tuple[str, str]:
-    """The dataset modalities used as (image, text); see :class:`SLMRecConfig`."""
-    names = set(dataset.features)
-    image, text = config.image_modality, config.text_modality
-    if image not in names:
-        others = sorted(names - {text})
-        if text in names and len(others) == 1:
-            warnings.warn(
-                f"SLMRec: dataset {dataset.name!r} has no {image!r} modality; using {others[0]!r} in the image role",
-                stacklevel=3,
-            )
-            image = others[0]
-    missing = [m for m in (image, text) if m not in names]
-    if missing:
-        raise ValueError(
-            f"SLMRec needs an image and a text feature table, but dataset {dataset.name!r} lacks {missing} "
-            f"(it has {sorted(names)}); set image_modality / text_modality"
-        )
-    return image, text
-
-
 @register
 class SLMRec(Recommender):
     """SLMRec with the FAC task; see the module docstring."""
@@ -175,7 +153,7 @@ class SLMRec(Recommender):
     multimodal = True
 
     def __init__(self, dataset, config: SLMRecConfig, *, rngs: nnx.Rngs):
-        image_name, text_name = _feature_roles(dataset, config)
+        image_name, text_name = image_and_text_roles(dataset, config.image_modality, config.text_modality, "SLMRec")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         d = config.embedding_size

@@ -83,6 +83,28 @@ def test_unknown_dataset_and_model_are_one_line(capsys):
     _one_line_error(capsys, main(["train", "--model", "nosuch", "--dataset", "synthetic-small", "--epochs", "1"]), "unknown model 'nosuch'", "available:")
 
 
+@pytest.mark.parametrize("model", ["mgcn", "mvgae", "slmrec"])
+def test_a_dataset_without_the_roles_a_model_needs_is_one_line(model, tmp_path, capsys):
+    from mirrorgrad_jax.data import make_synthetic, write_mmrec
+
+    folder = tmp_path / "textonly"
+    write_mmrec(make_synthetic(num_users=40, num_items=30, modalities={"text": 8}, seed=1, name="textonly"), str(folder))
+    _one_line_error(capsys, main(["train", "--model", model, "--dataset", str(folder), "--epochs", "1"]), "needs both an image and a text", "['text']")
+
+
+def test_a_third_modality_plays_the_image_role_with_a_warning():
+    from flax import nnx
+
+    from mirrorgrad_jax.data import make_synthetic
+    from mirrorgrad_jax.models import MGCN, MGCNConfig
+
+    # MovieLens-100K's shape: 'meta' and 'text', no 'image'.
+    ds = make_synthetic(num_users=30, num_items=20, modalities={"meta": 6, "text": 8}, seed=2, name="meta-text")
+    with pytest.warns(UserWarning, match="using 'meta' in the image role"):
+        model = MGCN(ds, MGCNConfig(embedding_size=8), rngs=nnx.Rngs(0))
+    assert model.image_emb.shape == (20, 6) and model.text_emb.shape == (20, 8)
+
+
 def test_malformed_inter_file_is_one_line(tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()

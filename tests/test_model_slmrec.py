@@ -234,7 +234,7 @@ def test_config_validation(values, message):
 
 def test_missing_modality_is_refused():
     ds = make_synthetic(num_users=30, num_items=20, modalities={"image": 16}, seed=1)
-    with pytest.raises(ValueError, match=r"lacks \['text'\]"):
+    with pytest.raises(ValueError, match=r"has no text_modality='text': its modalities are \['image'\]"):
         SLMRec(ds, SLMRecConfig(embedding_size=D), rngs=nnx.Rngs(0))
 
 
@@ -244,7 +244,7 @@ def test_other_modality_fills_the_image_role_with_a_warning():
         model = SLMRec(ds, SLMRecConfig(embedding_size=D), rngs=nnx.Rngs(0))
     assert model.image[...].shape == (20, 8)
     two = make_synthetic(num_users=30, num_items=20, modalities={"meta": 8, "audio": 4, "text": 16}, seed=1)
-    with pytest.raises(ValueError, match=r"lacks \['image'\].*set image_modality"):
+    with pytest.raises(ValueError, match=r"has no image_modality='image'.*set image_modality"):
         SLMRec(two, SLMRecConfig(embedding_size=D), rngs=nnx.Rngs(0))
     model = SLMRec(two, SLMRecConfig(embedding_size=D, image_modality="audio"), rngs=nnx.Rngs(0))
     assert model.image[...].shape == (20, 4)
