@@ -147,6 +147,29 @@ def image_and_text_roles(dataset: Any, image: str, text: str, model: str) -> tup
         )
     return image, text
 
+
+def edges_to_sample(train: Any, dropout: float, model: str) -> tuple[np.ndarray, int]:
+    """The distinct train pairs a per-epoch edge sampler draws from, and how many it keeps.
+
+    Args:
+      train: ``(E, 2)`` (user, item) train rows.
+      dropout: the share of distinct edges dropped each epoch.
+      model: model name for the message.
+
+    Returns:
+      ``(pairs (E_distinct, 2) int64, kept)`` with ``kept = kept_edge_count(E_distinct, dropout)``.
+
+    Raises:
+      ConfigError: when the dropout keeps no edge at all.
+    """
+    from mirrorgrad_jax.graph import kept_edge_count
+
+    pairs = np.unique(np.asarray(train, np.int64), axis=0)
+    kept = kept_edge_count(len(pairs), dropout)
+    if kept == 0:
+        raise ConfigError(f"{model} dropout={dropout} keeps 0 of the {len(pairs)} distinct train edges; use a smaller dropout")
+    return pairs, kept
+
 def check_ready_to_rank(model: Recommender) -> None:
     """Refuses to rank with a stale-evaluation model whose training cache was never filled.
 

@@ -57,7 +57,6 @@ from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import (
     CooAdjacency,
     combine_knn,
-    kept_edge_count,
     knn_column_order,
     knn_item_graph,
     knn_propagate,
@@ -65,7 +64,16 @@ from mirrorgrad_jax.graph import (
     normalized_bipartite_adjacency,
     sample_edges_degree_sensitive,
 )
-from mirrorgrad_jax.models.base import Constant, EpochSample, Recommender, bpr_log_likelihood, register, torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.base import (
+    Constant,
+    EpochSample,
+    Recommender,
+    bpr_log_likelihood,
+    edges_to_sample,
+    register,
+    torch_linear_default,
+    xavier_uniform,
+)
 from mirrorgrad_jax.models.bm3 import image_and_text_features
 
 __all__ = ["FREEDOM", "FREEDOMConfig"]
@@ -157,13 +165,8 @@ class FREEDOM(Recommender):
         # Full A_sym (evaluation) and the per-epoch sampled graph (training).
         full = normalized_bipartite_adjacency(dataset.train, dataset.num_users, dataset.num_items)
         self.full_rows, self.full_cols, self.full_values = (Constant(jnp.asarray(a)) for a in full[:3])
-        pairs = np.unique(np.asarray(dataset.train, np.int64), axis=0)
+        pairs, self.num_kept_edges = edges_to_sample(dataset.train, config.dropout, "FREEDOM")
         self.train_pairs = Constant(jnp.asarray(pairs, jnp.int32))
-        self.num_kept_edges = kept_edge_count(len(pairs), config.dropout)
-        if self.num_kept_edges == 0:
-            raise ValueError(
-                f"dropout={config.dropout} keeps 0 of the {len(pairs)} distinct train edges; use a smaller dropout"
-            )
         # The reference has no sampled graph before the first pre_epoch; one is drawn here so
         # that the model is usable (and has its final shapes) straight after construction.
         seed = int(jax.random.randint(rngs.params(), (), 0, np.iinfo(np.int32).max))

@@ -50,8 +50,8 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.errors import ConfigError
-from mirrorgrad_jax.graph import CooAdjacency, kept_edge_count, normalized_bipartite_adjacency, propagate, sample_edges_degree_sensitive
-from mirrorgrad_jax.models.base import Constant, EpochSample, Recommender, register, xavier_uniform
+from mirrorgrad_jax.graph import CooAdjacency, normalized_bipartite_adjacency, propagate, sample_edges_degree_sensitive
+from mirrorgrad_jax.models.base import Constant, EpochSample, Recommender, edges_to_sample, register, xavier_uniform
 
 __all__ = ["LayerGCN", "LayerGCNConfig", "layer_refined_sum"]
 
@@ -136,13 +136,8 @@ class LayerGCN(Recommender):
         # The reference's toggle; False: the next pre_epoch samples degree-sensitively.
         self.pruning_random = EpochSample(jnp.asarray(False))
         if config.dropout > 0.0:
-            pairs = np.unique(np.asarray(dataset.train, np.int64), axis=0)
+            pairs, self.num_kept_edges = edges_to_sample(dataset.train, config.dropout, "LayerGCN")
             self.train_pairs = Constant(jnp.asarray(pairs, jnp.int32))
-            self.num_kept_edges = kept_edge_count(len(pairs), config.dropout)
-            if self.num_kept_edges == 0:
-                raise ConfigError(
-                    f"LayerGCN dropout={config.dropout} keeps 0 of the {len(pairs)} distinct train edges; use a smaller dropout"
-                )
             # A first sample so that the model is usable before any pre_epoch (the toggle is untouched).
             seed = int(jax.random.randint(rngs.params(), (), 0, np.iinfo(np.int32).max))
             self._set_sample(np.random.default_rng(seed), degree_sensitive=True)
