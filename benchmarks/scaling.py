@@ -40,12 +40,12 @@ import math
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from epoch_time import run_child  # noqa: E402
 
 SETTINGS = {
     "vbpr": {"reg_weight": 1e-3},
@@ -161,15 +161,31 @@ def measure(model: str, data: str, mesh_label: str, batches: int, eval_blocks: i
         ranking = {"user_block": placement.eval_user_block(cfg.eval_batch_size, dataset.num_items), "mesh": placement.mesh}
     evaluator = RankingEvaluator(dataset.num_items, dataset.train, dataset.valid, **ranking)
     state = (params, engine.cache, engine.consts)
-    fn = evaluator._block_fn(engine.scores_fn)
-    arrays = (evaluator._users_dev, evaluator._train_dev, evaluator._targets_dev)
-    jax.block_until_ready(fn(state, *arrays, np.int32(0)))
-    blocks = min(eval_blocks, evaluator._num_blocks)
-    t0, c0 = time.perf_counter(), time.process_time()
-    jax.block_until_ready([fn(state, *arrays, np.int32(b)) for b in range(blocks)])
-    per_block = (time.perf_counter() - t0) / blocks
-    cpu_per_block = (time.process_time() - c0) / blocks
-    eval_memory = _memory(fn.lower(state, *arrays, np.int32(0)).compile())
+    full_blocks = evaluator._num_blocks
+    if placement is None:
+        # One device: the evaluator is one program looping over all its blocks, so time it on
+        # the validation pairs of the first eval_blocks blocks' users only.
+        first = np.unique(dataset.valid[:, 0], return_index=True)
+        users = dataset.valid[np.sort(first[1]), 0][: eval_blocks * evaluator.user_block]
+        subset = dataset.valid[np.isin(dataset.valid[:, 0], users)]
+        evaluator = RankingEvaluator(dataset.num_items, dataset.train, subset, user_block=evaluator.user_block)
+        fn = evaluator._block_fn(engine.scores_fn)
+        arrays = (evaluator._users_dev, evaluator._train_dev, evaluator._targets_dev)
+        blocks = evaluator._num_blocks
+        jax.block_until_ready(fn(state, *arrays))
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(fn(state, *arrays))
+        per_block, cpu_per_block = (time.perf_counter() - t0) / blocks, (time.process_time() - c0) / blocks
+        eval_memory = _memory(fn.lower(state, *arrays).compile())
+    else:
+        fn = evaluator._block_fn(engine.scores_fn)
+        arrays = (evaluator._users_dev, evaluator._train_dev, evaluator._targets_dev)
+        jax.block_until_ready(fn(state, *arrays, np.int32(0)))
+        blocks = min(eval_blocks, evaluator._num_blocks)
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready([fn(state, *arrays, np.int32(b)) for b in range(blocks)])
+        per_block, cpu_per_block = (time.perf_counter() - t0) / blocks, (time.process_time() - c0) / blocks
+        eval_memory = _memory(fn.lower(state, *arrays, np.int32(0)).compile())
     live = _live_per_device()
     device = jax.devices()[0]
     return {
@@ -187,8 +203,8 @@ def measure(model: str, data: str, mesh_label: str, batches: int, eval_blocks: i
         "first_run_s": first_s,
         "eval_blocks_timed": blocks,
         "eval_user_block": evaluator.user_block,
-        "eval_s": per_block * evaluator._num_blocks,
-        "eval_cpu_s": cpu_per_block * evaluator._num_blocks,
+        "eval_s": per_block * full_blocks,
+        "eval_cpu_s": cpu_per_block * full_blocks,
         "train_peak_mb": train_memory.get("peak_mb"),
         "eval_peak_mb": eval_memory.get("peak_mb"),
         "live_mb_per_device": [round(x, 1) for x in live],
@@ -246,7 +262,8 @@ def main(argv=None):
     parser.add_argument("--machine", default=None)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    command = f"python benchmarks/scaling.py --plan {args.plan} --batches {args.batches} --eval-blocks {args.eval_blocks}"
+    selection = f"--only {args.only}" if args.only else f"--plan {args.plan}"
+    command = f"python benchmarks/scaling.py {selection} --batches {args.batches} --eval-blocks {args.eval_blocks}"
     if args._child:
         model, data, mesh = args._child.split(":")
         print("RESULT " + json.dumps(measure(model, data, mesh, args.batches, args.eval_blocks)))
@@ -273,21 +290,10 @@ def main(argv=None):
         flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
         print(f"[{model} {data} mesh {mesh}] ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--_child", f"{model}:{data}:{mesh}", "--batches", str(args.batches), "--eval-blocks", str(args.eval_blocks)],
-                capture_output=True, text=True, timeout=args.child_timeout, env=env,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            print(f"{model} {data} {mesh}: skipped, longer than --child-timeout {args.child_timeout}s", file=sys.stderr, flush=True)
+        argv = [__file__, "--_child", f"{model}:{data}:{mesh}", "--batches", str(args.batches), "--eval-blocks", str(args.eval_blocks)]
+        row = run_child(argv, f"{model} {data} {mesh}", args.child_timeout, env=env)
+        if row is None:
             continue
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"{model} {data} {mesh} failed (exit {proc.returncode}; the others go on):\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
-            continue
-        row = json.loads(line[0][7:])
-        row["wall_s"] = time.perf_counter() - started
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if args.jsonl:
