@@ -14,8 +14,7 @@ from flax import nnx
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import positive_batch, packaged_config
+from helpers import positive_batch, packaged_config, trainer_losses
 
 D = 8
 
@@ -70,16 +69,7 @@ def test_raw_feature_tables_start_at_the_features_and_are_fine_tuned(tiny):
 
 @pytest.mark.parametrize("mg", [True, False])
 def test_training_loss_falls(tiny, mg):
-    result = train(
-        BM3,
-        BM3Config(embedding_size=D),
-        tiny,
-        # 40 items: the default cutoff 50 does not fit.
-        TrainConfig(epochs=4, batch_size=64, learning_rate=1e-2, valid_metric="recall@20", patience=50, topk=(5, 10, 20)),
-        MGConfig(enabled=mg),
-        log=None,
-    )
-    losses = [h["loss"] for h in result.history]
+    losses = trainer_losses(BM3, BM3Config(embedding_size=D), tiny, epochs=4, mg=mg)
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
 

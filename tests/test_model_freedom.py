@@ -14,8 +14,7 @@ from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.graph import kept_edge_count, knn_item_graph
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import random_batch, packaged_config
+from helpers import random_batch, packaged_config, trainer_losses
 
 D = 8
 EPS = 1e-7  # the reference's degree epsilon
@@ -105,16 +104,7 @@ def test_reg_weight_zero_leaves_the_feature_branches_without_gradient(tiny):
 
 @pytest.mark.parametrize("mg", [True, False])
 def test_training_loss_falls(tiny, mg):
-    result = train(
-        FREEDOM,
-        FREEDOMConfig(embedding_size=D),
-        tiny,
-        # 40 items: the default cutoff 50 does not fit.
-        TrainConfig(epochs=4, batch_size=64, learning_rate=1e-2, valid_metric="recall@20", patience=50, topk=(5, 10, 20)),
-        MGConfig(enabled=mg),
-        log=None,
-    )
-    losses = [h["loss"] for h in result.history]
+    losses = trainer_losses(FREEDOM, FREEDOMConfig(embedding_size=D), tiny, epochs=4, mg=mg)
     assert len(losses) == 4 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
 

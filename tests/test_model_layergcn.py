@@ -13,8 +13,7 @@ from flax import nnx
 from mirrorgrad_jax.graph import kept_edge_count, sample_edges_degree_sensitive
 from mirrorgrad_jax.models.base import Constant, EpochSample, build_config
 from mirrorgrad_jax.models.layergcn import LayerGCN, LayerGCNConfig
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import jit_loss, jit_scores, random_batch, value_and_grad_constants_fixed, packaged_config
+from helpers import jit_loss, jit_scores, random_batch, value_and_grad_constants_fixed, packaged_config, trainer_losses
 
 D = 8
 EPS = 1e-7  # the reference's degree epsilon
@@ -164,16 +163,7 @@ def test_pre_epoch_changes_the_loss_but_not_the_scores(hand):
 
 
 def test_training_with_mirror_gradient_lowers_the_loss(tiny):
-    result = train(
-        LayerGCN,
-        LayerGCNConfig(embedding_size=D, dropout=0.1, n_layers=2),
-        tiny,
-        # 40 items: the default cutoff 50 does not fit.
-        TrainConfig(epochs=3, batch_size=64, learning_rate=1e-2, valid_metric="recall@20", patience=50, topk=(5, 10, 20)),
-        MGConfig(enabled=True),
-        log=None,
-    )
-    losses = [h["loss"] for h in result.history]
+    losses = trainer_losses(LayerGCN, LayerGCNConfig(embedding_size=D, dropout=0.1, n_layers=2), tiny, epochs=3, mg=True)
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 

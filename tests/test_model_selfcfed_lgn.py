@@ -12,8 +12,7 @@ from flax import nnx
 
 from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.selfcfed_lgn import SELFCFED_LGN, SELFCFED_LGNConfig, random_rate_edge_dropout
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-from helpers import jit_loss, jit_scores, value_and_grad_constants_fixed, packaged_config
+from helpers import jit_loss, jit_scores, value_and_grad_constants_fixed, packaged_config, trainer_losses
 
 D = 8
 
@@ -157,16 +156,7 @@ def test_two_forwards_with_different_keys_differ(hand):
 
 
 def test_training_with_mirror_gradient_on_two_row_batches(tiny):
-    result = train(
-        SELFCFED_LGN,
-        SELFCFED_LGNConfig(embedding_size=D),
-        tiny,
-        # 40 items: the default cutoff 50 does not fit.
-        TrainConfig(epochs=3, batch_size=64, learning_rate=1e-2, valid_metric="recall@20", patience=50, topk=(5, 10, 20)),
-        MGConfig(enabled=True),
-        log=None,
-    )
-    losses = [h["loss"] for h in result.history]
+    losses = trainer_losses(SELFCFED_LGN, SELFCFED_LGNConfig(embedding_size=D), tiny, epochs=3, mg=True)
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
