@@ -143,6 +143,20 @@ def test_a_mesh_larger_than_the_devices_is_one_line_exit_2(capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "needs 64 devices" in err, err
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [(["--mesh", "data=0"], "positive integer"), (["--mesh", "rows=2"], "axis=size"), (["--device-budget-mb", "-5"], "must be > 0")],
+)
+def test_layout_mistakes_are_reported_before_the_dataset_is_read(tmp_path, capsys, flags, expected):
+    # The dataset folder does not exist: had it been read first, the error would name it.
+    missing = str(tmp_path / "no-such-dataset")
+    code = main(["train", "--model", "bprmf", "--dataset", missing, "--epochs", "1", "--quiet", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert expected in err and "no-such-dataset" not in err, err
+    assert not (tmp_path / "no-such-dataset").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["vbpr", "lightgcn", "freedom"])
 def test_every_mesh_trains_and_ranks_as_one_device(sharded_runs, model):

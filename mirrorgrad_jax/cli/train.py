@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.grid import run_grid, summary_table
+    from mirrorgrad_jax.sharding import make_mesh
 
     primary = jax.process_index() == 0
     config = read_config(args.config) if args.config else {}
@@ -137,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
     if args.results and not os.path.isdir(os.path.dirname(os.path.abspath(args.results))):
         raise ConfigError(f"--results {args.results}: its folder does not exist")
     seeds = [args.seed + i for i in range(args.seeds)]
+    if sections["train"].get("mesh") is not None:
+        # A mistyped mesh is one line now, not after minutes of reading a large dataset.
+        make_mesh(str(sections["train"]["mesh"]))
+    if args.device_budget_mb is not None and not args.device_budget_mb > 0:
+        raise ConfigError(f"--device-budget-mb must be > 0, got {args.device_budget_mb:g}")
     dataset = load_dataset(dataset_name, verbose=primary)
     if primary:
         print(dataset.summary())
