@@ -128,14 +128,24 @@ def append_run(path: str, row: dict) -> None:
         f.flush()
 
 
+def trains_at_all(model: str) -> bool:
+    """False for a training-free model (ItemKNNCBF): one evaluation, no MG arm, one seed."""
+    from mirrorgrad_jax.models import get_model
+
+    return bool(getattr(get_model(model), "trainable", True))
+
+
 def pending_runs(done: list[dict], models: list[str], datasets: list[str], seeds: int) -> list[tuple]:
     """(model, dataset, alpha2, seed) still to run, seed-major so partial grids stay comparable."""
     have = {(r["model"], r["dataset"], r["alpha2"], r["seed"]) for r in done}
+    trains = {model: trains_at_all(model) for model in models}
     todo = []
     for seed in range(999, 999 + seeds):
         for dataset in datasets:
             for model in models:
-                for alpha2 in (None,) + ALPHA2_GRID:
+                if not trains[model] and seed != 999:
+                    continue  # no training: nothing random, one run says it all
+                for alpha2 in (None,) + ALPHA2_GRID if trains[model] else (None,):
                     if (model, dataset, alpha2, seed) not in have:
                         todo.append((model, dataset, alpha2, seed))
     return todo

@@ -47,6 +47,13 @@ def test_pending_runs_are_seed_major_and_skip_finished(acc):
     assert todo[0] == ("vbpr", "synthetic", 0.1, 999)
 
 
+def test_a_training_free_model_gets_one_plain_run(acc):
+    todo = acc.pending_runs([], ["itemknncbf", "vbpr"], ["synthetic"], seeds=3)
+    knn = [t for t in todo if t[0] == "itemknncbf"]
+    assert knn == [("itemknncbf", "synthetic", None, 999)]
+    assert len(todo) - len(knn) == 3 * 4
+
+
 def test_read_runs_skips_a_truncated_last_line(acc, tmp_path, capsys):
     path = tmp_path / "runs.jsonl"
     good = _row("vbpr", "synthetic", None, 999, 0.3, 0.3)
