@@ -42,6 +42,10 @@ the reference's process (:func:`install_reference_shims`), its files are never e
   an empty stand-in module is installed, whose functions raise if ever called. ``lmdb``,
   ``PIL`` and ``matplotlib`` (imported at the top of modules, unused on this path) get
   the same stand-ins when they are not installed.
+* ``torch_scatter`` (a compiled extension with no build for this torch): when it is missing,
+  its ``scatter`` / ``scatter_add`` are provided on torch's own ``scatter_reduce``. The
+  reference uses them only to build MGCN's sparse kNN graph before training (SLMRec imports
+  ``scatter`` and never calls it), so no timed epoch runs them.
 
 The reference environment (its own Python, outside this repository's venv), e.g.::
 
@@ -95,10 +99,22 @@ MODEL_SETTINGS: dict[str, dict] = {
 REFERENCE_SETTINGS: dict[str, dict] = {
     "lattice": {"learning_rate": 1e-3},
     "mgcn": {"cl_loss": 0.001},
+    # One point of each yaml grid, the values this project's defaults use.
+    "slmrec": {"learning_rate": 1e-3, "reg": 1e-4, "ssl_alpha": 0.01, "ssl_temp": 0.1},
+    "grcn": {"learning_rate": 1e-3, "reg_weight": 1e-3},
+    "mvgae": {"learning_rate": 1e-3},
 }
-#: The reference's class (and config file) name per model. The models that need
-#: torch_geometric there (MMGCN, GRCN, DualGNN, DRAGON, MVGAE) are not covered; LightGCN
-#: and BPR-MF are not in the reference.
+#: Optimizer settings of this project's side where a packaged config sets them (the
+#: reference reads the same ``weight_decay`` from its yaml).
+TRAIN_SETTINGS: dict[str, dict] = {
+    "slmrec": {"weight_decay": 1e-4},
+}
+#: The reference's class (and config file) name per model. Those that import
+#: torch_geometric there (SLMRec, GRCN, MVGAE here) need it installed in the reference's
+#: environment (2.4.0 still has the ``dropout_adj`` GRCN imports). Not covered: DualGNN and
+#: DRAGON (the reference reads a precomputed user-graph file its preprocessing scripts
+#: write), MMGCN (minutes per epoch on two cores in both), LightGCN and BPR-MF (not in the
+#: reference).
 REFERENCE_NAMES = {
     "vbpr": "VBPR",
     "bm3": "BM3",
@@ -107,6 +123,9 @@ REFERENCE_NAMES = {
     "mgcn": "MGCN",
     "layergcn": "LayerGCN",
     "selfcfed_lgn": "SELFCFED_LGN",
+    "slmrec": "SLMRec",
+    "grcn": "GRCN",
+    "mvgae": "MVGAE",
 }
 MG_SETTINGS = {"alpha1": 1.0, "alpha2": 0.2, "beta": 3}
 SEED = 999
@@ -187,10 +206,38 @@ def install_reference_shims() -> list[str]:
         modes = {m: i for i, m in enumerate(("NEAREST", "LANCZOS", "BILINEAR", "BICUBIC", "BOX", "HAMMING"))}
         _stand_in("PIL", {"Image": _stand_in("PIL.Image", modes)})
         done.append("PIL (stand-in)")
+    if _missing("torch_scatter"):
+        _stand_in("torch_scatter", {"scatter": _scatter, "scatter_add": _scatter_add})
+        done.append("torch_scatter (scatter / scatter_add on torch's scatter_reduce)")
     if _missing("matplotlib"):
         _stand_in("matplotlib", {"pyplot": _stand_in("matplotlib.pyplot")})
         done.append("matplotlib (stand-in)")
     return done
+
+
+def _scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):
+    """torch_scatter.scatter on torch's own ``scatter_reduce`` (sum / mean / max / min).
+
+    The reference calls it only while building graphs (MGCN's sparse kNN Laplacian) or
+    imports it unused (SLMRec), so it never runs inside a timed epoch.
+    """
+    import torch
+
+    dim = dim % src.dim()
+    if index.dim() == 1 and src.dim() > 1:  # broadcast a 1-d index along ``dim``
+        shape = [1] * src.dim()
+        shape[dim] = -1
+        index = index.view(shape).expand_as(src)
+    size = list(src.shape)
+    size[dim] = int(index.max()) + 1 if dim_size is None else dim_size
+    if out is None:
+        out = src.new_zeros(size)
+    mode = {"sum": "sum", "add": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduce]
+    return out.scatter_reduce(dim, index, src, reduce=mode, include_self=False if mode != "sum" else True)
+
+
+def _scatter_add(src, index, dim=-1, out=None, dim_size=None):
+    return _scatter(src, index, dim, out, dim_size, "sum")
 
 
 def install_cpu_cuda_shim(torch) -> list[str]:
@@ -361,7 +408,7 @@ def ours_child(data_folder: str, model: str, mg: bool, epochs: int) -> None:
         cls,
         build_config(cls, MODEL_SETTINGS.get(model, {})),
         dataset,
-        TrainConfig(epochs=epochs, patience=10**6, seed=SEED),
+        TrainConfig(epochs=epochs, patience=10**6, seed=SEED, **TRAIN_SETTINGS.get(model, {})),
         MGConfig(enabled=mg, **MG_SETTINGS),
         log=log,
     )

@@ -118,7 +118,7 @@ def test_shims_restore_numpy_aliases_and_dok_update(vs, monkeypatch):
         monkeypatch.delitem(np.__dict__, alias)
     monkeypatch.setattr(sp.dok_matrix, "_update", None, raising=False)
     monkeypatch.delattr(sp.dok_matrix, "_update")
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "lmdb", "PIL", "PIL.Image", "matplotlib", "matplotlib.pyplot"):
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "lmdb", "PIL", "PIL.Image", "matplotlib", "matplotlib.pyplot", "torch_scatter"):
         monkeypatch.setitem(sys.modules, name, sys.modules.get(name))
     done = vs.install_reference_shims()
     assert "scipy.sparse.dok_matrix._update" in done and "torchvision (stand-in)" in done
