@@ -228,10 +228,12 @@ def summarise(rows: list[dict], valid_metric: str) -> list[str]:
             change = f"{100 * (mean / base - 1):+.1f}%" if base and arm == "MG" else "-"
             devices = ", ".join(sorted({r.get("device", "cpu:cpu").split(":", 1)[-1] for r in rs}))
             capped = sum(r.get("stop_reason") == "max_epochs" for r in rs)
+            caps = sorted({r["settings"]["train"]["epochs"] for r in rs if "settings" in r})
+            cap = f"; cap {'/'.join(map(str, caps))}" if caps else ""
             lines.append(
                 f"| {model} | {dataset} | {arm} | {alpha} | {_fmt([r['test']['recall@20'] for r in rs])} | "
                 f"{_fmt([r['test']['ndcg@20'] for r in rs])} | {_fmt([float(r['best_epoch']) for r in rs], 1)} | {len(rs)} | "
-                f"{change} | {capped} of {len(rs)} ({max(r['epochs_run'] for r in rs)} epochs max) | {devices} |"
+                f"{change} | {capped} of {len(rs)} ({max(r['epochs_run'] for r in rs)} epochs max{cap}) | {devices} |"
             )
     return lines
 
@@ -305,7 +307,8 @@ def main(argv=None):
         f"runs by device: {_device_counts(done)}.  \n"
         f"Model settings: each model's packaged reference config (scalars; grid-valued options keep the dataclass "
         f"default; optimizer settings of its train section, e.g. SLMRec's Adam weight decay 1e-4), recorded per run. "
-        f"Early stopping on {args.valid_metric}, patience {args.patience}, at most {args.epochs} epochs. "
+        f"Early stopping on {args.valid_metric}, patience {args.patience}, at most {args.epochs} epochs (this command's cap; "
+        f"rows that record their settings show their own cap in the epoch-cap column). "
         f"MG: alpha1 1.0, beta 3, alpha2 from {list(ALPHA2_GRID)} chosen on validation.\n"
     )
     text = (

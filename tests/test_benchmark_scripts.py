@@ -79,6 +79,11 @@ def test_summary_chooses_alpha2_on_validation_not_test(acc):
     assert "| 0 of 2 (21 epochs max) |" in mg[0]
     plain = [l for l in lines if "| no MG |" in l]
     assert "| 1 of 2 (100 epochs max) |" in plain[0]
+    # Rows that record their settings carry their own cap (runs made with different caps mix in one file).
+    for r, cap in zip(rows[:2], (100, 300)):
+        r["settings"] = {"train": {"epochs": cap}}
+    plain = [l for l in acc.summarise(rows, "recall@20") if "| no MG |" in l]
+    assert "| 1 of 2 (100 epochs max; cap 100/300) |" in plain[0]
     paired = [l for l in acc.paired(rows, "recall@20") if l.startswith("| m |")]
     # chosen arm: -0.1 on both seeds; over all alpha2, 2 of 4 MG runs beat their seed
     assert "-0.1000, -0.1000" in paired[0] and "2 / 4" in paired[0]
