@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.grid import run_grid, summary_table
     from mirrorgrad_jax.sharding import make_mesh
+    from mirrorgrad_jax.trainer import LAYOUT_FIELDS, TrainConfig
 
     primary = jax.process_index() == 0
     config = read_config(args.config) if args.config else {}
@@ -138,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
     if args.results and not os.path.isdir(os.path.dirname(os.path.abspath(args.results))):
         raise ConfigError(f"--results {args.results}: its folder does not exist")
     seeds = [args.seed + i for i in range(args.seeds)]
-    if sections["train"].get("mesh") is not None:
-        # A mistyped mesh is one line now, not after minutes of reading a large dataset.
-        make_mesh(str(sections["train"]["mesh"]))
-    if args.device_budget_mb is not None and not args.device_budget_mb > 0:
-        raise ConfigError(f"--device-budget-mb must be > 0, got {args.device_budget_mb:g}")
+    # The device layout (flags or config file) is checked now, by TrainConfig's own checks and
+    # against the devices, not after minutes of reading a large dataset.
+    layout = TrainConfig(**{key: sections["train"][key] for key in LAYOUT_FIELDS if key in sections["train"]})
+    if layout.mesh is not None:
+        make_mesh(layout.mesh)
     dataset = load_dataset(dataset_name, verbose=primary)
     if primary:
         print(dataset.summary())
