@@ -233,7 +233,7 @@ def _scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):
     if out is None:
         out = src.new_zeros(size)
     mode = {"sum": "sum", "add": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduce]
-    return out.scatter_reduce(dim, index, src, reduce=mode, include_self=False if mode != "sum" else True)
+    return out.scatter_reduce(dim, index, src, reduce=mode, include_self=mode == "sum")
 
 
 def _scatter_add(src, index, dim=-1, out=None, dim_size=None):
