@@ -108,7 +108,7 @@ def time_round_robin(fns: dict, args: tuple, repeats: int) -> dict:
             start = time.perf_counter()
             jax.block_until_ready(fn(*args))
             times[name].append(time.perf_counter() - start)
-    return {name: (times[name], np.asarray(outputs[name])) for name in jitted}
+    return {name: (times[name], jax.tree.map(np.asarray, outputs[name])) for name in jitted}
 
 
 def baby_shapes(graph: str) -> list[tuple[str, dict, int]]:

@@ -14,6 +14,7 @@ from mirrorgrad_jax.models.base import (
     available_models,
     build_config,
     check_ready_to_rank,
+    dense,
     get_model,
     register,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "BPRMFConfig",
     "build_config",
     "check_ready_to_rank",
+    "dense",
     "CHECKPOINTED",
     "Constant",
     "DRAGON",

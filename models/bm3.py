@@ -57,7 +57,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import Constant, Recommender, frobenius, register, torch_linear_default, xavier_normal, xavier_uniform
+from mirrorgrad_jax.models.base import dense, Constant, Recommender, frobenius, register, torch_linear_default, xavier_normal, xavier_uniform
 
 __all__ = ["BM3", "BM3Config", "image_and_text_features"]
 
@@ -206,7 +206,7 @@ class BM3(Recommender):
     def _project(self, role: str, items: jax.Array) -> jax.Array:
         """``{role}_trs({role}_emb)`` on the given item rows."""
         table = getattr(self, f"{role}_emb")[...]
-        return table[items] @ getattr(self, f"{role}_trs_w")[...] + getattr(self, f"{role}_trs_b")[...]
+        return dense(table[items], getattr(self, f"{role}_trs_w")[...]) + getattr(self, f"{role}_trs_b")[...]
 
     def _keep_masks(self, key: jax.Array, users: jax.Array, items: jax.Array) -> list[jax.Array | None]:
         """Dropout keep masks of the batch's target rows: users, items, then each modality.

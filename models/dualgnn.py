@@ -59,7 +59,7 @@ from mirrorgrad_jax.graph import (
     segment_mean,
     symmetric_edge_norm,
 )
-from mirrorgrad_jax.models.base import Constant, EpochSample, Recommender, TrainingCache, register, rownorm
+from mirrorgrad_jax.models.base import dense, Constant, EpochSample, Recommender, TrainingCache, register, rownorm
 
 __all__ = ["DualGNN", "DualGNNConfig", "DualGraphRecommender", "ModalityGCN", "UserNeighbourSampler", "reference_modalities"]
 
@@ -138,7 +138,7 @@ class ModalityGCN(nnx.Module):
 
     def node_inputs(self) -> jax.Array:
         """``x = rownorm([pref; MLP_1(leaky_relu(MLP(feat)))])``, shape ``(U + I, d)``."""
-        hidden = jax.nn.leaky_relu(self.features[...] @ self.mlp_w[...] + self.mlp_b[...], negative_slope=0.01)
+        hidden = jax.nn.leaky_relu(dense(self.features[...], self.mlp_w[...]) + self.mlp_b[...], negative_slope=0.01)
         item_x = hidden @ self.mlp1_w[...] + self.mlp1_b[...]
         return rownorm(jnp.concatenate([self.pref[...], item_x]))
 

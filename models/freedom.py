@@ -65,6 +65,7 @@ from mirrorgrad_jax.graph import (
     sample_edges_degree_sensitive,
 )
 from mirrorgrad_jax.models.base import (
+    dense,
     Constant,
     EpochSample,
     Recommender,
@@ -205,7 +206,7 @@ class FREEDOM(Recommender):
     def _project(self, role: str, items: jax.Array) -> jax.Array:
         """``{role}_trs({role}_emb)`` on the given item rows."""
         table = getattr(self, f"{role}_emb")[...]
-        return table[items] @ getattr(self, f"{role}_trs_w")[...] + getattr(self, f"{role}_trs_b")[...]
+        return dense(table[items], getattr(self, f"{role}_trs_w")[...]) + getattr(self, f"{role}_trs_b")[...]
 
     # -- interface ------------------------------------------------------------------
 

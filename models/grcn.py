@@ -65,7 +65,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import bipartite_edges, segment_softmax
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
+from mirrorgrad_jax.models.base import dense, Constant, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
 
 __all__ = ["GRCN", "GRCNConfig"]
 
@@ -146,7 +146,7 @@ class _ContentBranch(nnx.Module):
 
     def __call__(self) -> tuple[jax.Array, jax.Array]:
         """``(rownorm(pref) (U, C), rownorm(leaky(F W + b)) (I, C))``."""
-        feats = jax.nn.leaky_relu(self.features[...] @ self.mlp_w[...] + self.mlp_b[...])
+        feats = jax.nn.leaky_relu(dense(self.features[...], self.mlp_w[...]) + self.mlp_b[...])
         return rownorm(self.pref[...]), rownorm(feats)
 
 

@@ -96,6 +96,7 @@ from mirrorgrad_jax.graph import (
     self_loop_row_normalized_adjacency,
 )
 from mirrorgrad_jax.models.base import (
+    dense,
     Constant,
     Recommender,
     TrainingCache,
@@ -208,7 +209,7 @@ class ItemGraphLearner(nnx.Module):
 
     def projected(self, role: str) -> jax.Array:
         """``{role}_trs({role}_emb)``: (I, d_f)."""
-        return getattr(self, f"{role}_emb")[...] @ getattr(self, f"{role}_trs_w")[...] + getattr(self, f"{role}_trs_b")[...]
+        return dense(getattr(self, f"{role}_emb")[...], getattr(self, f"{role}_trs_w")[...]) + getattr(self, f"{role}_trs_b")[...]
 
     def item_graph(self) -> tuple[jax.Array, jax.Array]:
         """``S`` from the current parameters as merged neighbour lists, differentiable in them.

@@ -67,6 +67,7 @@ from mirrorgrad_jax.graph import (
     summed_bipartite_adjacency,
 )
 from mirrorgrad_jax.models.base import (
+    dense,
     Constant,
     Recommender,
     bpr_log_likelihood,
@@ -213,7 +214,7 @@ class MGCN(Recommender):
     # -- forward --------------------------------------------------------------------
 
     def _linear(self, name: str, x: jax.Array) -> jax.Array:
-        return x @ getattr(self, f"{name}_w")[...] + getattr(self, f"{name}_b")[...]
+        return dense(x, getattr(self, f"{name}_w")[...]) + getattr(self, f"{name}_b")[...]
 
     def _adjacency(self) -> CooAdjacency:
         return CooAdjacency(self.adj_rows[...], self.adj_cols[...], self.adj_values[...], self.num_users + self.num_items)

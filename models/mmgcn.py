@@ -62,7 +62,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import bipartite_edges, segment_mean
-from mirrorgrad_jax.models.base import Constant, FrozenRandom, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
+from mirrorgrad_jax.models.base import dense, Constant, FrozenRandom, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
 
 __all__ = ["MMGCN", "MMGCNConfig"]
 
@@ -87,7 +87,7 @@ class _Linear(nnx.Module):
         self.b = nnx.Param(_torch_linear_default(rngs.params(), fan_in, (fan_out,)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.w[...] + self.b[...]
+        return dense(x, self.w[...]) + self.b[...]
 
 
 class _ModalityGCN(nnx.Module):

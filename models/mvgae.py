@@ -94,6 +94,7 @@ from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.graph import bipartite_edges
 from mirrorgrad_jax.models.base import (
+    dense,
     Constant,
     FrozenRandom,
     Recommender,
@@ -296,7 +297,7 @@ class _VariationalEncoder(nnx.Module):
 
     def inputs(self) -> jax.Array:
         """``(N, L)``: ``rownorm([pref; features W + b])``."""
-        projected = self.features[...] @ self.mlp_w[...] + self.mlp_b[...]
+        projected = dense(self.features[...], self.mlp_w[...]) + self.mlp_b[...]
         return rownorm(jnp.concatenate([self.pref[...], projected]))
 
     def layer_weights(self) -> dict[str, jax.Array]:

@@ -68,7 +68,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import CooAdjacency, column_order, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import Constant, Recommender, TrainingCache, image_and_text_roles, register, rownorm, xavier_uniform
+from mirrorgrad_jax.models.base import dense, Constant, Recommender, TrainingCache, image_and_text_roles, register, rownorm, xavier_uniform
 
 __all__ = ["SLMRec", "SLMRecConfig", "A_PRE_EPS"]
 
@@ -99,7 +99,7 @@ class TorchLinear(nnx.Module):
         self.bias = nnx.Param(jax.random.uniform(rngs.params(), (fan_out,), jnp.float32, -bound, bound))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x @ self.weight[...] + self.bias[...]
+        return dense(x, self.weight[...]) + self.bias[...]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,12 +18,13 @@ same either way, to float32 rounding):
   (float32 rounding, ~1e-6 relative; tested).
 * ``"batch_items"``: projects the batch's 2B feature rows, ~1.7x fewer FLOPs than the
   reference at Baby scale.
-* ``"all_items"``: ``X @ W`` for every item, as the reference, with the backward pass
-  reading a stored row-major copy of ``X^T`` (one more feature-sized array).
-On the 2-core CPU ``batch_items`` and ``all_items`` train a Baby-scale epoch in the
-same ~2.4 s (side by side, 2026-11-27): the gather of 4096 x 4480 feature rows costs
-about what the skipped FLOPs save; ``distinct_items`` gathers and multiplies a quarter
-fewer rows (``benchmarks/results/vs_reference.md``).
+* ``"all_items"``: ``X @ W`` for every item, as the reference.
+Every path projects through :func:`~mirrorgrad_jax.models.base.dense`, whose weight
+gradient avoids XLA's slow transposed product on the CPU (``benchmarks/results/dense_backward.md``).
+On the 2-core CPU ``batch_items`` and ``all_items`` trained a Baby-scale epoch in the
+same ~2.4 s (side by side, 2026-11-27, before ``dense``): the gather of 4096 x 4480
+feature rows cost about what the skipped FLOPs saved; ``distinct_items`` gathers and
+multiplies a quarter fewer rows (``benchmarks/results/vs_reference.md``).
 """
 
 from __future__ import annotations
@@ -36,25 +37,7 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.models.base import Constant, Recommender, frobenius, register, xavier_normal, xavier_uniform
-
-
-@jax.custom_vjp
-def _project_with_transpose(w: jax.Array, x: jax.Array, x_t: jax.Array) -> jax.Array:
-    """``x @ w`` whose backward pass reads the stored ``x_t`` (no transposed matmul)."""
-    return x @ w
-
-
-def _project_fwd(w, x, x_t):
-    return x @ w, x_t
-
-
-def _project_bwd(x_t, g):
-    # x and x_t are constants: no cotangent flows to them.
-    return x_t @ g, None, None
-
-
-_project_with_transpose.defvjp(_project_fwd, _project_bwd)
+from mirrorgrad_jax.models.base import dense, Constant, Recommender, frobenius, register, xavier_normal, xavier_uniform
 
 
 PROJECTIONS = ("distinct_items", "batch_items", "all_items")
@@ -80,7 +63,7 @@ def project_distinct(x: jax.Array, items: jax.Array, w: jax.Array, b: jax.Array,
     """
     n = items.shape[0]
     if capacity >= n:
-        return x[items] @ w + b
+        return dense(x[items], w) + b
     order = jnp.argsort(items)
     ordered = items[order]
     starts = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
@@ -89,10 +72,10 @@ def project_distinct(x: jax.Array, items: jax.Array, w: jax.Array, b: jax.Array,
 
     def distinct(_):
         ids = jnp.zeros((capacity,), items.dtype).at[slot_of_ordered].set(ordered, mode="drop")
-        return (x[ids] @ w + b)[slot]
+        return (dense(x[ids], w) + b)[slot]
 
     def every_row(_):
-        return x[items] @ w + b
+        return dense(x[items], w) + b
 
     if capacity >= x.shape[0]:  # every id fits: no fallback needed
         return distinct(None)
@@ -137,8 +120,6 @@ class VBPR(Recommender):
         d = config.embedding_size
         feats = np.concatenate([np.asarray(dataset.features[m], np.float32) for m in modality_order(dataset.features)], axis=1)
         self.features = Constant(jnp.asarray(feats))
-        if config.projection == "all_items":
-            self.features_t = Constant(jnp.asarray(np.ascontiguousarray(feats.T)))
         self.users = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_users, 2 * d)))
         self.items = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_items, d)))
         # torch Linear(F, d) weight is (d, F) with xavier-normal: symmetric in fan, so (F, d) here.
@@ -153,12 +134,8 @@ class VBPR(Recommender):
             projected = project_distinct(x, items, self.proj_w[...], self.proj_b[...], capacity)
             return jnp.concatenate([q[items], projected], axis=-1)
         if items is not None and self.config.projection == "batch_items":
-            return jnp.concatenate([q[items], x[items] @ self.proj_w[...] + self.proj_b[...]], axis=-1)
-        if self.config.projection == "all_items" and items is not None:
-            projected = _project_with_transpose(self.proj_w[...], x, self.features_t[...])
-        else:
-            projected = x @ self.proj_w[...]
-        vectors = jnp.concatenate([q, projected + self.proj_b[...]], axis=-1)
+            return jnp.concatenate([q[items], dense(x[items], self.proj_w[...]) + self.proj_b[...]], axis=-1)
+        vectors = jnp.concatenate([q, dense(x, self.proj_w[...]) + self.proj_b[...]], axis=-1)
         return vectors if items is None else vectors[items]
 
     def loss(self, batch, key):

@@ -120,3 +120,47 @@ def test_project_distinct_equals_projecting_every_row(pool, capacity):
     # float32 sums are associated differently (observed <= 1e-6 of the largest entry).
     for got, want in zip(loss(distinct), loss(every)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def _gradients(project, x, w, c, argnums):
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.tanh(project(x, w)) * c), argnums=argnums))(x, w)
+
+
+@pytest.mark.parametrize("rows, width", [(300, 256), (300, 40)])
+def test_dense_matches_the_plain_product_and_its_gradients(rows, width):
+    from mirrorgrad_jax.models.base import DENSE_MIN_WIDTH, dense
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((rows, width), dtype=np.float32))
+    w = jnp.asarray(rng.standard_normal((width, 16), dtype=np.float32) / np.sqrt(width))
+    c = jnp.asarray(rng.standard_normal((rows, 16), dtype=np.float32))
+    # Forward: the very same product.
+    np.testing.assert_array_equal(jax.jit(dense)(x, w), jax.jit(jnp.matmul)(x, w))
+    # Wide inputs go through the custom backward pass, narrow ones do not.
+    wide = width >= DENSE_MIN_WIDTH
+    assert ("custom_vjp" in str(jax.make_jaxpr(dense)(x, w))) == wide
+    got = _gradients(dense, x, w, c, (0, 1))
+    want = _gradients(jnp.matmul, x, w, c, (0, 1))
+    # The same sums of products; XLA may order them differently in the two layouts, so
+    # float32 rounding (observed 0 on the CPU; 1e-5 of the largest entry allowed).
+    for g, h in zip(got, want):
+        np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(h))))
+
+
+def test_dense_supports_forward_over_reverse_and_vmap():
+    # The flatness toolkit's Hessian-vector products run jax.jvp over jax.grad.
+    from mirrorgrad_jax.models.base import dense
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((50, 200), dtype=np.float32))
+    w = jnp.asarray(rng.standard_normal((200, 4), dtype=np.float32) * 0.05)
+    v = jnp.asarray(rng.standard_normal((200, 4), dtype=np.float32))
+
+    def hvp(project):
+        loss = lambda w: jnp.sum(jnp.tanh(project(x, w)) ** 2)
+        return jax.jvp(jax.grad(loss), (w,), (v,))[1]
+
+    want = hvp(jnp.matmul)
+    np.testing.assert_allclose(hvp(dense), want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    stacked = jnp.stack([w, 2 * w])
+    np.testing.assert_allclose(jax.vmap(lambda w: dense(x, w))(stacked), jax.vmap(lambda w: x @ w)(stacked), rtol=1e-6)

@@ -1,0 +1,129 @@
+"""The weight gradient of a feature projection: autodiff's ``x^T g`` against ``dense``'s ``(g^T x)^T``.
+
+Every multimodal model projects raw feature rows through a Linear layer, ``x @ w`` with
+``x`` (n, F) and ``w`` (F, d). Autodiff writes the gradient of ``w`` as a product that
+contracts the long first axis of both operands; :func:`mirrorgrad_jax.models.base.dense`
+computes the same numbers as ``(g^T x)^T``. This times, at the shapes the models use on
+the Baby-scale data, the gradient of ``w`` alone and ``jax.grad`` through the projection
+(both gradients when the table itself trains, as in FREEDOM, MGCN and LATTICE; XLA drops
+the unused forward product), interleaved round-robin, and checks the gradients bit for bit.
+
+Shapes (Baby: 7,050 items, 19,445 users, image 4,096-d, text 384-d, d = 64):
+
+* all items' image / text rows (SLMRec, MGCN, LATTICE, DualGNN, DRAGON, GRCN, MVGAE);
+* a batch's 4,096 gathered image rows (FREEDOM, BM3) and VBPR's 3,072 x 4,480 block;
+* a 192-wide fusion layer over all 26,495 nodes (SLMRec) and a 64-wide one, narrower
+  than ``DENSE_MIN_WIDTH``, where ``dense`` keeps the plain product (a control).
+
+Usage: python benchmarks/dense_backward.py [--repeats 12] [--out benchmarks/results/dense_backward.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from propagation import time_round_robin  # noqa: E402
+
+from mirrorgrad_jax.models.base import DENSE_MIN_WIDTH, dense  # noqa: E402
+
+# (label, rows, input width F, output width d, whether the rows themselves train)
+SHAPES = [
+    ("all items' image rows (SLMRec, DualGNN, GRCN, MVGAE)", 7050, 4096, 64, False),
+    ("all items' image rows, table trains (MGCN, LATTICE)", 7050, 4096, 64, True),
+    ("all items' text rows", 7050, 384, 64, False),
+    ("a batch's image rows, table trains (FREEDOM, BM3)", 4096, 4096, 64, True),
+    ("VBPR's distinct-item block", 3072, 4480, 64, False),
+    ("fusion layer over all nodes (SLMRec)", 26495, 192, 64, False),
+    ("64-wide layer over all nodes (control: plain product)", 26495, 64, 64, False),
+]
+
+
+def kernels(trains_rows: bool) -> dict:
+    """name -> fn(x, w, c) returning the gradients of ``sum((x @ w) * c)``."""
+    argnums = (0, 1) if trains_rows else 1
+
+    def autodiff(x, w, c):
+        return jax.grad(lambda x, w: jnp.sum((x @ w) * c), argnums=argnums)(x, w)
+
+    def with_dense(x, w, c):
+        return jax.grad(lambda x, w: jnp.sum(dense(x, w) * c), argnums=argnums)(x, w)
+
+    def weight_only_autodiff(x, w, c):
+        return x.T @ c
+
+    def weight_only_dense(x, w, c):
+        return jax.lax.optimization_barrier(c.T @ x).T
+
+    return {
+        "autodiff x^T g (gradient of w alone)": weight_only_autodiff,
+        "dense (g^T x)^T (gradient of w alone)": weight_only_dense,
+        "autodiff, jax.grad through x @ w": autodiff,
+        "dense, jax.grad through dense(x, w)": with_dense,
+    }
+
+
+def measure(repeats: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    lines = [
+        "| shape | rows x F -> d | kernel | median (ms) | min (ms) | autodiff / this (median) | gradients bit-equal to autodiff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, n, f, d, trains_rows in SHAPES:
+        x = jnp.asarray(rng.random((n, f), dtype=np.float32))
+        w = jnp.asarray(rng.standard_normal((f, d), dtype=np.float32) / np.sqrt(f))
+        c = jnp.asarray(rng.standard_normal((n, d), dtype=np.float32))
+        results = time_round_robin(kernels(trains_rows), (x, w, c), repeats)
+        names = list(results)
+        for base, other in ((names[0], names[1]), (names[2], names[3])):
+            base_times, base_out = results[base]
+            for name in (base, other):
+                times, out = results[name]
+                equal = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(base_out)))
+                lines.append(
+                    f"| {label} | {n} x {f} -> {d} | {name} | {1e3 * statistics.median(times):.1f} | {1e3 * min(times):.1f} | "
+                    f"{statistics.median(base_times) / statistics.median(times):.2f}x | {'yes' if equal else 'NO'} |"
+                )
+        print("\n".join(lines[-4:]), file=sys.stderr, flush=True)
+    return lines
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--out", default=None, help="append the markdown report here")
+    args = parser.parse_args(argv)
+    from importlib.metadata import version
+
+    load_before = os.getloadavg()
+    lines = measure(args.repeats)
+    load_after = os.getloadavg()
+    header = [
+        f"Command: `python benchmarks/dense_backward.py --repeats {args.repeats}`  ",
+        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0]}, "
+        f"jax {version('jax')} / jaxlib {version('jaxlib')}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')!r}  ",
+        f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after (kernels interleaved "
+        "round-robin; compare within one shape)  ",
+        f"``dense`` takes the plain product below an input width of {DENSE_MIN_WIDTH}; the loss is ``sum((x @ w) * c)`` "
+        "with a random ``c``, so the backward pass receives ``c`` as its ``g``.",
+        "",
+    ]
+    text = "\n".join(header + lines)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
