@@ -117,3 +117,53 @@ def test_run_child_reads_the_result_line_and_survives_failures(tmp_path, capsys)
     assert "child fail failed (exit 1" in capsys.readouterr().err
     assert epoch_time.run_child([str(script), "sleep"], "child sleep", timeout=0.5) is None
     assert "child sleep: skipped, longer than" in capsys.readouterr().err
+
+
+HLO_TEXT = """HloModule jit_scan_normal, is_scheduled=true
+
+FileNames
+1 "{root}/models/slmrec.py"
+2 "{root}/models/base.py"
+
+FunctionNames
+1 "SLMRec.loss"
+2 "dense"
+
+FileLocations
+1 {{file_name_id=1 function_name_id=1 line=215 end_line=215 column=0 end_column=9}}
+2 {{file_name_id=2 function_name_id=2 line=265 end_line=265 column=0 end_column=9}}
+
+StackFrames
+1 {{file_location_id=1 parent_frame_id=1}}
+2 {{file_location_id=2 parent_frame_id=1}}
+
+%body (p: (s32[], f32[4,2])) -> (s32[], f32[4,2]) {{
+  %ynn_fusion.3 = f32[4,2]{{1,0}} fusion(f32[4,3]{{1,0}} %a, f32[3,2]{{1,0}} %b), kind=kCustom, metadata={{op_name="jit(scan_normal)/while/body/dot_general" stack_frame_id=2}}
+  ROOT %add.1 = f32[4,2]{{1,0}} add(%x, %y), metadata={{op_name="jit(scan_normal)/while/body/add" stack_frame_id=1}}
+}}
+
+ENTRY %main {{
+  %while.6 = (s32[], (f32[4,2]{{1,0}}, f32[2]{{0}})) while((s32[], (f32[4,2]{{1,0}}, f32[2]{{0}})) %t), condition=%cond, body=%body
+}}
+"""
+
+
+def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
+    prof = _load("profile_step")
+    (tmp_path / "module_0007.jit_scan_normal.cpu_after_optimizations.txt").write_text(HLO_TEXT.format(root=ROOT))
+    modules = prof.parse_hlo_dump(str(tmp_path))["jit_scan_normal"]
+    assert modules["ynn_fusion.3"] == ("fusion", "jit(scan_normal)/while/body/dot_general", "models/base.py:265 dense")
+    assert modules["add.1"][0] == "add" and modules["add.1"][2] == "models/slmrec.py:215 SLMRec.loss"
+    assert modules["while.6"][0] == "while"  # a tuple-shaped instruction
+    events = [
+        ("jit_scan_normal", "ynn_fusion.3", 3.0),
+        ("jit_scan_normal", "add.1", 1.0),
+        ("jit_scan_normal", "while.6", 50.0),  # holds the others: not counted again
+        ("jit_every_block", "custom-call.2", 4.0),  # not in the dump: kind from its name
+    ]
+    text = "\n".join(prof.report(events, {"jit_scan_normal": modules}, epochs=2, top=5))
+    assert "| jit_scan_normal | 2.000 | 50.0% |" in text
+    assert "| jit_every_block | 2.000 | 50.0% |" in text
+    assert "| models/base.py:265 dense (train) | 1.500 | 37.5% | fusion |" in text
+    assert "| ? (evaluation / other) | 2.000 | 50.0% | custom-call |" in text
+    assert "while.6" not in text

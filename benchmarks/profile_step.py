@@ -1,0 +1,248 @@
+"""Where a model's training epoch and evaluation pass go on the CPU, op by op, from XLA's own profile.
+
+Trains ``--model`` for ``--epochs`` epochs on the Baby-scale data of ``epoch_time.py`` (the
+real interaction graph, random image 4,096-d and text 384-d features) under
+``jax.profiler.trace``, with XLA's optimised HLO dumped beside it. XLA's CPU runtime
+records one event per executed thunk (a fusion, a matmul, a scatter, ...) with its HLO
+name; the dump maps each name to the JAX operation and the line of Python that emitted it
+(``metadata={op_name=... source_file=... source_line=...}``). The report sums the events:
+
+1. per compiled program (the epoch's scan, the single steps of the last batch, the
+   evaluation blocks): seconds per epoch;
+2. per source line of the model and library code (every op a line emitted, summed):
+   which part of the model costs what;
+3. the single most expensive ops.
+
+Container thunks (``while``, ``conditional``, ``call``) are left out, their bodies are
+counted. Times are summed over the runtime's threads; the sum of a training epoch's ops
+comes out below its wall time (the runtime between thunks, the host's batch preparation
+and the profiler's own cost are not in it), so read the shares, not the sum, as the
+answer. The first epoch (with compilation) is included in the sums, which are divided by
+the number of epochs.
+
+Usage: python benchmarks/profile_step.py --model slmrec [--mg] [--epochs 2] [--top 15] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CONTAINERS = {"while", "conditional", "call"}
+# The trainer's jitted training programs (trainer._Engine); every other program is evaluation or setup.
+TRAIN_PROGRAMS = {f"jit_{name}" for name in ("scan_normal", "scan_blocks", "normal", "mirror", "first_normal", "first_mirror")}
+_NAME = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*")
+_OPCODE = re.compile(r"\s*([\w\-]+)\(")
+
+
+def _instruction(line: str) -> tuple[str, str] | None:
+    """``(name, opcode)`` of an HLO instruction line (its shape may be a nested tuple), else None."""
+    match = _NAME.match(line)
+    if not match:
+        return None
+    rest, i = line[match.end() :], 0
+    if rest.startswith("("):  # a tuple shape: skip to its closing parenthesis
+        depth = 0
+        for i, char in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                break
+        i += 1
+    else:
+        i = rest.find(" ")
+    opcode = _OPCODE.match(rest[i:]) if i >= 0 else None
+    return (match.group(1), opcode.group(1)) if opcode else None
+
+
+def _opcode_from_name(op: str) -> str:
+    """XLA names an instruction after its opcode (``while.6``, ``custom-call``): the fallback."""
+    return re.sub(r"\.\d+$", "", op)
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_FRAME = re.compile(r"stack_frame_id=(\d+)")
+_TABLE_ROW = re.compile(r"^(\d+) (.*)$")
+_FIELD = re.compile(r"(\w+)=(\d+)")
+
+
+def _source_tables(lines: list[str]) -> dict[str, str]:
+    """``{stack frame id: "file:line function"}`` from an HLO text file's header tables.
+
+    The frame is the innermost Python frame that emitted an op (JAX keeps user frames).
+    """
+    tables: dict[str, dict[str, str]] = collections.defaultdict(dict)
+    section = None
+    for line in lines:
+        text = line.strip()
+        if line.startswith(("ENTRY", "%")):
+            break  # the computations start: the tables are above
+        if text in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+            section = text
+        elif not text:
+            section = None
+        elif section and (row := _TABLE_ROW.match(text)):
+            tables[section][row.group(1)] = row.group(2)
+    files = {k: v.strip('"') for k, v in tables["FileNames"].items()}
+    functions = {k: v.strip('"') for k, v in tables["FunctionNames"].items()}
+    frames = {}
+    for frame, text in tables["StackFrames"].items():
+        location = dict(_FIELD.findall(tables["FileLocations"].get(dict(_FIELD.findall(text)).get("file_location_id", ""), "")))
+        path = files.get(location.get("file_name_id", ""), "?")
+        path = os.path.relpath(path, ROOT) if path.startswith(ROOT) else os.path.basename(path)
+        frames[frame] = f"{path}:{location.get('line', '?')} {functions.get(location.get('function_name_id', ''), '')}".strip()
+    return frames
+
+
+def parse_hlo_dump(folder: str) -> dict[str, dict[str, tuple[str, str, str]]]:
+    """``{module name: {instruction: (opcode, op_name, "file:line function")}}`` from the optimised HLO text files."""
+    modules: dict[str, dict[str, tuple[str, str, str]]] = collections.defaultdict(dict)
+    for path in glob.glob(os.path.join(folder, "*after_optimizations.txt")):
+        # module_0042.jit_scan_blocks.cpu_after_optimizations.txt -> jit_scan_blocks
+        name = os.path.basename(path).split(".")[1]
+        with open(path) as f:
+            lines = f.readlines()
+        frames = _source_tables(lines)
+        for line in lines:
+            parsed = _instruction(line)
+            if not parsed:
+                continue
+            op = _OP_NAME.search(line)
+            frame = _FRAME.search(line)
+            where = frames.get(frame.group(1), "?") if frame else "?"
+            modules[name].setdefault(parsed[0], (parsed[1], op.group(1) if op else "", where))
+    return modules
+
+
+def thunk_events(trace_folder: str):
+    """Yields ``(module, hlo_op, seconds)`` for every thunk event of the trace."""
+    from jax.profiler import ProfileData
+
+    paths = sorted(glob.glob(os.path.join(trace_folder, "**", "*.xplane.pb"), recursive=True))
+    if not paths:
+        raise SystemExit(f"no profile was written under {trace_folder}")
+    for plane in ProfileData.from_file(paths[-1]).planes:
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                if "hlo_op" in stats and "hlo_module" in stats:
+                    yield stats["hlo_module"], stats["hlo_op"], event.duration_ns * 1e-9
+
+
+def _short(op_name: str, parts: int = 3) -> str:
+    return "/".join(op_name.split("/")[-parts:])
+
+
+def report(events, modules, epochs: int, top: int) -> list[str]:
+    """Markdown tables of the thunk events: per program, per source line, per op (seconds per epoch)."""
+
+    def info(module: str, op: str) -> tuple[str, str, str]:
+        return modules.get(module, {}).get(op, (_opcode_from_name(op), "", "?"))
+
+    per_module: dict[str, float] = collections.Counter()
+    per_line: dict[str, float] = collections.Counter()
+    line_kinds: dict[str, set] = collections.defaultdict(set)
+    per_op: dict[tuple[str, str], float] = collections.Counter()
+    for module, op, seconds in events:
+        opcode, _, where = info(module, op)
+        if opcode in CONTAINERS:
+            continue
+        per_module[module] += seconds
+        per_op[(module, op)] += seconds
+        key = f"{where} ({'train' if module in TRAIN_PROGRAMS else 'evaluation / other'})"
+        per_line[key] += seconds
+        line_kinds[key].add(opcode)
+    total = sum(per_module.values())
+    lines = ["#### Per compiled program (op thunk seconds per epoch, summed over threads)", "", "| program | s / epoch | share |", "|---|---|---|"]
+    for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
+        if seconds / total >= 0.001:
+            lines.append(f"| {module} | {seconds / epochs:.3f} | {seconds / total:.1%} |")
+    lines += ["", f"#### By source line (the ops each line emitted, summed; top {top})", "", "| source line (program kind) | s / epoch | share | HLO op kinds |", "|---|---|---|---|"]
+    for key, seconds in sorted(per_line.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {key} | {seconds / epochs:.3f} | {seconds / total:.1%} | {', '.join(sorted(line_kinds[key]))} |")
+    lines += ["", f"#### Single ops (top {top})", "", "| program | HLO op | kind | JAX op (tail) | source line | s / epoch | share |", "|---|---|---|---|---|---|---|"]
+    for (module, op), seconds in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
+        opcode, op_name, where = info(module, op)
+        lines.append(f"| {module} | {op} | {opcode} | {_short(op_name)} | {where} | {seconds / epochs:.3f} | {seconds / total:.1%} |")
+    return lines + [""]
+
+
+def _value(text: str):
+    """A ``--settings`` value: JSON (numbers, true / false) or else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--mg", action="store_true", help="train with Mirror Gradient (alpha2 0.2, beta 3)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--settings", default="", help="model options, key=value[,key=value]")
+    parser.add_argument("--graph", default=os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "baby-graph")))
+    parser.add_argument("--out", default=None, help="append the markdown report here")
+    args = parser.parse_args(argv)
+    if not os.path.exists(os.path.join(args.graph, "baby.inter")):
+        raise SystemExit(f"profile_step: the Baby graph is not at {args.graph} (--graph)")
+    work = tempfile.mkdtemp(prefix="mg-profile-")
+    dump, trace = os.path.join(work, "hlo"), os.path.join(work, "trace")
+    # Before jax is imported: the flags are read once, when the backend starts.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
+    import jax
+
+    sys.path.insert(0, HERE)
+    from epoch_time import baby_dataset
+
+    from mirrorgrad_jax.models import build_config, get_model
+    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+
+    settings = dict(item.split("=", 1) for item in args.settings.split(",") if item)
+    settings = {k: _value(v) for k, v in settings.items()}
+    dataset = baby_dataset(args.graph)
+    cls = get_model(args.model)
+    load_before = os.getloadavg()
+    try:
+        with jax.profiler.trace(trace):
+            result = train(
+                cls, build_config(cls, settings), dataset, TrainConfig(epochs=args.epochs, patience=1000, seed=999),
+                MGConfig(enabled=args.mg, alpha2=0.2, beta=3), log=None,
+            )  # fmt: skip
+        body = report(thunk_events(trace), parse_hlo_dump(dump), args.epochs, args.top)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
+    from importlib.metadata import version
+
+    train_s = [round(h["train_s"], 2) for h in result.history]
+    eval_s = [round(h["eval_s"] / 2, 2) for h in result.history]
+    header = [
+        f"### {args.model}{' with MG' if args.mg else ''}: where the CPU time goes",
+        "",
+        f"Command: `python benchmarks/profile_step.py --model {args.model}{' --mg' if args.mg else ''} --epochs {args.epochs}"
+        f"{' --settings ' + args.settings if args.settings else ''}`  ",
+        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0]}, jax {version('jax')} / jaxlib {version('jaxlib')}  ",
+        f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after  ",
+        f"Train seconds per epoch (wall, the first with compilation, under the profiler): {train_s}; one evaluation pass: {eval_s}",
+        "",
+    ]
+    text = "\n".join(header + body)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
