@@ -138,8 +138,10 @@ StackFrames
 2 {{file_location_id=2 parent_frame_id=1}}
 
 %body (p: (s32[], f32[4,2])) -> (s32[], f32[4,2]) {{
-  %ynn_fusion.3 = f32[4,2]{{1,0}} fusion(f32[4,3]{{1,0}} %a, f32[3,2]{{1,0}} %b), kind=kCustom, metadata={{op_name="jit(scan_normal)/while/body/dot_general" stack_frame_id=2}}
-  ROOT %add.1 = f32[4,2]{{1,0}} add(%x, %y), metadata={{op_name="jit(scan_normal)/while/body/add" stack_frame_id=1}}
+  %dot.9 = f32[4,2]{{1,0}} dot(%a, %b), lhs_contracting_dims={{1}}, rhs_contracting_dims={{0}}, metadata={{op_name="jit(scan_normal)/while/body/dot_general" stack_frame_id=1}}
+  %ynn_fusion.3 = f32[4,2]{{1,0}} fusion(f32[4,3]{{1,0}} %a, f32[3,2]{{1,0}} %b), kind=kCustom, calls=%fused.1, metadata={{op_name="jit(scan_normal)/while/body/dot_general" stack_frame_id=2}}
+  %exp.2 = f32[4,2]{{1,0}} exponential(%ynn_fusion.3), metadata={{op_name="jit(scan_normal)/while/body/exp" stack_frame_id=2}}
+  ROOT %add.1 = f32[4,2]{{1,0}} add(%dot.9, %ynn_fusion.3), metadata={{op_name="jit(scan_normal)/while/body/add" stack_frame_id=1}}
 }}
 
 ENTRY %main {{
@@ -152,18 +154,32 @@ def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
     prof = _load("profile_step")
     (tmp_path / "module_0007.jit_scan_normal.cpu_after_optimizations.txt").write_text(HLO_TEXT.format(root=ROOT))
     modules = prof.parse_hlo_dump(str(tmp_path))["jit_scan_normal"]
-    assert modules["ynn_fusion.3"] == ("fusion", "jit(scan_normal)/while/body/dot_general", "models/base.py:265 dense")
-    assert modules["add.1"][0] == "add" and modules["add.1"][2] == "models/slmrec.py:215 SLMRec.loss"
+    assert modules["ynn_fusion.3"] == ("fusion", "jit(scan_normal)/while/body/dot_general", "models/base.py:265 dense", ("a", "b"))
+    assert modules["add.1"] == ("add", "jit(scan_normal)/while/body/add", "models/slmrec.py:215 SLMRec.loss", ("dot.9", "ynn_fusion.3"))
     assert modules["while.6"][0] == "while"  # a tuple-shaped instruction
     events = [
-        ("jit_scan_normal", "ynn_fusion.3", 3.0),
-        ("jit_scan_normal", "add.1", 1.0),
-        ("jit_scan_normal", "while.6", 50.0),  # holds the others: not counted again
-        ("jit_every_block", "custom-call.2", 4.0),  # not in the dump: kind from its name
+        # (program, run id, op, start s, recorded s). The matmul is launched at 0 (recorded short);
+        # the fusion ends at 0.3; nothing runs until 0.4: the add waited for the matmul, so the
+        # idle 0.1 s is the matmul's. Then nothing until exp at 0.5: exp needs no matmul, so that
+        # 0.05 s goes to the op that ended last (the add). The while holds all (not counted again).
+        ("jit_scan_normal", 1, "dot.9", 0.0, 0.0),
+        ("jit_scan_normal", 1, "ynn_fusion.3", 0.0, 0.3),
+        ("jit_scan_normal", 1, "add.1", 0.4, 0.05),
+        ("jit_scan_normal", 1, "exp.2", 0.5, 0.0),
+        ("jit_scan_normal", 1, "while.6", 0.0, 50.0),
+        ("jit_scan_normal", 2, "add.1", 0.5, 0.05),  # another execution (run id): the time between is not charged
+        ("jit_every_block", 3, "custom-call.2", 9.0, 0.4),  # not in the dump: kind from its name
     ]
-    text = "\n".join(prof.report(events, {"jit_scan_normal": modules}, epochs=2, top=5))
-    assert "| jit_scan_normal | 2.000 | 50.0% |" in text
-    assert "| jit_every_block | 2.000 | 50.0% |" in text
-    assert "| models/base.py:265 dense (train) | 1.500 | 37.5% | fusion |" in text
-    assert "| ? (evaluation / other) | 2.000 | 50.0% | custom-call |" in text
+    charged = sorted((m, op, round(t, 6)) for m, op, t in prof.charge_idle_gaps(events, {"jit_scan_normal": modules}))
+    assert charged == sorted([
+        ("jit_scan_normal", "dot.9", 0.0), ("jit_scan_normal", "dot.9", 0.1), ("jit_scan_normal", "ynn_fusion.3", 0.3),
+        ("jit_scan_normal", "add.1", 0.05), ("jit_scan_normal", "add.1", 0.05), ("jit_scan_normal", "exp.2", 0.0),
+        ("jit_scan_normal", "add.1", 0.05), ("jit_every_block", "custom-call.2", 0.4),
+    ])  # fmt: skip
+    text = "\n".join(prof.report(charged, {"jit_scan_normal": modules}, epochs=2, top=5))
+    assert "| jit_scan_normal | 0.275 | 57.9% |" in text
+    assert "| jit_every_block | 0.200 | 42.1% |" in text
+    assert "| models/base.py:265 dense (train) | 0.150 | 31.6% | exponential, fusion |" in text
+    assert "| models/slmrec.py:215 SLMRec.loss (train) | 0.125 | 26.3% | add, dot |" in text
+    assert "| ? (evaluation / other) | 0.200 | 42.1% | custom-call |" in text
     assert "while.6" not in text
