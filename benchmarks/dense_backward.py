@@ -13,7 +13,10 @@ Shapes (Baby: 7,050 items, 19,445 users, image 4,096-d, text 384-d, d = 64):
 * all items' image / text rows (SLMRec, MGCN, LATTICE, DualGNN, DRAGON, GRCN, MVGAE);
 * a batch's 4,096 gathered image rows (FREEDOM, BM3) and VBPR's 3,072 x 4,480 block;
 * a 192-wide fusion layer over all 26,495 nodes (SLMRec) and a 64-wide one, narrower
-  than ``DENSE_MIN_WIDTH``, where ``dense`` keeps the plain product (a control).
+  than ``DENSE_MIN_WIDTH``, where ``dense`` keeps the plain product (a control);
+* in-batch logits ``a @ b^T`` of 2,048 rows (the contrastive losses of SLMRec and MGCN)
+  through :func:`~mirrorgrad_jax.models.base.pairwise_scores`, whose gradient of ``b``
+  (``g^T a``) is the same transposed-operand product.
 
 Usage: python benchmarks/dense_backward.py [--repeats 12] [--out benchmarks/results/dense_backward.md]
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 
@@ -33,8 +35,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from propagation import time_round_robin  # noqa: E402
+from reporting import emit, machine_line  # noqa: E402
 
-from mirrorgrad_jax.models.base import DENSE_MIN_WIDTH, dense  # noqa: E402
+from mirrorgrad_jax.models.base import DENSE_MIN_WIDTH, dense, pairwise_scores  # noqa: E402
 
 # (label, rows, input width F, output width d, whether the rows themselves train)
 SHAPES = [
@@ -72,6 +75,22 @@ def kernels(trains_rows: bool) -> dict:
     }
 
 
+# In-batch logits a @ b^T (B x B) of the contrastive losses (SLMRec's three, MGCN's two): (label, B, d)
+LOGIT_SHAPES = [("in-batch logits, FAC heads (SLMRec)", 2048, 32), ("in-batch logits, 64-wide rows (SLMRec, MGCN)", 2048, 64)]
+
+
+def logit_kernels() -> dict:
+    """name -> fn(a, b, c) returning the gradients of ``sum((a @ b^T) * c)`` with respect to a and b."""
+
+    def autodiff(a, b, c):
+        return jax.grad(lambda a, b: jnp.sum((a @ b.T) * c), argnums=(0, 1))(a, b)
+
+    def with_pairwise(a, b, c):
+        return jax.grad(lambda a, b: jnp.sum(pairwise_scores(a, b) * c), argnums=(0, 1))(a, b)
+
+    return {"autodiff, jax.grad through a @ b.T": autodiff, "pairwise_scores, jax.grad through it": with_pairwise}
+
+
 def measure(repeats: int) -> list[str]:
     rng = np.random.default_rng(0)
     lines = [
@@ -94,6 +113,18 @@ def measure(repeats: int) -> list[str]:
                     f"{statistics.median(base_times) / statistics.median(times):.2f}x | {'yes' if equal else 'NO'} |"
                 )
         print("\n".join(lines[-4:]), file=sys.stderr, flush=True)
+    for label, n, d in LOGIT_SHAPES:
+        a, b = (jnp.asarray(rng.standard_normal((n, d), dtype=np.float32)) for _ in range(2))
+        c = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+        results = time_round_robin(logit_kernels(), (a, b, c), repeats)
+        base_times, base_out = next(iter(results.values()))
+        for name, (times, out) in results.items():
+            equal = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(base_out)))
+            lines.append(
+                f"| {label} | {n} x {d} against {n} x {d} | {name} | {1e3 * statistics.median(times):.1f} | {1e3 * min(times):.1f} | "
+                f"{statistics.median(base_times) / statistics.median(times):.2f}x | {'yes' if equal else 'NO'} |"
+            )
+        print("\n".join(lines[-2:]), file=sys.stderr, flush=True)
     return lines
 
 
@@ -102,27 +133,20 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--out", default=None, help="append the markdown report here")
     args = parser.parse_args(argv)
-    from importlib.metadata import version
-
     load_before = os.getloadavg()
     lines = measure(args.repeats)
     load_after = os.getloadavg()
     header = [
         f"Command: `python benchmarks/dense_backward.py --repeats {args.repeats}`  ",
         f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0]}, "
-        f"jax {version('jax')} / jaxlib {version('jaxlib')}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')!r}  ",
+        machine_line(),
         f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after (kernels interleaved "
         "round-robin; compare within one shape)  ",
         f"``dense`` takes the plain product below an input width of {DENSE_MIN_WIDTH}; the loss is ``sum((x @ w) * c)`` "
         "with a random ``c``, so the backward pass receives ``c`` as its ``g``.",
         "",
     ]
-    text = "\n".join(header + lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text + "\n")
+    emit("\n".join(header + lines), args.out)
 
 
 if __name__ == "__main__":

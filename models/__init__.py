@@ -16,6 +16,7 @@ from mirrorgrad_jax.models.base import (
     check_ready_to_rank,
     dense,
     get_model,
+    pairwise_scores,
     register,
 )
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
@@ -55,6 +56,7 @@ __all__ = [
     "FREEDOMConfig",
     "FrozenRandom",
     "get_model",
+    "pairwise_scores",
     "GRCN",
     "GRCNConfig",
     "ItemKNNCBF",

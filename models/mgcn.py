@@ -68,6 +68,7 @@ from mirrorgrad_jax.graph import (
 )
 from mirrorgrad_jax.models.base import (
     dense,
+    pairwise_scores,
     Constant,
     Recommender,
     bpr_log_likelihood,
@@ -161,7 +162,7 @@ def info_nce(view1: jax.Array, view2: jax.Array, temperature: float) -> jax.Arra
     """
     a, b = rownorm(view1), rownorm(view2)
     positive = jnp.sum(a * b, axis=-1) / temperature
-    total = jax.nn.logsumexp(a @ b.T / temperature, axis=1)
+    total = jax.nn.logsumexp(pairwise_scores(a, b) / temperature, axis=1)
     return jnp.mean(total - positive)
 
 

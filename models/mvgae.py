@@ -95,6 +95,7 @@ from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.graph import bipartite_edges
 from mirrorgrad_jax.models.base import (
     dense,
+    pairwise_scores,
     Constant,
     FrozenRandom,
     Recommender,
@@ -361,7 +362,7 @@ class MVGAE(Recommender):
         s = jax.nn.sigmoid(z)
         s_u = s[users]
         pos_score = jax.nn.sigmoid(jnp.sum(s_u * s[pos + offset], -1))
-        neg_score = jax.nn.sigmoid(jnp.max(s_u @ s[neg + offset].T, axis=-1))
+        neg_score = jax.nn.sigmoid(jnp.max(pairwise_scores(s_u, s[neg + offset]), axis=-1))
         return -jnp.sum(jax.nn.log_sigmoid(pos_score - neg_score)) / np.log(2.0)
 
     # -- interface ------------------------------------------------------------------

@@ -68,7 +68,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.graph import CooAdjacency, column_order, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import dense, Constant, Recommender, TrainingCache, image_and_text_roles, register, rownorm, xavier_uniform
+from mirrorgrad_jax.models.base import dense, pairwise_scores, Constant, Recommender, TrainingCache, image_and_text_roles, register, rownorm, xavier_uniform
 
 __all__ = ["SLMRec", "SLMRecConfig", "A_PRE_EPS"]
 
@@ -199,10 +199,10 @@ class SLMRec(Recommender):
         tau = self.config.ssl_temp
         a = self.g_i_iv(i_i)
         b = self.g_v_iv(v_i)
-        loss_v = in_batch_cross_entropy(a @ b.T / tau)
+        loss_v = in_batch_cross_entropy(pairwise_scores(a, b) / tau)
         c = self.g_iva_ivat(self.g_iv_iva(a))
         e = self.g_t_ivat(t_i)
-        loss_t = in_batch_cross_entropy(c @ e.T / tau)
+        loss_t = in_batch_cross_entropy(pairwise_scores(c, e) / tau)
         return loss_v + loss_t
 
     def loss(self, batch, key):
@@ -212,7 +212,7 @@ class SLMRec(Recommender):
         self.cached_items[...] = jax.lax.stop_gradient(all_items)
         u = rownorm(all_users[users])
         p = rownorm(all_items[positives])
-        main = in_batch_cross_entropy(u @ p.T / self.config.temp)
+        main = in_batch_cross_entropy(pairwise_scores(u, p) / self.config.temp)
         return main + self.config.ssl_alpha * self._fac_loss(branch_items[positives])
 
     def ranks_with_training_cache(self) -> bool:

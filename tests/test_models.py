@@ -164,3 +164,21 @@ def test_dense_supports_forward_over_reverse_and_vmap():
     np.testing.assert_allclose(hvp(dense), want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
     stacked = jnp.stack([w, 2 * w])
     np.testing.assert_allclose(jax.vmap(lambda w: dense(x, w))(stacked), jax.vmap(lambda w: x @ w)(stacked), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [300, 40])
+def test_pairwise_scores_matches_the_plain_product_and_its_gradients(rows):
+    from mirrorgrad_jax.models.base import DENSE_MIN_WIDTH, pairwise_scores
+
+    rng = np.random.default_rng(3)
+    a = jnp.asarray(rng.standard_normal((rows, 24), dtype=np.float32))
+    b = jnp.asarray(rng.standard_normal((rows, 24), dtype=np.float32))
+    c = jnp.asarray(rng.standard_normal((rows, rows), dtype=np.float32))
+    plain = lambda a, b: a @ b.T  # noqa: E731
+    np.testing.assert_array_equal(jax.jit(pairwise_scores)(a, b), jax.jit(plain)(a, b))
+    assert ("custom_vjp" in str(jax.make_jaxpr(pairwise_scores)(a, b))) == (rows >= DENSE_MIN_WIDTH)
+    got = _gradients(pairwise_scores, a, b, c, (0, 1))
+    want = _gradients(plain, a, b, c, (0, 1))
+    # Same products in another operand order: float32 rounding at most (observed bit-equal).
+    for g, h in zip(got, want):
+        np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(h))))
