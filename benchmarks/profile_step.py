@@ -33,7 +33,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -246,6 +245,7 @@ def main(argv=None) -> None:
 
     sys.path.insert(0, HERE)
     from epoch_time import baby_dataset
+    from reporting import emit, machine_line
 
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
@@ -266,8 +266,6 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
-    from importlib.metadata import version
-
     train_s = [round(h["train_s"], 2) for h in result.history]
     eval_s = [round(h["eval_s"] / 2, 2) for h in result.history]
     header = [
@@ -276,16 +274,12 @@ def main(argv=None) -> None:
         f"Command: `python benchmarks/profile_step.py --model {args.model}{' --mg' if args.mg else ''} --epochs {args.epochs}"
         f"{' --settings ' + args.settings if args.settings else ''}`  ",
         f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0]}, jax {version('jax')} / jaxlib {version('jaxlib')}  ",
+        machine_line(),
         f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after  ",
         f"Train seconds per epoch (wall, the first with compilation, under the profiler): {train_s}; one evaluation pass: {eval_s}",
         "",
     ]
-    text = "\n".join(header + body)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text + "\n")
+    emit("\n".join(header + body), args.out)
 
 
 if __name__ == "__main__":

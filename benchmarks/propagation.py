@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reporting import emit, machine_line  # noqa: E402
 
 from mirrorgrad_jax.graph import (
     CooAdjacency,
@@ -170,8 +172,6 @@ def main(argv=None):
     parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
     parser.add_argument("--out", default=None, help="append the markdown report here")
     args = parser.parse_args(argv)
-    from importlib.metadata import version
-
     load_before = os.getloadavg()
     shapes = []
     if os.path.exists(os.path.join(args.graph, "baby.inter")):
@@ -184,19 +184,13 @@ def main(argv=None):
     header = [
         f"Command: `python benchmarks/propagation.py --repeats {args.repeats}`  ",
         f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0]}, "
-        f"jax {version('jax')} / jaxlib {version('jaxlib')}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')!r} "
-        "(XLA's CPU client: one thread per core)  ",
+        machine_line() + "(XLA's CPU client: one thread per core)  ",
         f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after (a shared machine: "
         "compare kernels within one table, interleaved round-robin, not across runs)  ",
         f"Width {WIDTH}; forward = ``A @ x``; backward = the gradient with respect to ``x`` (``A^T g``).",
         "",
     ]
-    text = "\n".join(header + lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text + "\n")
+    emit("\n".join(header + lines), args.out)
 
 
 if __name__ == "__main__":

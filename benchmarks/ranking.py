@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -35,6 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mirrorgrad_jax.evaluation import MASK_SCORE, masked_top_k_hits
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reporting import emit, machine_line  # noqa: E402
 
 BLOCK, ITEMS, K, TRAIN_WIDTH, TARGET_WIDTH = 4096, 7050, 50, 100, 13
 
@@ -147,12 +150,8 @@ def previous_evaluator_pass(evaluator, scores_fn, state, block: int):
 
 
 def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
-    import sys
-
-    from flax import nnx
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from epoch_time import baby_dataset
+    from flax import nnx
 
     from mirrorgrad_jax.evaluation import RankingEvaluator
     from mirrorgrad_jax.models import build_config, get_model
@@ -204,8 +203,6 @@ def main(argv=None):
     parser.add_argument("--graph", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "baby-graph")))
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    from importlib.metadata import version
-
     load_before = os.getloadavg()
     lines = run(64, args.repeats) + run(128, args.repeats)
     if args.models and os.path.exists(os.path.join(args.graph, "baby.inter")):
@@ -214,16 +211,11 @@ def main(argv=None):
     header = [
         f"Command: `python benchmarks/ranking.py --repeats {args.repeats} --models {args.models}`  ",
         f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {jax.devices()[0]}, jax {version('jax')} / "
-        f"jaxlib {version('jaxlib')}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')!r}  ",
+        machine_line(),
         f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; CPU time is all threads' time.",
         "",
     ]
-    text = "\n".join(header + lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text + "\n")
+    emit("\n".join(header + lines), args.out)
 
 
 if __name__ == "__main__":
