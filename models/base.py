@@ -285,7 +285,8 @@ def _first_axis_product(big: jax.Array, narrow: jax.Array) -> jax.Array:
 
 def _dense_wide_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, w = residuals
-    return g @ w.T, _first_axis_product(x, g)
+    # Cotangents in the inputs' own dtypes (a mixed-precision product promotes in between).
+    return (g @ w.T).astype(x.dtype), _first_axis_product(x, g).astype(w.dtype)
 
 
 _dense_wide.defvjp(_dense_wide_fwd, _dense_wide_bwd)
@@ -318,7 +319,7 @@ def _pairwise_wide_fwd(a: jax.Array, b: jax.Array) -> tuple[jax.Array, tuple[jax
 
 def _pairwise_wide_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     a, b = residuals
-    return g @ b, _first_axis_product(g, a)
+    return (g @ b).astype(a.dtype), _first_axis_product(g, a).astype(b.dtype)
 
 
 _pairwise_wide.defvjp(_pairwise_wide_fwd, _pairwise_wide_bwd)

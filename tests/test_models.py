@@ -182,3 +182,16 @@ def test_pairwise_scores_matches_the_plain_product_and_its_gradients(rows):
     # Same products in another operand order: float32 rounding at most (observed bit-equal).
     for g, h in zip(got, want):
         np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(h))))
+
+
+def test_dense_and_pairwise_scores_keep_the_input_dtypes_in_mixed_precision():
+    from mirrorgrad_jax.models.base import dense, pairwise_scores
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((200, 256)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((256, 8)) * 0.05, jnp.float32)
+    gx, gw = jax.grad(lambda x, w: jnp.sum(dense(x, w)), argnums=(0, 1))(x, w)
+    assert (gx.dtype, gw.dtype) == (jnp.bfloat16, jnp.float32)
+    a = jnp.asarray(rng.standard_normal((200, 8)), jnp.bfloat16)
+    ga, gb = jax.grad(lambda a, b: jnp.sum(pairwise_scores(a, b)), argnums=(0, 1))(a, x[:, :8].astype(jnp.float32))
+    assert (ga.dtype, gb.dtype) == (jnp.bfloat16, jnp.float32)
