@@ -5,7 +5,8 @@ real interaction graph, random image 4,096-d and text 384-d features) under
 ``jax.profiler.trace``, with XLA's optimised HLO dumped beside it. XLA's CPU runtime
 records one event per executed thunk (a fusion, a matmul, a scatter, ...) with its HLO
 name; the dump maps each name to the JAX operation and the line of Python that emitted it
-(``metadata={op_name=... source_file=... source_line=...}``). The report sums the events:
+(each instruction's ``op_name`` and ``stack_frame_id``, resolved through the file's frame
+tables). The report sums the events:
 
 1. per compiled program (the epoch's scan, the single steps of the last batch, the
    evaluation blocks): seconds per epoch;
@@ -14,11 +15,11 @@ name; the dump maps each name to the JAX operation and the line of Python that e
 3. the single most expensive ops.
 
 Container thunks (``while``, ``conditional``, ``call``) are left out, their bodies are
-counted. XLA's CPU runtime records some custom calls (the BCSR sparse product of the graph
-propagation) as much shorter than the work they start; that work shows as a stretch where
-no thunk of the program runs. Such a stretch (under ``MAX_GAP_S``, 0.2 s) is charged to
-the op before it (:func:`charge_idle_gaps`), so the ops of a training epoch sum to about its
-wall time. Times are summed over the runtime's threads (overlapping thunks can sum to more
+counted. XLA's CPU runtime records some matmuls and custom calls (the BCSR sparse product of
+the graph propagation) as much shorter than the work they start; that work shows as a
+stretch where no thunk of the program runs. Such a stretch (under ``MAX_GAP_S``, 0.2 s) is
+charged to the matmul or custom call the next op waited for (:func:`charge_idle_gaps`), so
+the ops of a training epoch sum to about its wall time. Times are summed over the runtime's threads (overlapping thunks can sum to more
 than the wall time). The first epoch (with compilation) is included in the sums, which are
 divided by the number of epochs.
 
@@ -43,7 +44,7 @@ ROOT = os.path.dirname(HERE)
 CONTAINERS = {"while", "conditional", "call"}
 # Thunk kinds the CPU runtime may record as shorter than their work (launched, then awaited).
 ASYNC_KINDS = {"dot", "custom-call"}
-# Idle stretches inside a program shorter than this are charged to the op before them.
+# Idle stretches inside one execution shorter than this are charged to an op (charge_idle_gaps).
 MAX_GAP_S = 0.2
 # The trainer's jitted training programs (trainer._Engine); every other program is evaluation or setup.
 TRAIN_PROGRAMS = {f"jit_{name}" for name in ("scan_normal", "scan_blocks", "normal", "mirror", "first_normal", "first_mirror")}
@@ -236,10 +237,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="append the markdown report here")
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.graph, "baby.inter")):
-        raise SystemExit(f"profile_step: the Baby graph is not at {args.graph} (--graph)")
+        parser.error(f"the Baby graph is not at {args.graph} (no baby.inter; --graph)")
+    if args.epochs < 1 or args.top < 1:
+        parser.error("--epochs and --top must be at least 1")
+    pairs = [item.split("=", 1) for item in args.settings.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        parser.error(f"--settings takes key=value[,key=value], got {args.settings!r}")
     work = tempfile.mkdtemp(prefix="mg-profile-")
     dump, trace = os.path.join(work, "hlo"), os.path.join(work, "trace")
-    # Before jax is imported: the flags are read once, when the backend starts.
+    # Before jax starts its backend: the flags are read once, then.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
     import jax
 
@@ -250,15 +256,17 @@ def main(argv=None) -> None:
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
 
-    settings = dict(item.split("=", 1) for item in args.settings.split(",") if item)
-    settings = {k: _value(v) for k, v in settings.items()}
-    dataset = baby_dataset(args.graph)
-    cls = get_model(args.model)
-    load_before = os.getloadavg()
     try:
+        try:
+            cls = get_model(args.model)
+            config = build_config(cls, {k: _value(v) for k, v in pairs})
+        except ValueError as err:  # UserInputError / ConfigError among them
+            parser.error(str(err).strip("'\""))
+        dataset = baby_dataset(args.graph)
+        load_before = os.getloadavg()
         with jax.profiler.trace(trace):
             result = train(
-                cls, build_config(cls, settings), dataset, TrainConfig(epochs=args.epochs, patience=1000, seed=999),
+                cls, config, dataset, TrainConfig(epochs=args.epochs, patience=1000, seed=999),
                 MGConfig(enabled=args.mg, alpha2=0.2, beta=3), log=None,
             )  # fmt: skip
         modules = parse_hlo_dump(dump)

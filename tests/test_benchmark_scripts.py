@@ -183,3 +183,32 @@ def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
     assert "| models/slmrec.py:215 SLMRec.loss (train) | 0.125 | 26.3% | add, dot |" in text
     assert "| ? (evaluation / other) | 0.200 | 42.1% | custom-call |" in text
     assert "while.6" not in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "slmrec", "--graph", "{missing}"], "the Baby graph is not at"),
+        (["--model", "slmrec", "--settings", "n_layers"], "--settings takes key=value"),
+        (["--model", "nosuch"], "unknown model 'nosuch'"),
+        (["--model", "slmrec", "--settings", "n_layers=-1"], "n_layers must be >= 0"),
+    ],
+)
+def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys, args, message):
+    prof = _load("profile_step")
+    graph = tmp_path / "graph"
+    graph.mkdir()
+    (graph / "baby.inter").write_text("")  # never read: the mistakes are caught first
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(prof.tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("XLA_FLAGS", "")
+    argv = [a.format(missing=str(tmp_path / "none")) for a in args]
+    if "--graph" not in argv:
+        argv += ["--graph", str(graph)]
+    with pytest.raises(SystemExit) as exit_info:
+        prof.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+    assert list(scratch.iterdir()) == []  # the dump / trace folder is removed
