@@ -103,6 +103,8 @@ REFERENCE_SETTINGS: dict[str, dict] = {
     "slmrec": {"learning_rate": 1e-3, "reg": 1e-4, "ssl_alpha": 0.01, "ssl_temp": 0.1},
     "grcn": {"learning_rate": 1e-3, "reg_weight": 1e-3},
     "mvgae": {"learning_rate": 1e-3},
+    "dualgnn": {"learning_rate": 1e-3, "reg_weight": 1e-3, "aggr_mode": "add"},
+    "dragon": {"learning_rate": 1e-3, "reg_weight": 1e-3, "aggr_mode": "add"},
 }
 #: Optimizer settings of this project's side where a packaged config sets them (the
 #: reference reads the same ``weight_decay`` from its yaml).
@@ -111,10 +113,10 @@ TRAIN_SETTINGS: dict[str, dict] = {
 }
 #: The reference's class (and config file) name per model. Those that import
 #: torch_geometric there (SLMRec, GRCN, MVGAE here) need it installed in the reference's
-#: environment (2.4.0 still has the ``dropout_adj`` GRCN imports). Not covered: DualGNN and
-#: DRAGON (the reference reads a precomputed user-graph file its preprocessing scripts
-#: write), MMGCN (minutes per epoch on two cores in both), LightGCN and BPR-MF (not in the
-#: reference).
+#: environment (2.4.0 still has the ``dropout_adj`` GRCN imports). DualGNN and DRAGON read
+#: the user-user graph from the data folder (:func:`write_data_folder` writes it for both
+#: sides). Not covered: MMGCN (minutes per epoch on two cores in both), LightGCN and BPR-MF
+#: (not in the reference).
 REFERENCE_NAMES = {
     "vbpr": "VBPR",
     "bm3": "BM3",
@@ -126,6 +128,8 @@ REFERENCE_NAMES = {
     "slmrec": "SLMRec",
     "grcn": "GRCN",
     "mvgae": "MVGAE",
+    "dualgnn": "DualGNN",
+    "dragon": "DRAGON",
 }
 MG_SETTINGS = {"alpha1": 1.0, "alpha2": 0.2, "beta": 3}
 SEED = 999
@@ -241,17 +245,31 @@ def _scatter_add(src, index, dim=-1, out=None, dim_size=None):
 
 
 def install_cpu_cuda_shim(torch) -> list[str]:
-    """On a torch without CUDA, makes ``.cuda()`` a no-op: LATTICE calls it unconditionally.
+    """On a torch without CUDA, makes the reference behave as on the GPU it was written for.
 
-    The reference moves a few tensors with ``.cuda()`` instead of ``.to(config["device"])``
-    (LATTICE's item graphs), which raises on a CPU build; with the shim those tensors stay on
-    the CPU, where the rest of the model already is. Nothing changes where CUDA exists.
+    * ``.cuda()`` is a no-op: the reference moves a few tensors with ``.cuda()`` instead of
+      ``.to(config["device"])`` (LATTICE's item graphs), which raises on a CPU build; with
+      the shim those tensors stay on the CPU, where the rest of the model already is.
+    * ``Parameter.to(device)`` returns a plain tensor: on a GPU, ``nn.Parameter(...).to(
+      "cuda")`` is a copy that is no longer a Parameter, and DualGNN relies on it (it later
+      assigns an ordinary tensor to that attribute, which torch refuses for a registered
+      Parameter). On the CPU ``.to`` would return the Parameter itself; the shim returns a
+      copy instead (``clone``, still attached to the autograd graph), as the GPU does.
+
+    Nothing changes where CUDA exists.
     """
     if torch.cuda.is_available():
         return []
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     torch.nn.Module.cuda = lambda self, *args, **kwargs: self
-    return ["Tensor.cuda / Module.cuda = no-op (no CUDA)"]
+    parameter_to = torch.nn.Parameter.to
+
+    def to_like_on_a_gpu(self, *args, **kwargs):
+        moved = parameter_to(self, *args, **kwargs)
+        return moved.clone() if moved is self else moved
+
+    torch.nn.Parameter.to = to_like_on_a_gpu
+    return ["Tensor.cuda / Module.cuda = no-op (no CUDA)", "Parameter.to(device) = a plain copy, as on a GPU"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,17 +478,32 @@ class _Arm:
 
 
 def write_data_folder(graph: str, root: str) -> str:
-    """Writes the Baby graph + seeded random features as ``root/baby/`` (MMRec format)."""
+    """Writes the Baby graph + seeded random features as ``root/baby/`` (MMRec format).
+
+    With the user-user graph of DualGNN and DRAGON, built once by
+    :func:`~mirrorgrad_jax.graph.build_user_graph` (the counts of the reference's
+    ``dualgnn-gen-u-u-matrix.py``, whose pure-Python loop over user pairs would take hours
+    here) and written twice: ``user_graph.npz`` for this project and ``user_graph_dict.npy``,
+    the pickled dict the reference's models load. Both sides read the same graph.
+    """
     sys.path.insert(0, HERE)
     import dataclasses
 
+    import numpy as np
     from epoch_time import baby_dataset
 
     from mirrorgrad_jax.data import write_mmrec
+    from mirrorgrad_jax.graph import build_user_graph
 
-    dataset = dataclasses.replace(baby_dataset(graph), name="baby")
+    dataset = baby_dataset(graph)
+    user_graph = build_user_graph(dataset.train, dataset.num_users)
+    dataset = dataclasses.replace(dataset, name="baby", user_graph=user_graph)
     folder = os.path.join(root, "baby")
     write_mmrec(dataset, folder)
+    # For the reference's process only (it loads this with allow_pickle); this project reads
+    # user_graph.npz, never this file.
+    reference_format = {int(u): [ids.tolist(), weights.tolist()] for u, (ids, weights) in user_graph.items()}
+    np.save(os.path.join(folder, "user_graph_dict.npy"), np.array(reference_format, dtype=object), allow_pickle=True)
     return folder
 
 
