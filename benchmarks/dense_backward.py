@@ -91,6 +91,19 @@ def logit_kernels() -> dict:
     return {"autodiff, jax.grad through a @ b.T": autodiff, "pairwise_scores, jax.grad through it": with_pairwise}
 
 
+def _rows(label: str, shape: str, results: dict) -> list[str]:
+    """Table rows of timed kernels, each against the first one (autodiff's): speed and bit-equality."""
+    base_times, base_out = next(iter(results.values()))
+    rows = []
+    for name, (times, out) in results.items():
+        equal = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(base_out)))
+        rows.append(
+            f"| {label} | {shape} | {name} | {1e3 * statistics.median(times):.1f} | {1e3 * min(times):.1f} | "
+            f"{statistics.median(base_times) / statistics.median(times):.2f}x | {'yes' if equal else 'NO'} |"
+        )
+    return rows
+
+
 def measure(repeats: int) -> list[str]:
     rng = np.random.default_rng(0)
     lines = [
@@ -103,27 +116,13 @@ def measure(repeats: int) -> list[str]:
         c = jnp.asarray(rng.standard_normal((n, d), dtype=np.float32))
         results = time_round_robin(kernels(trains_rows), (x, w, c), repeats)
         names = list(results)
-        for base, other in ((names[0], names[1]), (names[2], names[3])):
-            base_times, base_out = results[base]
-            for name in (base, other):
-                times, out = results[name]
-                equal = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(base_out)))
-                lines.append(
-                    f"| {label} | {n} x {f} -> {d} | {name} | {1e3 * statistics.median(times):.1f} | {1e3 * min(times):.1f} | "
-                    f"{statistics.median(base_times) / statistics.median(times):.2f}x | {'yes' if equal else 'NO'} |"
-                )
+        for pair in ((names[0], names[1]), (names[2], names[3])):
+            lines += _rows(label, f"{n} x {f} -> {d}", {name: results[name] for name in pair})
         print("\n".join(lines[-4:]), file=sys.stderr, flush=True)
     for label, n, d in LOGIT_SHAPES:
         a, b = (jnp.asarray(rng.standard_normal((n, d), dtype=np.float32)) for _ in range(2))
         c = jnp.asarray(rng.standard_normal((n, n), dtype=np.float32))
-        results = time_round_robin(logit_kernels(), (a, b, c), repeats)
-        base_times, base_out = next(iter(results.values()))
-        for name, (times, out) in results.items():
-            equal = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(base_out)))
-            lines.append(
-                f"| {label} | {n} x {d} against {n} x {d} | {name} | {1e3 * statistics.median(times):.1f} | {1e3 * min(times):.1f} | "
-                f"{statistics.median(base_times) / statistics.median(times):.2f}x | {'yes' if equal else 'NO'} |"
-            )
+        lines += _rows(label, f"{n} x {d} against {n} x {d}", time_round_robin(logit_kernels(), (a, b, c), repeats))
         print("\n".join(lines[-2:]), file=sys.stderr, flush=True)
     return lines
 
