@@ -61,7 +61,7 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.graph import bipartite_edges, segment_mean
+from mirrorgrad_jax.graph import CooAdjacency, bipartite_edges, edge_list_adjacency, propagate
 from mirrorgrad_jax.models.base import dense, Constant, FrozenRandom, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
 
 __all__ = ["MMGCN", "MMGCNConfig"]
@@ -120,16 +120,20 @@ class _ModalityGCN(nnx.Module):
             # Only the first gate layer is re-initialised in the reference.
             setattr(self, f"gate{layer}", _Linear(g_in, d, xavier=layer == 1, rngs=rngs))
 
-    def __call__(self, id_emb: jax.Array, senders: jax.Array, receivers: jax.Array) -> jax.Array:
+    def __call__(self, id_emb: jax.Array, adjacency: CooAdjacency, in_degree: jax.Array) -> jax.Array:
+        """The branch output ``(N, d)``; ``adjacency`` counts the edges ``s -> r`` (bidirectional).
+
+        ``in_degree`` is ``max(number of incoming edges, 1)`` per node, float ``(N, 1)``.
+        """
         feats = self.features[...]
         if self.mlp is not None:
             feats = self.mlp(feats)
         x = rownorm(jnp.concatenate([self.pref[...], feats]))
-        num_nodes = x.shape[0]
         for layer in range(1, _NUM_LAYERS + 1):
             conv = getattr(self, f"conv{layer}")[...]
-            messages = (x @ conv)[senders]
-            h = jax.nn.leaky_relu(segment_mean(messages, receivers, num_nodes))
+            # PyG's mean aggregation of the messages x W (no self-loops): the sum of what
+            # each node receives, from the row-sorted kernel, over its in-degree.
+            h = jax.nn.leaky_relu(propagate(adjacency, dense(x, conv), symmetric=True) / in_degree)
             x_hat = jax.nn.leaky_relu(getattr(self, f"lin{layer}")(x)) + id_emb
             gate = getattr(self, f"gate{layer}")
             if self.concat:
@@ -189,7 +193,10 @@ class MMGCN(Recommender):
         d = config.embedding_size
         # The reference keeps the train rows as they come (duplicates would stay).
         senders, receivers = bipartite_edges(dataset.train, self.num_users, bidirectional=True, dedupe=False)
-        self.senders, self.receivers = Constant(jnp.asarray(senders)), Constant(jnp.asarray(receivers))
+        adjacency = edge_list_adjacency(senders, receivers, num_nodes)  # symmetric: both directions
+        self.adj_rows, self.adj_cols, self.adj_values = (Constant(jnp.asarray(a)) for a in adjacency[:3])
+        in_degree = np.maximum(np.bincount(receivers, minlength=num_nodes), 1).astype(np.float32)
+        self.in_degree = Constant(jnp.asarray(in_degree[:, None]))
         self.modalities = tuple(branch_order(dataset.features))
         for m in self.modalities:
             latent = config.image_latent_dim if m == "image" else None
@@ -209,8 +216,9 @@ class MMGCN(Recommender):
 
     def representation(self) -> jax.Array:
         """The ``(N, d)`` node representation: the mean of the modality branches."""
-        id_emb, senders, receivers = self.id_emb[...], self.senders[...], self.receivers[...]
-        total = sum(getattr(self, f"gcn_{m}")(id_emb, senders, receivers) for m in self.modalities)
+        id_emb, in_degree = self.id_emb[...], self.in_degree[...]
+        adjacency = CooAdjacency(self.adj_rows[...], self.adj_cols[...], self.adj_values[...], self.num_users + self.num_items)
+        total = sum(getattr(self, f"gcn_{m}")(id_emb, adjacency, in_degree) for m in self.modalities)
         return total / len(self.modalities)
 
     def loss(self, batch, key):

@@ -92,7 +92,7 @@ from flax import nnx
 
 from mirrorgrad_jax.config import check_field_types
 from mirrorgrad_jax.errors import ConfigError
-from mirrorgrad_jax.graph import bipartite_edges
+from mirrorgrad_jax.graph import CooAdjacency, bipartite_edges, edge_list_adjacency, propagate
 from mirrorgrad_jax.models.base import (
     dense,
     pairwise_scores,
@@ -218,25 +218,29 @@ class _MeanGraph(nnx.Module):
 
     def __init__(self, train: np.ndarray, num_users: int, num_items: int):
         # The reference keeps the train rows as they come (a dataset here has no duplicates).
+        num_nodes = num_users + num_items
         senders, receivers = bipartite_edges(train, num_users, bidirectional=True, dedupe=False)
-        in_degree = np.bincount(receivers, minlength=num_users + num_items)
-        self.senders, self.receivers = Constant(jnp.asarray(senders)), Constant(jnp.asarray(receivers))
+        in_degree = np.bincount(receivers, minlength=num_nodes)
+        # Both directions of every edge: the adjacency is symmetric entry by entry.
+        adjacency = edge_list_adjacency(senders, receivers, num_nodes)
+        self.num_nodes = num_nodes
+        self.rows, self.cols, self.values = (Constant(jnp.asarray(a)) for a in adjacency[:3])
         # Mean over the incoming edges plus the added self-loop.
         self.inv_count = Constant(jnp.asarray(1.0 / (in_degree + 1.0), jnp.float32))
 
-    def arrays(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return self.senders[...], self.receivers[...], self.inv_count[...]
+    def arrays(self) -> tuple[CooAdjacency, jax.Array]:
+        return CooAdjacency(self.rows[...], self.cols[...], self.values[...], self.num_nodes), self.inv_count[...]
 
 
-def _mean_aggregate(graph: tuple[jax.Array, jax.Array, jax.Array], y: jax.Array) -> jax.Array:
+def _mean_aggregate(graph: tuple[CooAdjacency, jax.Array], y: jax.Array) -> jax.Array:
     """``(y_i + sum_{j -> i} y_j) / (deg_i + 1)`` for every node ``i`` (``graph`` from ``_MeanGraph.arrays``)."""
-    senders, receivers, inv_count = graph
-    total = jax.ops.segment_sum(y[senders], receivers, num_segments=y.shape[0])
+    adjacency, inv_count = graph
+    total = propagate(adjacency, y, symmetric=True)
     return (total + y) * inv_count[:, None]
 
 
 def _encoder_layers(
-    p: dict[str, jax.Array], x: jax.Array, graph: tuple[jax.Array, jax.Array, jax.Array], keys: jax.Array | None, n_layers: int, dropout: float
+    p: dict[str, jax.Array], x: jax.Array, graph: tuple[CooAdjacency, jax.Array], keys: jax.Array | None, n_layers: int, dropout: float
 ) -> tuple[jax.Array, jax.Array]:
     """The layers of one encoder after its input ``x = rownorm([pref; MLP(features)])``.
 
@@ -254,10 +258,10 @@ def _encoder_layers(
     leaky = jax.nn.leaky_relu
 
     def linear(name: str, v: jax.Array) -> jax.Array:
-        return v @ p[f"{name}_w"] + p[f"{name}_b"]
+        return dense(v, p[f"{name}_w"]) + p[f"{name}_b"]
 
     def conv(layer: int, v: jax.Array) -> jax.Array:
-        out = rownorm(_mean_aggregate(graph, v @ p[f"conv{layer}_w"]) + p[f"conv{layer}_b"])
+        out = rownorm(_mean_aggregate(graph, dense(v, p[f"conv{layer}_w"])) + p[f"conv{layer}_b"])
         if keys is None or dropout == 0.0:
             return out
         keep = jax.random.bernoulli(keys[{1: 0, 2: 1, 4: 2, 5: 3}[layer]], 1.0 - dropout, out.shape)

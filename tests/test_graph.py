@@ -22,6 +22,7 @@ from mirrorgrad_jax.graph import (
     build_user_graph,
     column_order,
     combine_knn,
+    edge_list_adjacency,
     kept_edge_count,
     knn_column_order,
     knn_item_graph,
@@ -225,6 +226,41 @@ def test_bipartite_edges_one_directional_and_without_dedupe():
     np.testing.assert_array_equal(receivers, TRAIN[:, 1] + U)
     with pytest.raises(ValueError, match="user 3"):
         bipartite_edges(np.array([[3, 0]]), U)
+
+
+@pytest.mark.parametrize("num_pairs", [7, 150])
+def test_edge_list_adjacency_sums_received_messages_forward_and_backward(num_pairs):
+    # 7 pairs: ~2 entries per node (the segment-sum path); 150 on 35 nodes: ~8.6 (the CSR
+    # kernel). Repeated pairs are kept (dedupe=False) and must count twice.
+    rng = np.random.default_rng(num_pairs)
+    users, items = (U, I) if num_pairs == 7 else (20, 15)
+    train = TRAIN if num_pairs == 7 else np.stack([rng.integers(0, users, num_pairs), rng.integers(0, items, num_pairs)], 1)
+    senders, receivers = bipartite_edges(train, users, bidirectional=True, dedupe=False)
+    n = users + items
+    adj = edge_list_adjacency(senders, receivers, n)
+    assert adj.values.dtype == np.float32 and len(adj.rows) == len(senders)
+    assert np.all(np.diff(adj.rows.astype(np.int64) * n + adj.cols) >= 0)  # sorted by row, then column
+    counts = np.zeros((n, n))
+    np.add.at(counts, (receivers, senders), 1.0)
+    np.testing.assert_array_equal(_dense(adj.rows, adj.cols, adj.values, n), counts)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    w = rng.normal(size=(n, 5)).astype(np.float32)
+    out = jax.jit(lambda v: propagate(adj, v, symmetric=True))(x)
+    # float32 sums of a handful of terms against float64: a few ulps of the result.
+    np.testing.assert_allclose(out, counts @ x.astype(np.float64), **TOL)
+    grad = jax.grad(lambda v: jnp.sum(w * propagate(adj, v, symmetric=True)))(x)
+    np.testing.assert_allclose(grad, counts.T @ w.astype(np.float64), **TOL)
+    scatter = jax.grad(lambda v: jnp.sum(w * jax.ops.segment_sum(v[senders], receivers, num_segments=n)))(x)
+    np.testing.assert_allclose(grad, scatter, **TOL)
+
+
+def test_edge_list_adjacency_rejects_mismatched_or_out_of_range_edges():
+    with pytest.raises(ValueError, match="differ in length"):
+        edge_list_adjacency(np.array([0, 1]), np.array([1]), 3)
+    with pytest.raises(ValueError, match="outside 0..2"):
+        edge_list_adjacency(np.array([0, 3]), np.array([1, 0]), 3)
+    empty = edge_list_adjacency(np.zeros(0, np.int32), np.zeros(0, np.int32), 3)
+    assert len(empty.rows) == 0 and empty.num_nodes == 3
 
 
 def test_segment_mean_is_sum_over_max_count_one():
