@@ -93,6 +93,7 @@ MODEL_SETTINGS: dict[str, dict] = {
     "lattice": {"reg_weight": 1e-4},
     "layergcn": {"n_layers": 4, "reg_weight": 1e-3, "dropout": 0.1},
     "selfcfed_lgn": {"n_layers": 2, "reg_weight": 1e-3, "dropout": 0.2},
+    "mmgcn": {"reg_weight": 1e-3},
 }
 #: Settings under the reference's own names where they differ from ours (one point of a
 #: yaml grid: the reference's config must hold scalars for a single run).
@@ -103,6 +104,7 @@ REFERENCE_SETTINGS: dict[str, dict] = {
     "slmrec": {"learning_rate": 1e-3, "reg": 1e-4, "ssl_alpha": 0.01, "ssl_temp": 0.1},
     "grcn": {"learning_rate": 1e-3, "reg_weight": 1e-3},
     "mvgae": {"learning_rate": 1e-3},
+    "mmgcn": {"learning_rate": 1e-3},
     "dualgnn": {"learning_rate": 1e-3, "reg_weight": 1e-3, "aggr_mode": "add"},
     "dragon": {"learning_rate": 1e-3, "reg_weight": 1e-3, "aggr_mode": "add"},
 }
@@ -112,11 +114,11 @@ TRAIN_SETTINGS: dict[str, dict] = {
     "slmrec": {"weight_decay": 1e-4},
 }
 #: The reference's class (and config file) name per model. Those that import
-#: torch_geometric there (SLMRec, GRCN, MVGAE here) need it installed in the reference's
-#: environment (2.4.0 still has the ``dropout_adj`` GRCN imports). DualGNN and DRAGON read
-#: the user-user graph from the data folder (:func:`write_data_folder` writes it for both
-#: sides). Not covered: MMGCN (minutes per epoch on two cores in both), LightGCN and BPR-MF
-#: (not in the reference).
+#: torch_geometric there (SLMRec, GRCN, MVGAE, MMGCN here) need it installed in the
+#: reference's environment (2.4.0 still has the ``dropout_adj`` GRCN imports). DualGNN and
+#: DRAGON read the user-user graph from the data folder (:func:`write_data_folder` writes it
+#: for both sides). MMGCN takes minutes per epoch on two cores in both: run it with
+#: ``--epochs 2``. Not covered: LightGCN and BPR-MF (not in the reference).
 REFERENCE_NAMES = {
     "vbpr": "VBPR",
     "bm3": "BM3",
@@ -128,6 +130,7 @@ REFERENCE_NAMES = {
     "slmrec": "SLMRec",
     "grcn": "GRCN",
     "mvgae": "MVGAE",
+    "mmgcn": "MMGCN",
     "dualgnn": "DualGNN",
     "dragon": "DRAGON",
 }
