@@ -129,11 +129,18 @@ class _ModalityGCN(nnx.Module):
         if self.mlp is not None:
             feats = self.mlp(feats)
         x = rownorm(jnp.concatenate([self.pref[...], feats]))
+        # Without a projection and with a frozen preference, the first layer's input is a
+        # constant: aggregating it first, (A x / deg) W, is the same product and leaves the
+        # backward pass no propagation to run (only W's gradient is needed).
+        constant_input = self.mlp is None and not isinstance(self.pref, nnx.Param)
         for layer in range(1, _NUM_LAYERS + 1):
             conv = getattr(self, f"conv{layer}")[...]
             # PyG's mean aggregation of the messages x W (no self-loops): the sum of what
             # each node receives, from the row-sorted kernel, over its in-degree.
-            h = jax.nn.leaky_relu(propagate(adjacency, dense(x, conv), symmetric=True) / in_degree)
+            if layer == 1 and constant_input:
+                h = jax.nn.leaky_relu(dense(propagate(adjacency, x, symmetric=True) / in_degree, conv))
+            else:
+                h = jax.nn.leaky_relu(propagate(adjacency, dense(x, conv), symmetric=True) / in_degree)
             x_hat = jax.nn.leaky_relu(getattr(self, f"lin{layer}")(x)) + id_emb
             gate = getattr(self, f"gate{layer}")
             if self.concat:
