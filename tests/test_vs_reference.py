@@ -130,3 +130,21 @@ def test_shims_restore_numpy_aliases_and_dok_update(vs, monkeypatch):
 
     with pytest.raises(RuntimeError, match="stand-in"):
         resize(None, 3)
+
+
+def test_settings_name_registered_models_and_real_config_fields(vs):
+    # A misspelt model or field would only surface in a long run with the reference.
+    import dataclasses
+
+    from mirrorgrad_jax.models import build_config, get_model
+    from mirrorgrad_jax.trainer import TrainConfig
+
+    assert set(vs.MODEL_SETTINGS) <= set(vs.REFERENCE_NAMES)
+    assert set(vs.REFERENCE_SETTINGS) <= set(vs.REFERENCE_NAMES)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for model in vs.REFERENCE_NAMES:
+        cls = get_model(model)
+        config = build_config(cls, vs.MODEL_SETTINGS.get(model, {}))
+        for field, value in vs.MODEL_SETTINGS.get(model, {}).items():
+            assert getattr(config, field) == value, (model, field)
+        assert set(vs.TRAIN_SETTINGS.get(model, {})) <= train_fields, model
