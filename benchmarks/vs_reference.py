@@ -117,7 +117,8 @@ TRAIN_SETTINGS: dict[str, dict] = {
 #: torch_geometric there (SLMRec, GRCN, MVGAE, MMGCN here) need it installed in the
 #: reference's environment (2.4.0 still has the ``dropout_adj`` GRCN imports). DualGNN and
 #: DRAGON read the user-user graph from the data folder (:func:`write_data_folder` writes it
-#: for both sides). MMGCN takes minutes per epoch on two cores in both: run it with
+#: for both sides). On two cores the reference's MMGCN takes ~1.5-2 minutes per epoch and
+#: its MVGAE 10-15 minutes (vs_reference.md): budget an hour or more for MVGAE at
 #: ``--epochs 2``. Not covered: LightGCN and BPR-MF (not in the reference).
 REFERENCE_NAMES = {
     "vbpr": "VBPR",
