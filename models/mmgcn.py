@@ -131,7 +131,9 @@ class _ModalityGCN(nnx.Module):
         x = rownorm(jnp.concatenate([self.pref[...], feats]))
         # Without a projection and with a frozen preference, the first layer's input is a
         # constant: aggregating it first, (A x / deg) W, is the same product and leaves the
-        # backward pass no propagation to run (only W's gradient is needed).
+        # backward pass no propagation to run (only W's gradient is needed). It is recomputed
+        # each step rather than cached at build time: the frozen preference is checkpointed
+        # and restored, and a cache built from the initial one would go stale.
         constant_input = self.mlp is None and not isinstance(self.pref, nnx.Param)
         for layer in range(1, _NUM_LAYERS + 1):
             conv = getattr(self, f"conv{layer}")[...]
