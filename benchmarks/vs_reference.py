@@ -57,6 +57,8 @@ Usage::
 
     python benchmarks/vs_reference.py --reference /tmp/mgref --ref-python /tmp/refvenv/bin/python \\
         [--models vbpr,bm3,freedom] [--epochs 4] [--threads 2] [--out benchmarks/results/vs_reference.md]
+    python benchmarks/vs_reference.py --standings benchmarks/results/vs_reference_runs.jsonl
+        (where each model stands: its last recorded sitting, ratios and the goals it misses)
 
 Only the standard library is imported at the top of this file: the reference's process
 runs it with the reference's Python, which has no JAX.
@@ -681,6 +683,51 @@ def render(summaries: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def standings(runs: list[dict]) -> str:
+    """One row per model from its LAST record in ``runs`` (file order = the order measured).
+
+    A runs file (``--jsonl``) gathers every sitting; this is the table a reader wants first:
+    where each model stands now, with the goals it meets and misses. Timed epochs per arm are
+    shown because a ratio resting on one epoch is weaker than one on three.
+    """
+    latest: dict[str, dict] = {}
+    for run in runs:
+        latest[run["model"]] = run  # a later sitting replaces an earlier one
+    lines = [
+        "| model | timed epochs per arm | epoch ratio plain / MG | eval ratio | MG / plain: this project, reference | goals missed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model in sorted(latest):
+        s = summarize(latest[model])
+        timed = min(max(len(arm) - 1, 1) for arm in latest[model]["epochs"].values())
+        missed = [f"{name} ({v:.3f} > {b:.2f})" for name, (v, b, ok) in s["goals"].items() if not ok]
+        lines.append(
+            f"| {model} | {timed} | {s['ratio_plain']:.2f} / {s['ratio_mg']:.2f} | {s['ratio_eval']:.2f} | "
+            f"{s['ours_mg_overhead']:.2f}, {s['ref_mg_overhead']:.2f} | {', '.join(missed) or 'none'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def read_runs(path: str) -> list[dict]:
+    """The records of a ``--jsonl`` runs file; ValueError naming the line when one is not a run."""
+    runs = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                run = json.loads(line)
+                arms = run["epochs"]
+                if not isinstance(run["model"], str) or any(not arms[k] for k in ("ref plain", "ref MG", "ours plain", "ours MG")):
+                    raise KeyError("an arm without epochs")
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: not a side-by-side record ({err})") from None
+            runs.append(run)
+    if not runs:
+        raise ValueError(f"{path} holds no records")
+    return runs
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -701,7 +748,7 @@ def _git_head(path: str) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="checkout of Qrange-group/Mirror-Gradient (holds src/main.py)")
+    parser.add_argument("--reference", help="checkout of Qrange-group/Mirror-Gradient (holds src/main.py); required unless --standings")
     parser.add_argument("--ref-python", default=os.environ.get("MG_REF_PYTHON", sys.executable),
                         help="Python with torch, numpy, scipy, pandas, pyyaml for the reference (default $MG_REF_PYTHON, else this one)")
     parser.add_argument("--models", default="vbpr,bm3,freedom")
@@ -710,12 +757,22 @@ def main(argv=None):
     parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
     parser.add_argument("--out", default=None, help="append the markdown report here")
     parser.add_argument("--jsonl", default=None, help="append each model's raw per-epoch times here")
+    parser.add_argument("--standings", metavar="JSONL", help="print where each model stands (its last record in this runs file) and exit; runs nothing")
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_data", help=argparse.SUPPRESS)
     parser.add_argument("--_mg", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.standings:
+        try:
+            text = standings(read_runs(args.standings))
+        except (OSError, ValueError) as err:
+            parser.error(f"--standings: {err}")
+        print(text, end="")
+        return
+    if not args.reference:
+        parser.error("--reference is required (a checkout of Qrange-group/Mirror-Gradient), unless --standings")
     if args._child == "ref":
         reference_child(os.path.abspath(args.reference), args._data, args.model, args._mg, args.epochs, args.threads)
         return

@@ -148,3 +148,52 @@ def test_settings_name_registered_models_and_real_config_fields(vs):
         for field, value in vs.MODEL_SETTINGS.get(model, {}).items():
             assert getattr(config, field) == value, (model, field)
         assert set(vs.TRAIN_SETTINGS.get(model, {})) <= train_fields, model
+
+
+def _write_runs(path, runs):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    return str(path)
+
+
+def test_standings_take_each_models_last_record_and_name_its_misses(vs, tmp_path, capsys):
+    slow = _run("bm3")
+    # a later BM3 sitting, where this project got slower: 9 s against the reference's 18 s
+    later = _run("bm3")
+    later["epochs"]["ours plain"] = _epochs(9.0, [9.0, 9.0, 9.0], 0.6, 2.0)
+    path = _write_runs(tmp_path / "runs.jsonl", [slow, _run("vbpr"), later])
+    vs.main(["--standings", path])
+    lines = capsys.readouterr().out.splitlines()
+    rows = {l.split(" | ")[0][2:]: l for l in lines if l.startswith("| ") and not l.startswith("| model") and not l.startswith("|---")}
+    assert sorted(rows) == ["bm3", "vbpr"]
+    # the later record wins: 9 / 18 = 0.50 > 0.33, and MG / plain 6.5 / 9 = 0.72
+    assert "| 3 | 0.50 / 0.28 | 0.23 | 0.72, 1.28 | epoch plain (0.500 > 0.33) |" in rows["bm3"]
+    assert rows["vbpr"].endswith("| none |")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "No such file"),
+        ("", "holds no records"),
+        ('{"model": "bm3"}\n', "runs.jsonl:1: not a side-by-side record"),
+        ("not json\n", "runs.jsonl:1: not a side-by-side record"),
+    ],
+)
+def test_standings_bad_file_is_one_clear_line_and_exit_2(vs, tmp_path, capsys, content, message):
+    path = tmp_path / "runs.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        vs.main(["--standings", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_without_reference_or_standings_is_a_usage_error(vs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        vs.main(["--models", "vbpr"])
+    assert exit_info.value.code == 2
+    assert "--reference is required" in capsys.readouterr().err
