@@ -720,6 +720,10 @@ def read_runs(path: str) -> list[dict]:
                 arms = run["epochs"]
                 if not isinstance(run["model"], str) or any(not arms[k] for k in ("ref plain", "ref MG", "ours plain", "ours MG")):
                     raise KeyError("an arm without epochs")
+                for arm in arms.values():
+                    for epoch in arm:
+                        if not all(isinstance(epoch[k], (int, float)) and epoch[k] > 0 for k in ("train_s", "eval_s")):
+                            raise ValueError(f"an epoch without positive train_s / eval_s: {epoch}")
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: not a side-by-side record ({err})") from None
             runs.append(run)

@@ -8,6 +8,7 @@ applies to NumPy / SciPy (on copies of the modules' attributes, restored afterwa
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 
@@ -151,8 +152,6 @@ def test_settings_name_registered_models_and_real_config_fields(vs):
 
 
 def _write_runs(path, runs):
-    import json
-
     path.write_text("".join(json.dumps(r) + "\n" for r in runs))
     return str(path)
 
@@ -179,6 +178,7 @@ def test_standings_take_each_models_last_record_and_name_its_misses(vs, tmp_path
         ("", "holds no records"),
         ('{"model": "bm3"}\n', "runs.jsonl:1: not a side-by-side record"),
         ("not json\n", "runs.jsonl:1: not a side-by-side record"),
+        (json.dumps(_run("bm3")).replace('"train_s": 18.0', '"train_s": "18"') + "\n", "without positive train_s"),
     ],
 )
 def test_standings_bad_file_is_one_clear_line_and_exit_2(vs, tmp_path, capsys, content, message):
