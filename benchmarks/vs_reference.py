@@ -709,7 +709,7 @@ def standings(runs: list[dict]) -> str:
 
 
 def read_runs(path: str) -> list[dict]:
-    """The records of a ``--jsonl`` runs file; ValueError naming the line when one is not a run."""
+    """The records of a ``--jsonl`` runs file (possibly none); ValueError naming the line when one is not a run."""
     runs = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -727,8 +727,6 @@ def read_runs(path: str) -> list[dict]:
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: not a side-by-side record ({err})") from None
             runs.append(run)
-    if not runs:
-        raise ValueError(f"{path} holds no records")
     return runs
 
 
@@ -770,7 +768,10 @@ def main(argv=None):
 
     if args.standings:
         try:
-            text = standings(read_runs(args.standings))
+            runs = read_runs(args.standings)
+            if not runs:
+                raise ValueError(f"{args.standings} holds no records")
+            text = standings(runs)
         except (OSError, ValueError) as err:
             parser.error(f"--standings: {err}")
         print(text, end="")
@@ -785,6 +786,13 @@ def main(argv=None):
         return
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is reported apart)")
+    # Models already measured into --jsonl (an interrupted sitting) are read back, not rerun.
+    earlier = {}
+    if args.jsonl and os.path.exists(args.jsonl):
+        try:
+            earlier = {r["model"]: r for r in read_runs(args.jsonl)}
+        except ValueError as err:
+            parser.error(f"--jsonl: {err}")
     if not os.path.isfile(os.path.join(args.reference, "src", "common", "trainer.py")):
         raise SystemExit(f"{args.reference} does not look like a Mirror-Gradient checkout (no src/common/trainer.py)")
     unknown = [m for m in args.models.split(",") if m not in REFERENCE_NAMES]
@@ -802,11 +810,6 @@ def main(argv=None):
     load_before = os.getloadavg()
     work = tempfile.mkdtemp(prefix="vs_reference_")
     runs, failures, reused = [], [], []
-    # Models already measured into --jsonl (an interrupted sitting) are read back, not rerun.
-    earlier = {}
-    if args.jsonl and os.path.exists(args.jsonl):
-        with open(args.jsonl) as f:
-            earlier = {r["model"]: r for r in (json.loads(line) for line in f if line.strip())}
     try:
         write_data_folder(args.graph, work)
         for model in args.models.split(","):

@@ -197,3 +197,14 @@ def test_without_reference_or_standings_is_a_usage_error(vs, capsys):
         vs.main(["--models", "vbpr"])
     assert exit_info.value.code == 2
     assert "--reference is required" in capsys.readouterr().err
+
+
+def test_a_malformed_jsonl_to_resume_from_is_a_usage_error_before_any_work(vs, tmp_path, capsys):
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(_run("bm3")) + "\nnot json\n")
+    with pytest.raises(SystemExit) as exit_info:
+        vs.main(["--reference", str(tmp_path), "--jsonl", str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "runs.jsonl:2: not a side-by-side record" in err and "Traceback" not in err
+    assert path.read_text().count("\n") == 2  # nothing appended
