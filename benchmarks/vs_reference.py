@@ -742,8 +742,18 @@ def _cpu_name() -> str:
 
 
 def _git_head(path: str) -> str:
+    """The short commit of the checkout at ``path``; "unknown commit" unless ``path`` is a git work tree's top.
+
+    A copy of the reference's files inside another repository (an exported tree, say)
+    must not report that repository's commit.
+    """
     try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        def git(*args):
+            return subprocess.run(["git", "-C", path, *args], capture_output=True, text=True, check=True).stdout.strip()
+
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(path):
+            return "unknown commit"
+        return git("rev-parse", "--short", "HEAD")
     except (OSError, subprocess.CalledProcessError):
         return "unknown commit"
 

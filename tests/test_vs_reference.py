@@ -208,3 +208,23 @@ def test_a_malformed_jsonl_to_resume_from_is_a_usage_error_before_any_work(vs, t
     err = capsys.readouterr().err
     assert "runs.jsonl:2: not a side-by-side record" in err and "Traceback" not in err
     assert path.read_text().count("\n") == 2  # nothing appended
+
+
+def test_git_head_names_only_the_checkout_at_that_path(vs, tmp_path):
+    # A reference tree copied into a folder of another repository must not report that
+    # repository's commit; a checkout of its own reports its own.
+    import subprocess
+
+    def git(path, *args):
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    outer = tmp_path / "outer"
+    inner = outer / "copied-reference"
+    inner.mkdir(parents=True)
+    (inner / "README.md").write_text("reference\n")
+    git(outer, "init", "-q")
+    git(outer, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git(outer, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "outer")
+    assert vs._git_head(str(inner)) == "unknown commit"
+    assert vs._git_head(str(outer)) == git(outer, "rev-parse", "--short", "HEAD")
+    assert vs._git_head(str(tmp_path / "missing")) == "unknown commit"
