@@ -42,9 +42,12 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache
 
 { nvidia-smi -L; "$python" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } 2>&1 | tee "$out/env.txt"
+# scratch space of this call (runs-file copies, the package), removed at the end
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 # the installed layout without pip (offline machine): mirrorgrad_jax.models comes from models/
-site=$(mktemp -d)
-cp -r mirrorgrad_jax "$site/" && cp -r models "$site/mirrorgrad_jax/models"
+site=$scratch/site
+mkdir -p "$site" && cp -r mirrorgrad_jax "$site/" && cp -r models "$site/mirrorgrad_jax/models"
 export PYTHONPATH=$site
 (cd /tmp && "$python" -c "import mirrorgrad_jax.models as m; print('models:', ', '.join(m.available_models()))") || exit 1
 if [ -n "$cache" ]; then mkdir -p ~/.cache/mirrorgrad_jax && cp -r "$cache"/. ~/.cache/mirrorgrad_jax/; fi
@@ -76,16 +79,16 @@ fi
 if want accuracy; then
   echo "== accuracy ($(left)s left)"
   budget=$(( $(left) - 15 ))
-  cp benchmarks/results/accuracy_runs.jsonl /tmp/acc_runs.jsonl
+  cp benchmarks/results/accuracy_runs.jsonl "$scratch/acc_runs.jsonl"
   timeout "$budget" "$python" benchmarks/accuracy_table.py --models "$acc_models" \
     --datasets "$acc_datasets" --seeds 3 --epochs 100 --patience 10 --valid-metric recall@20 \
-    --runs /tmp/acc_runs.jsonl --workers "$workers" --stop-after $(( budget - 120 )) >"$out/accuracy.md" 2>"$out/accuracy.log"
-  new_rows benchmarks/results/accuracy_runs.jsonl /tmp/acc_runs.jsonl "$out/accuracy_new.jsonl"
+    --runs "$scratch/acc_runs.jsonl" --workers "$workers" --stop-after $(( budget - 120 )) >"$out/accuracy.md" 2>"$out/accuracy.log"
+  new_rows benchmarks/results/accuracy_runs.jsonl "$scratch/acc_runs.jsonl" "$out/accuracy_new.jsonl"
 fi
 
 if want patience; then
   echo "== patience sweep ($(left)s left)"
-  runs=/tmp/patience_runs.jsonl
+  runs=$scratch/patience_runs.jsonl
   # the committed runs, less the cells to rerun whole here
   "$python" - benchmarks/results/patience_sweep_runs.jsonl "$runs" "${PATIENCE_RERUN:-}" <<'EOF'
 import json, sys
@@ -94,13 +97,13 @@ kept = [l for l in open(source) if l.strip() and "{model}:{dataset}".format(**js
 open(dest, "w").writelines(kept)
 print(f"{len(kept)} recorded runs kept; rerun here: {sorted(rerun) or 'none'}")
 EOF
-  cp "$runs" /tmp/patience_runs_before.jsonl
+  cp "$runs" "$scratch/patience_runs_before.jsonl"
   timeout "${PATIENCE_CAP:-$(( $(left) - 15 ))}" "$python" benchmarks/patience_sweep.py \
     --models "${PATIENCE_MODELS:?}" --datasets "${PATIENCE_DATASETS:-synthetic,movielens-100k}" --seeds 3 \
     --budget 120 --budgets "${PATIENCE_BUDGETS:-}" --runs "$runs" --workers "$workers" \
     --stop-after "${PATIENCE_STOP_AFTER:-1000000}" >"$out/patience.md" 2>"$out/patience.log"
   grep -v "Warning\|warn(" "$out/patience.log" | tail -n 50
-  new_rows /tmp/patience_runs_before.jsonl "$runs" "$out/patience_new.jsonl"
+  new_rows "$scratch/patience_runs_before.jsonl" "$runs" "$out/patience_new.jsonl"
 fi
 
 if want vs_reference; then

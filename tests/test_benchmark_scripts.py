@@ -212,3 +212,43 @@ def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
     assert list(scratch.iterdir()) == []  # the dump / trace folder is removed
+
+
+def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
+    """benchmarks/device_run.sh as a GPU session runs it, here on the CPU with a 2-epoch budget.
+
+    The patience phase must set aside the recorded runs of the cells named in
+    PATIENCE_RERUN, train what is pending, and bring back exactly the runs it made.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    recorded = [json.loads(line) for line in open(os.path.join(ROOT, "benchmarks", "results", "patience_sweep_runs.jsonl")) if line.strip()]
+    rerun = [r for r in recorded if (r["model"], r["dataset"]) == ("vbpr", "synthetic")]
+    assert rerun, "the committed runs file should hold the VBPR synthetic cell"
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PHASES": "patience",
+        "WORKERS": "1",
+        "PATIENCE_MODELS": "lightgcn",
+        "PATIENCE_DATASETS": "synthetic",
+        "PATIENCE_BUDGETS": "lightgcn=2",
+        "PATIENCE_RERUN": "vbpr:synthetic",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/device_run.sh", str(out), "600"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{len(recorded) - len(rerun)} recorded runs kept; rerun here: ['vbpr:synthetic']" in proc.stdout
+    new = [json.loads(line) for line in open(out / "patience_new.jsonl")]
+    assert sorted((r["alpha2"] is not None, r["seed"]) for r in new) == sorted((mg, s) for mg in (False, True) for s in (999, 1000, 1001))
+    assert all(r["model"] == "lightgcn" and r["dataset"] == "synthetic" and r["budget"] == 2 for r in new)
+    assert all(len(r["curves"]["valid"]["recall@20"]) == 2 for r in new)
+    assert "| lightgcn | synthetic | 2 |" in (out / "patience.md").read_text()
