@@ -26,6 +26,12 @@ total=${2:?seconds this script may use}
 graph=${3:-../shared/data/baby-graph}
 cache=${4:-}
 phases=",${PHASES:-epoch,overhead,accuracy},"
+for phase in ${phases//,/ }; do
+  case $phase in
+    epoch|overhead|accuracy|patience|vs_reference) ;;
+    *) echo "device_run.sh: unknown phase '$phase' in PHASES (choose from epoch, overhead, accuracy, patience, vs_reference)" >&2; exit 2 ;;
+  esac
+done
 # overridable for a dry run on a CPU
 epoch_models=${EPOCH_MODELS:-mmgcn,vbpr,bm3,freedom,lightgcn,dragon,grcn,dualgnn,slmrec}
 epoch_cap=${EPOCH_CAP:-150}
@@ -52,7 +58,7 @@ export PYTHONPATH=$site
 (cd /tmp && "$python" -c "import mirrorgrad_jax.models as m; print('models:', ', '.join(m.available_models()))") || exit 1
 if [ -n "$cache" ]; then mkdir -p ~/.cache/mirrorgrad_jax && cp -r "$cache"/. ~/.cache/mirrorgrad_jax/; fi
 
-# Rows of runs file $1 (a copy at $2) that are not in the committed file $3 -> $4.
+# The rows of runs file $2 (a working copy) that are not in $1 (what it started from), written to $3.
 new_rows() {
   "$python" - "$1" "$2" "$3" <<'EOF'
 import sys

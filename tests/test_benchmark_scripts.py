@@ -252,3 +252,21 @@ def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
     assert all(r["model"] == "lightgcn" and r["dataset"] == "synthetic" and r["budget"] == 2 for r in new)
     assert all(len(r["curves"]["valid"]["recall@20"]) == 2 for r in new)
     assert "| lightgcn | synthetic | 2 |" in (out / "patience.md").read_text()
+
+
+def test_device_run_refuses_an_unknown_phase_before_writing_anything(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", "benchmarks/device_run.sh", str(out), "60"], cwd=ROOT, env={**os.environ, "PHASES": "patience,patiense"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "device_run.sh: unknown phase 'patiense' in PHASES (choose from epoch, overhead, accuracy, patience, vs_reference)"
+    ]
+    assert not out.exists()
