@@ -45,7 +45,7 @@ left() { echo $(( total - ($(date +%s) - start) )); }
 want() { [[ $phases == *",$1,"* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
 
 { nvidia-smi -L; "$python" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } 2>&1 | tee "$out/env.txt"
 # scratch space of this call (runs-file copies, the package), removed at the end

@@ -1,4 +1,4 @@
-"""The bookkeeping of the resumable benchmark scripts (no training here).
+"""The bookkeeping of the resumable benchmark scripts (no training here, but for one 2-epoch run of device_run.sh).
 
 These scripts fill long grids over several sessions and machines, so the parts that decide
 what still has to run, how partial files are read and how the table picks its arms must be
@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -214,18 +217,16 @@ def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, c
     assert list(scratch.iterdir()) == []  # the dump / trace folder is removed
 
 
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+@needs_bash
 def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
     """benchmarks/device_run.sh as a GPU session runs it, here on the CPU with a 2-epoch budget.
 
     The patience phase must set aside the recorded runs of the cells named in
     PATIENCE_RERUN, train what is pending, and bring back exactly the runs it made.
     """
-    import shutil
-    import subprocess
-    import sys
-
-    if shutil.which("bash") is None:
-        pytest.skip("needs bash")
     recorded = [json.loads(line) for line in open(os.path.join(ROOT, "benchmarks", "results", "patience_sweep_runs.jsonl")) if line.strip()]
     rerun = [r for r in recorded if (r["model"], r["dataset"]) == ("vbpr", "synthetic")]
     assert rerun, "the committed runs file should hold the VBPR synthetic cell"
@@ -254,12 +255,8 @@ def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
     assert "| lightgcn | synthetic | 2 |" in (out / "patience.md").read_text()
 
 
+@needs_bash
 def test_device_run_refuses_an_unknown_phase_before_writing_anything(tmp_path):
-    import shutil
-    import subprocess
-
-    if shutil.which("bash") is None:
-        pytest.skip("needs bash")
     out = tmp_path / "out"
     proc = subprocess.run(
         ["bash", "benchmarks/device_run.sh", str(out), "60"], cwd=ROOT, env={**os.environ, "PHASES": "patience,patiense"},
