@@ -1,0 +1,104 @@
+"""Pinned seeded runs: restructuring the code must not move a single number.
+
+Each case trains a model for two epochs on ``synthetic-small`` through the command line
+(``mirrorgrad train``, the way the README runs it) and compares the per-epoch training
+losses and the per-epoch valid and test metrics with the values recorded in
+``tests/pinned/runs.json`` before the library was re-laid into subpackages. The batch
+size (200: nine full batches and a last batch of 20) makes every epoch take the scanned
+MG blocks and a mirrored last batch; LATTICE adds its first-batch path and the no-MG
+VBPR case the plain scan.
+
+Tolerance: losses to 1e-6 relative (the same program on the same CPU gives the same bits;
+the margin only covers a CPU whose vector width sums float32 in another order), metrics
+(rounded to four decimals by the protocol) exactly.
+
+The checkpoint written by the DualGNN case before the move is committed under
+``tests/pinned/dualgnn-best.ckpt``: it must still load and evaluate to the recorded
+metrics. A change that moves a model's numbers ON PURPOSE re-records its case
+(``python tests/test_pinned_runs.py --record``) in the same commit and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+from mirrorgrad_jax.cli import main
+
+PINNED = pathlib.Path(__file__).resolve().parent / "pinned"
+RUNS = PINNED / "runs.json"
+CHECKPOINT = PINNED / "dualgnn-best.ckpt"
+
+#: case name -> the train command's arguments after ``--model``.
+CASES = {
+    "vbpr": ["vbpr"],
+    "vbpr-no-mg": ["vbpr", "--no-mg"],
+    "freedom": ["freedom"],
+    "lattice": ["lattice"],
+    "dualgnn": ["dualgnn"],
+    "slmrec": ["slmrec"],
+}
+COMMON = ["--dataset", "synthetic-small", "--epochs", "2", "--batch-size", "200", "--seed", "999", "--quiet"]
+
+
+def _run(case: str, folder: pathlib.Path, checkpoint_dir: pathlib.Path | None = None) -> dict:
+    out = folder / f"{case}.json"
+    argv = ["train", "--model", *CASES[case], *COMMON, "--results", str(out)]
+    if checkpoint_dir is not None:
+        argv += ["--checkpoint-dir", str(checkpoint_dir)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    (run,) = report["runs"][0]["seeds"]
+    return {
+        "loss": [h["loss"] for h in run["history"]],
+        "valid": [h["valid"] for h in run["history"]],
+        "test": [h["test"] for h in run["history"]],
+        "best_epoch": run["best_epoch"],
+        "test_at_best": run["test_at_best"],
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_seeded_run_gives_the_pinned_numbers(case, tmp_path):
+    pinned = json.loads(RUNS.read_text())[case]
+    got = _run(case, tmp_path)
+    assert got["loss"] == pytest.approx(pinned["loss"], rel=1e-6), f"{case}: training losses moved"
+    assert got["valid"] == pinned["valid"], f"{case}: valid metrics moved"
+    assert got["test"] == pinned["test"], f"{case}: test metrics moved"
+    assert got["best_epoch"] == pinned["best_epoch"]
+    assert got["test_at_best"] == pinned["test_at_best"]
+
+
+def test_checkpoint_written_before_the_move_evaluates_to_its_numbers(capsys):
+    pinned = json.loads(RUNS.read_text())["dualgnn"]["test_at_best"]
+    assert main(["evaluate", str(CHECKPOINT), "--metrics", "recall,ndcg,precision,map"]) == 0
+    test_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test "))
+    words = test_line.split()[1:]
+    printed = dict(zip(words[::2], (float(v) for v in words[1::2])))
+    assert printed == {k: pytest.approx(v, abs=5e-5) for k, v in pinned.items()}  # printed to 4 decimals
+
+
+def _record() -> None:
+    """Re-records every case (and the DualGNN checkpoint) with the code as it is now."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        runs = {}
+        for case in sorted(CASES):
+            runs[case] = _run(case, tmp, tmp / "ckpt" if case == "dualgnn" else None)
+            print(f"{case}: losses {runs[case]['loss']}")
+        PINNED.mkdir(exist_ok=True)
+        RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+        shutil.rmtree(CHECKPOINT, ignore_errors=True)
+        shutil.copytree(tmp / "ckpt" / "combo0-seed999" / "best.ckpt", CHECKPOINT)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--record"]:
+        sys.exit("usage: python tests/test_pinned_runs.py --record")
+    _record()
