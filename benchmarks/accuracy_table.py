@@ -71,7 +71,7 @@ def packaged_settings(model: str) -> tuple[dict, dict]:
 def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epochs: int, patience: int, valid_metric: str) -> dict:
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
 
     import dataclasses
 

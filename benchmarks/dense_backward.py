@@ -2,7 +2,7 @@
 
 Every multimodal model projects raw feature rows through a Linear layer, ``x @ w`` with
 ``x`` (n, F) and ``w`` (F, d). Autodiff writes the gradient of ``w`` as a product that
-contracts the long first axis of both operands; :func:`mirrorgrad_jax.models.base.dense`
+contracts the long first axis of both operands; :func:`mirrorgrad_jax.models.dense`
 computes the same numbers as ``(g^T x)^T``. This times, at the shapes the models use on
 the Baby-scale data, the gradient of ``w`` alone and ``jax.grad`` through the projection
 (both gradients when the table itself trains, as in FREEDOM, MGCN and LATTICE; XLA drops
@@ -15,7 +15,7 @@ Shapes (Baby: 7,050 items, 19,445 users, image 4,096-d, text 384-d, d = 64):
 * a 192-wide fusion layer over all 26,495 nodes (SLMRec) and a 64-wide one, narrower
   than ``DENSE_MIN_WIDTH``, where ``dense`` keeps the plain product (a control);
 * in-batch logits ``a @ b^T`` of 2,048 rows (the contrastive losses of SLMRec and MGCN)
-  through :func:`~mirrorgrad_jax.models.base.pairwise_scores`, whose gradient of ``b``
+  through :func:`~mirrorgrad_jax.models.pairwise_scores`, whose gradient of ``b``
   (``g^T a``) is the same transposed-operand product.
 
 Usage: python benchmarks/dense_backward.py [--repeats 12] [--out benchmarks/results/dense_backward.md]
@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from propagation import time_round_robin  # noqa: E402
 from reporting import emit, machine_line  # noqa: E402
 
-from mirrorgrad_jax.models.base import DENSE_MIN_WIDTH, dense, pairwise_scores  # noqa: E402
+from mirrorgrad_jax.models import dense, pairwise_scores
+from mirrorgrad_jax.models.kernels import DENSE_MIN_WIDTH  # noqa: E402
 
 # (label, rows, input width F, output width d, whether the rows themselves train)
 SHAPES = [

@@ -52,7 +52,7 @@ def measure(model: str, mg: bool, epochs: int, folder: str) -> dict:
     import numpy as np
 
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
 
     dataset = baby_dataset(folder)
     cls = get_model(model)

@@ -7,7 +7,7 @@ Workloads: an MLP classifier and an embedding-heavy BPR matrix factorisation (tw
 * ``opaque-cond``         : opaque MG, branch chosen inside the program by ``lax.cond``.
 * ``opaque-static``       : opaque MG, ``mirror`` as a static flag (two compiled programs),
                             the two sub-steps returned as one combined update.
-* ``transparent-static``  : transparent MG through :func:`mirrorgrad_jax.steps.make_train_steps`;
+* ``transparent-static``  : transparent MG through :func:`mirrorgrad_jax.optim.make_train_steps`;
                             two programs, the mirror one applies both sub-steps in place.
                             The recommended style.
 * ``scan-plain``          : Adam, a whole pass as one ``lax.scan`` (baseline of the scan family).
@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from mirrorgrad_jax import is_mirror_batch, mirror_gradient
-from mirrorgrad_jax.steps import make_block_step, make_train_steps
+from mirrorgrad_jax.optim import make_block_step, make_train_steps
 
 BETA = 3
 

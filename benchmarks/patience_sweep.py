@@ -6,7 +6,7 @@ with WHEN training happens to stop: one plain run that peaks early, dips and is 
 the patience rule moves a 3-seed mean as much as a real improvement. Here every run
 (plain and MG, alpha1 1.0, alpha2 ``--alpha2``, beta 3) trains to a fixed epoch budget
 with no early stop, evaluating validation and test after every epoch; the rule
-(:func:`mirrorgrad_jax.patience.replay_early_stopping`, equal to a live run by test) is
+(:func:`mirrorgrad_jax.analysis.patience.replay_early_stopping`, equal to a live run by test) is
 then replayed for patience 5, 10, 20, 50 and "none" (the best validation epoch over the
 whole budget). Selection metric: validation recall@20 (as ``accuracy_table.py``).
 
@@ -39,12 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_table import _device_counts, _fmt, append_run, read_runs, run_workers
 
-from mirrorgrad_jax.patience import (
-    DEFAULT_PATIENCES,
-    paired_difference,
-    patience_label,
-    sweep_patience,
-)
+from mirrorgrad_jax.analysis.patience import DEFAULT_PATIENCES, paired_difference, patience_label, sweep_patience
 
 METRIC = "recall@20"
 KEPT_METRICS = ("recall@20", "ndcg@20")
@@ -149,7 +144,7 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, budg
     from mirrorgrad_jax.models import build_config
 
     from mirrorgrad_jax.data import load_dataset
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
 
     dataset = _DATASETS.setdefault(dataset_name, load_dataset(dataset_name, verbose=False))
     cls = _model_class(model)
@@ -317,7 +312,7 @@ def render(rows: list[dict], args, command: str) -> str:
             "Protocol: every run trains to its budget with no early stopping (patience = budget), evaluating validation "
             f"and test after every epoch; the reference's rule (strict improvement of the 4-decimal validation {METRIC}, stop after "
             "patience + 1 non-improving epochs, test at the best validation epoch) is replayed afterwards with "
-            "`mirrorgrad_jax.patience.replay_early_stopping` (equal to a live run at that patience, tested in "
+            "`mirrorgrad_jax.analysis.patience.replay_early_stopping` (equal to a live run at that patience, tested in "
             "`tests/test_patience.py`). \"none\" = the best validation epoch over the whole budget. "
             f"Selection metric: validation {METRIC} (the MG reference uses recall@5, upstream MMRec recall@20).  "
         ),

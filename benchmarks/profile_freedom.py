@@ -36,7 +36,7 @@ VARIANTS = {
 
 def train_variants(graph: str) -> None:
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
 
     dataset = baby_dataset(graph)
     cls = get_model("freedom")

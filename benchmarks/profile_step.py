@@ -254,7 +254,7 @@ def main(argv=None) -> None:
     from reporting import emit, machine_line
 
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
 
     try:
         try:

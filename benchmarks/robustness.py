@@ -54,8 +54,8 @@ def cell_key(cell: dict) -> tuple:
 def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: int, patience: int, fig_dir: str) -> dict:
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.comparison import compare_runs, train_and_measure
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig
+    from mirrorgrad_jax.analysis.comparison import compare_runs, train_and_measure
+    from mirrorgrad_jax.train import MGConfig, TrainConfig
 
     dataset = load_dataset(dataset_name, verbose=False)
     cls = get_model(model)

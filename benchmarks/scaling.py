@@ -113,7 +113,8 @@ def measure(model: str, data: str, mesh_label: str, batches: int, eval_blocks: i
     from mirrorgrad_jax.data import epoch_batches
     from mirrorgrad_jax.evaluation import RankingEvaluator
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, _Engine, _placement, build_optimizer
+    from mirrorgrad_jax.train import EpochEngine as _Engine, MGConfig, TrainConfig, build_optimizer
+    from mirrorgrad_jax.train.loop import _placement
 
     mesh, shard, _ = MESHES[mesh_label]
     t0 = time.perf_counter()

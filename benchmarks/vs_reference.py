@@ -4,7 +4,7 @@ Given a checkout of the public reference (Qrange-group/Mirror-Gradient, fetched 
 user; nothing of it enters this repository), this runs the reference's OWN trainer
 (``common.trainer.Trainer.fit`` on its ``RecDataset`` / ``TrainDataLoader`` /
 ``EvalDataLoader`` and its model classes) and this project's trainer
-(:func:`mirrorgrad_jax.trainer.train`) on the SAME data folder with the same
+(:func:`mirrorgrad_jax.train.train`) on the SAME data folder with the same
 hyper-parameters, and reports per-epoch train time, evaluation time, the MG overhead
 of both and the ratios, with the machine, versions and thread counts.
 
@@ -391,13 +391,13 @@ def reference_child(reference: str, data_root: str, model: str, mg: bool, epochs
 
 
 def ours_child(data_folder: str, model: str, mg: bool, epochs: int) -> None:
-    """One arm of this project: :func:`mirrorgrad_jax.trainer.train` as a library."""
+    """One arm of this project: :func:`mirrorgrad_jax.train.train` as a library."""
     import jax
 
     from mirrorgrad_jax.data import load_mmrec
     from mirrorgrad_jax.evaluation import RankingEvaluator
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
 
     dataset = load_mmrec(data_folder, verbose=False)
     cls = get_model(model)

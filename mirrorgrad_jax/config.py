@@ -1,9 +1,24 @@
-"""Typed configuration: field-type checks for the config dataclasses, and YAML numbers as people write them.
+"""Typed configuration: every setting declared once, with its type, allowed values and range.
 
-Every config dataclass (:class:`~mirrorgrad_jax.trainer.TrainConfig`, ``MGConfig``, each
-model's config) calls :func:`check_field_types` first thing in ``__post_init__``, so a
-value of the wrong type is refused at construction with an error naming the field, the
-value and the expected type, instead of failing later deep inside a comparison or XLA.
+A config is a frozen dataclass made with :func:`config_class`. Each field's annotation
+says everything that is allowed: its type, its choices (``Literal``) and its range
+(``Annotated`` with :class:`Range`, or one of the aliases below); rules that tie several
+fields together are declared as :class:`Constraint` objects in ``constraints``. One
+function, :func:`check_config`, runs on construction and raises a
+:class:`~mirrorgrad_jax.errors.ConfigError` naming the field, the value given and what is
+allowed, instead of a failure later deep inside a comparison or XLA::
+
+    @config_class
+    class MyConfig:
+        embedding_size: PositiveInt = 64
+        dropout: Fraction = 0.1
+        projection: Literal["rows", "all"] = "rows"
+
+    MyConfig(dropout=1.5)
+    # ConfigError: MyConfig.dropout must be a finite number in [0, 1), got 1.5
+
+Lossless conversions are applied (an int where a float is expected, an integral float
+where an int is, a list where a tuple is), so YAML and command-line values fit.
 
 :func:`load_yaml` / :func:`parse_scalar` read numbers the way people write them.
 PyYAML implements YAML 1.1, where ``1e-4`` (no dot) and ``1E5`` are *strings*; the
@@ -15,17 +30,32 @@ Python's ``float()`` accepts as a plain decimal (``1e-4``, ``1E-4``, ``.5``, ``5
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, NamedTuple, Union
 
 import numpy as np
 import yaml
 
 from mirrorgrad_jax.errors import ConfigError
 
-__all__ = ["check_field_types", "load_yaml", "parse_scalar"]
+__all__ = [
+    "Constraint",
+    "Fraction",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "PositiveFloat",
+    "PositiveInt",
+    "Range",
+    "UnitInterval",
+    "check_config",
+    "check_field_types",
+    "config_class",
+    "load_yaml",
+    "parse_scalar",
+]
 
 
 class _NumberLoader(yaml.SafeLoader):
@@ -48,12 +78,90 @@ def parse_scalar(text: str) -> Any:
     return load_yaml(text)
 
 
+# ---------------------------------------------------------------------------------------
+# Declaring what is allowed.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The bounds of a numeric field: ``Annotated[float, Range(ge=0, lt=1)]``.
+
+    Every bound is optional; a ranged value must also be finite (no NaN, no infinity).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` is finite and inside every bound."""
+        if not math.isfinite(value):
+            return False
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def describe(self) -> str:
+        """``">= 1"``, ``"> 0"``, ``"in [0, 1)"``..."""
+        low = (f"[{self.ge:g}", self.ge) if self.ge is not None else (f"({self.gt:g}", self.gt) if self.gt is not None else None
+        high = (f"{self.le:g}]", self.le) if self.le is not None else (f"{self.lt:g})", self.lt) if self.lt is not None else None
+        if low and high:
+            return f"in {low[0]}, {high[0]}"
+        if low:
+            return (">= " if self.ge is not None else "> ") + f"{low[1]:g}"
+        if high:
+            return ("<= " if self.le is not None else "< ") + f"{high[1]:g}"
+        return "any"
+
+
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+#: A share that may be 0 but not 1: dropout rates, pruned fractions.
+Fraction = Annotated[float, Range(ge=0, lt=1)]
+#: A weight in ``[0, 1]``.
+UnitInterval = Annotated[float, Range(ge=0, le=1)]
+
+
+class Constraint(NamedTuple):
+    """A rule over several fields of one config, declared in its ``constraints``.
+
+    Attributes:
+      fields: the fields the rule reads (named in the error).
+      holds: ``holds(config) -> bool``, called once every field has its type and range.
+      requirement: what is allowed, completing "``<fields>`` ...", e.g. ``"must differ"``.
+    """
+
+    fields: tuple[str, ...]
+    holds: Callable[[Any], bool]
+    requirement: str
+
+
+# ---------------------------------------------------------------------------------------
+# Checking.
+# ---------------------------------------------------------------------------------------
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if tp is type(None):
         return "null"
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        ranges = [e for e in extras if isinstance(e, Range)]
+        text = _describe(base)
+        if ranges and base in (int, float):
+            text = ("an integer " if base is int else "a finite number ") + " and ".join(r.describe() for r in ranges)
+        return text
     if origin is Literal:
-        return " or ".join(repr(v) for v in typing.get_args(tp))
+        choices = typing.get_args(tp)
+        return repr(choices[0]) if len(choices) == 1 else "one of " + ", ".join(repr(v) for v in choices)
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is tuple:
@@ -69,9 +177,15 @@ class _Mismatch(Exception):
 
 
 def _coerce(value: Any, tp: Any) -> Any:
-    """``value`` converted to ``tp`` when that loses nothing; raises _Mismatch otherwise."""
+    """``value`` converted to ``tp`` when that loses nothing and it is allowed; raises _Mismatch otherwise."""
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _coerce(value, base)
+        if any(isinstance(e, Range) and not e.contains(value) for e in extras):
+            raise _Mismatch
         return value
     if tp is type(None):
         if value is None:
@@ -127,15 +241,15 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def check_field_types(config: Any) -> None:
-    """Checks every field of the dataclass instance ``config`` against its annotation.
+    """Checks every field of the dataclass instance ``config`` against its annotation, in place.
 
-    Lossless conversions are applied in place (an int where a float is expected, an
-    integral float where an int is, a list where a tuple is); anything else raises.
+    Types, ``Literal`` choices and :class:`Range` bounds; lossless conversions are
+    written back into the (possibly frozen) instance.
 
     Raises:
-      ConfigError: naming the field, the value and the expected type.
+      ConfigError: ``"<Class>.<field> must be <what is allowed>, got <value> (<type>)"``.
     """
-    hints = typing.get_type_hints(type(config))
+    hints = typing.get_type_hints(type(config), include_extras=True)
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         expected = hints.get(field.name, Any)
@@ -154,3 +268,37 @@ def check_field_types(config: Any) -> None:
                 f"({type(value).__name__}){hint}"
             ) from None
         object.__setattr__(config, field.name, converted)
+
+
+def check_config(config: Any) -> None:
+    """The one check of a config: every field (:func:`check_field_types`), then every :class:`Constraint`.
+
+    Raises:
+      ConfigError: naming the field(s), the value(s) and what is allowed.
+    """
+    check_field_types(config)
+    for rule in getattr(type(config), "constraints", ()):
+        if not rule.holds(config):
+            values = ", ".join(f"{name}={getattr(config, name)!r}" for name in rule.fields)
+            names = " and ".join(rule.fields)
+            raise ConfigError(f"{type(config).__name__}.{names} {rule.requirement}, got {values}")
+
+
+def config_class(cls: type) -> type:
+    """Makes ``cls`` a frozen dataclass checked by :func:`check_config` on construction.
+
+    ``constraints`` (a tuple of :class:`Constraint`, left unannotated) is a class attribute,
+    not a field.
+
+    A ``__post_init__`` the class defines runs after the check (for normalising a value,
+    never for validating one: declare that in the annotation or in ``constraints``).
+    """
+    own_post_init = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if own_post_init is not None:
+            own_post_init(self)
+
+    cls.__post_init__ = __post_init__
+    return dataclasses.dataclass(frozen=True)(cls)

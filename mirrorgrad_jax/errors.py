@@ -7,7 +7,7 @@ handle every expected input mistake at once (each is also a ``ValueError``).
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "UserInputError"]
+__all__ = ["CheckpointError", "ConfigError", "TrainingError", "UserInputError"]
 
 
 class UserInputError(ValueError):
@@ -20,3 +20,7 @@ class ConfigError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A file or folder that is not a usable mirrorgrad checkpoint for the request."""
+
+
+class TrainingError(UserInputError):
+    """A training set-up that cannot run as asked (a checkpoint that cannot be resumed from, a model's declared parameter groups that do not exist)."""

@@ -1,24 +1,32 @@
-"""Flax NNX recommenders, one per file, all on the interface of :mod:`.base`.
+"""Flax NNX recommenders, one per file, all on the interface of :mod:`.interface`.
 
 The reference zoo (VBPR, MMGCN, GRCN, DualGNN, SLMRec, BM3, FREEDOM, DRAGON, LATTICE,
 MGCN, LayerGCN, SELFCFED_LGN, MVGAE, ItemKNNCBF) and two baselines (BPR-MF, LightGCN).
+Beside the models:
+
+* :mod:`.interface`: :class:`Recommender` and the variable types a model holds;
+* :mod:`.registry`: names to classes (:func:`get_model`), configs from mappings;
+* :mod:`.inputs`: a model's modality tables and edges, read from a dataset;
+* :mod:`.kernels`, :mod:`.losses`, :mod:`.initializers`: the numerical pieces models share.
+
+Adding a model is one file here (a config made with
+:func:`~mirrorgrad_jax.config.config_class` and a registered :class:`Recommender`), one
+packaged config in ``configs/``, its specific tests and a row in the docs' model table;
+the model contract test (``tests/test_model_contract.py``) covers the rest.
 """
 
-from mirrorgrad_jax.models.base import (
+from mirrorgrad_jax.models.interface import (
     CHECKPOINTED,
     Constant,
     EpochSample,
     FrozenRandom,
     Recommender,
     TrainingCache,
-    available_models,
-    build_config,
+    TrainingSetup,
     check_ready_to_rank,
-    dense,
-    get_model,
-    pairwise_scores,
-    register,
 )
+from mirrorgrad_jax.models.kernels import dense, pairwise_scores
+from mirrorgrad_jax.models.registry import available_models, build_config, get_model, register
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
 from mirrorgrad_jax.models.dragon import DRAGON, DRAGONConfig
@@ -80,6 +88,7 @@ __all__ = [
     "SLMRec",
     "SLMRecConfig",
     "TrainingCache",
+    "TrainingSetup",
     "VBPR",
     "VBPRConfig",
 ]

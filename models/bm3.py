@@ -1,6 +1,6 @@
 """BM3 (Zhou et al., 2023, "Bootstrap Latent Representations for Multi-modal Recommendation").
 
-Spec card 3.6. A self-supervised model trained WITHOUT negatives (batches are ``(2, B)``
+The reference's ``bm3.py``. A self-supervised model trained WITHOUT negatives (batches are ``(2, B)``
 ``[users; positives]``):
 
 * LightGCN on ``A_sym`` (``n_layers`` layers, mean of the ``n_layers + 1`` outputs) gives
@@ -36,7 +36,7 @@ role out). A named modality the dataset lacks is left out with a warning, as the
 skips a missing feature file; a dataset with neither is refused with a ``ValueError``
 naming what is missing and what is there. Other modalities are not used (also warned).
 
-Parameters (card: ``d(U + I) + (d^2 + d) + sum_m [I F_m + F_m d + d]``, 85,983,488 on
+Parameters (the reference's count: ``d(U + I) + (d^2 + d) + sum_m [I F_m + F_m d + d]``, 85,983,488 on
 sports): the same set as the reference; the reference registers nothing unused.
 
 Implementation notes (no effect on the maths): the modality projections and their
@@ -47,68 +47,27 @@ its mask exactly as in the reference).
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, config_class
 from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import dense, Constant, Recommender, frobenius, register, torch_linear_default, xavier_normal, xavier_uniform
+from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_normal, xavier_uniform
+from mirrorgrad_jax.models.inputs import image_and_text_features, modality_role_constraints
+from mirrorgrad_jax.models.interface import Constant, Recommender
+from mirrorgrad_jax.models.kernels import dense
+from mirrorgrad_jax.models.losses import frobenius
+from mirrorgrad_jax.models.registry import register
 
-__all__ = ["BM3", "BM3Config", "image_and_text_features"]
+__all__ = ["BM3", "BM3Config"]
 
 # torch.nn.functional.cosine_similarity clamps each norm at this value.
 _COSINE_EPS = 1e-8
 
 
-def image_and_text_features(dataset, image_modality: str, text_modality: str, model: str) -> dict[str, np.ndarray]:
-    """The dataset's feature tables for the reference's image (``v_feat``) and text (``t_feat``) roles.
-
-    Args:
-      dataset: a :class:`~mirrorgrad_jax.data.RecDataset`.
-      image_modality: dataset modality used as the image features (``""``: none).
-      text_modality: dataset modality used as the text features (``""``: none).
-      model: model name for messages.
-
-    Returns:
-      ``{"image": (I, F_v), "text": (I, F_t)}`` float32, holding only the roles that are
-      present (the reference runs with either one alone).
-
-    Raises:
-      ValueError: when neither named modality is in the dataset.
-    """
-    available = sorted(dataset.features)
-    wanted = {"image": image_modality, "text": text_modality}
-    found = {role: np.asarray(dataset.features[name], np.float32) for role, name in wanted.items() if name and name in dataset.features}
-    if not found:
-        named = [f"{role}_modality={name!r}" for role, name in wanted.items() if name]
-        raise ValueError(
-            f"{model} needs an image and/or a text feature table, but dataset {dataset.name!r} has none of "
-            f"{' / '.join(named) or 'the (disabled) roles'}: its modalities are {available or 'none'}; "
-            f"set image_modality / text_modality to the names to use"
-        )
-    for role, name in wanted.items():
-        if name and role not in found:
-            warnings.warn(
-                f"{model}: dataset {dataset.name!r} has no {name!r} modality (its modalities are {available}); "
-                f"training without {role} features, as the reference does when that feature file is missing",
-                stacklevel=3,
-            )
-    unused = sorted(set(available) - {n for n in wanted.values() if n})
-    if unused:
-        warnings.warn(
-            f"{model} uses only the image and text roles; modalities {unused} of dataset {dataset.name!r} are ignored "
-            f"(set image_modality / text_modality to use them)",
-            stacklevel=3,
-        )
-    return found
-
-
-@dataclasses.dataclass(frozen=True)
+@config_class
 class BM3Config:
     """Attributes:
     embedding_size: d, of the id tables, the predictor and the modality projections (64; the
@@ -123,30 +82,15 @@ class BM3Config:
     The reference has only the grid; the defaults here are its first values.
     """
 
-    embedding_size: int = 64
-    n_layers: int = 1
-    dropout: float = 0.3
-    reg_weight: float = 0.1
-    cl_weight: float = 2.0
+    embedding_size: PositiveInt = 64
+    n_layers: NonNegativeInt = 1
+    dropout: Fraction = 0.3
+    reg_weight: NonNegativeFloat = 0.1
+    cl_weight: NonNegativeFloat = 2.0
     image_modality: str = "image"
     text_modality: str = "text"
 
-    def __post_init__(self):
-        check_field_types(self)
-        if self.embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
-        if self.n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {self.n_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if self.cl_weight < 0:
-            raise ValueError(f"cl_weight must be >= 0, got {self.cl_weight}")
-        if not self.image_modality and not self.text_modality:
-            raise ValueError("image_modality and text_modality cannot both be empty: BM3 needs a modality")
-        if self.image_modality and self.image_modality == self.text_modality:
-            raise ValueError(f"image_modality and text_modality must differ, both are {self.image_modality!r}")
+    constraints = modality_role_constraints("BM3")
 
 
 def _cosine_loss(online: jax.Array, target: jax.Array) -> jax.Array:

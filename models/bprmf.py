@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax.numpy as jnp
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.models.base import Recommender, bpr_log_likelihood, frobenius, register, xavier_uniform
+from mirrorgrad_jax.config import NonNegativeFloat, PositiveInt, config_class
+from mirrorgrad_jax.models.initializers import xavier_uniform
+from mirrorgrad_jax.models.interface import Recommender
+from mirrorgrad_jax.models.losses import bpr_log_likelihood, frobenius
+from mirrorgrad_jax.models.registry import register
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class BPRMFConfig:
     """Attributes:
     embedding_size: dimension of user and item embeddings (64 in MMRec).
@@ -19,11 +21,8 @@ class BPRMFConfig:
       embeddings divided by the batch size.
     """
 
-    embedding_size: int = 64
-    reg_weight: float = 1e-4
-
-    def __post_init__(self):
-        check_field_types(self)
+    embedding_size: PositiveInt = 64
+    reg_weight: NonNegativeFloat = 1e-4
 
 
 @register

@@ -1,4 +1,4 @@
-"""DRAGON (Zhou et al., 2023) as the reference card describes it (spec section 3.8).
+"""DRAGON (Zhou et al., 2023) as the reference implements it (``dragon.py`` of the Mirror Gradient repository, built on MMRec).
 
 The modality branches are DualGNN's (:class:`~mirrorgrad_jax.models.dualgnn.ModalityGCN`:
 trainable ``pref_m (U, d)``, MLP ``F_m -> 4d -> d`` on the RAW, constant feature table,
@@ -36,22 +36,23 @@ item" edge lists are never read either. None of them is created here, so the cou
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, NonNegativeInt, PositiveInt, UnitInterval, config_class
 from mirrorgrad_jax.graph import combine_knn, knn_item_graph, knn_propagate
-from mirrorgrad_jax.models.base import Constant, TrainingCache, register
-from mirrorgrad_jax.models.dualgnn import AGGR_MODES, DualGraphRecommender, aggregate_user_neighbours, log2_bpr_loss
+from mirrorgrad_jax.models.inputs import require_knn_k
+from mirrorgrad_jax.models.interface import Constant, TrainingCache
+from mirrorgrad_jax.models.registry import register
+from mirrorgrad_jax.models.dualgnn import AggrMode, DualGraphRecommender, aggregate_user_neighbours, log2_bpr_loss
 
 __all__ = ["DRAGON", "DRAGONConfig"]
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class DRAGONConfig:
     """Attributes:
     embedding_size: latent size d of each modality branch (64; MLP width 4d; the
@@ -66,39 +67,19 @@ class DRAGONConfig:
       rank with the representation cached by the last training forward).
     """
 
-    embedding_size: int = 64
-    reg_weight: float = 1e-3
-    knn_k: int = 10
-    mm_image_weight: float = 0.1
-    n_mm_layers: int = 1
-    aggr_mode: str = "add"
-    num_user_neighbours: int = 40
+    embedding_size: PositiveInt = 64
+    reg_weight: NonNegativeFloat = 1e-3
+    knn_k: PositiveInt = 10
+    mm_image_weight: UnitInterval = 0.1
+    n_mm_layers: NonNegativeInt = 1
+    aggr_mode: AggrMode = "add"
+    num_user_neighbours: PositiveInt = 40
     stale_eval: bool = False
-
-    def __post_init__(self):
-        check_field_types(self)
-        if int(self.embedding_size) < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
-        if not self.reg_weight >= 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if int(self.knn_k) < 1:
-            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
-        if not 0.0 <= self.mm_image_weight <= 1.0:
-            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
-        if int(self.n_mm_layers) < 0:
-            raise ValueError(f"n_mm_layers must be >= 0, got {self.n_mm_layers}")
-        if self.aggr_mode not in AGGR_MODES:
-            raise ValueError(f"aggr_mode must be one of {AGGR_MODES}, got {self.aggr_mode!r}")
-        if int(self.num_user_neighbours) < 1:
-            raise ValueError(f"num_user_neighbours must be >= 1, got {self.num_user_neighbours}")
-        if not isinstance(self.stale_eval, bool):
-            raise ValueError(f"stale_eval must be True or False, got {self.stale_eval!r}")
 
 
 def multimodal_knn_graph(features, modalities, k: int, image_weight: float) -> tuple[jax.Array, jax.Array]:
     """``mm_adj`` as ``(I, m k)`` lists: ``w K_bin(image) + (1 - w) K_bin(text)``, or one modality's K_bin."""
-    if k > len(features[modalities[0]]):
-        raise ValueError(f"knn_k={k} exceeds the number of items ({len(features[modalities[0]])})")
+    require_knn_k(k, len(features[modalities[0]]), "DRAGON")
     graphs = {m: knn_item_graph(np.asarray(features[m], np.float32), k, values="binary") for m in modalities}
     if len(graphs) == 1:
         return next(iter(graphs.values()))

@@ -1,4 +1,4 @@
-"""DualGNN (Wang et al., IEEE TMM 2021) as the reference card describes it (spec section 3.4).
+"""DualGNN (Wang et al., IEEE TMM 2021) as the reference implements it (``dualgnn.py`` of the Mirror Gradient repository, built on MMRec).
 
 Per modality m (``image`` = v, then ``text`` = t; other modalities are ignored, as in
 the reference), a weight-free two-hop GCN over the user-item graph:
@@ -42,7 +42,8 @@ and the MLP width ``4 * 64``; its ``embedding_size`` is also 64).
 
 from __future__ import annotations
 
-import dataclasses
+import typing
+from typing import Literal
 import functools
 
 import jax
@@ -50,7 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, PositiveInt, config_class
+from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.graph import (
     bipartite_edges,
     build_user_graph,
@@ -59,14 +61,18 @@ from mirrorgrad_jax.graph import (
     segment_mean,
     symmetric_edge_norm,
 )
-from mirrorgrad_jax.models.base import dense, Constant, EpochSample, Recommender, TrainingCache, register, rownorm
+from mirrorgrad_jax.models.interface import Constant, EpochSample, Recommender, TrainingCache
+from mirrorgrad_jax.models.kernels import dense, rownorm
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["DualGNN", "DualGNNConfig", "DualGraphRecommender", "ModalityGCN", "UserNeighbourSampler", "reference_modalities"]
 
 _LN2 = float(np.log(2.0))
 # F.normalize's default epsilon.
-AGGR_MODES = ("add", "mean")
-USER_FUSIONS = ("aliased", "weighted_sum")
+AggrMode = Literal["add", "mean"]
+UserFusion = Literal["aliased", "weighted_sum"]
+AGGR_MODES: tuple[str, ...] = typing.get_args(AggrMode)
+USER_FUSIONS: tuple[str, ...] = typing.get_args(UserFusion)
 
 
 def reference_modalities(features) -> tuple[str, ...]:
@@ -210,7 +216,7 @@ def aggregate_user_neighbours(user_rep: jax.Array, idx: jax.Array, weights: jax.
     return jnp.einsum("uk,ukd->ud", weights, user_rep[idx])
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class DualGNNConfig:
     """Attributes:
     embedding_size: latent size d of each modality branch (64; MLP width 4d).
@@ -224,33 +230,18 @@ class DualGNNConfig:
       (True, reference) or recompute it (False).
     """
 
-    embedding_size: int = 64
-    reg_weight: float = 1e-3
-    aggr_mode: str = "add"
-    num_user_neighbours: int = 40
-    user_fusion: str = "aliased"
+    embedding_size: PositiveInt = 64
+    reg_weight: NonNegativeFloat = 1e-3
+    aggr_mode: AggrMode = "add"
+    num_user_neighbours: PositiveInt = 40
+    user_fusion: UserFusion = "aliased"
     stale_eval: bool = True
-
-    def __post_init__(self):
-        check_field_types(self)
-        if int(self.embedding_size) < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
-        if not self.reg_weight >= 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if self.aggr_mode not in AGGR_MODES:
-            raise ValueError(f"aggr_mode must be one of {AGGR_MODES}, got {self.aggr_mode!r}")
-        if int(self.num_user_neighbours) < 1:
-            raise ValueError(f"num_user_neighbours must be >= 1, got {self.num_user_neighbours}")
-        if self.user_fusion not in USER_FUSIONS:
-            raise ValueError(f"user_fusion must be one of {USER_FUSIONS}, got {self.user_fusion!r}")
-        if not isinstance(self.stale_eval, bool):
-            raise ValueError(f"stale_eval must be True or False, got {self.stale_eval!r}")
 
 
 def check_modalities(name: str, dataset) -> tuple[str, ...]:
     modalities = reference_modalities(dataset.features)
     if not modalities:
-        raise ValueError(
+        raise ConfigError(
             f"{name} needs an 'image' and/or a 'text' feature table, but dataset {dataset.name!r} has "
             f"{sorted(dataset.features) or 'none'}"
         )

@@ -1,6 +1,6 @@
 """FREEDOM (Zhou & Shen, 2023, "A Tale of Two Graphs: Freezing and Denoising Graph Structures").
 
-Spec card 3.7. Two graphs:
+The reference's ``freedom.py``. Two graphs:
 
 * a FROZEN item-item graph ``mm_adj = w K_bin(image) + (1 - w) K_bin(text)`` with
   ``w = mm_image_weight`` (0.1), built once at init from the RAW feature tables
@@ -37,7 +37,7 @@ image and text roles are filled by the dataset modalities named ``image_modality
 reference uses that modality's kNN graph alone (weight 1) and only its BPR term; a dataset
 with neither is refused with a ``ValueError`` naming what is missing.
 
-Parameters (card: ``d(U + I) + sum_m [I F_m + F_m d + d]``, 85,979,328 on sports); the
+Parameters (the reference's count: ``d(U + I) + sum_m [I F_m + F_m d + d]``, 85,979,328 on sports); the
 projections use torch's default Linear init. The reference's ``lambda_coeff``,
 ``weight_size``, ``cf_model`` and ``degree_ratio`` are read but unused, and
 ``feat_embed_dim`` must equal ``embedding_size`` (user vectors are dotted with the
@@ -46,14 +46,13 @@ projected features), so none of them is an option here.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, UnitInterval, config_class
 from mirrorgrad_jax.graph import (
     CooAdjacency,
     combine_knn,
@@ -64,23 +63,17 @@ from mirrorgrad_jax.graph import (
     normalized_bipartite_adjacency,
     sample_edges_degree_sensitive,
 )
-from mirrorgrad_jax.models.base import (
-    dense,
-    Constant,
-    EpochSample,
-    Recommender,
-    bpr_log_likelihood,
-    edges_to_sample,
-    register,
-    torch_linear_default,
-    xavier_uniform,
-)
-from mirrorgrad_jax.models.bm3 import image_and_text_features
+from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.inputs import edges_to_sample, image_and_text_features, modality_role_constraints, require_knn_k
+from mirrorgrad_jax.models.interface import Constant, EpochSample, Recommender
+from mirrorgrad_jax.models.kernels import dense
+from mirrorgrad_jax.models.losses import bpr_log_likelihood
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["FREEDOM", "FREEDOMConfig"]
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class FREEDOMConfig:
     """Attributes:
     embedding_size: d of the id tables and of the modality projections (64).
@@ -98,35 +91,17 @@ class FREEDOMConfig:
     branches untrained).
     """
 
-    embedding_size: int = 64
-    n_mm_layers: int = 1
-    n_ui_layers: int = 2
-    knn_k: int = 10
-    mm_image_weight: float = 0.1
-    dropout: float = 0.8
-    reg_weight: float = 1e-4
+    embedding_size: PositiveInt = 64
+    n_mm_layers: NonNegativeInt = 1
+    n_ui_layers: NonNegativeInt = 2
+    knn_k: PositiveInt = 10
+    mm_image_weight: UnitInterval = 0.1
+    dropout: Fraction = 0.8
+    reg_weight: NonNegativeFloat = 1e-4
     image_modality: str = "image"
     text_modality: str = "text"
 
-    def __post_init__(self):
-        check_field_types(self)
-        if self.embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
-        for name in ("n_mm_layers", "n_ui_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.knn_k < 1:
-            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
-        if not 0.0 <= self.mm_image_weight <= 1.0:
-            raise ValueError(f"mm_image_weight must be in [0, 1], got {self.mm_image_weight}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if not self.image_modality and not self.text_modality:
-            raise ValueError("image_modality and text_modality cannot both be empty: FREEDOM needs a modality")
-        if self.image_modality and self.image_modality == self.text_modality:
-            raise ValueError(f"image_modality and text_modality must differ, both are {self.image_modality!r}")
+    constraints = modality_role_constraints("FREEDOM")
 
 
 @register
@@ -139,8 +114,7 @@ class FREEDOM(Recommender):
 
     def __init__(self, dataset, config: FREEDOMConfig, *, rngs: nnx.Rngs):
         feats = image_and_text_features(dataset, config.image_modality, config.text_modality, "FREEDOM")
-        if config.knn_k > dataset.num_items:
-            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({dataset.num_items})")
+        require_knn_k(config.knn_k, dataset.num_items, "FREEDOM")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         d = config.embedding_size

@@ -1,4 +1,4 @@
-"""GRCN (Wei et al., MM 2020) as the reference card describes it (spec section 3.3).
+"""GRCN (Wei et al., MM 2020) as the reference implements it (``grcn.py`` of the Mirror Gradient repository, built on MMRec).
 
 Nodes are users ``0..U-1`` then items ``U..N-1``; ``e`` is the one-directional train
 edge list (user -> item) and ``e2 = [e; reversed e]``. PyG flow: a message is computed
@@ -49,27 +49,33 @@ single modality the reference would crash (it misspells ``content_rep`` in its t
 path); here the representation is then ``[id_rep || rep_m]``.
 
 Parameters: ``d N`` (id_emb) + ``sum_m (C U + C F_m + C)`` (preference, MLP) + ``M N``
-(conf). On the card's sports dimensions (U = 35,598, I = 18,357, F_v = 4096, F_t = 384,
+(conf). On Amazon Sports' dimensions (U = 35,598, I = 18,357, F_v = 4096, F_t = 384,
 d = C = 64) that is **8,404,422**. Initialisers: id_emb, pref_m, conf and the MLP weights
 xavier-normal; MLP biases torch's Linear default ``U(+-1/sqrt(F_m))``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import typing
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, NonNegativeInt, PositiveInt, config_class
 from mirrorgrad_jax.graph import bipartite_edges, segment_softmax
-from mirrorgrad_jax.models.base import dense, Constant, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
+from mirrorgrad_jax.models.initializers import xavier_normal
+from mirrorgrad_jax.models.inputs import branch_order, require_features
+from mirrorgrad_jax.models.interface import Constant, Recommender, TrainingCache
+from mirrorgrad_jax.models.kernels import dense, rownorm
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["GRCN", "GRCNConfig"]
 
-ROUTING_MODES = ("reference", "item_to_user")
+Routing = Literal["reference", "item_to_user"]
+ROUTING_MODES: tuple[str, ...] = typing.get_args(Routing)
 
 
 def weighted_sum(x: jax.Array, weights: jax.Array, senders: jax.Array, receivers: jax.Array) -> jax.Array:
@@ -96,7 +102,7 @@ def dot_attention(x: jax.Array, senders: jax.Array, receivers: jax.Array) -> tup
     return weighted_sum(x, alpha, senders, receivers), alpha
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class GRCNConfig:
     """Attributes:
     embedding_size: d, width of the id branch (64).
@@ -109,27 +115,12 @@ class GRCNConfig:
       reference) or recompute it (False).
     """
 
-    embedding_size: int = 64
-    latent_embedding: int = 64
-    n_layers: int = 3
-    reg_weight: float = 1e-3
-    routing: str = "reference"
+    embedding_size: PositiveInt = 64
+    latent_embedding: PositiveInt = 64
+    n_layers: NonNegativeInt = 3
+    reg_weight: NonNegativeFloat = 1e-3
+    routing: Routing = "reference"
     stale_eval: bool = True
-
-    def __post_init__(self):
-        check_field_types(self)
-        for name in ("embedding_size", "latent_embedding"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, (int, np.integer)) or self.n_layers < 0:
-            raise ValueError(f"n_layers must be an integer >= 0, got {self.n_layers!r}")
-        if not np.isfinite(self.reg_weight) or self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be a finite number >= 0, got {self.reg_weight!r}")
-        if self.routing not in ROUTING_MODES:
-            raise ValueError(f"routing must be one of {ROUTING_MODES}, got {self.routing!r}")
-        if not isinstance(self.stale_eval, bool):
-            raise ValueError(f"stale_eval must be true or false, got {self.stale_eval!r}")
 
 
 class _ContentBranch(nnx.Module):
@@ -159,8 +150,7 @@ class GRCN(Recommender):
     multimodal = True
 
     def __init__(self, dataset, config: GRCNConfig, *, rngs: nnx.Rngs):
-        if not dataset.features:
-            raise ValueError(f"GRCN needs item features, but dataset {dataset.name!r} has none")
+        require_features(dataset, "GRCN")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         num_nodes = self.num_users + self.num_items

@@ -1,10 +1,10 @@
 """ItemKNNCBF: content-based item kNN (as in Dacrema et al., RecSys 2019, "Are We Really Making Much Progress?").
 
-Spec card 3.14. A training-free baseline (``trainable = False``): the trainer runs one
+The reference's ``itemknncbf.py``. A training-free baseline (``trainable = False``): the trainer runs one
 evaluation, builds no optimizer and refuses Mirror Gradient (it has nothing to mirror).
 
-Similarity (:func:`~mirrorgrad_jax.graph.knn_topk_shrink`, the K_shrink graph of spec
-section 3.0) on the RAW features ``f_i = concat(image_i, text_i)`` (image first, as the
+Similarity (:func:`~mirrorgrad_jax.graph.knn_topk_shrink`, the reference's ``K_shrink``
+graph) on the RAW features ``f_i = concat(image_i, text_i)`` (image first, as the
 reference; one of them alone when the dataset has only one)::
 
     S_ij = f_i . f_j / (||f_i|| ||f_j|| + shrink)
@@ -30,23 +30,22 @@ gathers ``B x max_u |train(u)| x k`` neighbour entries.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.errors import ConfigError
+from mirrorgrad_jax.config import NonNegativeFloat, PositiveInt, config_class
 from mirrorgrad_jax.graph import knn_topk_shrink
-from mirrorgrad_jax.models.base import Constant, Recommender, register
-from mirrorgrad_jax.models.bm3 import image_and_text_features
+from mirrorgrad_jax.models.inputs import image_and_text_features, modality_role_constraints, require_knn_k
+from mirrorgrad_jax.models.interface import Constant, Recommender
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["ItemKNNCBF", "ItemKNNCBFConfig", "padded_train_items"]
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class ItemKNNCBFConfig:
     """Attributes:
     knn_k: similarity values kept per item, the item itself a candidate (10).
@@ -57,24 +56,13 @@ class ItemKNNCBFConfig:
       ``chunk * I`` floats, no effect on the result).
     """
 
-    knn_k: int = 10
-    shrink: float = 10.0
+    knn_k: PositiveInt = 10
+    shrink: NonNegativeFloat = 10.0
     image_modality: str = "image"
     text_modality: str = "text"
-    similarity_chunk_size: int = 2048
+    similarity_chunk_size: PositiveInt = 2048
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        if self.knn_k < 1:
-            raise ConfigError(f"ItemKNNCBFConfig.knn_k must be >= 1, got {self.knn_k}")
-        if not (np.isfinite(self.shrink) and self.shrink >= 0):
-            raise ConfigError(f"ItemKNNCBFConfig.shrink must be a finite number >= 0, got {self.shrink}")
-        if self.similarity_chunk_size < 1:
-            raise ConfigError(f"ItemKNNCBFConfig.similarity_chunk_size must be >= 1, got {self.similarity_chunk_size}")
-        if not self.image_modality and not self.text_modality:
-            raise ConfigError("ItemKNNCBFConfig.image_modality and text_modality cannot both be empty: ItemKNNCBF needs features")
-        if self.image_modality and self.image_modality == self.text_modality:
-            raise ConfigError(f"ItemKNNCBFConfig.image_modality and text_modality must differ, both are {self.image_modality!r}")
+    constraints = modality_role_constraints("ItemKNNCBF")
 
 
 def padded_train_items(train: np.ndarray, num_users: int, pad: int) -> np.ndarray:
@@ -109,8 +97,7 @@ class ItemKNNCBF(Recommender):
     def __init__(self, dataset, config: ItemKNNCBFConfig, *, rngs: nnx.Rngs):
         del rngs  # nothing random
         feats = image_and_text_features(dataset, config.image_modality, config.text_modality, "ItemKNNCBF")
-        if config.knn_k > dataset.num_items:
-            raise ConfigError(f"ItemKNNCBF knn_k={config.knn_k} exceeds the number of items ({dataset.num_items})")
+        require_knn_k(config.knn_k, dataset.num_items, "ItemKNNCBF")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         features = np.concatenate([feats[role] for role in ("image", "text") if role in feats], axis=1)

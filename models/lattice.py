@@ -1,6 +1,6 @@
 """LATTICE (Zhang et al., 2021, "Mining Latent Structures for Multimedia Recommendation").
 
-Spec card 3.9. Two graphs:
+The reference's ``lattice.py``. Two graphs:
 
 * the user-item graph ``A_rw+I`` (:func:`~mirrorgrad_jax.graph.self_loop_row_normalized_adjacency`:
   ``A + I_N`` divided by its row sums, not symmetric); LightGCN with ``n_ui_layers`` layers,
@@ -21,16 +21,16 @@ logsigmoid(u.i+ - u.i-) + reg_weight * 0.5 (||u_B||^2 + ||i+_B||^2 + ||i-_B||^2)
 reg_batch_size`` on the propagated embeddings of the batch, divided by the CONFIG batch
 size (2048) also for the short last batch, as the reference does.
 
-When ``S`` is rebuilt (the card's central point): the reference rebuilds it WITH gradient
+When ``S`` is rebuilt (the crux of the port): the reference rebuilds it WITH gradient
 in the first training forward of each epoch and reuses it detached for the other batches,
 so the projections, the raw feature tables and ``modal_weight`` learn only from the first
 batch of each epoch, and torch's Adam skips them on every other step (their gradient is
-``None``). Here, on the interface of :mod:`~mirrorgrad_jax.models.base`:
+``None``). Here, on the interface of :mod:`~mirrorgrad_jax.models.interface`:
 
 * those parameters live in one sub-module, ``graph_learner``, named in
   ``first_batch_params``;
 * ``first_batch_loss`` rebuilds ``S`` from the current parameters with gradient, writes it
-  (detached) into the :class:`~mirrorgrad_jax.models.base.TrainingCache` variables
+  (detached) into the :class:`~mirrorgrad_jax.models.TrainingCache` variables
   ``item_graph_idx`` / ``item_graph_val`` and returns the loss on the differentiable ``S``;
 * ``loss`` reads the cached ``S`` (constant: ``graph_learner`` gets exactly zero gradient);
   the trainer carries the cache from step to step and leaves ``graph_learner`` and its
@@ -52,12 +52,12 @@ Modalities: as in BM3/FREEDOM the image and text roles are filled by the dataset
 modalities named ``image_modality`` / ``text_modality``. With one of them the reference
 uses that modality's graphs with weight 1 (``modal_weight`` is then unused).
 
-Parameters (card: ``d(U + I) + sum_m [I F_m + F_m d_f + d_f] + 2``, 85,979,330 on sports
+Parameters (the reference's count: ``d(U + I) + sum_m [I F_m + F_m d_f + d_f] + 2``, 85,979,330 on sports
 with ``d = d_f = 64``); the projections use torch's default Linear init.
 
 Deliberate differences from the reference:
 
-* Only ``cf_model = lightgcn`` (the reference default and the card's setting); the
+* Only ``cf_model = lightgcn`` (the reference's default); the
   ``ngcf`` and ``mf`` branches and ``mess_dropout`` (NGCF only) are not offered.
   ``n_ui_layers`` is a field; the reference derives it as ``len(weight_size)`` (2).
 * With a single modality ``modal_weight`` is not created (the reference registers it but
@@ -75,14 +75,13 @@ Deliberate differences from the reference:
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, NonNegativeInt, PositiveInt, UnitInterval, config_class
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.graph import (
     CooAdjacency,
@@ -95,26 +94,20 @@ from mirrorgrad_jax.graph import (
     normalize_knn_values,
     self_loop_row_normalized_adjacency,
 )
-from mirrorgrad_jax.models.base import (
-    dense,
-    Constant,
-    Recommender,
-    TrainingCache,
-    bpr_log_likelihood,
-    register,
-    rownorm,
-    torch_linear_default,
-    xavier_uniform,
-)
-from mirrorgrad_jax.models.bm3 import image_and_text_features
+from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.inputs import image_and_text_features, modality_role_constraints, require_knn_k
+from mirrorgrad_jax.models.interface import Constant, Recommender, TrainingCache
+from mirrorgrad_jax.models.kernels import dense, rownorm
+from mirrorgrad_jax.models.losses import bpr_log_likelihood, embedding_l2
+from mirrorgrad_jax.models.registry import register
 
-__all__ = ["LATTICE", "LATTICEConfig", "ItemGraphLearner", "embedding_l2"]
+__all__ = ["LATTICE", "LATTICEConfig", "ItemGraphLearner"]
 
 # One compiled program instead of many eagerly dispatched ops for the graph built at init.
 _initial_item_graph = nnx.jit(lambda learner: learner.item_graph())
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class LATTICEConfig:
     """Attributes:
     embedding_size: d of the user and item id tables (64).
@@ -140,40 +133,20 @@ class LATTICEConfig:
     The reference has only the grid for reg_weight; the default here is its first value.
     """
 
-    embedding_size: int = 64
-    feat_embed_dim: int = 64
-    n_ui_layers: int = 2
-    n_layers: int = 1
-    knn_k: int = 10
-    lambda_coeff: float = 0.9
-    reg_weight: float = 0.0
-    reg_batch_size: int = 2048
+    embedding_size: PositiveInt = 64
+    feat_embed_dim: PositiveInt = 64
+    n_ui_layers: NonNegativeInt = 2
+    n_layers: NonNegativeInt = 1
+    knn_k: PositiveInt = 10
+    lambda_coeff: UnitInterval = 0.9
+    reg_weight: NonNegativeFloat = 0.0
+    reg_batch_size: PositiveInt = 2048
     reg_over_actual_batch: bool = False
-    knn_chunk_size: int = 2048
+    knn_chunk_size: PositiveInt = 2048
     image_modality: str = "image"
     text_modality: str = "text"
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        for name in ("embedding_size", "feat_embed_dim", "knn_k", "reg_batch_size", "knn_chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_ui_layers", "n_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.lambda_coeff <= 1.0:
-            raise ValueError(f"lambda_coeff must be in [0, 1], got {self.lambda_coeff}")
-        if not self.reg_weight >= 0.0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-        if not self.image_modality and not self.text_modality:
-            raise ValueError("image_modality and text_modality cannot both be empty: LATTICE needs a modality")
-        if self.image_modality and self.image_modality == self.text_modality:
-            raise ValueError(f"image_modality and text_modality must differ, both are {self.image_modality!r}")
-
-
-def embedding_l2(users: jax.Array, pos: jax.Array, neg: jax.Array, divisor: int | jax.Array) -> jax.Array:
-    """``0.5 (||users||^2 + ||pos||^2 + ||neg||^2) / divisor`` (LATTICE's and MGCN's ``bpr_loss`` regulariser)."""
-    return 0.5 * (jnp.sum(users * users) + jnp.sum(pos * pos) + jnp.sum(neg * neg)) / divisor
+    constraints = modality_role_constraints("LATTICE")
 
 
 class ItemGraphLearner(nnx.Module):
@@ -249,8 +222,7 @@ class LATTICE(Recommender):
     first_batch_params = ("graph_learner",)
 
     def __init__(self, dataset: RecDataset, config: LATTICEConfig, *, rngs: nnx.Rngs) -> None:
-        if config.knn_k > dataset.num_items:
-            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({dataset.num_items})")
+        require_knn_k(config.knn_k, dataset.num_items, "LATTICE")
         feats = image_and_text_features(dataset, config.image_modality, config.text_modality, "LATTICE")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items

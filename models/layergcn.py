@@ -1,6 +1,6 @@
 """LayerGCN (Zhou et al., ICDE 2023, "Layer-refined Graph Convolutional Networks for Recommendation").
 
-Spec card 3.11. A collaborative-filtering model (no item features, ``multimodal = False``)
+The reference's ``layergcn.py``. A collaborative-filtering model (no item features, ``multimodal = False``)
 with user and item id tables ``E_u``, ``E_i`` (xavier-uniform), ``d (U + I)`` parameters
 (3,453,120 on sports).
 
@@ -17,7 +17,7 @@ from one call to the next, exactly as the reference's ``pruning_random`` toggle:
 degree-sensitive (probability proportional to ``1 / sqrt(d_u d_i)``, pruning high-degree
 nodes) on calls 0, 2, 4, ... (epochs 0, 2, 4, ...), a uniform random subset on calls 1, 3, 5,
 .... The kept-edge count is fixed, so the sampled arrays (held as
-:class:`~mirrorgrad_jax.models.base.EpochSample`, together with the toggle) keep their shapes
+:class:`~mirrorgrad_jax.models.EpochSample`, together with the toggle) keep their shapes
 between epochs. With ``p = 0`` training uses the full ``A_sym`` and ``pre_epoch`` does
 nothing (no toggling), as in the reference.
 
@@ -41,17 +41,18 @@ Deliberate differences from the reference (no effect on the distribution of anyt
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.errors import ConfigError
+from mirrorgrad_jax.config import Fraction, NonNegativeFloat, PositiveInt, config_class
 from mirrorgrad_jax.graph import CooAdjacency, normalized_bipartite_adjacency, propagate, sample_edges_degree_sensitive
-from mirrorgrad_jax.models.base import Constant, EpochSample, Recommender, edges_to_sample, register, xavier_uniform
+from mirrorgrad_jax.models.initializers import xavier_uniform
+from mirrorgrad_jax.models.inputs import edges_to_sample
+from mirrorgrad_jax.models.interface import Constant, EpochSample, Recommender
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["LayerGCN", "LayerGCNConfig", "layer_refined_sum"]
 
@@ -59,7 +60,7 @@ __all__ = ["LayerGCN", "LayerGCNConfig", "layer_refined_sum"]
 _COSINE_EPS = 1e-8
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class LayerGCNConfig:
     """Attributes:
     embedding_size: d of the user and item tables (64).
@@ -71,21 +72,10 @@ class LayerGCNConfig:
     The reference has only the grids; the defaults are their first values.
     """
 
-    embedding_size: int = 64
-    n_layers: int = 4
-    reg_weight: float = 1e-2
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        if self.embedding_size < 1:
-            raise ConfigError(f"LayerGCNConfig.embedding_size must be >= 1, got {self.embedding_size}")
-        if self.n_layers < 1:
-            raise ConfigError(f"LayerGCNConfig.n_layers must be >= 1 (the output sums the refined layers), got {self.n_layers}")
-        if not (np.isfinite(self.reg_weight) and self.reg_weight >= 0):
-            raise ConfigError(f"LayerGCNConfig.reg_weight must be a finite number >= 0, got {self.reg_weight}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"LayerGCNConfig.dropout must be in [0, 1), got {self.dropout}")
+    embedding_size: PositiveInt = 64
+    n_layers: PositiveInt = 4
+    reg_weight: NonNegativeFloat = 1e-2
+    dropout: Fraction = 0.0
 
 
 def _row_cosine(x: jax.Array, y: jax.Array) -> jax.Array:

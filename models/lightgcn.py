@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax.numpy as jnp
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, NonNegativeInt, PositiveInt, config_class
 from mirrorgrad_jax.graph import CooAdjacency, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import Constant, Recommender, bpr_log_likelihood, frobenius, register, xavier_uniform
+from mirrorgrad_jax.models.initializers import xavier_uniform
+from mirrorgrad_jax.models.interface import Constant, Recommender
+from mirrorgrad_jax.models.losses import bpr_log_likelihood, frobenius
+from mirrorgrad_jax.models.registry import register
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class LightGCNConfig:
     """Attributes:
     embedding_size: embedding dimension (64).
@@ -20,12 +22,9 @@ class LightGCNConfig:
     reg_weight: weight of EmbLoss on the batch's ego (layer-0) embeddings.
     """
 
-    embedding_size: int = 64
-    n_layers: int = 2
-    reg_weight: float = 1e-4
-
-    def __post_init__(self):
-        check_field_types(self)
+    embedding_size: PositiveInt = 64
+    n_layers: NonNegativeInt = 2
+    reg_weight: NonNegativeFloat = 1e-4
 
 
 @register
@@ -36,8 +35,6 @@ class LightGCN(Recommender):
     config_class = LightGCNConfig
 
     def __init__(self, dataset, config: LightGCNConfig, *, rngs: nnx.Rngs):
-        if config.n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {config.n_layers}")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         d = config.embedding_size

@@ -1,6 +1,6 @@
 """MGCN (Yu et al., 2023, "Multi-View Graph Convolutional Network for Multimedia Recommendation").
 
-Spec card 3.10. Three views of every node, fused per node:
+The reference's ``mgcn.py``. Three views of every node, fused per node:
 
 * purified item features (behaviour-guided purifier): ``v~ = E_i * gate_v(image_trs(image_emb))``
   and ``t~ = E_i * gate_t(text_trs(text_emb))``, each gate a Linear d -> d and a sigmoid;
@@ -25,7 +25,7 @@ content_users[u])]``, the InfoNCE terms in-batch ``B x B`` with temperature 0.2
 (:func:`info_nce`). ``scores`` recompute the forward pass with the current parameters; no
 ``pre_epoch``, no randomness beyond the batch sampling.
 
-Parameters (card: ``d(U + I) + sum_m [I F_m + F_m d + d] + 4 (d^2 + d) + (d^2 + d) + d``,
+Parameters (the reference's count: ``d(U + I) + sum_m [I F_m + F_m d + d] + 4 (d^2 + d) + (d^2 + d) + d``,
 86,000,192 on sports); every Linear uses torch's default init, the id tables xavier-uniform.
 The raw feature tables ``image_emb`` / ``text_emb`` are trainable, as in the reference.
 
@@ -50,13 +50,12 @@ Deliberate differences from the reference:
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, config_class
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.graph import (
     CooAdjacency,
@@ -66,27 +65,19 @@ from mirrorgrad_jax.graph import (
     layer_mean_propagate,
     summed_bipartite_adjacency,
 )
-from mirrorgrad_jax.models.base import (
-    dense,
-    pairwise_scores,
-    Constant,
-    Recommender,
-    bpr_log_likelihood,
-    image_and_text_roles,
-    register,
-    rownorm,
-    torch_linear_default,
-    xavier_uniform,
-)
-from mirrorgrad_jax.models.bm3 import image_and_text_features
-from mirrorgrad_jax.models.lattice import embedding_l2
+from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.inputs import image_and_text_features, image_and_text_roles, modality_role_constraints, require_knn_k
+from mirrorgrad_jax.models.interface import Constant, Recommender
+from mirrorgrad_jax.models.kernels import dense, pairwise_scores, rownorm
+from mirrorgrad_jax.models.losses import bpr_log_likelihood, embedding_l2
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["MGCN", "MGCNConfig", "info_nce"]
 
 _GATES = ("gate_v", "gate_t", "gate_image_prefer", "gate_text_prefer")
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class MGCNConfig:
     """Attributes:
     embedding_size: d of the id tables, the projections, the gates and the fuser (64).
@@ -111,37 +102,20 @@ class MGCNConfig:
     The reference has only the grid for cl_loss; the default here is its first value.
     """
 
-    embedding_size: int = 64
-    n_ui_layers: int = 2
-    n_layers: int = 1
-    knn_k: int = 10
-    reg_weight: float = 1e-4
-    cl_weight: float = 0.001
-    cl_temperature: float = 0.2
-    reg_batch_size: int = 2048
+    embedding_size: PositiveInt = 64
+    n_ui_layers: NonNegativeInt = 2
+    n_layers: NonNegativeInt = 1
+    knn_k: PositiveInt = 10
+    reg_weight: NonNegativeFloat = 1e-4
+    cl_weight: NonNegativeFloat = 0.001
+    cl_temperature: PositiveFloat = 0.2
+    reg_batch_size: PositiveInt = 2048
     reg_over_actual_batch: bool = False
-    knn_chunk_size: int = 2048
+    knn_chunk_size: PositiveInt = 2048
     image_modality: str = "image"
     text_modality: str = "text"
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        for name in ("embedding_size", "knn_k", "reg_batch_size", "knn_chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_ui_layers", "n_layers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("reg_weight", "cl_weight"):
-            if not getattr(self, name) >= 0.0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.cl_temperature > 0.0:
-            raise ValueError(f"cl_temperature must be > 0, got {self.cl_temperature}")
-        for name in ("image_modality", "text_modality"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} cannot be empty: MGCN needs both an image and a text modality")
-        if self.image_modality == self.text_modality:
-            raise ValueError(f"image_modality and text_modality must differ, both are {self.image_modality!r}")
+    constraints = modality_role_constraints("MGCN", both=True)
 
 
 def info_nce(view1: jax.Array, view2: jax.Array, temperature: float) -> jax.Array:
@@ -176,8 +150,7 @@ class MGCN(Recommender):
 
     def __init__(self, dataset: RecDataset, config: MGCNConfig, *, rngs: nnx.Rngs) -> None:
         image, text = image_and_text_roles(dataset, config.image_modality, config.text_modality, "MGCN")
-        if config.knn_k > dataset.num_items:
-            raise ValueError(f"knn_k={config.knn_k} exceeds the number of items ({dataset.num_items})")
+        require_knn_k(config.knn_k, dataset.num_items, "MGCN")
         feats = image_and_text_features(dataset, image, text, "MGCN")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items

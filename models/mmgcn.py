@@ -1,4 +1,4 @@
-"""MMGCN (Wei et al., MM 2019) as the reference card describes it (spec section 3.2).
+"""MMGCN (Wei et al., MM 2019) as the reference implements it (``mmgcn.py`` of the Mirror Gradient repository, built on MMRec).
 
 One graph network per modality on the bidirectional user-item edge list (users
 ``0..U-1``, items ``U..N-1``). A branch starts from ``x0 = rownorm([pref_m; F_m])``
@@ -44,7 +44,7 @@ Parameters (registered in the reference; ``D_m`` = branch input width)::
     image MLP: F_v * 256 + 256
     per branch: D^2 + (D d + d) + ((D + d) d + d) + 2 * (d^2 + (d^2 + d) + (2d d + d))
 
-On the card's sports dimensions (U = 35,598, I = 18,357, F_v = 4096, F_t = 384, d = 64)
+On Amazon Sports' dimensions (U = 35,598, I = 18,357, F_v = 4096, F_t = 384, d = 64)
 that is 1,184,384 (image) + 233,856 (text) = **1,418,240** trainable parameters; the
 frozen tensors hold ``64 N + 256 U + 384 U`` = 26.2 M floats. Initialisers: the conv
 weights, ``A_l`` and ``G_1`` xavier-normal; ``G_2``, ``G_3``, the image MLP and every
@@ -53,16 +53,19 @@ bias torch's Linear default ``U(+-1/sqrt(fan_in))``.
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, PositiveInt, config_class
 from mirrorgrad_jax.graph import CooAdjacency, bipartite_edges, edge_list_adjacency, propagate
-from mirrorgrad_jax.models.base import dense, Constant, FrozenRandom, Recommender, TrainingCache, branch_order, register, rownorm, xavier_normal
+from mirrorgrad_jax.models.initializers import xavier_normal
+from mirrorgrad_jax.models.inputs import branch_order, require_features
+from mirrorgrad_jax.models.interface import Constant, FrozenRandom, Recommender, TrainingCache
+from mirrorgrad_jax.models.kernels import dense, rownorm
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["MMGCN", "MMGCNConfig"]
 
@@ -152,7 +155,7 @@ class _ModalityGCN(nnx.Module):
         return x
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class MMGCNConfig:
     """Attributes:
     embedding_size: d, the width of every layer after the first and of id_emb (64).
@@ -165,24 +168,12 @@ class MMGCNConfig:
       reference) or recompute it (False).
     """
 
-    embedding_size: int = 64
-    image_latent_dim: int = 256
-    reg_weight: float = 0.0
+    embedding_size: PositiveInt = 64
+    image_latent_dim: PositiveInt = 256
+    reg_weight: NonNegativeFloat = 0.0
     concat: bool = True
     frozen_random_tensors: bool = True
     stale_eval: bool = True
-
-    def __post_init__(self):
-        check_field_types(self)
-        for name in ("embedding_size", "image_latent_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not np.isfinite(self.reg_weight) or self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be a finite number >= 0, got {self.reg_weight!r}")
-        for name in ("concat", "frozen_random_tensors", "stale_eval"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @register
@@ -194,8 +185,7 @@ class MMGCN(Recommender):
     multimodal = True
 
     def __init__(self, dataset, config: MMGCNConfig, *, rngs: nnx.Rngs):
-        if not dataset.features:
-            raise ValueError(f"MMGCN needs item features, but dataset {dataset.name!r} has none")
+        require_features(dataset, "MMGCN")
         self.config = config
         self.num_users, self.num_items = dataset.num_users, dataset.num_items
         num_nodes = self.num_users + self.num_items

@@ -1,6 +1,6 @@
 """MVGAE (Yi & Chen, IEEE TMM 2021, "Multi-Modal Variational Graph Auto-Encoder for Recommendation").
 
-Spec card 3.13, checked against the reference code. Three graph encoders on the
+Checked against the reference's ``mvgae.py`` line by line. Three graph encoders on the
 bidirectional user-item edge list (users ``0..U-1``, items ``U..N-1``), for the image
 features, the text features and a FROZEN random "collaborative" table ``(I, d)``
 (xavier-normal). Each encoder (``L`` = ``latent_dim`` = 128, ``d`` = ``embedding_size``)::
@@ -14,8 +14,8 @@ features, the text features and a FROZEN random "collaborative" table ``(I, d)``
 ``conv(x) = dropout(rownorm(mean_{j in N(i) + {i}} (x W)_j + b))``: PyG MEAN aggregation
 over the incoming edges plus a self-loop, i.e. ``(y_i + sum_{j in N(i)} y_j) / (deg_i + 1)``
 with ``y = x W``, then a bias, an L2 row normalisation and dropout (rate ``conv_dropout``
-= 0.1, TRAINING ONLY: on in ``loss``, off in a recomputed ``scores``). Note: spec card 3.13
-describes a symmetric-normalised sum here; that is the branch the reference takes only for
+= 0.1, TRAINING ONLY: on in ``loss``, off in a recomputed ``scores``). Note: a reading of the
+paper suggests a symmetric-normalised sum here; that is the branch the reference takes only for
 ``aggr="add"``, while MVGAE builds every conv with ``aggr="mean"``, whose message is the
 unnormalised ``y_j``. This module follows the code.
 
@@ -35,7 +35,7 @@ Loss = sum over ``z in {z_pd, z_v, z_t, z_c}`` of ``recon(z) + kl_weight * KL(mu
 ``scores``: ``sigmoid(pd_mu)`` (the reference hard-codes the dataset name "amazon", which
 turns the sigmoid on) dotted user rows x item rows. By default (``stale_eval``) it is the
 representation CACHED by the last training forward (a
-:class:`~mirrorgrad_jax.models.base.TrainingCache`, so computed in training mode, with
+:class:`~mirrorgrad_jax.models.TrainingCache`, so computed in training mode, with
 conv dropout; on a Mirror Gradient batch the second pass); ``stale_eval=False`` recomputes
 it without dropout. ``ranks_with_training_cache()`` is True while ``stale_eval`` is.
 
@@ -49,8 +49,8 @@ Reference behaviours kept by default, each with a named option for the corrected
   reference reads its KL weight from the config key ``beta``, which MG's ``mg.yaml``
   (loaded last) overrides with MG's ``beta = 3``: with MG on, the grid {0.01, 0.1, 1} is
   lost and the KL weight is 3; with MG off the grid applies. The trainer builds the model
-  with ``config.for_training(mg_enabled, mg_beta)`` (see :meth:`MVGAEConfig.for_training`),
-  which returns the config with ``kl_weight = float(mg_beta)`` in that case.
+  through the model's :meth:`MVGAE.config_for_training` hook, which returns the config
+  with ``kl_weight = float(mg_beta)`` in that case.
   ``kl_weight_from_mg_beta=False`` always uses ``kl_weight``.
 
 A property of the reference's loss that neither option changes (measured 2026-11-29 on
@@ -63,8 +63,8 @@ Rankings stay near chance with the corrected options too (test recall@20 0.012 o
 in float32; the paper does not use MVGAE.
 
 Parameters: the frozen random tensors (the preference ``(U, L)`` of every encoder, the
-collaborative table) are :class:`~mirrorgrad_jax.models.base.FrozenRandom` (checkpoints keep
-them) and the feature tables :class:`~mirrorgrad_jax.models.base.Constant`; none is trained. Trainable per
+collaborative table) are :class:`~mirrorgrad_jax.models.FrozenRandom` (checkpoints keep
+them) and the feature tables :class:`~mirrorgrad_jax.models.Constant`; none is trained. Trainable per
 encoder with input width ``F``: ``F L + L`` (MLP) + ``L d + d`` (conv1) + ``(d^2 + d) (7 + 2
 [n_layers = 2])`` (g1, conv4, lin4, g4, conv5, lin5, g5, and conv2, g2), i.e. **694,144** on
 sports (F = 4096, 384, 64). The reference registers 756,352: it also creates ``lin1`` (whose
@@ -76,7 +76,7 @@ default); conv biases ``U(+-1/sqrt(in))`` (PyG ``uniform``); Linear biases torch
 Other deliberate differences: randomness (dropout, reparameterisation noise) comes from the
 JAX ``key`` instead of torch's global stream; the stale cache starts at zeros (the reference
 starts from a random tensor; evaluating before any training step is an error here, see
-:func:`~mirrorgrad_jax.models.base.check_ready_to_rank`). The reference's hard-coded
+:func:`~mirrorgrad_jax.models.check_ready_to_rank`). The reference's hard-coded
 ``aggr_mode="mean"``, ``concate=False`` and dataset string "amazon" (sigmoid on) are the only
 forms implemented; its ``n_layers`` > 2 behaves as 2 and 0 crashes, so only 1 and 2 are accepted.
 """
@@ -84,29 +84,20 @@ forms implemented; its ``n_layers`` > 2 behaves as 2 and 0 crashes, so only 1 an
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.errors import ConfigError
+from mirrorgrad_jax.config import Fraction, NonNegativeFloat, PositiveInt, config_class
 from mirrorgrad_jax.graph import CooAdjacency, bipartite_edges, edge_list_adjacency, propagate
-from mirrorgrad_jax.models.base import (
-    dense,
-    pairwise_scores,
-    Constant,
-    FrozenRandom,
-    Recommender,
-    TrainingCache,
-    image_and_text_roles,
-    register,
-    rownorm,
-    torch_linear_default,
-    xavier_normal,
-)
-from mirrorgrad_jax.models.bm3 import image_and_text_features
+from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_normal
+from mirrorgrad_jax.models.inputs import image_and_text_features, image_and_text_roles, modality_role_constraints
+from mirrorgrad_jax.models.interface import Constant, FrozenRandom, Recommender, TrainingCache, TrainingSetup
+from mirrorgrad_jax.models.kernels import dense, pairwise_scores, rownorm
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["MVGAE", "MVGAEConfig", "product_of_experts"]
 
@@ -116,7 +107,7 @@ _POE_EPS = 1e-8  # added to each expert's variance
 _ROLES = ("image", "text", "collab")  # the encoders, in the reference's order v, t, c
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class MVGAEConfig:
     """Attributes:
     embedding_size: d, the width of mu / logvar and of the collaborative table (64).
@@ -125,7 +116,7 @@ class MVGAEConfig:
     n_layers: encoder layers before the mu / logvar heads, 1 or 2 (1).
     kl_weight: weight of each KL term; the reference's ``beta``, grid {0.01, 0.1, 1}.
     kl_weight_from_mg_beta: True (faithful): when training with Mirror Gradient the KL
-      weight is MG's ``beta`` (see :meth:`for_training`); False: always ``kl_weight``.
+      weight is MG's ``beta`` (see :meth:`MVGAE.config_for_training`); False: always ``kl_weight``.
     offset_item_ids: False (faithful bug): item ids index USER rows in the reconstruction
       loss; True: item rows ``U + id``.
     conv_dropout: training-only dropout after every conv (0.1, hard-coded in the reference).
@@ -135,54 +126,22 @@ class MVGAEConfig:
     text_modality: dataset modality in the text role ("text").
     """
 
-    embedding_size: int = 64
-    latent_dim: int = 128
-    n_layers: int = 1
-    kl_weight: float = 0.01
+    embedding_size: PositiveInt = 64
+    latent_dim: PositiveInt = 128
+    n_layers: Literal[1, 2] = 1
+    kl_weight: NonNegativeFloat = 0.01
     kl_weight_from_mg_beta: bool = True
     offset_item_ids: bool = False
-    conv_dropout: float = 0.1
+    conv_dropout: Fraction = 0.1
     stale_eval: bool = True
     image_modality: str = "image"
     text_modality: str = "text"
 
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        for name in ("embedding_size", "latent_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"MVGAEConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_layers not in (1, 2):
-            raise ConfigError(
-                f"MVGAEConfig.n_layers must be 1 or 2, got {self.n_layers} (the reference runs at most two "
-                "layers, and without one its width-L input cannot reach the width-d heads)"
-            )
-        if not (np.isfinite(self.kl_weight) and self.kl_weight >= 0):
-            raise ConfigError(f"MVGAEConfig.kl_weight must be a finite number >= 0, got {self.kl_weight}")
-        if not 0.0 <= self.conv_dropout < 1.0:
-            raise ConfigError(f"MVGAEConfig.conv_dropout must be in [0, 1), got {self.conv_dropout}")
-        if not self.image_modality or not self.text_modality:
-            raise ConfigError("MVGAEConfig.image_modality and text_modality must both be set: MVGAE runs both encoders")
-        if self.image_modality == self.text_modality:
-            raise ConfigError(f"MVGAEConfig.image_modality and text_modality must differ, both are {self.image_modality!r}")
+    constraints = modality_role_constraints("MVGAE", both=True)
 
-    def for_training(self, mg_enabled: bool, mg_beta: int) -> "MVGAEConfig":
-        """The config to build the model with for a run with the given Mirror Gradient setting.
-
-        The reference's KL weight is its config key ``beta``; MG's ``beta`` (batches per MG
-        step, 3) overrides it when MG is on. With ``kl_weight_from_mg_beta`` (the default) and
-        ``mg_enabled`` this returns a copy with ``kl_weight = float(mg_beta)``; otherwise
-        ``self`` unchanged. The trainer calls this hook on any model config that defines it.
-
-        Args:
-          mg_enabled: whether the run trains with Mirror Gradient.
-          mg_beta: MG's beta.
-
-        Returns:
-          The config to build the model with.
-        """
-        if mg_enabled and self.kl_weight_from_mg_beta:
-            return dataclasses.replace(self, kl_weight=float(mg_beta))
-        return self
+    def for_training(self, mg_enabled: bool, mg_beta: int) -> MVGAEConfig:
+        """Deprecated spelling of :meth:`MVGAE.config_for_training`, kept for earlier callers."""
+        return MVGAE.config_for_training(self, TrainingSetup(mg_enabled=mg_enabled, mg_beta=mg_beta))
 
 
 def product_of_experts(mus: jax.Array, logvars: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -317,6 +276,19 @@ class MVGAE(Recommender):
     name = "mvgae"
     config_class = MVGAEConfig
     multimodal = True
+
+    @classmethod
+    def config_for_training(cls, config: MVGAEConfig, setup: TrainingSetup) -> MVGAEConfig:
+        """The config to build the model with for a run with the given Mirror Gradient setting.
+
+        The reference's KL weight is its config key ``beta``, which MG's ``beta`` (batches
+        per MG step, 3) overrides when MG is on. With ``kl_weight_from_mg_beta`` (the
+        default) and MG on this returns a copy with ``kl_weight = float(setup.mg_beta)``;
+        otherwise ``config`` unchanged.
+        """
+        if setup.mg_enabled and config.kl_weight_from_mg_beta:
+            return dataclasses.replace(config, kl_weight=float(setup.mg_beta))
+        return config
 
     def __init__(self, dataset, config: MVGAEConfig, *, rngs: nnx.Rngs):
         # Both encoders always run in its forward, so both roles are required.

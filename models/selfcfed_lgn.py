@@ -1,7 +1,7 @@
 """SELFCF_ed with a LightGCN encoder (Zhou et al., "SelfCF: A Simple Framework for Self-supervised
 Collaborative Filtering"), the MG reference's default model.
 
-Spec card 3.12. Trained WITHOUT negatives (``uses_negatives = False``; batches are
+The reference's ``selfcfed_lgn.py`` (with ``common/encoders.py``). Trained WITHOUT negatives (``uses_negatives = False``; batches are
 ``(2, B)`` ``[users; items]``), not multimodal. Parameters: id tables ``E_u``, ``E_i``
 (xavier-uniform) and a predictor ``P``: Linear d -> d with torch's default init,
 ``d (U + I) + d^2 + d`` in all (3,457,280 on sports).
@@ -41,17 +41,16 @@ Deliberate differences from the reference (distributions unchanged):
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.errors import ConfigError
+from mirrorgrad_jax.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, config_class
 from mirrorgrad_jax.graph import CooAdjacency, column_order, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import Constant, Recommender, register, torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.interface import Constant, Recommender
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["SELFCFED_LGN", "SELFCFED_LGNConfig", "random_rate_edge_dropout"]
 
@@ -59,7 +58,7 @@ __all__ = ["SELFCFED_LGN", "SELFCFED_LGNConfig", "random_rate_edge_dropout"]
 _COSINE_EPS = 1e-8
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class SELFCFED_LGNConfig:
     """Attributes:
     embedding_size: d of the id tables and the predictor (64).
@@ -79,21 +78,10 @@ class SELFCFED_LGNConfig:
     grid, so a reproduction of the reference still searches it.
     """
 
-    embedding_size: int = 64
-    n_layers: int = 1
-    dropout: float = 0.1
-    reg_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_field_types(self)
-        if self.embedding_size < 1:
-            raise ConfigError(f"SELFCFED_LGNConfig.embedding_size must be >= 1, got {self.embedding_size}")
-        if self.n_layers < 0:
-            raise ConfigError(f"SELFCFED_LGNConfig.n_layers must be >= 0, got {self.n_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"SELFCFED_LGNConfig.dropout must be in [0, 1), got {self.dropout}")
-        if not (np.isfinite(self.reg_weight) and self.reg_weight >= 0):
-            raise ConfigError(f"SELFCFED_LGNConfig.reg_weight must be a finite number >= 0, got {self.reg_weight}")
+    embedding_size: PositiveInt = 64
+    n_layers: NonNegativeInt = 1
+    dropout: Fraction = 0.1
+    reg_weight: NonNegativeFloat = 0.0
 
 
 def random_rate_edge_dropout(values: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:

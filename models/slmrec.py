@@ -1,4 +1,4 @@
-"""SLMRec (Tao et al., 2022) with the FAC self-supervised task, as the reference card (spec section 3.5).
+"""SLMRec (Tao et al., 2022) with the FAC self-supervised task, as the reference implements it (``slmrec.py``).
 
 Forward: LightGCN (``n_layers`` = 3, mean of the layer outputs 0..L) on ``A_pre``, the
 symmetric normalised user-item adjacency with degree eps 1e-8, run on three inputs that
@@ -32,7 +32,7 @@ with ``user``/``item`` cached by the LAST training forward (stale). ``scores`` r
 the dot products WITHOUT the sigmoid: it is strictly monotone, so rankings and every
 metric are unchanged, and raw scores keep float32 resolution where the sigmoid would
 saturate to 1.0 and create artificial ties. ``stale_eval=True`` (default, faithful) ranks
-with the :class:`~mirrorgrad_jax.models.base.TrainingCache` written by ``loss``;
+with the :class:`~mirrorgrad_jax.models.TrainingCache` written by ``loss``;
 ``stale_eval=False`` recomputes the forward with the current parameters.
 
 Weight decay: the reference trains SLMRec with Adam ``weight_decay=1e-4`` (coupled L2);
@@ -49,8 +49,8 @@ Parameters (d = ``embedding_size``, Fv/Ft = image/text feature sizes)::
 
 The reference also registers ``g_a_iva`` (d -> d, for an audio modality the datasets do
 not have) and never uses it: it is NOT created here, so the count is ``(d + 1) d`` =
-4,160 below the reference's. On sports (U=35,598, I=18,357, Fv=4096, Ft=384, d=64):
-3,781,312 here vs the card's 3,785,472.
+4,160 below the reference's. On Amazon Sports (U=35,598, I=18,357, Fv=4096, Ft=384, d=64):
+3,781,312 here vs the reference's 3,785,472.
 
 Not implemented: the reference's other SSL tasks (FD, FM, FD+FM; ``ssl_task`` is FAC in
 its config), ``mm_fusion_mode: mean`` and ``init: normal`` (the config uses concat and
@@ -59,16 +59,21 @@ xavier), the kwai (image-only) branch. The reference's ``reg`` option is never r
 
 from __future__ import annotations
 
-import dataclasses
+
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
+from mirrorgrad_jax.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, Range, config_class
 from mirrorgrad_jax.graph import CooAdjacency, column_order, layer_mean_propagate, normalized_bipartite_adjacency
-from mirrorgrad_jax.models.base import dense, pairwise_scores, Constant, Recommender, TrainingCache, image_and_text_roles, register, rownorm, xavier_uniform
+from mirrorgrad_jax.models.initializers import xavier_uniform
+from mirrorgrad_jax.models.inputs import image_and_text_roles, modality_role_constraints
+from mirrorgrad_jax.models.interface import Constant, Recommender, TrainingCache
+from mirrorgrad_jax.models.kernels import dense, pairwise_scores, rownorm
+from mirrorgrad_jax.models.registry import register
 
 __all__ = ["SLMRec", "SLMRecConfig", "A_PRE_EPS"]
 
@@ -102,7 +107,7 @@ class TorchLinear(nnx.Module):
         return dense(x, self.weight[...]) + self.bias[...]
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class SLMRecConfig:
     """Attributes:
     embedding_size: d (the reference's ``recdim``, 64); the second FAC stage projects to d // 2.
@@ -119,28 +124,16 @@ class SLMRecConfig:
       with a warning; otherwise a missing role is an error naming what the dataset has.
     """
 
-    embedding_size: int = 64
-    n_layers: int = 3
-    temp: float = 0.2
-    ssl_temp: float = 0.1
-    ssl_alpha: float = 0.01
+    embedding_size: Annotated[int, Range(ge=2)] = 64
+    n_layers: NonNegativeInt = 3
+    temp: PositiveFloat = 0.2
+    ssl_temp: PositiveFloat = 0.1
+    ssl_alpha: NonNegativeFloat = 0.01
     stale_eval: bool = True
     image_modality: str = "image"
     text_modality: str = "text"
 
-    def __post_init__(self):
-        check_field_types(self)
-        if int(self.embedding_size) < 2:
-            raise ValueError(f"embedding_size must be >= 2 (the FAC heads project to embedding_size // 2), got {self.embedding_size}")
-        if int(self.n_layers) < 0:
-            raise ValueError(f"n_layers must be >= 0, got {self.n_layers}")
-        for name in ("temp", "ssl_temp"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if float(self.ssl_alpha) < 0:
-            raise ValueError(f"ssl_alpha must be >= 0, got {self.ssl_alpha}")
-        if not isinstance(self.stale_eval, bool):
-            raise ValueError(f"stale_eval must be true or false, got {self.stale_eval!r}")
+    constraints = modality_role_constraints("SLMRec", both=True)
 
 
 @register

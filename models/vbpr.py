@@ -1,4 +1,4 @@
-"""VBPR (He & McAuley, 2016) exactly as the reference card (spec section 3.1).
+"""VBPR (He & McAuley, 2016) exactly as the reference implements it (``vbpr.py`` of the Mirror Gradient repository, built on MMRec).
 
 Item vector = [Q_i || W x_i + b] (2d), user vector = P_u (2d), score = dot product,
 where x_i concatenates the item's modality features (text first, then image, then any
@@ -19,7 +19,7 @@ same either way, to float32 rounding):
 * ``"batch_items"``: projects the batch's 2B feature rows, ~1.7x fewer FLOPs than the
   reference at Baby scale.
 * ``"all_items"``: ``X @ W`` for every item, as the reference.
-Every path projects through :func:`~mirrorgrad_jax.models.base.dense`, whose weight
+Every path projects through :func:`~mirrorgrad_jax.models.dense`, whose weight
 gradient avoids XLA's slow transposed product on the CPU (``benchmarks/results/dense_backward.md``).
 On the 2-core CPU ``batch_items`` and ``all_items`` trained a Baby-scale epoch in the
 same ~2.4 s (side by side, 2026-11-27, before ``dense``): the gather of 4096 x 4480
@@ -29,18 +29,25 @@ multiplies a quarter fewer rows (``benchmarks/results/vs_reference.md``).
 
 from __future__ import annotations
 
-import dataclasses
+import typing
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.config import check_field_types
-from mirrorgrad_jax.models.base import dense, Constant, Recommender, frobenius, register, xavier_normal, xavier_uniform
+from mirrorgrad_jax.config import NonNegativeFloat, PositiveInt, config_class
+from mirrorgrad_jax.models.initializers import xavier_normal, xavier_uniform
+from mirrorgrad_jax.models.inputs import require_features
+from mirrorgrad_jax.models.interface import Constant, Recommender
+from mirrorgrad_jax.models.kernels import dense
+from mirrorgrad_jax.models.losses import frobenius
+from mirrorgrad_jax.models.registry import register
 
 
-PROJECTIONS = ("distinct_items", "batch_items", "all_items")
+Projection = Literal["distinct_items", "batch_items", "all_items"]
+PROJECTIONS: tuple[str, ...] = typing.get_args(Projection)
 
 
 def project_distinct(x: jax.Array, items: jax.Array, w: jax.Array, b: jax.Array, capacity: int) -> jax.Array:
@@ -88,21 +95,19 @@ def modality_order(names) -> list[str]:
     return first + sorted(set(names) - set(first))
 
 
-@dataclasses.dataclass(frozen=True)
+@config_class
 class VBPRConfig:
     """Attributes:
     embedding_size: d; user vectors have 2d entries (64 in the reference).
     reg_weight: lambda of the non-squared EmbLoss; grid {2.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5}.
+    projection: how the item features are projected (the same model either way; see the
+      module docstring): ``"distinct_items"`` (default), ``"batch_items"`` or ``"all_items"``
+      (the reference's).
     """
 
-    embedding_size: int = 64
-    reg_weight: float = 1e-3
-    projection: str = "distinct_items"
-
-    def __post_init__(self):
-        check_field_types(self)
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+    embedding_size: PositiveInt = 64
+    reg_weight: NonNegativeFloat = 1e-3
+    projection: Projection = "distinct_items"
 
 
 @register
@@ -114,8 +119,7 @@ class VBPR(Recommender):
     multimodal = True
 
     def __init__(self, dataset, config: VBPRConfig, *, rngs: nnx.Rngs):
-        if not dataset.features:
-            raise ValueError(f"VBPR needs item features, but dataset {dataset.name!r} has none")
+        require_features(dataset, "VBPR")
         self.config = config
         d = config.embedding_size
         feats = np.concatenate([np.asarray(dataset.features[m], np.float32) for m in modality_order(dataset.features)], axis=1)

@@ -108,7 +108,7 @@ def packaged_config(name: str, config_cls) -> dict:
     import pathlib
 
     from mirrorgrad_jax.config import load_yaml
-    from mirrorgrad_jax.trainer import TrainConfig
+    from mirrorgrad_jax.train import TrainConfig
 
     path = pathlib.Path(__file__).resolve().parents[1] / "models" / "configs" / f"{name}.yaml"
     config = load_yaml(path.read_text())
@@ -116,15 +116,3 @@ def packaged_config(name: str, config_cls) -> dict:
     assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(config_cls)}, "unknown model_config keys"
     assert set(config.get("train") or {}) <= {f.name for f in dataclasses.fields(TrainConfig)}, "unknown train keys"
     return config
-
-
-def trainer_losses(model_cls, config, ds, *, epochs: int, mg: bool) -> list[float]:
-    """Per-epoch training losses of a short trainer run on a tiny dataset (batches of 64, lr 1e-2).
-
-    The ranking cutoffs stop at 20: the tiny datasets have 40 items, so the default 50 does not fit.
-    """
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
-
-    train_config = TrainConfig(epochs=epochs, batch_size=64, learning_rate=1e-2, valid_metric="recall@20", patience=50, topk=(5, 10, 20))
-    result = train(model_cls, config, ds, train_config, MGConfig(enabled=mg), log=None)
-    return [h["loss"] for h in result.history]

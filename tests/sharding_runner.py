@@ -50,7 +50,7 @@ def dataset():
 
 
 def train_config(**overrides):
-    from mirrorgrad_jax.trainer import TrainConfig
+    from mirrorgrad_jax.train import TrainConfig
 
     base = dict(epochs=2, batch_size=64, eval_batch_size=32, learning_rate=1e-2, topk=(5, 10, 20), valid_metric="recall@20", seed=1)
     return TrainConfig(**{**base, **overrides})
@@ -67,7 +67,7 @@ def summary(result) -> dict:
 
 def run(model: str, mesh: str | None, shard: bool, **kw) -> dict:
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import MGConfig, train
+    from mirrorgrad_jax.train import MGConfig, train
 
     cls = get_model(model)
     extra = {k: kw.pop(k) for k in ("checkpoint_dir", "resume", "stop_after_epochs") if k in kw}
@@ -79,8 +79,8 @@ def checkpoint_across_meshes() -> dict:
     """VBPR: epoch 0 on 2x2 (tables split over `model`), saved; resumed on 1x4 for epoch 1."""
     import jax
 
-    from mirrorgrad_jax.checkpoint import load_checkpoint
-    from mirrorgrad_jax.sharding import Placement, make_mesh
+    from mirrorgrad_jax.train.checkpoint import load_checkpoint
+    from mirrorgrad_jax.devices import Placement, make_mesh
 
     folder = tempfile.mkdtemp(prefix="mg-sharded-ckpt-")
     first = run("vbpr", "data=2,model=2", True, checkpoint_dir=folder, stop_after_epochs=1)
@@ -119,7 +119,7 @@ def meshes(out: str, jobs: str) -> None:
 
 
 def worker(out: str, coordinator: str, num_processes: str, process_id: str) -> None:
-    from mirrorgrad_jax.sharding import initialize_distributed
+    from mirrorgrad_jax.devices import initialize_distributed
 
     initialize_distributed(coordinator, int(num_processes), int(process_id), timeout_s=120)
     import jax

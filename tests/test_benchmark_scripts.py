@@ -20,7 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    benchmarks = os.path.join(ROOT, "benchmarks")
+    if benchmarks not in sys.path:  # as when run as a script: the scripts import benchmarks/reporting.py
+        sys.path.append(benchmarks)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(benchmarks, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -194,7 +197,7 @@ def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
         (["--model", "slmrec", "--graph", "{missing}"], "the Baby graph is not at"),
         (["--model", "slmrec", "--settings", "n_layers"], "--settings takes key=value"),
         (["--model", "nosuch"], "unknown model 'nosuch'"),
-        (["--model", "slmrec", "--settings", "n_layers=-1"], "n_layers must be >= 0"),
+        (["--model", "slmrec", "--settings", "n_layers=-1"], "n_layers must be an integer >= 0"),
     ],
 )
 def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys, args, message):

@@ -149,7 +149,7 @@ def test_yaml_numbers_and_field_types(tmp_path, capsys):
     config.write_text("model: bprmf\ntrain:\n  epochs: many\n")
     _one_line_error(capsys, main(["train", "--config", str(config), "--dataset", "synthetic-small"]), "TrainConfig.epochs must be an integer", "'many'")
     config.write_text("model: bprmf\nmodel_config:\n  reg_weight: '1e-4'\n")
-    _one_line_error(capsys, main(["train", "--config", str(config), "--dataset", "synthetic-small"]), "BPRMFConfig.reg_weight must be a number", "'1e-4'")
+    _one_line_error(capsys, main(["train", "--config", str(config), "--dataset", "synthetic-small"]), "BPRMFConfig.reg_weight must be a finite number >= 0", "'1e-4'")
 
 
 def test_datasets_lists_and_describes(capsys):
@@ -230,3 +230,15 @@ def test_cli_module_runs_as_a_program_with_exit_status_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mirrorgrad_jax", "train", "--model", "nosuch"], capture_output=True, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown model 'nosuch'" in proc.stderr
+
+
+def test_an_mg_grid_is_trained_once_when_mg_is_off_and_the_log_says_so(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: bprmf\ndataset: synthetic-small\nmodel_config:\n  embedding_size: 8\n"
+        "train:\n  epochs: 1\n  batch_size: 1024\n  valid_metric: recall@20\nmg:\n  alpha2: [0.1, 0.2, 0.3]\n"
+    )
+    assert main(["train", "--config", str(config), "--no-mg", "--results", str(tmp_path / "r.json")]) == 0
+    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["mg"]["enabled"] is False
+    assert "the mg grid over alpha2 [0.1, 0.2, 0.3] cannot change a run with MG off" in capsys.readouterr().out

@@ -10,17 +10,17 @@ import pytest
 from flax import nnx
 
 from mirrorgrad_jax.data import epoch_batches, make_synthetic
-from mirrorgrad_jax.flatness import (
-    LossSlice,
+from mirrorgrad_jax.analysis.flatness import (
     filter_normalized_direction,
     hessian_top_eigenvalue,
     hessian_vector_product,
     loss_slice_1d,
     loss_slice_2d,
+    LossSlice,
     model_train_loss,
     sharpness,
 )
-from mirrorgrad_jax.plots import plot_slices
+from mirrorgrad_jax.analysis.plots import plot_slices
 from mirrorgrad_jax.models import VBPR, VBPRConfig
 
 

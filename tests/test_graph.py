@@ -146,7 +146,7 @@ def test_propagate_keeps_trailing_dims_forward_mode_and_vmap():
     f = lambda a, x: jnp.sum(jnp.sin(propagate(a, x, symmetric=True)))
     out = jax.jit(lambda x: propagate(adj, x))(x)
     np.testing.assert_array_equal(out.reshape(adj.num_nodes, 6), jax.jit(lambda x: propagate(adj, x))(x.reshape(adj.num_nodes, 6)))
-    # Forward over reverse (mirrorgrad_jax.flatness's Hessian-vector products) goes through.
+    # Forward over reverse (mirrorgrad_jax.analysis.flatness's Hessian-vector products) goes through.
     hvp = jax.jit(lambda x, t: jax.jvp(jax.grad(lambda y: f(adj, y)), (x,), (t,))[1])(x, t)
     hvp_old = jax.jit(lambda x, t: jax.jvp(jax.grad(lambda y: jnp.sum(jnp.sin(_segment_form(adj, y.reshape(adj.num_nodes, 6))))), (x,), (t,))[1])(x, t)
     np.testing.assert_allclose(hvp, hvp_old, rtol=1e-5, atol=1e-6)

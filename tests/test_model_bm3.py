@@ -1,4 +1,4 @@
-"""BM3 (spec card 3.6): parameters, gradients, propagation by hand, the bootstrap quirks."""
+"""BM3: parameters, gradients, propagation by hand, the bootstrap quirks."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import pytest
 from flax import nnx
 
 from mirrorgrad_jax.data import make_synthetic
-from mirrorgrad_jax.models.base import Constant, build_config
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
-from helpers import positive_batch, packaged_config, trainer_losses
+from helpers import positive_batch, packaged_config
 
 D = 8
 
@@ -33,31 +32,12 @@ def _grads(model, batch, key):
 def test_parameter_count_matches_card(tiny):
     model = _model(tiny)
     u, i = tiny.num_users, tiny.num_items
-    # Card: d(U + I) + predictor (d^2 + d) + per modality [raw table I*F + projection F*d + d].
+    # The reference's count: d(U + I) + predictor (d^2 + d) + per modality [raw table I*F + projection F*d + d].
     expected = D * (u + i) + (D * D + D) + sum(i * f.shape[1] + f.shape[1] * D + D for f in tiny.features.values())
     assert model.num_trainable_params() == expected
-    # On the card's sports dims the same formula gives the card's count.
+    # On Amazon Sports' dimensions the same formula gives the reference's count.
     u, i, d, fv, ft = 35_598, 18_357, 64, 4096, 384
     assert d * (u + i) + d * d + d + i * fv + fv * d + d + i * ft + ft * d + d == 85_983_488
-
-
-def test_uses_two_row_batches_shapes_and_finite_loss(tiny):
-    assert BM3.uses_negatives is False and BM3.multimodal
-    model = _model(tiny)
-    assert model.scores(jnp.arange(5)).shape == (5, tiny.num_items)
-    loss = model.loss(positive_batch(tiny), jax.random.key(0))
-    assert loss.shape == () and np.isfinite(float(loss))
-
-
-def test_every_parameter_gets_a_gradient_and_constants_none(tiny):
-    model = _model(tiny)
-    params, grads = _grads(model, positive_batch(tiny), jax.random.key(1))
-    names = {str(path[0].key) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
-    assert names == {"users", "items", "predictor_w", "predictor_b", "image_emb", "image_trs_w", "image_trs_b", "text_emb", "text_trs_w", "text_trs_b"}
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
-    constants = nnx.state(model, Constant)
-    assert set(constants.keys()) == {"adj_rows", "adj_cols", "adj_values"}
 
 
 def test_raw_feature_tables_start_at_the_features_and_are_fine_tuned(tiny):
@@ -65,13 +45,6 @@ def test_raw_feature_tables_start_at_the_features_and_are_fine_tuned(tiny):
     np.testing.assert_array_equal(np.asarray(model.image_emb[...]), tiny.features["image"])
     np.testing.assert_array_equal(np.asarray(model.text_emb[...]), tiny.features["text"])
     assert isinstance(model.image_emb, nnx.Param) and isinstance(model.text_emb, nnx.Param)
-
-
-@pytest.mark.parametrize("mg", [True, False])
-def test_training_loss_falls(tiny, mg):
-    losses = trainer_losses(BM3, BM3Config(embedding_size=D), tiny, epochs=4, mg=mg)
-    assert len(losses) == 4 and all(np.isfinite(losses))
-    assert losses[-1] < losses[0]
 
 
 def _dense_a_sym(ds):
@@ -182,24 +155,6 @@ def test_modality_roles(tiny):
         warnings.simplefilter("error")  # both roles mapped, nothing ignored: no warning
         mapped = BM3(other, BM3Config(embedding_size=D, image_modality="visual", text_modality="audio"), rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(np.asarray(mapped.image_emb[...]), other.features["visual"])
-
-
-@pytest.mark.parametrize(
-    "values, message",
-    [
-        ({"n_layers": -1}, "n_layers must be >= 0"),
-        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-        ({"reg_weight": -0.1}, "reg_weight must be >= 0"),
-        ({"cl_weight": -1.0}, "cl_weight must be >= 0"),
-        ({"embedding_size": 0}, "embedding_size must be >= 1"),
-        ({"image_modality": "", "text_modality": ""}, "cannot both be empty"),
-        ({"image_modality": "text"}, "must differ"),
-        ({"reg": 1.0}, r"unknown bm3 option\(s\) \['reg'\]"),
-    ],
-)
-def test_config_validation(values, message):
-    with pytest.raises(ValueError, match=message):
-        build_config(BM3, values)
 
 
 def test_yaml_maps_onto_the_config_and_trainer():

@@ -1,4 +1,4 @@
-"""LayerGCN (spec card 3.11): parameters, the refined forward and summed loss by hand, alternating pruning."""
+"""LayerGCN: parameters, the refined forward and summed loss by hand, alternating pruning."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from mirrorgrad_jax.graph import kept_edge_count, sample_edges_degree_sensitive
-from mirrorgrad_jax.models.base import Constant, EpochSample, build_config
+from mirrorgrad_jax.models import EpochSample
 from mirrorgrad_jax.models.layergcn import LayerGCN, LayerGCNConfig
-from helpers import jit_loss, jit_scores, random_batch, value_and_grad_constants_fixed, packaged_config, trainer_losses
+from helpers import jit_loss, jit_scores, packaged_config
 
 D = 8
 EPS = 1e-7  # the reference's degree epsilon
@@ -53,7 +53,7 @@ def _refined_forward(a, e_u, e_i, n_layers):
 def test_parameter_count_matches_card(tiny):
     model = _model(tiny)
     assert model.num_trainable_params() == D * (tiny.num_users + tiny.num_items)
-    assert 64 * (35_598 + 18_357) == 3_453_120  # the card's sports count, same formula
+    assert 64 * (35_598 + 18_357) == 3_453_120  # the reference's count on Amazon Sports, same formula
     assert LayerGCN.uses_negatives and not LayerGCN.multimodal
 
 
@@ -81,20 +81,6 @@ def test_loss_on_the_pruned_graph_and_scores_on_the_full_graph_by_hand(hand):
 
     users_full, items_full = _refined_forward(_normalised(hand.train.tolist(), 3, 4), e_u, e_i, 4)
     np.testing.assert_allclose(jit_scores(model, jnp.arange(3)), users_full @ items_full.T, rtol=1e-5, atol=1e-6)
-
-
-def test_every_parameter_gets_a_gradient_and_constants_are_not_parameters(tiny):
-    model = _model(tiny, dropout=0.1)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    loss, grads = value_and_grad_constants_fixed(graphdef, params, rest, random_batch(tiny))
-    assert np.isfinite(float(loss))
-    assert set(params.keys()) == {"users", "items"}
-    for path, g in jax.tree_util.tree_leaves_with_path(grads):
-        assert float(jnp.abs(g).max()) > 0.0, f"no gradient reaches {jax.tree_util.keystr(path)}"
-    assert set(nnx.state(model, Constant).keys()) == {
-        "full_rows", "full_cols", "full_values", "train_pairs", "masked_rows", "masked_cols", "masked_values", "pruning_random"
-    }
-    assert set(nnx.state(model, EpochSample).keys()) == {"masked_rows", "masked_cols", "masked_values", "pruning_random"}
 
 
 def test_pruning_alternates_degree_sensitive_then_uniform_by_construction(tiny):
@@ -162,32 +148,9 @@ def test_pre_epoch_changes_the_loss_but_not_the_scores(hand):
     assert len(losses) > 1
 
 
-def test_training_with_mirror_gradient_lowers_the_loss(tiny):
-    losses = trainer_losses(LayerGCN, LayerGCNConfig(embedding_size=D, dropout=0.1, n_layers=2), tiny, epochs=3, mg=True)
-    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
-
-
-def test_dataset_dependent_errors(hand):
+def test_a_dropout_that_keeps_no_edge_is_refused(hand):
     with pytest.raises(ValueError, match="dropout=0.9 keeps 0 of the 6 distinct train edges"):
         _model(hand, dropout=0.9)
-
-
-@pytest.mark.parametrize(
-    "values, message",
-    [
-        ({"n_layers": 0}, "n_layers must be >= 1"),
-        ({"embedding_size": 0}, "embedding_size must be >= 1"),
-        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-        ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
-        ({"reg_weight": -1e-4}, "reg_weight must be a finite number >= 0"),
-        ({"reg_weight": "1e-4"}, "reg_weight must be a number, got '1e-4'"),
-        ({"n_layers": 2.5}, "n_layers must be an integer"),
-        ({"weight_decay": 0.1}, r"unknown layergcn option\(s\) \['weight_decay'\]"),
-    ],
-)
-def test_config_validation(values, message):
-    with pytest.raises(ValueError, match=message):
-        build_config(LayerGCN, values)
 
 
 def test_yaml_maps_onto_the_config_and_trainer():

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from mirrorgrad_jax import find_mirror_state, is_mirror_batch, mirror_gradient
-from mirrorgrad_jax.nnx_train import make_nnx_train_step, nnx_grad_fn
+from mirrorgrad_jax.optim import make_nnx_train_step, nnx_grad_fn
 
 
 class _TwoLayer(nnx.Module):

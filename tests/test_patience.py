@@ -8,14 +8,14 @@ import pytest
 from mirrorgrad_jax.models import BPRMF, BPRMFConfig
 
 from mirrorgrad_jax.data import make_synthetic
-from mirrorgrad_jax.patience import (
+from mirrorgrad_jax.analysis.patience import (
     DEFAULT_PATIENCES,
     paired_difference,
     patience_label,
     replay_early_stopping,
     sweep_patience,
 )
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+from mirrorgrad_jax.train import MGConfig, TrainConfig, train
 
 BUDGET = 30
 
@@ -175,9 +175,12 @@ def test_replay_equals_a_live_run_with_min_epochs(setup):
 def bench():
     import importlib.util
     import os
+    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("bench_patience_sweep", os.path.join(root, "benchmarks", "patience_sweep.py"))
+    benchmarks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    if benchmarks not in sys.path:  # as when run as a script: the script imports benchmarks/reporting.py
+        sys.path.append(benchmarks)
+    spec = importlib.util.spec_from_file_location("bench_patience_sweep", os.path.join(benchmarks, "patience_sweep.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from mirrorgrad_jax.data import make_synthetic
-from mirrorgrad_jax.perturb import (
-    CAMPAIGN_FRACTION,
-    PERTURBATIONS,
+from mirrorgrad_jax.analysis.perturb import (
     apply_perturbation,
+    CAMPAIGN_FRACTION,
     campaign_shift,
     gaussian_noise,
     missing_modality,
+    PERTURBATIONS,
     swap_with_random_items,
 )
 

@@ -91,8 +91,16 @@ def test_movielens_minilm_text_comes_from_this_encoder(encoder, tmp_path):
         item_ids=np.array([10, 11, 12]), titles=("Toy Story", "Heat", "Fargo"),
         years=np.array([1995.0, 1995.0, np.nan]), genres=(("Comedy",), ("Action",), ()), source="test",
     )  # fmt: skip
-    ds = movielens.build_movielens(raw, text_encoder="minilm", model_dir=tmp_path, verbose=False)
+    ds = movielens.build_movielens(raw, text_encoder=minilm.minilm_text_encoder(cache_dir=tmp_path), verbose=False)
     documents = ["Toy Story (1995) Comedy", "Heat (1995) Action", "Fargo"]
     expected = minilm.encode_sentences(documents, batch_size=128)  # the shape build_movielens compiled
     assert ds.features["text"].shape == (3, 384)
     np.testing.assert_allclose(ds.features["text"], expected, atol=1e-6)
+
+
+def test_movielens_text_encoder_by_name_points_at_the_encoder_factory():
+    from mirrorgrad_jax.data import load_movielens_100k
+
+    # The data floor never imports the encoder: asking for it by name says where it lives.
+    with pytest.raises(ValueError, match=r"minilm_text_encoder\(\)"):
+        load_movielens_100k(text_encoder="minilm", verbose=False)

@@ -9,16 +9,16 @@ import jax
 import numpy as np
 import pytest
 
-from mirrorgrad_jax import comparison
+from mirrorgrad_jax.analysis import comparison
 from mirrorgrad_jax.cli import robustness as robustness_cli
-from mirrorgrad_jax.comparison import compare_runs, load_trained_state, train_and_measure
+from mirrorgrad_jax.analysis.comparison import compare_runs, load_trained_state, train_and_measure
 from mirrorgrad_jax.data import load_dataset
 from mirrorgrad_jax.models import BPRMF, VBPR, BPRMFConfig, VBPRConfig
-from mirrorgrad_jax.perturb import PERTURBATIONS
-from mirrorgrad_jax.plots import plot_robustness
-from mirrorgrad_jax.robustness import evaluate_params, robustness_curve, summarise
+from mirrorgrad_jax.analysis.perturb import PERTURBATIONS
+from mirrorgrad_jax.analysis.plots import plot_robustness
+from mirrorgrad_jax.analysis.robustness import evaluate_params, robustness_curve, summarise
 from mirrorgrad_jax.errors import ConfigError
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig
+from mirrorgrad_jax.train import MGConfig, TrainConfig
 
 CONFIG = VBPRConfig(embedding_size=8)
 TRAIN = TrainConfig(epochs=2, batch_size=128, learning_rate=1e-2, valid_metric="recall@20", patience=5, seed=5)

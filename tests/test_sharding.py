@@ -29,7 +29,7 @@ import pytest
 
 from mirrorgrad_jax.cli import main
 from mirrorgrad_jax.errors import ConfigError
-from mirrorgrad_jax.sharding import parse_mesh_spec
+from mirrorgrad_jax.devices import parse_mesh_spec
 
 RUNNER = Path(__file__).with_name("sharding_runner.py")
 LOSS_RTOL = 1e-5
@@ -145,7 +145,7 @@ def test_a_mesh_larger_than_the_devices_is_one_line_exit_2(capsys):
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [(["--mesh", "data=0"], "positive integer"), (["--mesh", "rows=2"], "axis=size"), (["--device-budget-mb", "-5"], "must be > 0")],
+    [(["--mesh", "data=0"], "positive integer"), (["--mesh", "rows=2"], "axis=size"), (["--device-budget-mb", "-5"], "device_budget_mb must be a finite number > 0")],
 )
 def test_layout_mistakes_are_reported_before_the_dataset_is_read(tmp_path, capsys, flags, expected):
     # The dataset folder does not exist: had it been read first, the error would name it.

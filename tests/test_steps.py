@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from mirrorgrad_jax import is_mirror_batch, mirror_gradient
-from mirrorgrad_jax.steps import epoch_layout, make_block_step, make_train_steps
+from mirrorgrad_jax.optim import EpochSegment, epoch_layout, make_block_step, make_train_steps, plan_epoch
 
 
 def _loss(params, batch, key):
@@ -84,3 +84,52 @@ def test_epoch_layout():
     assert epoch_layout(6, 3) == (2, 0)
     with pytest.raises(ValueError, match="beta"):
         epoch_layout(5, 0)
+
+
+def _reference_flags(n: int, beta: int) -> list[bool]:
+    return [is_mirror_batch(i, beta, schedule="reference", steps_per_epoch=n) for i in range(n)]
+
+
+def test_plan_epoch_scans_whole_blocks_and_steps_the_rest():
+    # 11 batches, beta 3: blocks 0-2, 3-5, 6-8 in one scan; 9 mirrors, 10 does not.
+    assert plan_epoch(_reference_flags(11, 3), 3) == [
+        EpochSegment("blocks", 0, 9, True),
+        EpochSegment("step", 9, 10, True),
+        EpochSegment("step", 10, 11, False),
+    ]
+
+
+def test_plan_epoch_runs_a_first_batch_alone_and_starts_blocks_at_the_next_block():
+    # A model with a first-batch loss: batch 0 alone, 1 and 2 single, blocks from 3.
+    assert plan_epoch(_reference_flags(9, 3), 3, first_alone=True) == [
+        EpochSegment("step", 0, 1, True),
+        EpochSegment("step", 1, 2, False),
+        EpochSegment("step", 2, 3, False),
+        EpochSegment("blocks", 3, 9, True),
+    ]
+
+
+def test_plan_epoch_without_mirror_batches_is_one_scan_and_without_scans_all_steps():
+    assert plan_epoch([False] * 5, 3) == [EpochSegment("scan", 0, 5)]
+    assert plan_epoch([False] * 5, 3, first_alone=True) == [EpochSegment("step", 0, 1), EpochSegment("scan", 1, 5)]
+    steps = plan_epoch(_reference_flags(7, 3), 3, scan=False)
+    assert [s.kind for s in steps] == ["step"] * 7 and [s.mirror for s in steps] == _reference_flags(7, 3)
+
+
+def test_plan_epoch_covers_every_batch_once_for_any_mirror_pattern():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        flags = list(rng.random(int(rng.integers(0, 20))) < 0.4)
+        for beta in (1, 2, 3, 5):
+            for first_alone in (False, True):
+                segments = plan_epoch(flags, beta, first_alone=first_alone)
+                covered = [i for s in segments for i in range(s.start, s.stop)]
+                assert covered == list(range(len(flags)))
+                for s in segments:
+                    if s.kind == "blocks":  # every block is [mirror, normal x (beta - 1)]
+                        assert (s.stop - s.start) % beta == 0
+                        assert flags[s.start : s.stop] == ([True] + [False] * (beta - 1)) * ((s.stop - s.start) // beta)
+                    elif s.kind == "step":
+                        assert s.mirror == flags[s.start]
+                    else:
+                        assert not any(flags[s.start : s.stop])

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mirrorgrad_jax.checkpoint import flatten_arrays, load_checkpoint
+from mirrorgrad_jax.train.checkpoint import flatten_arrays, load_checkpoint
 from flax import nnx
 
 from mirrorgrad_jax.models import Constant
 
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models import VBPR, BPRMF, VBPRConfig, BPRMFConfig
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, TrainingError, train
+from mirrorgrad_jax.train import MGConfig, TrainConfig, TrainingError, train
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def _literal_reference_loop(ds, cfg, mg, clip_both_passes=False):
     import optax
 
     from mirrorgrad_jax.data import epoch_batches
-    from mirrorgrad_jax.transform import torch_clip_grad_norm
+    from mirrorgrad_jax.optim import torch_clip_grad_norm
 
     model = BPRMF(ds, BPRMFConfig(embedding_size=8), rngs=nnx.Rngs(params=cfg.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -85,7 +85,7 @@ OPTIMIZERS = {
 
 
 def _reference_loop(np_opt, *, alpha1, alpha2, beta, apply_to, schedule, epochs, batches=_BATCHES):
-    """A literal port of the reference trainer's batch loop (spec section 3), in numpy.
+    """A literal port of the reference trainer's batch loop (``common/trainer.py``), in numpy.
 
     apply_to='gradient' is exactly the reference (scale the loss, i.e. the gradient,
     before optimizer.step()); 'update' scales the optimizer's own step instead.

@@ -19,7 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def vs():
-    spec = importlib.util.spec_from_file_location("bench_vs_reference", os.path.join(ROOT, "benchmarks", "vs_reference.py"))
+    benchmarks = os.path.join(ROOT, "benchmarks")
+    if benchmarks not in sys.path:  # as when run as a script: the script imports benchmarks/reporting.py
+        sys.path.append(benchmarks)
+    spec = importlib.util.spec_from_file_location("bench_vs_reference", os.path.join(benchmarks, "vs_reference.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -138,7 +141,7 @@ def test_settings_name_registered_models_and_real_config_fields(vs):
     import dataclasses
 
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.trainer import TrainConfig
+    from mirrorgrad_jax.train import TrainConfig
 
     assert set(vs.MODEL_SETTINGS) <= set(vs.REFERENCE_NAMES)
     assert set(vs.REFERENCE_SETTINGS) <= set(vs.REFERENCE_NAMES)

@@ -21,10 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirrorgrad_jax.checkpoint import load_checkpoint
+    from mirrorgrad_jax.train.checkpoint import load_checkpoint
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.errors import CheckpointError, ConfigError
-    from mirrorgrad_jax.trained import evaluate_model, load_trained_model
+    from mirrorgrad_jax.train.trained import evaluate_model, load_trained_model
 
     wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in ("recall", "ndcg", "precision", "map")]

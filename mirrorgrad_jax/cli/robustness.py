@@ -4,7 +4,7 @@ Both train one model per arm (no MG, MG on gradients, MG on updates) and seed, t
 print ONE side-by-side table and write ONE figure (plus the table and a JSON report):
 ``robustness`` measures how the test metric survives noisy or edited item features,
 ``flatness`` the top Hessian eigenvalue, sharpness and loss slices of the minima. The
-work is done by :mod:`mirrorgrad_jax.comparison`; this module only parses and prints.
+work is done by :mod:`mirrorgrad_jax.analysis.comparison`; this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _add_common_arguments(p: argparse.ArgumentParser, out_dir: str) -> None:
 
 
 def _add_robustness_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kinds", type=csv_list(str), default=["noise", "campaign"], help="comma list of noise, swap, campaign, missing (mirrorgrad_jax.perturb.PERTURBATIONS)")
+    p.add_argument("--kinds", type=csv_list(str), default=["noise", "campaign"], help="comma list of noise, swap, campaign, missing (mirrorgrad_jax.analysis.perturb.PERTURBATIONS)")
     p.add_argument("--levels", type=csv_list(float), default=[0.5, 1.0, 2.0], help="perturbation levels (default 0.5,1,2)")
     p.add_argument("--perturb-seeds", type=int, default=1, help="perturbation seeds per level (0, 1, ...)")
     p.add_argument("--modality", type=csv_list(str), help="perturbed modality or comma list (default all)")
@@ -108,11 +108,11 @@ def add_flatness_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _train_arms(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, list[Any]], dict[str, list[Any]]]:
-    from mirrorgrad_jax import comparison
+    from mirrorgrad_jax.analysis import comparison
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.perturb import PERTURBATIONS
-    from mirrorgrad_jax.trainer import MGConfig, TrainConfig
+    from mirrorgrad_jax.analysis.perturb import PERTURBATIONS
+    from mirrorgrad_jax.train import MGConfig, TrainConfig
 
     unknown = [a for a in args.arms if a not in ARM_LABELS]
     if unknown or not args.arms:
@@ -157,8 +157,8 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
     model_cls, model_config, dataset, states, results = _train_arms(args)
     os.makedirs(args.out_dir, exist_ok=True)
     figure = os.path.join(args.out_dir, f"{name}.png")
-    from mirrorgrad_jax.comparison import compare_runs
-    from mirrorgrad_jax.robustness import DEFAULT_METRICS
+    from mirrorgrad_jax.analysis.comparison import compare_runs
+    from mirrorgrad_jax.analysis.robustness import DEFAULT_METRICS
 
     comparison = compare_runs(
         model_cls, model_config, dataset, states,

@@ -106,16 +106,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirrorgrad_jax.sharding import initialize_distributed
+    from mirrorgrad_jax.devices import initialize_distributed
 
     # Before anything touches a device.
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     import jax
 
     from mirrorgrad_jax.data import load_dataset
-    from mirrorgrad_jax.grid import run_grid, summary_table
-    from mirrorgrad_jax.sharding import make_mesh
-    from mirrorgrad_jax.trainer import LAYOUT_FIELDS, TrainConfig
+    from mirrorgrad_jax.train.grid import run_grid, summary_table
+    from mirrorgrad_jax.devices import make_mesh
+    from mirrorgrad_jax.train import LAYOUT_FIELDS, TrainConfig
 
     primary = jax.process_index() == 0
     config = read_config(args.config) if args.config else {}

@@ -1,25 +1,21 @@
-"""Datasets for mirrorgrad-jax: the MMRec format, synthetic and MovieLens data, sampling.
+"""Datasets: the dataset type, the MMRec format, synthetic and MovieLens data, sampling.
 
-* :class:`RecDataset`, :func:`load_mmrec`, :func:`write_mmrec`: the immutable dataset
-  and the MMRec on-disk format, validated with :class:`DatasetError`.
+* :class:`RecDataset` (:mod:`.dataset`): the immutable dataset, validated with
+  :class:`DatasetError`;
+* :func:`load_mmrec`, :func:`write_mmrec` (:mod:`.mmrec`): the MMRec on-disk format, the
+  user graph read without running code.
 * :func:`per_user_split`: the reference's per-user random train/valid/test split.
 * :func:`make_synthetic`, :data:`SYNTHETIC_DEFAULT`: a generated multimodal dataset.
 * :func:`make_large`: a generated dataset at the shapes of Amazon Electronics (or S times it).
-* :func:`load_movielens_100k`: MovieLens-100K with text and metadata features.
+* :func:`load_movielens_100k`: MovieLens-100K with text and metadata features (its text
+  encoder is pluggable: :func:`mirrorgrad_jax.prepare.minilm_text_encoder`).
 * :func:`sample_negatives`, :func:`epoch_batches`: the reference's training batches.
 * :func:`load_dataset`, :data:`DATASETS`: the names ``--dataset`` accepts.
 """
 
-from mirrorgrad_jax.data.dataset import (
-    SPLIT_LABELS,
-    DatasetError,
-    RecDataset,
-    convert_user_graph,
-    load_mmrec,
-    read_user_graph,
-    per_user_split,
-    write_mmrec,
-)
+from mirrorgrad_jax.data.dataset import SPLIT_LABELS, DatasetError, RecDataset
+from mirrorgrad_jax.data.splits import per_user_split
+from mirrorgrad_jax.data.mmrec import convert_user_graph, load_mmrec, read_user_graph, write_mmrec
 from mirrorgrad_jax.data.catalog import DATASETS, load_dataset
 from mirrorgrad_jax.data.large import ELECTRONICS_SHAPE, make_large
 from mirrorgrad_jax.data.movielens import load_movielens_100k

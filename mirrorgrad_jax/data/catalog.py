@@ -14,7 +14,8 @@ import os
 import types
 from typing import Mapping
 
-from mirrorgrad_jax.data.dataset import DatasetError, RecDataset, load_mmrec
+from mirrorgrad_jax.data.dataset import DatasetError, RecDataset
+from mirrorgrad_jax.data.mmrec import load_mmrec
 from mirrorgrad_jax.data.large import make_large
 from mirrorgrad_jax.data.movielens import load_movielens_100k
 from mirrorgrad_jax.data.synthetic import SYNTHETIC_DEFAULT, make_synthetic

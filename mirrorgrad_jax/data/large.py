@@ -7,7 +7,7 @@ users, items and interactions (``scale=10``: 1.9M users, 630k items, 17M interac
 11.3 GB of features). Feature dimensions never scale. User and item counts are rounded UP
 to a multiple of 64 (192,448 and 63,040 at scale 1), so that tables can be row-sharded
 over any power-of-two mesh up to 64 devices: JAX shards only evenly, and a table whose
-rows do not divide stays replicated (see :mod:`mirrorgrad_jax.sharding`).
+rows do not divide stays replicated (see :mod:`mirrorgrad_jax.devices`).
 
 Unlike :func:`~mirrorgrad_jax.data.make_synthetic` (which scores every user against
 every item, quadratic), everything here is linear in the interactions, vectorised
@@ -34,7 +34,8 @@ from typing import Mapping
 
 import numpy as np
 
-from mirrorgrad_jax.data.dataset import RecDataset, per_user_split
+from mirrorgrad_jax.data.dataset import RecDataset
+from mirrorgrad_jax.data.splits import per_user_split
 
 __all__ = ["ELECTRONICS_SHAPE", "make_large"]
 

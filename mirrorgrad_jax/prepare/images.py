@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.data.dataset import DatasetError
+from mirrorgrad_jax.data import DatasetError
 
 __all__ = [
     "AMAZON_FEATURE_DIM",

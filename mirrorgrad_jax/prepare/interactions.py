@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mirrorgrad_jax.data.dataset import DatasetError
+from mirrorgrad_jax.data import DatasetError
 from mirrorgrad_jax.prepare.files import find_column, guess_delimiter, iter_rows
 
 __all__ = [

@@ -36,14 +36,14 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mirrorgrad_jax.data.dataset import DatasetError
+from mirrorgrad_jax.data import DatasetError
 
 __all__ = [
     "MODEL_ENV_VAR",
@@ -53,6 +53,7 @@ __all__ = [
     "check_text_extra",
     "encode_sentences",
     "find_minilm_model",
+    "minilm_text_encoder",
     "shared_encoder",
 ]
 
@@ -427,3 +428,25 @@ def encode_sentences(
     Uses :func:`shared_encoder`, so repeated calls load the weights once.
     """
     return shared_encoder(model_dir, batch_size=batch_size).encode(sentences, progress=progress)
+
+
+def minilm_text_encoder(
+    model_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None, batch_size: int = 128
+) -> Callable[[Sequence[str]], np.ndarray]:
+    """all-MiniLM-L6-v2 embeddings as a named text encoder for :func:`mirrorgrad_jax.data.load_movielens_100k`.
+
+    Args:
+        model_dir: the model folder (default: found by :func:`find_minilm_model`).
+        cache_dir: where a zipped model package is unpacked (see :func:`find_minilm_model`).
+        batch_size: sentences per encoder call.
+
+    Returns:
+        ``encode(sentences) -> (n, 384)`` float32, with ``encode.name == "minilm"``; the
+        weights are found and loaded on the first call.
+    """
+
+    def encode(sentences: Sequence[str]) -> np.ndarray:
+        return encode_sentences(list(sentences), model_dir=find_minilm_model(model_dir, cache_dir=cache_dir), batch_size=batch_size)
+
+    encode.name = "minilm"  # type: ignore[attr-defined]
+    return encode

@@ -34,25 +34,14 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
-import shutil
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mirrorgrad_jax.data.dataset import (
-    SPLIT_LABELS,
-    DatasetError,
-    RecDataset,
-    write_mmrec,
-)
-from mirrorgrad_jax.errors import ConfigError
+from mirrorgrad_jax.data import DatasetError
 from mirrorgrad_jax.prepare import images as image_lib
 from mirrorgrad_jax.prepare import text as text_lib
 from mirrorgrad_jax.prepare.interactions import (
@@ -61,190 +50,14 @@ from mirrorgrad_jax.prepare.interactions import (
     read_amazon_ratings,
     read_interaction_table,
 )
-from mirrorgrad_jax.prepare.splits import (
-    TEMPORAL_RATIOS,
-    split_per_user,
-    split_temporal,
-)
+from mirrorgrad_jax.prepare.options import PrepareOptions, PrepareResult, resolve_options
+from mirrorgrad_jax.prepare.output import check_output, format_summary, write_dataset
+from mirrorgrad_jax.prepare.splits import split_per_user, split_temporal
+from mirrorgrad_jax.prepare.work import WorkFolder, atomic_write, guarded, input_identity
 
 __all__ = ["PrepareOptions", "PrepareResult", "format_summary", "prepare_amazon", "prepare_folder"]
 
-#: Bumped whenever a step's output changes meaning, so old work folders are not reused.
-_FORMAT = 1
 _TEXT_CHUNK = 2048
-SUMMARY_FILE = "summary.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class PrepareOptions:
-    """Settings shared by :func:`prepare_amazon` and :func:`prepare_folder`.
-
-    Attributes:
-        name: Dataset name, the stem of ``<name>.inter``; default the output folder's name.
-        k_core: Minimum interactions per user and per item (5 in the reference).
-        user_core: Overrides ``k_core`` for users.
-        item_core: Overrides ``k_core`` for items.
-        split: ``"per-user"`` (the reference's) or ``"temporal"`` (global 70/10/20 by time).
-        seed: Seed of the per-user shuffle.
-        odd_row_to: Per-user split: where a user's odd held-out row goes, ``"valid"``
-            (as in the released MMRec Baby set) or ``"test"`` (as the reference notebook
-            computes); see :func:`~mirrorgrad_jax.prepare.split_per_user`.
-        temporal_ratios: Train/valid/test shares of the temporal split.
-        text_model: all-MiniLM-L6-v2 folder; default the installed package.
-        text_batch_size: Sentences per device batch.
-        image_batch_size: Images per device batch (image folders).
-        image_resize: Shorter side after resizing (image folders).
-        image_crop: Centre crop side (image folders).
-        user_graph: Also write the DualGNN/DRAGON user-user graph.
-        overwrite: Replace an output folder that already holds files.
-        missing_text: What an item without text gets: ``"error"`` stops (the default of
-            :func:`prepare_amazon`: every item needs a metadata record, as in the
-            reference) or ``"mean"``, the mean text vector (the default of
-            :func:`prepare_folder`).
-        progress: Show progress bars.
-        verbose: Print what each step did and the summary.
-    """
-
-    name: str | None = None
-    k_core: int = 5
-    user_core: int | None = None
-    item_core: int | None = None
-    split: str = "per-user"
-    seed: int = 999
-    odd_row_to: str = "valid"
-    temporal_ratios: tuple[float, float, float] = TEMPORAL_RATIOS
-    text_model: str | os.PathLike | None = None
-    text_batch_size: int = 128
-    image_batch_size: int = 32
-    image_resize: int = 256
-    image_crop: int = 224
-    user_graph: bool = True
-    overwrite: bool = False
-    missing_text: str | None = None
-    progress: bool = True
-    verbose: bool = True
-
-    def __post_init__(self) -> None:
-        if self.split not in ("per-user", "temporal"):
-            raise ConfigError(f"split must be 'per-user' or 'temporal', got {self.split!r}")
-        if self.odd_row_to not in ("valid", "test"):
-            raise ConfigError(f"odd_row_to must be 'valid' or 'test', got {self.odd_row_to!r}")
-        if self.missing_text not in (None, "error", "mean"):
-            raise ConfigError(f"missing_text must be 'error' or 'mean', got {self.missing_text!r}")
-        for key in (
-            "k_core",
-            "user_core",
-            "item_core",
-            "text_batch_size",
-            "image_batch_size",
-            "image_resize",
-            "image_crop",
-        ):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-        if self.image_crop > self.image_resize:
-            raise ConfigError(f"image_crop ({self.image_crop}) cannot exceed image_resize ({self.image_resize})")
-        if self.name is not None and (not self.name or "/" in self.name or os.sep in self.name):
-            raise ConfigError(f"name must be a plain file stem, got {self.name!r}")
-
-    @property
-    def cores(self) -> tuple[int, int]:
-        return (self.user_core or self.k_core, self.item_core or self.k_core)
-
-
-@dataclasses.dataclass(frozen=True)
-class PrepareResult:
-    """What a preparation produced.
-
-    Attributes:
-        path: The dataset folder (load it with :func:`mirrorgrad_jax.data.load_mmrec`).
-        summary: The numbers also written to ``summary.json``.
-        steps_run: Steps computed in this call.
-        steps_reused: Steps taken from an interrupted earlier call.
-    """
-
-    path: Path
-    summary: Mapping[str, Any]
-    steps_run: tuple[str, ...]
-    steps_reused: tuple[str, ...]
-
-
-# ---------------------------------------------------------------------------------------
-# The work folder: one file pair per finished step, reused when its fingerprint matches.
-# ---------------------------------------------------------------------------------------
-
-
-def _identity(path: str | os.PathLike | None) -> Any:
-    """What identifies an input for reuse: its path, size and modification time."""
-    if path is None:
-        return None
-    path = Path(path).resolve()
-    if path.is_dir():
-        return [
-            str(path),
-            sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()),
-        ]
-    if not path.exists():
-        raise DatasetError(f"{path} does not exist")
-    stat = path.stat()
-    return [str(path), stat.st_size, stat.st_mtime_ns]
-
-
-class _Work:
-    def __init__(self, out: Path, verbose: bool) -> None:
-        self.root = out.parent / f".{out.name}.prepare-work"
-        self.verbose = verbose
-        self.run: list[str] = []
-        self.reused: list[str] = []
-
-    def say(self, message: str) -> None:
-        if self.verbose:
-            print(f"[prepare] {message}", flush=True)
-
-    @staticmethod
-    def fingerprint(*parts: Any) -> str:
-        text = json.dumps([_FORMAT, *parts], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def _paths(self, step: str) -> tuple[Path, Path]:
-        return self.root / f"{step}.npz", self.root / f"{step}.json"
-
-    def step(
-        self, step: str, fingerprint: str, compute: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Returns the stored result of ``step`` if its fingerprint matches, else computes it."""
-        arrays_path, marker = self._paths(step)
-        if marker.is_file() and arrays_path.is_file():
-            stored = json.loads(marker.read_text())
-            if stored.get("fingerprint") == fingerprint:
-                with np.load(arrays_path, allow_pickle=False) as archive:
-                    arrays = {key: archive[key] for key in archive.files}
-                self.reused.append(step)
-                self.say(f"{step}: reused from {self.root}")
-                return arrays, stored["info"]
-        started = time.perf_counter()
-        arrays, info = compute()
-        self.root.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)
-        _atomic_write(arrays_path, lambda handle: np.savez(handle, **arrays))
-        _atomic_write(
-            marker, lambda handle: handle.write(json.dumps({"fingerprint": fingerprint, "info": info}).encode())
-        )
-        self.run.append(step)
-        self.say(f"{step}: done in {time.perf_counter() - started:.1f} s")
-        return arrays, info
-
-    def has_finished_steps(self) -> bool:
-        """Whether a rerun could reuse something: a finished step or encoded text chunks."""
-        return self.root.is_dir() and (any(self.root.glob("*.json")) or any(self.root.glob("text-chunks-*/*.npy")))
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        write(handle)
-    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,7 +83,7 @@ def _interactions_to_arrays(
 
 
 def _split(
-    work: _Work, inter_fp: str, arrays: dict[str, np.ndarray], options: PrepareOptions, source: str
+    work: WorkFolder, inter_fp: str, arrays: dict[str, np.ndarray], options: PrepareOptions, source: str
 ) -> tuple[str, dict[str, np.ndarray]]:
     if options.split == "temporal":
         if "timestamps" not in arrays:
@@ -291,7 +104,7 @@ def _split(
     return fingerprint, result
 
 
-def _encode_in_chunks(work: _Work, fingerprint: str, sentences: list[str], options: PrepareOptions) -> np.ndarray:
+def _encode_in_chunks(work: WorkFolder, fingerprint: str, sentences: list[str], options: PrepareOptions) -> np.ndarray:
     """Encodes sentences chunk by chunk, keeping finished chunks for a resumed run."""
     from mirrorgrad_jax.prepare.minilm import shared_encoder
 
@@ -307,7 +120,7 @@ def _encode_in_chunks(work: _Work, fingerprint: str, sentences: list[str], optio
                 encoder = shared_encoder(options.text_model, batch_size=options.text_batch_size)
             block = sentences[chunk * _TEXT_CHUNK : (chunk + 1) * _TEXT_CHUNK]
             vectors = encoder.encode(block, progress=options.progress, desc=f"text {chunk + 1}/{n_chunks}")
-            _atomic_write(path, lambda handle, v=vectors: np.save(handle, v, allow_pickle=False))
+            atomic_write(path, lambda handle, v=vectors: np.save(handle, v, allow_pickle=False))
         parts.append(np.load(path, allow_pickle=False))
     return np.concatenate(parts) if parts else np.zeros((0, 384), np.float32)
 
@@ -318,7 +131,7 @@ def _text_model_identity(options: PrepareOptions) -> Any:
 
     check_text_extra()
     folder = find_minilm_model(options.text_model)
-    return [_identity(folder / "model.safetensors"), _identity(folder / "tokenizer.json")]
+    return [input_identity(folder / "model.safetensors"), input_identity(folder / "tokenizer.json")]
 
 
 def _check_image_extra() -> None:
@@ -335,7 +148,7 @@ def _require_inputs(**paths: str | os.PathLike | None) -> None:
 
 
 def _text_step(
-    work: _Work,
+    work: WorkFolder,
     inter_fp: str,
     source_identity: Any,
     model_identity: Any,
@@ -373,226 +186,6 @@ def _progress_wrapper(options: PrepareOptions, desc: str, unit: str) -> Callable
 
 
 # ---------------------------------------------------------------------------------------
-# Output.
-# ---------------------------------------------------------------------------------------
-
-
-def _check_output(out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike | None]) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise DatasetError(f"{out} exists and is not a folder")
-        entries = sorted(p.name for p in out.iterdir())
-        if entries and not overwrite:
-            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-            raise DatasetError(f"{out} already holds files ({shown}); pass --overwrite (overwrite=True) to replace it")
-    resolved = out.resolve()
-    for path in inputs:
-        if path is not None and (resolved == Path(path).resolve() or resolved in Path(path).resolve().parents):
-            raise DatasetError(f"input {path} lies inside the output folder {out}; write the dataset elsewhere")
-
-
-def _format_number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _write_inter(path: Path, arrays: dict[str, np.ndarray], order: np.ndarray, labels: np.ndarray) -> None:
-    """The reference's ``.inter``: userID, itemID[, rating][, timestamp], x_label, in split order."""
-    columns = ["userID", "itemID"]
-    cells = [arrays["users"][order].astype(str), arrays["items"][order].astype(str)]
-    if "ratings" in arrays:
-        columns.append("rating")
-        cells.append(np.array(["" if np.isnan(r) else repr(float(r)) for r in arrays["ratings"][order]]))
-    if "timestamps" in arrays:
-        columns.append("timestamp")
-        cells.append(np.array([_format_number(t) for t in arrays["timestamps"][order]]))
-    columns.append("x_label")
-    cells.append(labels.astype(str))
-    body = "\n".join("\t".join(row) for row in zip(*cells))
-    path.write_text("\t".join(columns) + "\n" + body + "\n", encoding="utf-8")
-
-
-def _write_map(path: Path, header: tuple[str, str], ids: np.ndarray) -> None:
-    lines = [f"{raw}\t{index}" for index, raw in enumerate(ids.tolist())]
-    path.write_text("\t".join(header) + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _build_summary(
-    name: str,
-    inter: dict[str, np.ndarray],
-    inter_info: Mapping[str, Any],
-    labels: np.ndarray,
-    order: np.ndarray,
-    dataset: RecDataset,
-    features: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    options: PrepareOptions,
-    inputs: Mapping[str, Any],
-) -> dict[str, Any]:
-    num_users, num_items = len(inter["user_ids"]), len(inter["item_ids"])
-    total = len(labels)
-    split_rows = {split: int((labels == code).sum()) for split, code in SPLIT_LABELS.items()}
-    train_items = np.unique(inter["items"][order[labels == 0]])
-    summary: dict[str, Any] = {
-        "name": name,
-        "num_users": num_users,
-        "num_items": num_items,
-        "num_interactions": total,
-        "density": total / (num_users * num_items),
-        "split": {
-            "method": options.split,
-            **(
-                {"seed": options.seed, "odd_row_to": options.odd_row_to}
-                if options.split == "per-user"
-                else {"ratios": list(options.temporal_ratios)}
-            ),
-            **split_rows,
-            "valid_test_rows_of_users_without_train": int(
-                split_rows["valid"] + split_rows["test"] - len(dataset.valid) - len(dataset.test)
-            ),
-        },
-        "cold_items": int(num_items - len(train_items)),
-        "cleaning": dict(inter_info),
-        "features": {
-            modality: {
-                "dim": int(values.shape[1]),
-                "items_with_own": int(found.sum()),
-                "filled_with_mean": int((~found).sum()),
-                "coverage": float(found.mean()),
-            }
-            for modality, (values, found) in features.items()
-        },
-        "inputs": dict(inputs),
-    }
-    if dataset.user_graph is not None:
-        sizes = np.array([len(ids) for ids, _ in dataset.user_graph.values()])
-        summary["user_graph"] = {
-            "users_with_neighbours": int((sizes > 0).sum()),
-            "mean_neighbours": float(sizes.mean()),
-            "max_neighbours_kept": 200,
-        }
-    return summary
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """A human-readable version of ``summary.json``."""
-    s, c, split = summary, summary["cleaning"], summary["split"]
-    lines = [
-        (
-            f"dataset {s['name']}: {s['num_users']} users, {s['num_items']} items, "
-            f"{s['num_interactions']} interactions (density {100 * s['density']:.4f}%)"
-        ),
-        (
-            f"  read {c['rows_read']} rows: {c['rows_missing']} with a missing field, {c['duplicate_rows']} "
-            f"duplicates, {c['repeated_pairs']} repeated (user, item) pairs dropped; "
-            f"{c['user_core']}/{c['item_core']}-core removed {c['kcore_rows_removed']} rows, "
-            f"{c['kcore_users_removed']} users, {c['kcore_items_removed']} items in {c['kcore_iterations']} rounds"
-        ),
-        (
-            f"  split {split['method']}: train {split['train']}, valid {split['valid']}, test {split['test']}; "
-            f"cold items (no train row) {s['cold_items']}"
-        ),
-    ]
-    if split["valid_test_rows_of_users_without_train"]:
-        lines.append(
-            f"  {split['valid_test_rows_of_users_without_train']} valid/test rows belong to users without "
-            "train rows; the loader skips them, as the reference does"
-        )
-    for modality, f in s["features"].items():
-        lines.append(
-            f"  {modality}: {f['dim']}-d, {f['items_with_own']} items with their own "
-            f"({100 * f['coverage']:.2f}%), {f['filled_with_mean']} filled with the mean vector"
-        )
-    if "user_graph" in s:
-        g = s["user_graph"]
-        lines.append(
-            f"  user graph: {g['users_with_neighbours']} users with neighbours, mean {g['mean_neighbours']:.1f}"
-        )
-    return "\n".join(lines)
-
-
-def _finish(
-    work: _Work,
-    out: Path,
-    name: str,
-    inter: dict[str, np.ndarray],
-    inter_info: Mapping[str, Any],
-    split: dict[str, np.ndarray],
-    features: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    id_headers: tuple[tuple[str, str], tuple[str, str]],
-    options: PrepareOptions,
-    inputs: Mapping[str, Any],
-) -> PrepareResult:
-    from mirrorgrad_jax.graph import build_user_graph
-
-    order, labels = split["order"], split["labels"]
-    users, items = inter["users"][order], inter["items"][order]
-    pairs = [np.column_stack([users[labels == code], items[labels == code]]) for code in SPLIT_LABELS.values()]
-    for split_name, rows in zip(SPLIT_LABELS, pairs):
-        if len(rows) == 0:
-            raise DatasetError(f"the {split_name} split is empty ({options.split} split of {len(order)} rows)")
-    num_users, num_items = len(inter["user_ids"]), len(inter["item_ids"])
-    graph = build_user_graph(pairs[0], num_users) if options.user_graph else None
-    dataset = RecDataset.from_arrays(
-        name, *pairs, {m: values for m, (values, _) in features.items()},
-        num_users=num_users, num_items=num_items, user_graph=graph, verbose=False,
-    )  # fmt: skip
-
-    stage = work.root / "dataset"
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        write_mmrec(dataset, stage)
-        # write_mmrec keeps only the loader's columns and rows; the reference's file also has
-        # rating and timestamp, and the valid/test rows of users without train rows.
-        _write_inter(stage / f"{name}.inter", inter, order, labels)
-        _write_map(stage / "u_id_mapping.csv", id_headers[0], inter["user_ids"])
-        _write_map(stage / "i_id_mapping.csv", id_headers[1], inter["item_ids"])
-        if "image" in features and not features["image"][1].all():
-            missing = np.flatnonzero(~features["image"][1])
-            (stage / "missed_img_itemIDs.csv").write_text("".join(f"{i}\n" for i in missing))
-        summary = _build_summary(name, inter, inter_info, labels, order, dataset, features, options, inputs)
-        (stage / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        if out.exists():  # only here with overwrite (checked first) or when it is empty
-            shutil.rmtree(work.root / "replaced", ignore_errors=True)
-            os.replace(out, work.root / "replaced")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    work.run.append("write")
-    result = PrepareResult(out, summary, tuple(work.run), tuple(work.reused))
-    shutil.rmtree(work.root, ignore_errors=True)
-    work.say(f"wrote {out}")
-    if options.verbose:
-        print(format_summary(summary))
-    return result
-
-
-def _guarded(work: _Work, body: Callable[[], PrepareResult]) -> PrepareResult:
-    """Runs ``body``; on failure keeps the work folder only if it holds finished steps."""
-    try:
-        return body()
-    except BaseException:
-        if work.root.is_dir():
-            if work.has_finished_steps():
-                work.say(f"stopped; finished steps are kept in {work.root} and reused by a rerun")
-            else:
-                shutil.rmtree(work.root, ignore_errors=True)
-        raise
-
-
-def _options(options: PrepareOptions | None, overrides: Mapping[str, Any], *, missing_text: str) -> PrepareOptions:
-    """``options`` with ``overrides`` applied and the entry point's default for missing texts."""
-    options = options or PrepareOptions()
-    try:
-        options = dataclasses.replace(options, **overrides)
-    except TypeError as err:
-        names = ", ".join(f.name for f in dataclasses.fields(PrepareOptions))
-        raise ConfigError(f"{err}; the options are: {names}") from None
-    if options.missing_text is None:
-        options = dataclasses.replace(options, missing_text=missing_text)
-    return options
-
-
-# ---------------------------------------------------------------------------------------
 # The two entry points.
 # ---------------------------------------------------------------------------------------
 
@@ -625,17 +218,17 @@ def prepare_amazon(
             after the k-core, an item without a metadata record, or an output folder
             that holds files without ``overwrite``.
     """
-    options = _options(options, overrides, missing_text="error")
+    options = resolve_options(options, overrides, missing_text="error")
     out = Path(out).resolve()
     _require_inputs(ratings=ratings, meta=meta, image_features=image_features)
-    _check_output(out, options.overwrite, [ratings, meta, image_features])
+    check_output(out, options.overwrite, [ratings, meta, image_features])
     text_model = _text_model_identity(options) if meta is not None else None
     name = options.name or out.resolve().name
-    work = _Work(out, options.verbose)
+    work = WorkFolder(out, options.verbose)
 
     def body() -> PrepareResult:
         user_core, item_core = options.cores
-        inter_fp = work.fingerprint("amazon-interactions", _identity(ratings), user_core, item_core)
+        inter_fp = work.fingerprint("amazon-interactions", input_identity(ratings), user_core, item_core)
 
         def interactions() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             raw = read_amazon_ratings(ratings)
@@ -660,11 +253,11 @@ def prepare_amazon(
                     )
                 return [text_lib.amazon_sentence(records[a]) if a in records else None for a in asins], {}
 
-            text = _text_step(work, inter_fp, _identity(meta), text_model, sentences, options)
+            text = _text_step(work, inter_fp, input_identity(meta), text_model, sentences, options)
             features["text"] = (text["features"], text["found"])
 
         if image_features is not None:
-            image_fp = work.fingerprint("amazon-image", inter_fp, _identity(image_features))
+            image_fp = work.fingerprint("amazon-image", inter_fp, input_identity(image_features))
 
             def image() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 result = image_lib.read_image_features(image_features, asins, progress=options.progress)
@@ -683,12 +276,12 @@ def prepare_amazon(
             "meta": meta and str(meta),
             "image_features": image_features and str(image_features),
         }
-        return _finish(
+        return write_dataset(
             work, out, name, inter, inter_info, split, features,
             (("user_id", "userID"), ("asin", "itemID")), options, inputs,
         )  # fmt: skip
 
-    return _guarded(work, body)
+    return guarded(work, body)
 
 
 def prepare_folder(
@@ -735,25 +328,25 @@ def prepare_folder(
             ``image_weights``, an empty set after the k-core, or an output folder that
             holds files without ``overwrite``.
     """
-    options = _options(options, overrides, missing_text="mean")
+    options = resolve_options(options, overrides, missing_text="mean")
     out = Path(out).resolve()
     if images is not None and image_weights is None:
         raise DatasetError(
             f"{images}: encoding images needs the weights of a pretrained ResNet (image_weights / --image-weights)"
         )
     _require_inputs(interactions=interactions, items=items, images=images, image_weights=image_weights)
-    _check_output(out, options.overwrite, [interactions, items, images, image_weights])
+    check_output(out, options.overwrite, [interactions, items, images, image_weights])
     text_model = _text_model_identity(options) if items is not None else None
     if images is not None:
         _check_image_extra()
     name = options.name or out.resolve().name
-    work = _Work(out, options.verbose)
+    work = WorkFolder(out, options.verbose)
     columns = {"user_column": user_column, "item_column": item_column, "rating_column": rating_column,
                "timestamp_column": timestamp_column, "delimiter": delimiter}  # fmt: skip
 
     def body() -> PrepareResult:
         user_core, item_core = options.cores
-        inter_fp = work.fingerprint("table-interactions", _identity(interactions), columns, user_core, item_core)
+        inter_fp = work.fingerprint("table-interactions", input_identity(interactions), columns, user_core, item_core)
 
         def read() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             raw = read_interaction_table(interactions, **columns)
@@ -783,12 +376,12 @@ def prepare_folder(
                     )
                 return [table.get(item) for item in item_ids], {}
 
-            text = _text_step(work, inter_fp, _identity(items), text_model, sentences, options)
+            text = _text_step(work, inter_fp, input_identity(items), text_model, sentences, options)
             features["text"] = (text["features"], text["found"])
 
         if images is not None:
             image_fp = work.fingerprint(
-                "folder-image", inter_fp, _identity(images), _identity(image_weights),
+                "folder-image", inter_fp, input_identity(images), input_identity(image_weights),
                 options.image_resize, options.image_crop,
             )  # fmt: skip
 
@@ -816,9 +409,9 @@ def prepare_folder(
 
         inputs = {"interactions": str(interactions), "items": items and str(items),
                   "images": images and str(images), "image_weights": image_weights and str(image_weights)}  # fmt: skip
-        return _finish(
+        return write_dataset(
             work, out, name, inter, inter_info, split, features,
             (("user_id", "userID"), ("item_id", "itemID")), options, inputs,
         )  # fmt: skip
 
-    return _guarded(work, body)
+    return guarded(work, body)

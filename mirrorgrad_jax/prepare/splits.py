@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mirrorgrad_jax.data.dataset import DatasetError, per_user_split
+from mirrorgrad_jax.data import DatasetError, per_user_split
 
 __all__ = ["TEMPORAL_RATIOS", "split_per_user", "split_temporal"]
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mirrorgrad_jax.data.dataset import DatasetError
+from mirrorgrad_jax.data import DatasetError
 from mirrorgrad_jax.prepare.files import (
     find_column,
     guess_delimiter,

@@ -33,17 +33,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mirrorgrad_jax.optim.clipping import torch_clip_grad_norm
+from mirrorgrad_jax.optim.schedule import Schedule, is_mirror_batch
+
 __all__ = [
     "MirrorGradientState",
     "mirror_gradient",
     "implicit_penalty",
-    "is_mirror_batch",
     "mirror_pass_pending",
     "find_mirror_state",
-    "torch_clip_grad_norm",
 ]
 
-Schedule = Literal["reference", "global", "algorithm1"]
 ApplyTo = Literal["gradient", "update"]
 Mode = Literal["opaque", "transparent"]
 
@@ -64,44 +64,6 @@ class MirrorGradientState(NamedTuple):
     count: jax.Array
     phase: jax.Array
     inner_state: optax.OptState
-
-
-def is_mirror_batch(
-    batch_index: int | jax.Array,
-    beta: int,
-    *,
-    schedule: Schedule = "reference",
-    steps_per_epoch: int | None = None,
-) -> bool | jax.Array:
-    """Whether the mini-batch with 0-based global index ``batch_index`` is a mirror batch.
-
-    Works on Python ints (for host-side dispatch) and on traced integers alike.
-
-    Args:
-      batch_index: 0-based count of batches completed before this one.
-      beta: mirror interval (>= 1).
-      schedule: ``"reference"`` reproduces the reference trainer: the in-epoch batch
-        index ``b`` restarts every epoch and batches with ``b % beta == 0`` (0, beta,
-        2*beta, ...) are mirror batches, so the first batch of every epoch mirrors.
-        ``"global"``: batches 0, beta, 2*beta, ... of the whole run, never restarted
-        (the same as ``"reference"`` when every epoch has a multiple of ``beta``
-        batches). ``"algorithm1"`` is the paper's Algorithm 1: a global 1-based
-        counter ``t`` with mirror steps where ``t % beta == 0`` (batches beta-1,
-        2*beta-1, ... in 0-based terms), never reset.
-      steps_per_epoch: batches per epoch, used by ``"reference"`` to restart the index;
-        with ``None`` the index never restarts (as ``"global"``).
-
-    Returns:
-      A Python bool for Python inputs, else a boolean array.
-    """
-    if schedule == "algorithm1":
-        return (batch_index + 1) % beta == 0
-    if schedule == "global":
-        return batch_index % beta == 0
-    if schedule != "reference":
-        raise ValueError(f"schedule must be 'reference', 'global' or 'algorithm1', got {schedule!r}")
-    in_epoch = batch_index if steps_per_epoch is None else batch_index % steps_per_epoch
-    return in_epoch % beta == 0
 
 
 def implicit_penalty(alpha1: float, alpha2: float, learning_rate: float) -> float:
@@ -150,21 +112,6 @@ def implicit_penalty(alpha1: float, alpha2: float, learning_rate: float) -> floa
 def _scale(factor: Any, tree: Any) -> Any:
     """Multiplies every leaf by ``factor`` while keeping each leaf's dtype."""
     return jax.tree.map(lambda x: (jnp.asarray(factor, x.dtype) * x), tree)
-
-
-def torch_clip_grad_norm(grads: Any, max_norm: float) -> Any:
-    """Rescales ``grads`` as ``torch.nn.utils.clip_grad_norm_`` does.
-
-    With ``n`` the global L2 norm over all leaves, every leaf is multiplied by
-    ``min(1, max_norm / (n + 1e-6))`` (torch's epsilon; ``optax.clip_by_global_norm``
-    uses ``max_norm / max(n, max_norm)``, which differs by that epsilon).
-    """
-    leaves = jax.tree.leaves(grads)
-    if not leaves:
-        return grads
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32 if g.dtype != jnp.float64 else g.dtype))) for g in leaves))
-    coef = jnp.minimum(1.0, max_norm / (norm + 1e-6))
-    return jax.tree.map(lambda g: (g * coef.astype(g.dtype)).astype(g.dtype), grads)
 
 
 def _is_concrete_number(x: Any) -> bool:

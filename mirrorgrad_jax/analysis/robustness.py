@@ -2,7 +2,7 @@
 
 The paper's claim is that Mirror Gradient keeps recommendations stable when item
 features are noisy or edited after training. This module measures that for a trained
-state (:func:`~mirrorgrad_jax.trained.trained_state`: the parameters plus whatever a
+state (:func:`~mirrorgrad_jax.train.trained.trained_state`: the parameters plus whatever a
 checkpoint keeps, such as the training cache of stale-evaluation models):
 
 * :func:`evaluate_params`: rank with a trained state on a (possibly perturbed)
@@ -19,7 +19,7 @@ and retention is measured against the same recomputation on the clean features (
 0 gives exactly 1; staleness is not counted as instability).
 
 The MG-off/on comparison (training arms, one table and one figure) is in
-:mod:`mirrorgrad_jax.comparison`, the figures in :mod:`mirrorgrad_jax.plots`.
+:mod:`mirrorgrad_jax.analysis.comparison`, the figures in :mod:`mirrorgrad_jax.analysis.plots`.
 
 Example::
 
@@ -40,10 +40,10 @@ from flax import nnx
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import CheckpointError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator
-from mirrorgrad_jax.flatness import check_params_fit
-from mirrorgrad_jax.models.base import CHECKPOINTED, check_ready_to_rank
-from mirrorgrad_jax.perturb import PERTURBATIONS, apply_perturbation
-from mirrorgrad_jax.trained import fit_trained_state
+from mirrorgrad_jax.analysis.flatness import check_params_fit
+from mirrorgrad_jax.models import CHECKPOINTED, check_ready_to_rank
+from mirrorgrad_jax.analysis.perturb import PERTURBATIONS, apply_perturbation
+from mirrorgrad_jax.train.trained import fit_trained_state
 
 __all__ = ["DEFAULT_METRICS", "evaluate_params", "metric_cutoffs", "robustness_curve", "summarise"]
 
@@ -146,11 +146,11 @@ def evaluate_params(
     this reproduces the trainer's numbers exactly, stale-evaluation models included.
 
     Args:
-      model_cls: a :class:`~mirrorgrad_jax.models.base.Recommender` class.
+      model_cls: a :class:`~mirrorgrad_jax.models.Recommender` class.
       model_config: its config.
       dataset: the data to rank on.
-      state: the trained state (:func:`~mirrorgrad_jax.trained.trained_state`, e.g. from
-        :func:`~mirrorgrad_jax.comparison.load_trained_state`); for models without
+      state: the trained state (:func:`~mirrorgrad_jax.train.trained.trained_state`, e.g. from
+        :func:`~mirrorgrad_jax.analysis.comparison.load_trained_state`); for models without
         saved state, the ``nnx.Param`` state alone.
       split: ``"valid"`` or ``"test"``.
       topk: ranking cutoffs.
@@ -191,11 +191,12 @@ def robustness_curve(
     representation, on the clean and on the perturbed data alike (module docstring).
 
     Args:
-      model_cls, model_config: the model.
+      model_cls: the model's class.
+      model_config: its config.
       clean_dataset: the dataset the state was trained on.
       state: the trained state.
-      kind: a perturbation of :func:`~mirrorgrad_jax.perturb.apply_perturbation`.
-      levels: its levels (see :data:`~mirrorgrad_jax.perturb.PERTURBATIONS`).
+      kind: a perturbation of :func:`~mirrorgrad_jax.analysis.perturb.apply_perturbation`.
+      levels: its levels (see :data:`~mirrorgrad_jax.analysis.perturb.PERTURBATIONS`).
       seeds: perturbation seeds; each (level, seed) is one perturbed dataset.
       modality: perturbed modality (or modalities); ``None`` = all.
       metrics: which metrics to record, e.g. ``("recall@20", "ndcg@20")``.

@@ -29,12 +29,11 @@ from flax import nnx
 
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import CheckpointError
-from mirrorgrad_jax.flatness import LossSlice, hessian_top_eigenvalue, loss_slice_1d, loss_slice_2d, model_train_loss, sharpness
-from mirrorgrad_jax.perturb import PERTURBATIONS
-from mirrorgrad_jax.plots import plot_comparison
-from mirrorgrad_jax.robustness import DEFAULT_METRICS, StateEvaluator, metric_cutoffs, perturbation_rows, summarise
-from mirrorgrad_jax.trained import load_trained_model, trained_state
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, TrainResult, train
+from mirrorgrad_jax.analysis.flatness import LossSlice, hessian_top_eigenvalue, loss_slice_1d, loss_slice_2d, model_train_loss, sharpness
+from mirrorgrad_jax.analysis.perturb import PERTURBATIONS
+from mirrorgrad_jax.analysis.plots import plot_comparison
+from mirrorgrad_jax.analysis.robustness import DEFAULT_METRICS, StateEvaluator, metric_cutoffs, perturbation_rows, summarise
+from mirrorgrad_jax.train import MGConfig, TrainConfig, TrainResult, load_trained_model, resolved_model_config, train, trained_state
 
 __all__ = [
     "Comparison",
@@ -55,8 +54,8 @@ class TrainedRun(NamedTuple):
 
     Attributes:
       state: the best-validation trained state (parameters plus the saved
-        non-parameter state; :func:`~mirrorgrad_jax.trained.trained_state`).
-      result: the trainer's :class:`~mirrorgrad_jax.trainer.TrainResult`.
+        non-parameter state; :func:`~mirrorgrad_jax.train.trained.trained_state`).
+      result: the trainer's :class:`~mirrorgrad_jax.train.TrainResult`.
       checkpoint: the ``best.ckpt`` path, or ``None`` when it lived in a temporary folder.
     """
 
@@ -69,7 +68,8 @@ def load_trained_state(model_cls: type, model_config: Any, dataset: RecDataset, 
     """The trained state stored in a trainer checkpoint (``best.ckpt`` or ``last.ckpt``).
 
     Args:
-      model_cls, model_config: the model the checkpoint was trained with.
+      model_cls: the class of the model the checkpoint was trained with.
+      model_config: its config.
       dataset: a dataset with the training data's sizes.
       checkpoint_path: the checkpoint folder.
 
@@ -86,8 +86,8 @@ def load_trained_state(model_cls: type, model_config: Any, dataset: RecDataset, 
     if loaded.model_cls is not model_cls:
         raise ValueError(f"{checkpoint_path} holds a {loaded.model_cls.name!r} model, not {model_cls.name!r}")
     mg = loaded.meta.get("meta", {}).get("mg", {})
-    if hasattr(model_config, "for_training") and mg:  # settings resolved from MG's, as the trainer did
-        model_config = model_config.for_training(bool(mg["enabled"]), int(mg["beta"]))
+    if mg:  # resolved as the trainer resolved it (MVGAE's KL weight follows MG)
+        model_config = resolved_model_config(model_cls, model_config, MGConfig(**mg))
     if loaded.model_config != model_config:
         raise ValueError(f"{checkpoint_path} does not fit {model_cls.__name__} with {model_config}: it was trained with {loaded.model_config}")
     return trained_state(loaded.model)
@@ -103,10 +103,11 @@ def train_and_measure(
     checkpoint_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainedRun:
-    """Trains with :func:`mirrorgrad_jax.trainer.train` and returns the best-validation trained state.
+    """Trains with :func:`mirrorgrad_jax.train.train` and returns the best-validation trained state.
 
     Args:
-      model_cls, model_config: the model.
+      model_cls: the model's class.
+      model_config: its config.
       dataset: the data.
       train_config: trainer settings.
       mg: Mirror Gradient settings.
@@ -181,8 +182,8 @@ class Comparison:
       figure: the PNG path, or ``None`` when no path was given.
       numbers: label -> column -> list of values (one per run, or per run and
         perturbation seed for retention columns).
-      curves: label -> :func:`~mirrorgrad_jax.robustness.summarise` output (empty without robustness).
-      slices: label -> 1-D :class:`~mirrorgrad_jax.flatness.LossSlice` of its first run.
+      curves: label -> :func:`~mirrorgrad_jax.analysis.robustness.summarise` output (empty without robustness).
+      slices: label -> 1-D :class:`~mirrorgrad_jax.analysis.flatness.LossSlice` of its first run.
     """
 
     table: str
@@ -238,9 +239,9 @@ def compare_runs(
     """One markdown table and one figure comparing several labelled training runs.
 
     Columns: the clean test metrics; with ``flatness``, ``lambda_max`` of the training
-    loss (:func:`~mirrorgrad_jax.flatness.hessian_top_eigenvalue`) and the SAM and random
+    loss (:func:`~mirrorgrad_jax.analysis.flatness.hessian_top_eigenvalue`) and the SAM and random
     sharpness at relative radius ``rho``, all on the same fixed training batches
-    (:func:`~mirrorgrad_jax.flatness.model_train_loss` with ``seed``); with
+    (:func:`~mirrorgrad_jax.analysis.flatness.model_train_loss` with ``seed``); with
     ``robustness``, the retention of ``metrics[0]`` under each kind and level. Cells are
     ``mean ± std`` over a label's runs (and perturbation seeds).
 
@@ -249,19 +250,24 @@ def compare_runs(
     panel per label; slices use each label's first run.
 
     Args:
-      model_cls, model_config: the model all runs trained.
+      model_cls: the class of the model all runs trained.
+      model_config: its config.
       dataset: the clean dataset they trained on.
-      runs: label -> trained state (:func:`~mirrorgrad_jax.trained.trained_state`, e.g.
+      runs: label -> trained state (:func:`~mirrorgrad_jax.train.trained.trained_state`, e.g.
         ``TrainedRun.state``), or a list of them (e.g. one per seed).
       path: PNG to write; ``None`` writes no figure.
       metrics: clean metrics shown; the first is the one whose retention is shown.
       robustness: measure retention.
-      kinds, levels, perturb_seeds, modality: see :func:`~mirrorgrad_jax.robustness.robustness_curve`.
+      kinds: perturbation kinds, each measured as :func:`~mirrorgrad_jax.analysis.robustness.robustness_curve` does.
+      levels: perturbation levels.
+      perturb_seeds: perturbation seeds; each (level, seed) is one perturbed dataset.
+      modality: perturbed modality (or modalities); ``None`` = all.
       flatness: measure ``lambda_max``, sharpness and slices.
       rho: relative sharpness radius.
       num_directions: random directions for the random sharpness.
       power_iterations: Hessian-vector products of the power iteration.
-      flatness_batches, batch_size: the fixed training batches of the flatness loss.
+      flatness_batches: how many fixed training batches the flatness loss averages.
+      batch_size: the size of those batches.
       slices_2d: add 2-D slice panels.
       seed: seeds the flatness batches, the power iteration and the directions.
       log: progress printer.

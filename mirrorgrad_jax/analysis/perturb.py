@@ -4,7 +4,7 @@ Mirror Gradient is motivated by recommendations that must stay stable when item
 features change after training: *inherent noise* (feature extractors, crawled images,
 machine-translated text) and *information adjustment* (sellers re-editing a listing).
 This module produces such changed features so that a trained model can be re-scored
-on them (:mod:`mirrorgrad_jax.robustness`).
+on them (:mod:`mirrorgrad_jax.analysis.robustness`).
 
 Every function takes a mapping ``{modality: (num_items, D) float32 array}``, never
 changes it, and returns a :class:`PerturbResult` with fresh arrays for EVERY modality

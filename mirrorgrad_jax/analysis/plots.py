@@ -2,7 +2,7 @@
 
 * :func:`plot_robustness`: retention against perturbation level, one panel per kind;
 * :func:`plot_slices`: 1-D loss slices as curves, 2-D ones as contour panels;
-* :func:`plot_comparison`: the one figure of :func:`~mirrorgrad_jax.comparison.compare_runs`;
+* :func:`plot_comparison`: the one figure of :func:`~mirrorgrad_jax.analysis.comparison.compare_runs`;
 * the ``draw_*`` functions draw one panel on a given axes, to compose other figures.
 
 matplotlib is imported on first use with the ``Agg`` backend, so nothing here needs a
@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mirrorgrad_jax.perturb import PERTURBATIONS
+from mirrorgrad_jax.analysis.perturb import PERTURBATIONS
 
 __all__ = [
     "contour_levels",
@@ -78,7 +78,7 @@ def plot_slices(slices: Mapping[str, Any], path: str | os.PathLike) -> str:
     """Writes a PNG of loss slices: 1-D ones as curves on one axes, 2-D ones as contour panels.
 
     Args:
-      slices: label -> :class:`~mirrorgrad_jax.flatness.LossSlice`; all 1-D or all 2-D.
+      slices: label -> :class:`~mirrorgrad_jax.analysis.flatness.LossSlice`; all 1-D or all 2-D.
       path: the PNG file (folders are created).
 
     Returns:
@@ -147,7 +147,7 @@ def plot_robustness(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str
     """Writes a PNG of retention against perturbation level: one panel per kind, one line per label.
 
     Args:
-      curves: label (e.g. ``"no MG"``, ``"MG gradient"``) -> :func:`~mirrorgrad_jax.robustness.summarise` output.
+      curves: label (e.g. ``"no MG"``, ``"MG gradient"``) -> :func:`~mirrorgrad_jax.analysis.robustness.summarise` output.
       path: the PNG file (folders are created).
       metric: the metric whose retention is drawn; error bars are the std over seeds.
 

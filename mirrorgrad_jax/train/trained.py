@@ -1,7 +1,7 @@
 """Trained models on disk: what a checkpoint keeps of a model, and how to get it back.
 
 A trained model is its ``nnx.Param`` state plus the non-trainable state that cannot be
-rebuilt from the dataset (:data:`~mirrorgrad_jax.models.base.CHECKPOINTED`): the
+rebuilt from the dataset (:data:`~mirrorgrad_jax.models.CHECKPOINTED`): the
 training cache of "stale" evaluation models, the per-epoch samples evaluation reads
 (DualGNN's user-graph sample) and frozen random tensors (MMGCN's). Everything else
 (features, graphs built from them) is a function of the dataset and the config and is
@@ -22,11 +22,11 @@ from typing import Any, Mapping, Sequence
 import jax
 from flax import nnx
 
-from mirrorgrad_jax.checkpoint import flatten_arrays, load_checkpoint, unflatten_like
+from mirrorgrad_jax.train.checkpoint import flatten_arrays, load_checkpoint, unflatten_like
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import CheckpointError, UserInputError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator
-from mirrorgrad_jax.models.base import CHECKPOINTED, Recommender, build_config, check_ready_to_rank, get_model
+from mirrorgrad_jax.models import CHECKPOINTED, Recommender, TrainingCache, build_config, check_ready_to_rank, get_model
 
 __all__ = [
     "SAVED_STATE",
@@ -65,8 +65,6 @@ def fit_trained_state(model: nnx.Module, state: Any, what: str, *, ignore_cache:
     Raises:
       CheckpointError: arrays missing, unexpected or of another shape.
     """
-    from mirrorgrad_jax.models.base import TrainingCache
-
     reference = nnx.state(model, CHECKPOINTED)
     given = flatten_arrays(state)
     if ignore_cache:
@@ -77,7 +75,7 @@ def fit_trained_state(model: nnx.Module, state: Any, what: str, *, ignore_cache:
 
 
 def model_arrays(params: Any, model: nnx.Module) -> dict[str, dict[str, Any]]:
-    """``{"params": ..., "model_state": ...}`` name -> array groups for :func:`~mirrorgrad_jax.checkpoint.save_checkpoint`.
+    """``{"params": ..., "model_state": ...}`` name -> array groups for :func:`~mirrorgrad_jax.train.checkpoint.save_checkpoint`.
 
     Args:
       params: the ``nnx.Param`` state to save (the trainer keeps it apart from the module).

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["TrainSteps", "make_train_steps", "make_block_step", "epoch_layout"]
+__all__ = ["TrainSteps", "make_block_step", "make_train_steps"]
 
 StepFn = Callable[..., tuple[Any, Any, jax.Array, Any]]
 
@@ -114,7 +114,7 @@ def make_block_step(steps: TrainSteps, beta: int, *, thread_aux: bool = False) -
     """A step over a block of ``beta`` batches: the first mirrored, the rest normal.
 
     ``batches`` has a leading axis of size ``beta`` and ``keys`` holds ``beta`` PRNG keys.
-    Meant as the body of a ``lax.scan`` over an epoch laid out by :func:`epoch_layout`;
+    Meant as the body of a ``lax.scan`` over an epoch laid out by :func:`~mirrorgrad_jax.optim.plan_epoch`;
     returns the per-batch losses (leading axis ``beta``) and the aux of the last batch.
     With ``thread_aux`` (see :func:`make_train_steps`) each batch sees, as its last
     context element, the aux the previous batch produced.
@@ -140,15 +140,3 @@ def make_block_step(steps: TrainSteps, beta: int, *, thread_aux: bool = False) -
         return params, opt_state, jnp.concatenate([loss[None], losses]), aux
 
     return block
-
-
-def epoch_layout(num_full_batches: int, beta: int) -> tuple[int, int]:
-    """Splits an epoch's full batches into ``(blocks, remainder)`` for the reference schedule.
-
-    With the in-epoch index restarting at 0, batches ``0, beta, 2*beta, ...`` mirror:
-    ``blocks`` whole blocks of ``beta`` (first one mirrored) and then ``remainder``
-    batches whose first one (index ``blocks*beta``) is again a mirror batch.
-    """
-    if beta < 1:
-        raise ValueError(f"beta must be >= 1, got {beta}")
-    return divmod(num_full_batches, beta)

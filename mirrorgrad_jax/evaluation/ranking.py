@@ -1,159 +1,27 @@
-"""Full-ranking top-K evaluation and early stopping, as in the MMRec reference protocol.
+"""The full-ranking evaluator: every evaluated user scored against every item, on the device.
 
-Every evaluated user is scored against ALL items; only the user's TRAIN items are
-masked (to -1e10), so in a test evaluation the validation items stay candidates and
-count as misses when ranked. One ``lax.top_k`` with ``K_max = max(topk)`` runs on the
-device; every cutoff reads a prefix of that list. Only the small ``(users, K_max)``
-hit matrix comes back to the host, where :func:`ranking_metrics` applies the reference
-formulas (per user, then an unweighted mean over users, each value rounded to 4
-decimals). Ties in the scores go to the lower item index (``jax.lax.top_k`` order; the
-reference's ``torch.topk`` order is unspecified).
-
-Model selection follows the reference: after every epoch, the rounded valid
-``recall@5`` must beat the best so far strictly, and training stops on the 21st
-consecutive non-improving epoch (patience 20); see :class:`EarlyStopping`.
-
-Example::
-
-    evaluator = RankingEvaluator(num_items, train_pairs, valid_pairs)
-    scores_fn = lambda params, users: params["user"][users] @ params["item"].T
-    metrics = evaluator.evaluate(scores_fn, params)   # {'recall@5': 0.0123, ...}
+:class:`RankingEvaluator` does the host-side work once per split (which users, which
+items to mask, which to count as hits) and then runs one jitted program over blocks of
+users; only the ``(users, max(topk))`` hit matrix comes back for
+:func:`~mirrorgrad_jax.evaluation.ranking_metrics`. With a mesh it ranks through
+:mod:`~mirrorgrad_jax.evaluation.sharded` instead.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = [
-    "DEFAULT_TOPK",
-    "METRICS",
-    "MASK_SCORE",
-    "EarlyStopping",
-    "RankingEvaluator",
-    "masked_top_k_hits",
-    "ranking_metrics",
-]
+from mirrorgrad_jax.evaluation.metrics import DEFAULT_TOPK, check_topk, ranking_metrics
+from mirrorgrad_jax.evaluation.sharded import place_user_blocks, sharded_ranking_fn
+from mirrorgrad_jax.evaluation.topk import masked_top_k_hits
 
-DEFAULT_TOPK: tuple[int, ...] = (5, 10, 20, 50)
-METRICS: tuple[str, ...] = ("recall", "ndcg", "precision", "map")
-MASK_SCORE: float = -1e10
-"""Score given to a user's train items before the top-k (the reference's value)."""
+__all__ = ["RankingEvaluator", "ScoresFn"]
 
 ScoresFn = Callable[[Any, jax.Array], jax.Array]
-
-
-def _check_topk(topk: Sequence[int]) -> tuple[int, ...]:
-    cutoffs = tuple(int(k) for k in topk)
-    if not cutoffs or any(k < 1 for k in cutoffs) or len(set(cutoffs)) != len(cutoffs):
-        raise ValueError(f"topk must be distinct positive integers, got {tuple(topk)}")
-    return cutoffs
-
-
-def ranking_metrics(
-    hits: np.ndarray,
-    num_positives: np.ndarray,
-    topk: Sequence[int] = DEFAULT_TOPK,
-    *,
-    round_to: int | None = 4,
-) -> dict[str, float]:
-    """Recall, NDCG, precision and MAP at each cutoff, averaged over users.
-
-    With ``h_r`` the hit at rank ``r`` (1-based) and ``n`` the user's number of
-    positives: Recall@k = sum_{r<=k} h_r / n (full ``n``); Precision@k =
-    sum_{r<=k} h_r / k; NDCG@k = sum_{r<=k} h_r / log2(r+1) divided by
-    sum_{r<=min(k,n)} 1 / log2(r+1); MAP@k = sum_{r<=k} h_r * P@r / min(k, n) with
-    P@r = sum_{j<=r} h_j / r. Computed in float64.
-
-    Args:
-      hits: ``(n_users, K)`` booleans, ``hits[u, r]`` true when the item at rank
-        ``r + 1`` of user ``u``'s top-K list is a positive; ``K >= max(topk)``.
-      num_positives: ``(n_users,)`` number of positives per user, each >= 1.
-      topk: the cutoffs.
-      round_to: decimals each mean is rounded to (numpy rounding, as the reference's
-        ``round`` on a numpy float); None keeps full precision.
-
-    Returns:
-      ``{'recall@5': ..., 'recall@10': ..., ..., 'map@50': ...}`` (metric-major order,
-      as the reference), Python floats.
-
-    Example::
-
-        >>> ranking_metrics(np.array([[1, 0, 1]], bool), np.array([2]), topk=(3,))["recall@3"]
-        1.0
-    """
-    cutoffs = _check_topk(topk)
-    hits = np.asarray(hits)
-    num_positives = np.asarray(num_positives)
-    if hits.ndim != 2:
-        raise ValueError(f"hits must be (n_users, K), got shape {hits.shape}")
-    n_users, k_max = hits.shape
-    if n_users == 0:
-        raise ValueError("hits has no users: the metrics would be a mean over nothing")
-    if num_positives.shape != (n_users,):
-        raise ValueError(f"num_positives has shape {num_positives.shape}, expected ({n_users},)")
-    if np.any(num_positives < 1):
-        raise ValueError("every user needs num_positives >= 1")
-    if max(cutoffs) > k_max:
-        raise ValueError(f"hits has {k_max} ranks, fewer than the largest cutoff in topk={cutoffs}")
-
-    h = hits.astype(np.float64)
-    n = num_positives.astype(np.float64)[:, None]
-    ranks = np.arange(1, k_max + 1, dtype=np.float64)
-    discount = 1.0 / np.log2(ranks + 1.0)
-    hit_count = np.cumsum(h, axis=1)  # hits within the top r, for every r
-    dcg = np.cumsum(h * discount, axis=1)
-    ideal_dcg = np.cumsum(discount)  # IDCG for min(k, n) = 1..K
-    avg_prec_sum = np.cumsum(h * hit_count / ranks, axis=1)
-
-    per_user: dict[str, np.ndarray] = {}
-    for k in cutoffs:
-        c = hit_count[:, k - 1]
-        depth = np.minimum(k, num_positives)  # min(k, n), integer
-        per_user[f"recall@{k}"] = c / n[:, 0]
-        per_user[f"ndcg@{k}"] = dcg[:, k - 1] / ideal_dcg[depth - 1]
-        per_user[f"precision@{k}"] = c / k
-        per_user[f"map@{k}"] = avg_prec_sum[:, k - 1] / depth
-
-    result = {}
-    for metric in METRICS:
-        for k in cutoffs:
-            key = f"{metric}@{k}"
-            mean = np.mean(per_user[key])
-            result[key] = float(mean if round_to is None else np.round(mean, round_to))
-    return result
-
-
-def masked_top_k_hits(
-    scores: jax.Array, train_items: jax.Array, target_items: jax.Array, k: int
-) -> tuple[jax.Array, jax.Array]:
-    """Masks train items, takes the top ``k`` and marks the targets among them.
-
-    Padding entries in the index matrices must be an out-of-range item id (e.g.
-    ``num_items``); they are dropped by the scatters and mask nothing.
-
-    Args:
-      scores: ``(B, I)`` scores.
-      train_items: ``(B, L)`` int train-item ids per row, padded with ids >= I.
-      target_items: ``(B, T)`` int target-item ids per row, padded with ids >= I.
-      k: list length.
-
-    Returns:
-      ``(top_items, hits)``: ``(B, k)`` int32 item ids in descending score order
-      (ties toward the lower id) and the ``(B, k)`` boolean hits.
-    """
-    rows = jnp.arange(scores.shape[0])[:, None]
-    masked = scores.at[rows, train_items].set(jnp.asarray(MASK_SCORE, scores.dtype), mode="drop")
-    _, top_items = jax.lax.top_k(masked, k)
-    # A hit is a ranked item among the row's targets: (B, k, T) comparisons instead of a
-    # (B, I) label matrix (a scatter and a gather over the full score shape). Padding
-    # targets (ids >= I) never equal a ranked item.
-    hits = jnp.any(top_items[:, :, None] == target_items[:, None, :].astype(top_items.dtype), axis=-1)
-    return top_items, hits
 
 
 def _check_pairs(name: str, pairs: np.ndarray, num_items: int) -> np.ndarray:
@@ -207,7 +75,7 @@ class RankingEvaluator:
       mesh: optional ``(data, model)`` device mesh: each block's users are split over
         ``data`` (the block is rounded up to a multiple of its size) and the items over
         ``model``, with the top-k merged across item shards
-        (:func:`mirrorgrad_jax.sharding.sharded_ranking_fn`); the same lists as one device.
+        (:func:`mirrorgrad_jax.evaluation.sharded_ranking_fn`); the same lists as one device.
 
     Raises:
       ValueError: on empty targets, ``num_items < max(topk)`` or malformed pairs.
@@ -223,7 +91,7 @@ class RankingEvaluator:
         user_block: int = 4096,
         mesh: Any = None,
     ):
-        self.topk = _check_topk(topk)
+        self.topk = check_topk(topk)
         self.k_max = max(self.topk)
         self.num_items = int(num_items)
         if self.num_items < self.k_max:
@@ -275,8 +143,6 @@ class RankingEvaluator:
             self._train_dev = jnp.asarray(train_idx.reshape(shape + train_idx.shape[1:]))
             self._targets_dev = jnp.asarray(target_idx.reshape(shape + target_idx.shape[1:]))
         else:
-            from mirrorgrad_jax.sharding import place_user_blocks
-
             self._users_dev, self._train_dev, self._targets_dev = place_user_blocks(
                 mesh,
                 padded_users.reshape(shape).astype(np.int32),
@@ -303,8 +169,6 @@ class RankingEvaluator:
     def _block_fn(self, scores_fn: ScoresFn) -> Callable[..., tuple[jax.Array, jax.Array]]:
         fn = self._block_fns.get(scores_fn)
         if fn is None and self._mesh is not None:
-            from mirrorgrad_jax.sharding import sharded_ranking_fn
-
             fn = self._block_fns[scores_fn] = sharded_ranking_fn(scores_fn, self._mesh, (self.user_block, self.num_items), self.k_max)
         if fn is None:
             block_shape = (self.user_block, self.num_items)
@@ -373,70 +237,3 @@ class RankingEvaluator:
         """
         _, hits = self._run(scores_fn, model_state)
         return ranking_metrics(hits, self._num_positives, self.topk, round_to=round_to)
-
-
-@dataclasses.dataclass
-class EarlyStopping:
-    """Best-epoch tracking and patience, as the reference trainer.
-
-    The reference selects on the valid ``recall@5`` (bigger is better) with patience
-    20: an epoch improves only if its ROUNDED value (4 decimals) is strictly greater
-    than the best so far (initially -1); training stops when more than ``patience``
-    consecutive epochs did not improve, i.e. on the 21st.
-
-    Attributes:
-      metric: the key of the valid-metric dict to select on.
-      patience: the reference's ``stopping_step``.
-      best: the best (rounded) value so far.
-      best_epoch: the epoch of ``best``; -1 before any update.
-      bad_epochs: consecutive non-improving epochs since ``best_epoch``.
-      round_to: decimals values are rounded to before comparing (None: as given).
-
-    Example::
-
-        stopper = EarlyStopping()
-        for epoch in range(1000):
-            ...
-            if stopper.update(valid[stopper.metric], epoch):
-                best_valid, best_test = valid, test
-            if stopper.should_stop:
-                break
-    """
-
-    metric: str = "recall@5"
-    patience: int = 20
-    best: float = -1.0
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    round_to: int | None = 4
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Records one epoch's value; True when it is the new best (strictly greater)."""
-        value = float(value if self.round_to is None else np.round(value, self.round_to))
-        if value > self.best:
-            self.best, self.best_epoch, self.bad_epochs = value, int(epoch), 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        """True once more than ``patience`` consecutive epochs did not improve."""
-        return self.bad_epochs > self.patience
-
-    def to_dict(self) -> dict[str, Any]:
-        """The state as a plain dict (for checkpoints)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, state: Mapping[str, Any]) -> EarlyStopping:
-        """Rebuilds from :meth:`to_dict` output.
-
-        Raises:
-          ValueError: on a key that is not a field.
-        """
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(state) - fields)
-        if unknown:
-            raise ValueError(f"unknown EarlyStopping keys {unknown}; allowed: {sorted(fields)}")
-        return cls(**state)

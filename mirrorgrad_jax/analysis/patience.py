@@ -11,7 +11,7 @@ validation epoch over the whole budget (no early stop at all).
 
 The replay runs :class:`~mirrorgrad_jax.evaluation.EarlyStopping` itself over the
 recorded validation values, in the order and with the stop test of
-:func:`mirrorgrad_jax.trainer.train`, so it selects exactly what a live run with that
+:func:`mirrorgrad_jax.train.train`, so it selects exactly what a live run with that
 patience would have (tested against live runs in ``tests/test_patience.py``): an epoch
 improves only if its validation value rounded to 4 decimals is STRICTLY greater than
 the best so far (ties keep the earlier epoch), and the run stops after the epoch that

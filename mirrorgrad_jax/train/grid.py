@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.models import build_config, get_model
-from mirrorgrad_jax.trainer import MGConfig, TrainConfig, train
+from mirrorgrad_jax.train.config import MGConfig, TrainConfig
+from mirrorgrad_jax.train.loop import resolved_model_config, train
 
 __all__ = ["as_grid", "check_keys", "expand", "format_mean_std", "run_grid", "summary_table"]
 
@@ -66,6 +67,28 @@ def format_mean_std(values: Sequence[float]) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
+def _without_inert_repeats(plans: list[tuple], mg_grid: dict[str, Any], say: Callable[[str], None]) -> list[tuple]:
+    """Drops combinations that differ from an earlier one only in MG settings that cannot change the run.
+
+    With MG off (``--no-mg`` on a config whose ``mg`` section grids ``alpha2``), every
+    alpha2 would train the same run: it is trained once, and the log says which axes were
+    collapsed.
+    """
+    kept, seen, collapsed = [], set(), set()
+    for plan in plans:
+        m_values, g_values, _, train_configs, mg_config = plan
+        inert = set(mg_config.inert_fields())
+        key = repr((sorted(m_values.items()), dataclasses.asdict(train_configs[0]), sorted((k, v) for k, v in g_values.items() if k not in inert)))
+        if key in seen:
+            collapsed.update(k for k in g_values if k in inert)
+            continue
+        seen.add(key)
+        kept.append(plan)
+    for axis in sorted(collapsed):
+        say(f"note: the mg grid over {axis} {as_grid(mg_grid[axis])} cannot change a run with MG off; each combination is trained once")
+    return kept
+
+
 def run_grid(
     model_name: str,
     dataset: RecDataset,
@@ -82,7 +105,8 @@ def run_grid(
     """Trains every combination of the grids for every seed; selects on validation (or test).
 
     Every configuration is built (and so type-checked) before the first run starts, so a
-    bad value in the last combination fails at once, not after hours.
+    bad value in the last combination fails at once, not after hours. Combinations that
+    differ only in settings that cannot change a run (MG's, with MG off) are trained once.
 
     Returns:
       A JSON-ready dict with the configs, per-seed results and the selection.
@@ -113,6 +137,7 @@ def run_grid(
             raise
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid configuration: {err}") from None
+    plans = _without_inert_repeats(plans, mg_grid, say)
     runs = []
     for index, (m_values, g_values, model_config, train_configs, mg_config) in enumerate(plans):
         per_seed = []
@@ -124,8 +149,7 @@ def run_grid(
             per_seed.append({"seed": train_config.seed, **result.to_dict()})
         metric = train_configs[0].valid_metric
         select_values = [r["best_valid" if select_on == "valid" else "test_at_best"].get(metric, float("nan")) for r in per_seed]
-        # As run: a config may resolve settings from MG's (MVGAE's KL weight).
-        ran = model_config.for_training(mg_config.enabled, mg_config.beta) if hasattr(model_config, "for_training") else model_config
+        ran = resolved_model_config(model_cls, model_config, mg_config)  # as run (MVGAE's KL weight follows MG)
         runs.append(
             {
                 "model_config": dataclasses.asdict(ran),

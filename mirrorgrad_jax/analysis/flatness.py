@@ -1,7 +1,7 @@
 """Flatness diagnostics of a loss at given parameters: curvature, sharpness, loss slices.
 
 The Mirror Gradient paper argues that MG finds flatter minima (an implicit
-gradient-norm penalty, spec section 2). These tools measure flatness directly on a
+gradient-norm penalty, :func:`mirrorgrad_jax.implicit_penalty`). These tools measure flatness directly on a
 pure loss ``loss_fn(params) -> scalar`` over any pytree of float arrays (an
 ``nnx.State`` of ``nnx.Param`` included):
 
@@ -11,7 +11,7 @@ pure loss ``loss_fn(params) -> scalar`` over any pytree of float arrays (an
   the parameter norm, along the SAM ascent direction or random filter-normalised ones;
 * :func:`loss_slice_1d` / :func:`loss_slice_2d`: the loss along filter-normalised
   random directions (Li et al., 2018, "Visualizing the Loss Landscape of Neural
-  Nets"), drawn by :func:`mirrorgrad_jax.plots.plot_slices`;
+  Nets"), drawn by :func:`mirrorgrad_jax.analysis.plots.plot_slices`;
 * :func:`model_train_loss`: a deterministic training loss of a recommender, to feed the
   above (fixed batches, fixed negatives, fixed key).
 
@@ -393,10 +393,10 @@ def model_train_loss(
     (``pre_epoch``) are not run.
 
     Args:
-      model_cls: a :class:`~mirrorgrad_jax.models.base.Recommender` class.
+      model_cls: a :class:`~mirrorgrad_jax.models.Recommender` class.
       model_config: its config.
       dataset: the data.
-      state: the trained state (:func:`~mirrorgrad_jax.trained.trained_state`; for
+      state: the trained state (:func:`~mirrorgrad_jax.train.trained.trained_state`; for
         models without saved state, the ``nnx.Param`` state alone). The returned loss
         is a function of the parameters only: pass ``nnx.filter_state(state, nnx.Param)`` to it.
       seed: seeds the batches, negatives and keys.
@@ -410,7 +410,7 @@ def model_train_loss(
       ValueError: a ``state`` that does not fit the model; ``num_batches < 1``.
     """
     from mirrorgrad_jax.errors import CheckpointError
-    from mirrorgrad_jax.trained import fit_trained_state
+    from mirrorgrad_jax.train.trained import fit_trained_state
 
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")

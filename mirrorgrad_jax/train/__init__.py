@@ -1,0 +1,47 @@
+"""Training: the run configs, the optimizer, the jitted epoch engine, the loop, checkpoints and grids.
+
+* :mod:`.config`: :class:`MGConfig` and :class:`TrainConfig`;
+* :mod:`.optimizer`: torch's optimizers in optax, MG around them, the per-epoch learning rate;
+* :mod:`.engine`: the compiled steps and epoch scans of one run;
+* :mod:`.loop`: :func:`train`, one run with evaluation, early stopping and checkpoints;
+* :mod:`.checkpoint`: orbax folders of arrays and JSON, written atomically, never pickles;
+* :mod:`.trained`: a trained model back from a checkpoint, and its evaluation;
+* :mod:`.grid`: every combination of a config's grids for every seed, selected on validation.
+"""
+
+from mirrorgrad_jax.errors import TrainingError
+from mirrorgrad_jax.train.checkpoint import CHECKPOINT_FORMAT, Checkpoint, flatten_arrays, load_checkpoint, save_checkpoint, unflatten_like
+from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MGConfig, TrainConfig
+from mirrorgrad_jax.train.engine import EpochEngine
+from mirrorgrad_jax.train.grid import format_mean_std, run_grid, summary_table
+from mirrorgrad_jax.train.loop import TrainResult, resolved_model_config, train
+from mirrorgrad_jax.train.optimizer import FIRST_BATCH_GROUP, build_optimizer, optimizer_learning_rate, set_learning_rate
+from mirrorgrad_jax.train.trained import TrainedModel, evaluate_model, load_trained_model, trained_state
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "EpochEngine",
+    "FIRST_BATCH_GROUP",
+    "LAYOUT_FIELDS",
+    "MGConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainedModel",
+    "TrainingError",
+    "build_optimizer",
+    "evaluate_model",
+    "flatten_arrays",
+    "format_mean_std",
+    "load_checkpoint",
+    "load_trained_model",
+    "optimizer_learning_rate",
+    "resolved_model_config",
+    "run_grid",
+    "save_checkpoint",
+    "set_learning_rate",
+    "summary_table",
+    "train",
+    "trained_state",
+    "unflatten_like",
+]

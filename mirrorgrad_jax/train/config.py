@@ -1,0 +1,124 @@
+"""The two run configs: Mirror Gradient's settings and the trainer's, typed and checked on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from mirrorgrad_jax.config import Constraint, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, config_class
+from mirrorgrad_jax.evaluation import DEFAULT_TOPK, METRICS
+
+__all__ = ["LAYOUT_FIELDS", "MGConfig", "TrainConfig"]
+
+#: TrainConfig fields that say where the run's arrays live, not what it computes.
+LAYOUT_FIELDS = ("mesh", "shard_tables", "device_budget_mb")
+
+
+def _valid_metric_in_topk(cfg: TrainConfig) -> bool:
+    metric, _, k = cfg.valid_metric.lower().partition("@")
+    return metric in METRICS and k.isdigit() and int(k) in cfg.topk
+
+
+@config_class
+class MGConfig:
+    """Mirror Gradient settings (the reference's ``mg.yaml``: alpha1 1.0, alpha2 in {0.1, 0.2, 0.3}, beta 3).
+
+    Attributes:
+      enabled: train with MG (the reference's default) or plainly (``--not_mg``).
+      alpha1, alpha2, beta: see :func:`mirrorgrad_jax.mirror_gradient`; with MG enabled
+        ``alpha1 > alpha2 > 0`` (the paper's condition: otherwise the mirror iteration does
+        not descend).
+      apply_to: ``"gradient"`` (reference) or ``"update"``.
+      schedule: ``"reference"`` (batch index restarts every epoch), ``"global"`` (never
+        restarts) or ``"algorithm1"`` (see :func:`mirrorgrad_jax.is_mirror_batch`).
+    """
+
+    enabled: bool = True
+    alpha1: float = 1.0
+    alpha2: float = 0.2
+    beta: PositiveInt = 3
+    apply_to: Literal["gradient", "update"] = "gradient"
+    schedule: Literal["reference", "global", "algorithm1"] = "reference"
+
+    constraints = (
+        Constraint(
+            ("alpha1", "alpha2"),
+            lambda mg: not mg.enabled or mg.alpha1 > mg.alpha2 > 0,
+            "must satisfy alpha1 > alpha2 > 0 with MG enabled (the paper's condition; otherwise the mirror iteration does not descend)",
+        ),
+    )
+
+    def inert_fields(self) -> tuple[str, ...]:
+        """The fields that cannot change a run with these settings: every one but ``enabled`` when MG is off."""
+        return tuple(f.name for f in dataclasses.fields(self) if f.name != "enabled") if not self.enabled else ()
+
+
+@config_class
+class TrainConfig:
+    """Trainer settings; defaults are the reference's (``overall.yaml``) unless noted.
+
+    Attributes:
+      epochs: cap on training epochs (1000).
+      batch_size: training rows per batch (2048); the last smaller batch is kept.
+      learning_rate: initial learning rate (1e-3).
+      optimizer: one of adam (torch defaults), sgd, adagrad, rmsprop (torch formulas).
+      weight_decay: coupled L2 added to the gradient inside the optimizer (0; SLMRec 1e-4).
+      lr_schedule: ``(s, T)``: per-epoch learning rate ``lr * s ** (epoch / T)`` ((1.0, 50): constant;
+        LATTICE and MGCN use (0.96, 50)).
+      clip_grad_norm: clip the last gradient of each batch to this global norm, as the
+        reference trainer (on a mirror batch only the mirror step); ``None`` (the
+        reference's default) does not clip.
+      valid_metric: early-stopping metric such as ``recall@20``, its cutoff one of
+        ``topk``; the MG reference uses ``recall@5`` (upstream MMRec ``recall@20``).
+      patience: stop after ``patience + 1`` consecutive non-improving epochs (20).
+      min_epochs: never stop early before this many epochs (0: the reference's rule alone).
+      eval_batch_size: users per evaluation block (4096).
+      topk: ranking cutoffs ((5, 10, 20, 50)).
+      seed: seeds the host RNG (shuffles, negatives) and the JAX keys (999).
+      dispatch: ``"scan"`` (an epoch's full batches in one jitted scan) or
+        ``"per_batch"`` (one jitted call per batch; always used for schedules other
+        than ``"reference"``).
+      mesh: ``None`` (one device, the default), ``"auto"`` (every device on ``data``) or a
+        spec such as ``"data=2,model=2"``: train and evaluate over that device mesh (see
+        :mod:`mirrorgrad_jax.devices`). The same losses and metrics as one device, up to
+        float32 summation order.
+      shard_tables: with a mesh, row-shard every table (embeddings, features, graph edges)
+        over the ``model`` axis.
+      device_budget_mb: with a mesh, a table whose replica exceeds this many MiB is
+        row-sharded over the whole mesh; ``None``: 1/8 of one device's memory.
+    """
+
+    epochs: PositiveInt = 1000
+    batch_size: PositiveInt = 2048
+    learning_rate: PositiveFloat = 1e-3
+    optimizer: Literal["adam", "sgd", "adagrad", "rmsprop"] = "adam"
+    weight_decay: NonNegativeFloat = 0.0
+    lr_schedule: tuple[PositiveFloat, PositiveFloat] = (1.0, 50.0)
+    clip_grad_norm: PositiveFloat | None = None
+    valid_metric: str = "recall@5"
+    patience: NonNegativeInt = 20
+    min_epochs: NonNegativeInt = 0
+    eval_batch_size: PositiveInt = 4096
+    topk: tuple[PositiveInt, ...] = DEFAULT_TOPK
+    seed: int = 999
+    dispatch: Literal["scan", "per_batch"] = "scan"
+    mesh: str | None = None
+    shard_tables: bool = False
+    device_budget_mb: PositiveFloat | None = None
+
+    constraints = (
+        Constraint(("topk",), lambda cfg: len(cfg.topk) > 0, "must hold at least one cutoff"),
+        Constraint(
+            ("valid_metric", "topk"),
+            _valid_metric_in_topk,
+            "must name a metric (recall, ndcg, precision or map) at one of the cutoffs in topk, like 'recall@20'",
+        ),
+    )
+
+    def __post_init__(self):
+        object.__setattr__(self, "valid_metric", self.valid_metric.lower())
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (0-based): ``lr * s ** (epoch / T)``."""
+        factor, period = self.lr_schedule
+        return self.learning_rate * factor ** (epoch / period)

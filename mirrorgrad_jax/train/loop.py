@@ -1,0 +1,382 @@
+"""The training loop: jitted epochs with Mirror Gradient, exact evaluation, early stopping, resumable checkpoints.
+
+One epoch = host-side negative sampling and shuffling (numpy, seeded), then the batches
+run through the :class:`~mirrorgrad_jax.train.engine.EpochEngine` (whole MG blocks in one
+jitted ``lax.scan``, the rest as single jitted steps; MG never goes through ``lax.cond``).
+After each epoch the validation and test splits are ranked in full (the reference
+evaluates both every epoch), early stopping follows the reference (strict improvement
+of the rounded validation metric, stop after ``patience + 1`` bad epochs), the best
+parameters (with the state evaluation needs) are checkpointed atomically and the latest
+state is kept for resuming (orbax folders of arrays and JSON, never pickles).
+
+With ``TrainConfig.mesh`` the same program runs over a device mesh (several devices,
+several processes): batches split over ``data``, tables placed by the rules of
+:mod:`mirrorgrad_jax.devices`, parameters and optimizer state kept on their shardings
+across the jitted steps, evaluation sharded by user blocks and item tiles. Without it
+(the default) nothing of that runs and the one-device program is unchanged.
+
+Non-finite losses in either pass of a batch stop the run, keeping the best checkpoint.
+The per-epoch learning-rate schedule is written into the optimizer state before each
+epoch and the history records the rate read back from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mirrorgrad_jax.data import RecDataset, epoch_batches
+from mirrorgrad_jax.devices import Placement, auto_budget_bytes, describe_mesh, make_mesh
+from mirrorgrad_jax.errors import CheckpointError, TrainingError
+from mirrorgrad_jax.evaluation import EarlyStopping, RankingEvaluator
+from mirrorgrad_jax.models import Recommender, TrainingSetup
+from mirrorgrad_jax.train.checkpoint import flatten_arrays, load_checkpoint, save_checkpoint, unflatten_like
+from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MGConfig, TrainConfig
+from mirrorgrad_jax.train.engine import EpochEngine
+from mirrorgrad_jax.train.optimizer import build_optimizer, first_batch_labels, optimizer_learning_rate, set_learning_rate
+from mirrorgrad_jax.train.trained import model_arrays, restore_model_arrays
+
+__all__ = ["TrainResult", "resolved_model_config", "train"]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What one training run produced (``layout``: the mesh and the per-device shard shapes of split arrays, with a mesh)."""
+
+    best_epoch: int
+    best_valid: dict[str, float]
+    test_at_best: dict[str, float]
+    epochs_run: int
+    stop_reason: str
+    history: list[dict[str, Any]]
+    train_seconds: float
+    eval_seconds: float
+    num_params: int
+    layout: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolved_model_config(model_cls: type[Recommender], model_config: Any, mg: MGConfig) -> Any:
+    """The model config as a run with ``mg`` trains it: the model's
+    :meth:`~mirrorgrad_jax.models.Recommender.config_for_training` hook applied (MVGAE's KL
+    weight follows MG's ``beta``). The trainer, the grid and the comparison tools all
+    resolve configs here, so a run's recorded config is the one it trained with.
+    """
+    return model_cls.config_for_training(model_config, TrainingSetup(mg_enabled=mg.enabled, mg_beta=mg.beta))
+
+
+def _fingerprint(dataset: RecDataset) -> dict[str, Any]:
+    return {
+        "name": dataset.name,
+        "num_users": int(dataset.num_users),
+        "num_items": int(dataset.num_items),
+        "train": int(len(dataset.train)),
+        "features": {k: list(v.shape) for k, v in dataset.features.items()},
+    }
+
+
+def _placement(cfg: TrainConfig) -> Placement | None:
+    """The placement rules of a run with a mesh; None for the one-device run."""
+    if cfg.mesh is None:
+        return None
+    mesh = make_mesh(cfg.mesh)
+    budget = auto_budget_bytes(mesh) if cfg.device_budget_mb is None else int(cfg.device_budget_mb * 2**20)
+    return Placement(mesh, shard_tables=cfg.shard_tables, budget_bytes=budget)
+
+
+def _evaluators(dataset: RecDataset, cfg: TrainConfig, placement: Placement | None) -> tuple[RankingEvaluator, RankingEvaluator]:
+    """The valid and test evaluators of a run (sharded over the mesh when there is one)."""
+    ranking: dict[str, Any] = {"user_block": cfg.eval_batch_size}
+    if placement is not None:
+        ranking = {"user_block": placement.eval_user_block(cfg.eval_batch_size, dataset.num_items), "mesh": placement.mesh}
+    return (
+        RankingEvaluator(dataset.num_items, dataset.train, dataset.valid, topk=cfg.topk, **ranking),
+        RankingEvaluator(dataset.num_items, dataset.train, dataset.test, topk=cfg.topk, **ranking),
+    )
+
+
+def _first_non_finite(losses: np.ndarray) -> tuple[int, str, float] | None:
+    """``(batch, pass name, value)`` of the first non-finite loss, or None."""
+    bad = ~np.isfinite(losses)
+    if not bad.any():
+        return None
+    batch = int(np.flatnonzero(bad.any(axis=1))[0])
+    column = 0 if bad[batch, 0] else 1
+    return batch, ("first pass" if column == 0 else "mirror pass"), float(losses[batch, column])
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What a run has done so far: everything ``last.ckpt`` keeps besides the arrays."""
+
+    stopper: EarlyStopping
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_valid: dict[str, float] = dataclasses.field(default_factory=dict)
+    best_test: dict[str, float] = dataclasses.field(default_factory=dict)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    def checkpoint_meta(self, epoch: int, host_rng: np.random.Generator) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "host_rng": host_rng.bit_generator.state,
+            "stopper": self.stopper.to_dict(),
+            "history": self.history,
+            "best_valid": self.best_valid,
+            "best_test": self.best_test,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+        }
+
+    @classmethod
+    def from_checkpoint_meta(cls, saved: dict[str, Any]) -> _Progress:
+        return cls(
+            stopper=EarlyStopping.from_dict(saved["stopper"]),
+            history=saved["history"],
+            best_valid=saved["best_valid"],
+            best_test=saved["best_test"],
+            train_seconds=saved["train_seconds"],
+            eval_seconds=saved["eval_seconds"],
+        )
+
+
+def train(
+    model_cls: type[Recommender],
+    model_config: Any,
+    dataset: RecDataset,
+    train_config: TrainConfig = TrainConfig(),
+    mg: MGConfig = MGConfig(),
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    log: Callable[[str], None] | None = print,
+) -> TrainResult:
+    """Trains ``model_cls`` on ``dataset`` and evaluates every epoch.
+
+    Models with ``trainable = False`` (ItemKNNCBF) are evaluated once instead, without
+    an optimizer; Mirror Gradient does not apply to them and the log says so. The model
+    config is resolved by :func:`resolved_model_config` first.
+
+    Args:
+      model_cls: a registered :class:`~mirrorgrad_jax.models.Recommender` class.
+      model_config: its config dataclass.
+      dataset: the data.
+      train_config: trainer settings.
+      mg: Mirror Gradient settings.
+      checkpoint_dir: where ``best.ckpt`` (best-validation parameters and the state
+        evaluation needs) and ``last.ckpt`` (everything needed to resume) are written,
+        atomically, after every epoch (orbax folders; see :mod:`mirrorgrad_jax.train.checkpoint`).
+        ``None`` keeps nothing on disk.
+      resume: continue from ``checkpoint_dir/last.ckpt`` when it exists; the run
+        then ends exactly as an uninterrupted one would.
+      stop_after_epochs: stop (as if interrupted) after this many epochs of THIS call;
+        used to test resuming.
+      log: progress printer (``None`` for silence).
+
+    Returns:
+      A :class:`TrainResult`.
+
+    Raises:
+      TrainingError: a checkpoint that cannot be resumed from.
+    """
+    say = log or (lambda _msg: None)
+    cfg = train_config
+    model_config = resolved_model_config(model_cls, model_config, mg)
+    host_rng = np.random.default_rng(cfg.seed)
+    placement = _placement(cfg)
+    model = model_cls(dataset, model_config, rngs=nnx.Rngs(params=cfg.seed))
+    valid_eval, test_eval = _evaluators(dataset, cfg, placement)
+    config = dataclasses.asdict(cfg)
+    meta = {
+        "model": model_cls.name,
+        "model_config": dataclasses.asdict(model_config),
+        # The device layout is not part of the run's arithmetic: a checkpoint resumes on any mesh.
+        "train_config": {k: v for k, v in config.items() if k not in LAYOUT_FIELDS},
+        "mg": dataclasses.asdict(mg),
+        "dataset": _fingerprint(dataset),
+        "layout": {k: config[k] for k in LAYOUT_FIELDS},
+    }
+    last_path = best_path = None
+    if checkpoint_dir is not None:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        last_path = os.path.join(checkpoint_dir, "last.ckpt")
+        best_path = os.path.join(checkpoint_dir, "best.ckpt")
+    if not model_cls.trainable:
+        return _evaluate_untrained(model_cls, model, mg, meta, valid_eval, test_eval, best_path, say, placement)
+
+    steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
+    labels = first_batch_labels(model_cls, nnx.state(model, nnx.Param)) if model_cls.first_batch_params else None
+    tx = build_optimizer(cfg, mg, steps_per_epoch, first_batch_labels=labels)
+    engine = EpochEngine(model, tx, mg, cfg, placement)
+    params = engine.params
+    opt_state = engine.init_opt_state(tx)
+    progress = _Progress(EarlyStopping(metric=cfg.valid_metric, patience=cfg.patience))
+    start_epoch = 0
+    if resume and last_path and os.path.exists(last_path):
+        params, opt_state, saved = _resume(last_path, meta, model, params, opt_state, engine)
+        engine.refresh_constants(model)
+        engine.take_cache(model)
+        host_rng.bit_generator.state = saved["host_rng"]
+        progress = _Progress.from_checkpoint_meta(saved)
+        start_epoch = saved["epoch"] + 1
+        say(f"resumed from {last_path} after epoch {saved['epoch']}")
+    mg_text = f"on (alpha1={mg.alpha1:g}, alpha2={mg.alpha2:g}, beta={mg.beta}, {mg.apply_to})" if mg.enabled else "off"
+    say(f"{model_cls.name} on {dataset.name}: {model.num_trainable_params():,} trainable parameters, {steps_per_epoch} batches/epoch, MG {mg_text}")
+    layout = None
+    if placement is not None:
+        layout = placement.describe({"params": params, "consts": engine.consts})
+        split = ", ".join(f"{name} {shape}" for name, shape in layout["shards"].items()) or "none"
+        say(f"mesh {describe_mesh(placement.mesh)}; arrays split (per-device shard): {split}; evaluation blocks of {valid_eval.user_block} users")
+        for note in placement.notes:
+            say(f"note: {note}")
+    base_key = jax.random.key(cfg.seed)
+    stopper = progress.stopper
+    stop_reason = "max_epochs"
+
+    def should_stop(epochs_done: int) -> bool:
+        return stopper.should_stop and epochs_done >= cfg.min_epochs
+
+    if should_stop(start_epoch):
+        stop_reason = "early_stopping"
+    epoch = start_epoch
+    while epoch < cfg.epochs and not should_stop(epoch):
+        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+            stop_reason = "interrupted"
+            break
+        opt_state = engine.place_opt_state(set_learning_rate(opt_state, cfg.learning_rate_at(epoch)))
+        lr = optimizer_learning_rate(opt_state)
+        t0 = time.perf_counter()
+        # Host-side refresh (graph sampling) may change model constants: take them again.
+        model.pre_epoch(host_rng)
+        engine.refresh_constants(model)
+        batches = epoch_batches(dataset, cfg.batch_size, host_rng, negatives=model_cls.uses_negatives)
+        full = None if batches.full is None or len(batches.full) == 0 else batches.full
+        params, opt_state, losses = engine.run_epoch(
+            params, opt_state, full, batches.last, jax.random.fold_in(base_key, epoch), epoch * steps_per_epoch, steps_per_epoch
+        )
+        jax.block_until_ready(params)
+        nnx.update(model, engine.cache)
+        t1 = time.perf_counter()
+        progress.train_seconds += t1 - t0
+        bad = _first_non_finite(losses)
+        if bad is not None:
+            batch, which, value = bad
+            stop_reason = "nan_loss"
+            kept = f"The best checkpoint (epoch {stopper.best_epoch}) is kept." if stopper.best_epoch >= 0 else "No epoch finished cleanly."
+            say(f"epoch {epoch}: the loss became non-finite ({value}) in the {which} of batch {batch}; stopping. {kept}")
+            break
+        state = (params, engine.cache, engine.consts)
+        valid = valid_eval.evaluate(engine.scores_fn, state)
+        test = test_eval.evaluate(engine.scores_fn, state)
+        t2 = time.perf_counter()
+        progress.eval_seconds += t2 - t1
+        improved = stopper.update(valid[cfg.valid_metric], epoch)
+        if improved:
+            progress.best_valid, progress.best_test = valid, test
+            if best_path:
+                save_checkpoint(best_path, model_arrays(params, model), {"meta": meta, "epoch": epoch, "valid": valid, "test": test})
+        epoch_loss = float(losses[:, 0].sum())
+        progress.history.append({"epoch": epoch, "loss": epoch_loss, "lr": lr, "valid": valid, "test": test, "train_s": t1 - t0, "eval_s": t2 - t1})
+        say(
+            f"epoch {epoch:3d}  loss {epoch_loss:9.4f}  valid {cfg.valid_metric} {valid[cfg.valid_metric]:.4f}  "
+            f"test {cfg.valid_metric} {test[cfg.valid_metric]:.4f}  train {t1 - t0:5.2f}s  eval {t2 - t1:5.2f}s"
+            + ("  *" if improved else "")
+        )
+        if last_path:
+            arrays = {**model_arrays(params, model), "opt_state": flatten_arrays(opt_state)}
+            save_checkpoint(last_path, arrays, {"meta": meta, **progress.checkpoint_meta(epoch, host_rng)})
+        epoch += 1
+        if should_stop(epoch):
+            stop_reason = "early_stopping"
+    return TrainResult(
+        best_epoch=stopper.best_epoch,
+        best_valid=progress.best_valid,
+        test_at_best=progress.best_test,
+        epochs_run=len(progress.history),
+        stop_reason=stop_reason,
+        history=progress.history,
+        train_seconds=progress.train_seconds,
+        eval_seconds=progress.eval_seconds,
+        num_params=model.num_trainable_params(),
+        layout=layout,
+    )
+
+
+def _restore_targets(tree: Any, shardings: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """Name -> shape, dtype and sharding of each leaf: where orbax should put it."""
+    shapes, placed = flatten_arrays(tree), flatten_arrays(shardings)
+    return {name: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=placed[name]) for name, leaf in shapes.items()}
+
+
+def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, opt_state: Any, engine: EpochEngine) -> tuple[Any, Any, dict[str, Any]]:
+    """Loads ``last.ckpt``: checks it belongs to this run, restores the model state, returns params, optimizer state and metadata.
+
+    With a mesh, parameters and optimizer state are read straight onto this run's
+    shardings (each device reads its own shards), whatever mesh wrote them.
+    """
+    targets = None
+    if engine.placement is not None:
+        targets = {"params": _restore_targets(params, engine.param_shardings), "opt_state": _restore_targets(opt_state, engine.opt_shardings)}
+    try:
+        ckpt = load_checkpoint(path, targets=targets)
+    except CheckpointError as err:
+        raise TrainingError(f"cannot resume: {err}") from None
+    saved = ckpt.meta
+    if "opt_state" not in ckpt.arrays or "host_rng" not in saved:
+        raise TrainingError(f"cannot resume from {path}: it is not a last.ckpt written by the trainer")
+    mismatched = [
+        k
+        for k in meta
+        if k != "layout"
+        and json.dumps(saved.get("meta", {}).get(k), sort_keys=True, default=str) != json.dumps(meta[k], sort_keys=True, default=str)
+    ]
+    if mismatched:
+        raise TrainingError(f"cannot resume from {path}: its {', '.join(mismatched)} differ from this run's")
+    try:
+        restore_model_arrays(model, ckpt.arrays, path)
+        params = unflatten_like(params, ckpt.arrays["params"], f"{path}: the parameters")
+        opt_state = unflatten_like(opt_state, ckpt.arrays["opt_state"], f"{path}: the optimizer state")
+    except CheckpointError as err:
+        raise TrainingError(f"cannot resume: {err}") from None
+    params = jax.tree.map(jnp.asarray, params)
+    opt_state = jax.tree.map(jnp.asarray, opt_state)
+    if engine.placement is not None:
+        params = engine.placement.put(params, engine.param_shardings)
+        opt_state = engine.place_opt_state(opt_state)
+    return params, opt_state, saved
+
+
+def _evaluate_untrained(model_cls, model, mg: MGConfig, meta, valid_eval, test_eval, best_path, say, placement: Placement | None = None) -> TrainResult:
+    """The run of a model that needs no training: one evaluation of valid and test."""
+    note = "; Mirror Gradient does not apply to it (the run is the same with or without --mg)" if mg.enabled else ""
+    say(f"{model_cls.name} needs no training: evaluating it once{note}")
+    graphdef, state = nnx.split(model)
+    if placement is not None:
+        state = placement.put(state)
+
+    def scores_fn(state, users):
+        return nnx.merge(graphdef, state, copy=True).scores(users)
+
+    t0 = time.perf_counter()
+    valid = valid_eval.evaluate(scores_fn, state)
+    test = test_eval.evaluate(scores_fn, state)
+    seconds = time.perf_counter() - t0
+    if best_path:
+        _, params, _ = nnx.split(model, nnx.Param, ...)
+        save_checkpoint(best_path, model_arrays(params, model), {"meta": meta, "epoch": 0, "valid": valid, "test": test})
+    metric = meta["train_config"]["valid_metric"]
+    say(f"valid {metric} {valid[metric]:.4f}  test {metric} {test[metric]:.4f}  eval {seconds:5.2f}s")
+    history = [{"epoch": 0, "loss": 0.0, "lr": 0.0, "valid": valid, "test": test, "train_s": 0.0, "eval_s": seconds}]
+    return TrainResult(0, valid, test, 1, "no_training", history, 0.0, seconds, model.num_trainable_params())

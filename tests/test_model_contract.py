@@ -1,0 +1,174 @@
+"""The model contract: what every registered model must do, checked for each one (present and future).
+
+Parametrized over the registry, so a new model is covered the moment it registers:
+
+* it builds on ``synthetic-small`` with its defaults, ranks every item for a block of users
+  with finite scores, and holds only the declared variable kinds;
+* every trainable parameter gets a gradient from a batch and no constant is a parameter;
+* the trainer lowers its loss over a few epochs with Mirror Gradient on and off, and the
+  best checkpoint of that run evaluates to exactly the run's own metrics;
+* its config declares every field's type and range, so wrong values are refused with a
+  ``ConfigError`` naming the field, and its packaged reference grid builds point by point;
+* a dataset it cannot use (no features; fewer items than kNN neighbours) is one clear error.
+
+Per-model test files keep only what is specific: hand-computed forwards, parameter counts
+by the reference's formulas, and the reference's quirks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mirrorgrad_jax.config import Range
+from mirrorgrad_jax.data import load_dataset, make_synthetic
+from mirrorgrad_jax.errors import ConfigError, UserInputError
+from mirrorgrad_jax.models import CHECKPOINTED, Constant, TrainingCache, available_models, build_config, get_model
+from mirrorgrad_jax.train import MGConfig, TrainConfig, evaluate_model, load_trained_model, train
+from mirrorgrad_jax.train.grid import expand
+from helpers import packaged_config, positive_batch, random_batch
+
+MODELS = available_models()
+TRAINABLE = [name for name in MODELS if get_model(name).trainable]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load_dataset("synthetic-small", verbose=False)
+
+
+def _build(name: str, dataset, **overrides):
+    cls = get_model(name)
+    return cls(dataset, build_config(cls, overrides), rngs=nnx.Rngs(params=0))
+
+
+def _batch(cls, dataset, n: int = 64):
+    return random_batch(dataset, n) if cls.uses_negatives else positive_batch(dataset, n)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_builds_ranks_every_item_and_holds_only_declared_state(name, small):
+    model = _build(name, small)
+    users = jnp.arange(7)
+    if model.ranks_with_training_cache():
+        # A stale-evaluation model ranks with what its first training forward caches.
+        nnx.jit(lambda m, b, k: m.loss(b, k))(model, _batch(type(model), small), jax.random.key(0))
+    scores = nnx.jit(lambda m, u: m.scores(u))(model, users)
+    assert scores.shape == (7, small.num_items)
+    assert bool(jnp.all(jnp.isfinite(scores)))
+    kinds = {type(v) for _, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)}
+    declared = {nnx.Param, *CHECKPOINTED, Constant, TrainingCache}
+    assert kinds <= declared, f"undeclared variable kinds: {kinds - declared}"
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_every_trainable_parameter_gets_a_gradient(name, small):
+    model = _build(name, small)
+    cls = type(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = _batch(cls, small)
+
+    @jax.jit
+    def value_and_grad(params, rest):
+        # The first batch of an epoch trains every parameter (LATTICE's graph learner only there).
+        return jax.value_and_grad(lambda p: nnx.merge(graphdef, p, rest, copy=True).first_batch_loss(batch, jax.random.key(1)))(params)
+
+    loss, grads = value_and_grad(params, rest)
+    assert loss.shape == () and bool(jnp.isfinite(loss))
+    silent = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads) if not float(jnp.abs(g).max()) > 0]
+    assert not silent, f"{name}: no gradient reaches {silent}"
+    assert jax.tree.leaves(params), f"{name} has no trainable parameters"
+
+
+@pytest.mark.parametrize("mg", [True, False], ids=["mg", "no-mg"])
+@pytest.mark.parametrize("name", MODELS)
+def test_training_lowers_the_loss_and_the_checkpoint_evaluates_to_the_runs_numbers(name, mg, small, tmp_path):
+    cls = get_model(name)
+    # 455 rows: synthetic-small's 1820 train rows make 4 full batches and no smaller last one,
+    # so an epoch is one scan (plus one mirrored step with MG): the fewest programs to compile.
+    cfg = TrainConfig(epochs=3, batch_size=455, learning_rate=5e-3, valid_metric="recall@20", patience=10, seed=3)
+    result = train(cls, build_config(cls, {}), small, cfg, MGConfig(enabled=mg), checkpoint_dir=tmp_path, log=None)
+    if cls.trainable:
+        losses = [h["loss"] for h in result.history]
+        assert len(losses) == 3 and all(np.isfinite(losses))
+        assert losses[-1] < losses[0], f"{name} ({'MG' if mg else 'no MG'}): the loss did not fall: {losses}"
+    else:
+        assert result.stop_reason == "no_training"
+    trained = load_trained_model(tmp_path / "best.ckpt", small)
+    metrics = evaluate_model(trained.model, small, topk=trained.topk, eval_batch_size=trained.eval_batch_size)
+    assert metrics == {"valid": result.best_valid, "test": result.test_at_best}
+
+
+def _wrong_values(annotation) -> list:
+    """Values the declared type refuses: outside each range, off the choices, of the wrong kind."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        wrong = []
+        for r in (e for e in extras if isinstance(e, Range)):
+            below = r.ge - 1 if r.ge is not None else r.gt if r.gt is not None else None
+            above = r.le + 1 if r.le is not None else r.lt if r.lt is not None else None
+            wrong += [base(v) for v in (below, above) if v is not None]
+        return wrong + (["1e-4"] if base is float else [2.5])
+    if origin is typing.Literal:
+        return ["not-a-choice"]
+    if annotation is bool:
+        return ["yes"]
+    if annotation is str:
+        return [3]
+    if annotation is float:
+        return ["0.5"]
+    if annotation is int:
+        return [2.5]
+    return []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_config_refuses_what_its_fields_do_not_allow(name):
+    cls = get_model(name).config_class
+    hints = typing.get_type_hints(cls, include_extras=True)
+    checked = 0
+    for field in dataclasses.fields(cls):
+        for value in _wrong_values(hints[field.name]):
+            with pytest.raises(ConfigError, match=rf"{cls.__name__}\.{field.name}\b.*got {value!r}"):
+                cls(**{field.name: value})
+            checked += 1
+    assert checked >= len(dataclasses.fields(cls)), f"{cls.__name__} declares too little to check"
+    with pytest.raises(ConfigError, match=rf"unknown {name} option\(s\) \['no_such_option'\]"):
+        build_config(get_model(name), {"no_such_option": 1})
+    names = {f.name for f in dataclasses.fields(cls)}
+    if {"image_modality", "text_modality"} <= names:
+        with pytest.raises(ConfigError, match="image_modality and text_modality"):
+            cls(image_modality="text", text_modality="text")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_point_of_the_packaged_reference_grid_builds(name):
+    cls = get_model(name)
+    config = packaged_config(name, cls.config_class)
+    points = expand(config["model_config"])
+    for values in points:
+        build_config(cls, values)
+    for values in itertools.islice(expand(config.get("train") or {}), 50):
+        TrainConfig(**values)
+    for values in expand(config.get("mg") or {}):
+        MGConfig(**values)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_dataset_the_model_cannot_use_is_one_clear_error(name, small):
+    cls = get_model(name)
+    if cls.multimodal:
+        bare = make_synthetic(num_users=30, num_items=20, modalities={}, seed=1)
+        with pytest.raises(UserInputError, match=r"(?i)feature"):
+            _build(name, bare)
+    if "knn_k" in {f.name for f in dataclasses.fields(cls.config_class)}:
+        with pytest.raises(UserInputError, match="knn_k"):
+            _build(name, small, knn_k=small.num_items + 1)
