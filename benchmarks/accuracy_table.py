@@ -29,20 +29,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on POSIX
-    fcntl = None
+from reporting import append_run, device_counts, format_mean_std, markdown_table, read_runs, report_header, run_workers
 
 ALPHA2_GRID = (0.1, 0.2, 0.3)
 METRICS = ("recall@20", "ndcg@20")
@@ -104,30 +96,6 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epoc
     }
 
 
-def read_runs(path: str) -> list[dict]:
-    """Rows of the runs file; a line cut short by a killed writer is skipped with a note."""
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    print(f"{path}:{number}: skipping an unreadable (truncated?) line", file=sys.stderr)
-    return rows
-
-
-def append_run(path: str, row: dict) -> None:
-    """Appends one row as one write under an exclusive lock (several workers share the file)."""
-    with open(path, "a") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-
-
 def trains_at_all(model: str) -> bool:
     """False for a training-free model (ItemKNNCBF): one evaluation, no MG arm, one seed."""
     from mirrorgrad_jax.models import get_model
@@ -172,44 +140,18 @@ def run_pending(todo: list[tuple], args, started: float) -> None:
 _DATASETS: dict = {}
 
 
-def _fmt(values, digits: int = 4):
-    if not values:
-        return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+SUMMARY_COLUMNS = (
+    "model", "dataset", "arm", "alpha2 (chosen on valid)", "test recall@20", "test ndcg@20", "best epoch", "seeds",
+    "recall@20 vs no MG", "runs at the epoch cap", "devices",
+)
+PAIRED_COLUMNS = (
+    "model", "dataset", "chosen alpha2", "recall@20 difference per seed (MG - no MG)", "mean ± std",
+    "MG runs above their seed's no-MG run (any alpha2)",
+)
 
-
-def _device_counts(rows: list[dict]) -> str:
-    counts: dict[str, int] = {}
-    for r in rows:
-        key = r.get("device", "cpu:cpu (before devices were recorded)")
-        counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-
-
-
-def run_workers(script: str, argv: list[str], workers: int) -> None:
-    """Runs ``script argv --_shard i/workers`` for every i at once and waits for all.
-
-    A TERM (e.g. from ``timeout``) ends the workers too; the runs they finished are already
-    on disk, and a worker that fails is reported without stopping the others.
-    """
-    procs = [subprocess.Popen([sys.executable, script, *argv, "--_shard", f"{i}/{workers}"]) for i in range(workers)]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        failed = [p.args[-1] for p in procs if p.wait() != 0]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-    if failed:
-        print(f"workers {failed} exited with an error; their finished runs are kept", file=sys.stderr)
 
 def summarise(rows: list[dict], valid_metric: str) -> list[str]:
-    lines = [
-        "| model | dataset | arm | alpha2 (chosen on valid) | test recall@20 | test ndcg@20 | best epoch | seeds | recall@20 vs no MG | runs at the epoch cap | devices |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    table = []
     keys = sorted({(r["model"], r["dataset"]) for r in rows})
     for model, dataset in keys:
         mine = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
@@ -230,20 +172,17 @@ def summarise(rows: list[dict], valid_metric: str) -> list[str]:
             capped = sum(r.get("stop_reason") == "max_epochs" for r in rs)
             caps = sorted({r["settings"]["train"]["epochs"] for r in rs if "settings" in r})
             cap = f"; cap {'/'.join(map(str, caps))}" if caps else ""
-            lines.append(
-                f"| {model} | {dataset} | {arm} | {alpha} | {_fmt([r['test']['recall@20'] for r in rs])} | "
-                f"{_fmt([r['test']['ndcg@20'] for r in rs])} | {_fmt([float(r['best_epoch']) for r in rs], 1)} | {len(rs)} | "
-                f"{change} | {capped} of {len(rs)} ({max(r['epochs_run'] for r in rs)} epochs max{cap}) | {devices} |"
-            )
-    return lines
+            table.append((
+                model, dataset, arm, alpha, format_mean_std([r["test"]["recall@20"] for r in rs]),
+                format_mean_std([r["test"]["ndcg@20"] for r in rs]), format_mean_std([float(r["best_epoch"]) for r in rs], 1),
+                len(rs), change, f"{capped} of {len(rs)} ({max(r['epochs_run'] for r in rs)} epochs max{cap})", devices,
+            ))  # fmt: skip
+    return markdown_table(SUMMARY_COLUMNS, table)
 
 
 def paired(rows: list[dict], valid_metric: str) -> list[str]:
     """MG minus no MG on the same seed: the chosen alpha2's differences, and the sign over all alpha2."""
-    lines = [
-        "| model | dataset | chosen alpha2 | recall@20 difference per seed (MG - no MG) | mean ± std | MG runs above their seed's no-MG run (any alpha2) |",
-        "|---|---|---|---|---|---|",
-    ]
+    table = []
     for model, dataset in sorted({(r["model"], r["dataset"]) for r in rows}):
         mine = [r for r in rows if r["model"] == model and r["dataset"] == dataset]
         plain = {r["seed"]: r["test"]["recall@20"] for r in mine if r["alpha2"] is None}
@@ -254,11 +193,10 @@ def paired(rows: list[dict], valid_metric: str) -> list[str]:
         chosen = max(by_alpha, key=lambda a: statistics.fmean(r["valid"][valid_metric] for r in by_alpha[a]))
         diffs = [r["test"]["recall@20"] - plain[r["seed"]] for r in sorted(by_alpha[chosen], key=lambda r: r["seed"])]
         every = [r["test"]["recall@20"] - plain[r["seed"]] for rs in by_alpha.values() for r in rs]
-        lines.append(
-            f"| {model} | {dataset} | {chosen} | {', '.join(f'{d:+.4f}' for d in diffs)} | {_fmt(diffs)} | "
-            f"{sum(d > 0 for d in every)} / {len(every)} |"
+        table.append(
+            (model, dataset, chosen, ", ".join(f"{d:+.4f}" for d in diffs), format_mean_std(diffs), f"{sum(d > 0 for d in every)} / {len(every)}")
         )
-    return lines
+    return markdown_table(PAIRED_COLUMNS, table)
 
 
 def main(argv=None):
@@ -300,11 +238,12 @@ def main(argv=None):
         else:
             run_pending(todo, args, started)
         done = read_runs(args.runs)
-    header = (
-        f"Command: `python benchmarks/accuracy_table.py --models {args.models} --datasets {args.datasets} --seeds {args.seeds} "
-        f"--epochs {args.epochs} --patience {args.patience} --valid-metric {args.valid_metric}`  \n"
-        f"Date: {datetime.date.today().isoformat()}; table written on {platform.machine()}, {os.cpu_count()} CPU cores; "
-        f"runs by device: {_device_counts(done)}.  \n"
+    command = (
+        f"python benchmarks/accuracy_table.py --models {args.models} --datasets {args.datasets} --seeds {args.seeds} "
+        f"--epochs {args.epochs} --patience {args.patience} --valid-metric {args.valid_metric}"
+    )
+    header = "\n".join(report_header(command)) + "\n" + (
+        f"Runs by device (each run records its own; the machine above wrote this table): {device_counts(done)}.  \n"
         f"Model settings: each model's packaged reference config (scalars; grid-valued options keep the dataclass "
         f"default; optimizer settings of its train section, e.g. SLMRec's Adam weight decay 1e-4), recorded per run. "
         f"Early stopping on {args.valid_metric}, patience {args.patience}, at most {args.epochs} epochs (this command's cap; "

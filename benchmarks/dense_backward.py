@@ -24,7 +24,6 @@ Usage: python benchmarks/dense_backward.py [--repeats 12] [--out benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -33,12 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from propagation import time_round_robin  # noqa: E402
-from reporting import emit, machine_line  # noqa: E402
-
 from mirrorgrad_jax.models import dense, pairwise_scores
-from mirrorgrad_jax.models.kernels import DENSE_MIN_WIDTH  # noqa: E402
+from mirrorgrad_jax.models.kernels import DENSE_MIN_WIDTH
+
+from reporting import emit, load_note, markdown_row, markdown_table, report_header, time_round_robin
 
 # (label, rows, input width F, output width d, whether the rows themselves train)
 SHAPES = [
@@ -98,19 +95,18 @@ def _rows(label: str, shape: str, results: dict) -> list[str]:
     rows = []
     for name, (times, out) in results.items():
         equal = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(base_out)))
-        rows.append(
-            f"| {label} | {shape} | {name} | {1e3 * statistics.median(times):.1f} | {1e3 * min(times):.1f} | "
-            f"{statistics.median(base_times) / statistics.median(times):.2f}x | {'yes' if equal else 'NO'} |"
-        )
+        rows.append(markdown_row((
+            label, shape, name, f"{1e3 * statistics.median(times):.1f}", f"{1e3 * min(times):.1f}",
+            f"{statistics.median(base_times) / statistics.median(times):.2f}x", "yes" if equal else "NO",
+        )))  # fmt: skip
     return rows
 
 
 def measure(repeats: int) -> list[str]:
     rng = np.random.default_rng(0)
-    lines = [
-        "| shape | rows x F -> d | kernel | median (ms) | min (ms) | autodiff / this (median) | gradients bit-equal to autodiff |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = markdown_table(
+        ("shape", "rows x F -> d", "kernel", "median (ms)", "min (ms)", "autodiff / this (median)", "gradients bit-equal to autodiff")
+    )
     for label, n, f, d, trains_rows in SHAPES:
         x = jnp.asarray(rng.random((n, f), dtype=np.float32))
         w = jnp.asarray(rng.standard_normal((f, d), dtype=np.float32) / np.sqrt(f))
@@ -137,11 +133,8 @@ def main(argv=None) -> None:
     lines = measure(args.repeats)
     load_after = os.getloadavg()
     header = [
-        f"Command: `python benchmarks/dense_backward.py --repeats {args.repeats}`  ",
-        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        machine_line(),
-        f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after (kernels interleaved "
-        "round-robin; compare within one shape)  ",
+        *report_header(f"python benchmarks/dense_backward.py --repeats {args.repeats}"),
+        f"Noise: {load_note(load_before, load_after)} (kernels interleaved round-robin; compare within one shape)  ",
         f"``dense`` takes the plain product below an input width of {DENSE_MIN_WIDTH}; the loss is ``sum((x @ w) * c)`` "
         "with a random ``c``, so the backward pass receives ``c`` as its ``g``.",
         "",

@@ -15,35 +15,22 @@ Usage: python benchmarks/epoch_time.py [--models vbpr,lightgcn] [--epochs 4] [--
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_GRAPH = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "baby-graph"))
-
-
-def baby_dataset(folder: str):
-    import numpy as np
-
-    from mirrorgrad_jax.data import RecDataset, load_mmrec
-
-    graph = load_mmrec(folder, verbose=False)
-    rng = np.random.default_rng(999)
-    features = {
-        "image": rng.random((graph.num_items, 4096), dtype=np.float32),
-        "text": rng.standard_normal((graph.num_items, 384), dtype=np.float32) / np.sqrt(384),
-    }
-    return RecDataset.from_arrays(
-        "baby-graph+random-features", graph.train, graph.valid, graph.test, features,
-        num_users=graph.num_users, num_items=graph.num_items,
-    )
+from reporting import (
+    DEFAULT_GRAPH,
+    append_run,
+    baby_dataset,
+    format_seconds,
+    markdown_table,
+    read_runs,
+    report_header,
+    run_child,
+)
 
 
 def measure(model: str, mg: bool, epochs: int, folder: str) -> dict:
@@ -77,59 +64,27 @@ def measure(model: str, mg: bool, epochs: int, folder: str) -> dict:
     return out
 
 
-def _jax_version() -> str:
-    from importlib.metadata import version
+def render(rows: list[dict], command: str, machine: str | None, epochs: int) -> str:
+    """Markdown block (command, date, machine, table) for measured rows.
 
-    return version("jax")
-
-
-def _secs(value: float) -> str:
-    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
-
-
-def render(rows: list[dict], command: str, machine: str, epochs: int) -> str:
-    """Markdown block (command, date, machine, table) for measured rows."""
-    header = (
-        f"Command: `{command}`  \n"
-        f"Date: {datetime.date.today().isoformat()}  \n"
-        f"Machine: {machine}  \n"
+    ``machine`` None: this machine, with the device the rows ran on (:func:`reporting.report_header`).
+    """
+    header = "\n".join(report_header(command, machine=machine, device=rows[0]["device"])) + "\n" + (
         f"Data: Baby graph ({rows[0]['batches']} batches of 2048) with random image 4096-d and text 384-d features. "
         f"Epoch = median of epochs 2..{epochs}; eval = one full ranking of the validation users.\n"
     )
-    table = [
-        "| model | arm | epoch (s) | MG / plain | first epoch incl. compile (s) | eval (s) | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
     plain = {r["model"]: r["epoch_s"] for r in rows if not r["mg"]}
+    table = []
     for r in rows:
         ratio = (f"{r['epoch_s'] / plain[r['model']]:.2f}" if r["model"] in plain else "n/a") if r["mg"] else "1.00"
-        table.append(
-            f"| {r['model']} | {'MG' if r['mg'] else 'plain'} | {_secs(r['epoch_s'])} | {ratio} | {r['first_epoch_s']:.2f} | "
-            f"{_secs(r['eval_s'])} | {r['peak_rss_mb']:.0f}" + (f" (device {r['device_peak_mb']:.0f})" if "device_peak_mb" in r else "") + " |"
-        )
-    return header + "\n" + "\n".join(table) + "\n"
+        table.append((
+            r["model"], "MG" if r["mg"] else "plain", format_seconds(r["epoch_s"]), ratio, f"{r['first_epoch_s']:.2f}",
+            format_seconds(r["eval_s"]),
+            f"{r['peak_rss_mb']:.0f}" + (f" (device {r['device_peak_mb']:.0f})" if "device_peak_mb" in r else ""),
+        ))  # fmt: skip
+    columns = ("model", "arm", "epoch (s)", "MG / plain", "first epoch incl. compile (s)", "eval (s)", "peak RSS (MB)")
+    return header + "\n" + "\n".join(markdown_table(columns, table)) + "\n"
 
-
-
-def run_child(argv: list[str], label: str, timeout: float, env: dict | None = None) -> dict | None:
-    """Runs ``python argv`` in a fresh process and returns the JSON of its ``RESULT`` line.
-
-    Adds ``wall_s`` (the whole process, start-up included). A child that fails or runs past
-    ``timeout`` seconds is reported on stderr and gives None, so the other measurements go on.
-    """
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        print(f"{label}: skipped, longer than --child-timeout {timeout}s", file=sys.stderr, flush=True)
-        return None
-    line = [text for text in proc.stdout.splitlines() if text.startswith("RESULT ")]
-    if proc.returncode or not line:
-        print(f"{label} failed (exit {proc.returncode}; the others go on):\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
-        return None
-    row = json.loads(line[0][len("RESULT "):])
-    row["wall_s"] = time.perf_counter() - started
-    return row
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,8 +99,9 @@ def main(argv=None):
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.render:
-        with open(args.render) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_runs(args.render)
+        if not rows:
+            raise SystemExit(f"--render: no rows in {args.render}")
         machine = args.machine or f"device {rows[0]['device']}"
         print(render(rows, f"python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}", machine, args.epochs))
         return
@@ -166,12 +122,10 @@ def main(argv=None):
                 continue
             rows.append(row)
             if args.jsonl:
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_run(args.jsonl, row)
     if not rows:
         raise SystemExit("no model/arm was measured")
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, device {rows[0]['device']}, jax {_jax_version()}"
-    text = render(rows, f"python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}", machine, args.epochs)
+    text = render(rows, f"python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}", None, args.epochs)
     print(text)
     if args.out:
         with open(args.out, "a") as f:

@@ -22,10 +22,8 @@ Usage: python benchmarks/mg_overhead.py [--batches 30] [--repeats 7] [--out benc
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +35,8 @@ import optax
 
 from mirrorgrad_jax import is_mirror_batch, mirror_gradient
 from mirrorgrad_jax.optim import make_block_step, make_train_steps
+
+from reporting import markdown_table, report_header
 
 BETA = 3
 
@@ -203,19 +203,17 @@ def main(argv=None):
         params, batches, loss = {"mlp": mlp_workload, "bpr": bpr_workload}[name](args.batches)
         print(f"[{name}] timing {args.repeats} x {args.batches} batches ...", file=sys.stderr, flush=True)
         rows += time_workload(name, params, batches, loss, args.repeats)
-    device = jax.devices()[0]
-    header = (
-        f"Command: `python benchmarks/mg_overhead.py --batches {args.batches} --repeats {args.repeats}`  \n"
-        f"Date: {datetime.date.today().isoformat()}  \n"
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, device {device.platform}:{device.device_kind}; "
-        f"jax {jax.__version__}, optax {optax.__version__}  \n"
-        f"Median time per batch over {args.repeats} passes; ratio = style / baseline of its family "
+    header = "\n".join(report_header(f"python benchmarks/mg_overhead.py --batches {args.batches} --repeats {args.repeats}")) + "\n" + (
+        f"optax {optax.__version__}. Median time per batch over {args.repeats} passes; ratio = style / baseline of its family "
         f"(same run, interleaved); ideal MG ratio 1 + 1/beta = {1 + 1 / BETA:.3f}.\n"
     )
-    table = ["| workload | style | ms / batch | ratio vs baseline | ideal |", "|---|---|---|---|---|"]
-    for name, style, ms, ratio in rows:
-        ideal = "1.000" if BASELINE[style] == style else f"{1 + 1 / BETA:.3f}"
-        table.append(f"| {name} | {style} | {ms:.2f} | {ratio:.3f} | {ideal} |")
+    table = markdown_table(
+        ("workload", "style", "ms / batch", "ratio vs baseline", "ideal"),
+        [
+            (name, style, f"{ms:.2f}", f"{ratio:.3f}", "1.000" if BASELINE[style] == style else f"{1 + 1 / BETA:.3f}")
+            for name, style, ms, ratio in rows
+        ],
+    )
     text = header + "\n" + "\n".join(table) + "\n"
     print(text)
     if args.out:

@@ -32,14 +32,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy_table import _device_counts, _fmt, append_run, read_runs, run_workers
-
 from mirrorgrad_jax.analysis.patience import DEFAULT_PATIENCES, paired_difference, patience_label, sweep_patience
+
+from reporting import (
+    append_run,
+    command_as_run,
+    device_counts,
+    format_mean_std,
+    markdown_row,
+    markdown_table,
+    read_runs,
+    report_header,
+    run_workers,
+)
 
 METRIC = "recall@20"
 KEPT_METRICS = ("recall@20", "ndcg@20")
@@ -231,7 +239,7 @@ def selections(rows: list[dict], patiences=DEFAULT_PATIENCES) -> dict:
 
 
 def _epochs(values) -> str:
-    return _fmt([float(v) for v in values], 1)
+    return format_mean_std([float(v) for v in values], 1)
 
 
 def cell_table(rows: list[dict], alpha2: float, patiences=DEFAULT_PATIENCES) -> list[str]:
@@ -239,18 +247,15 @@ def cell_table(rows: list[dict], alpha2: float, patiences=DEFAULT_PATIENCES) -> 
     sel = selections(rows, patiences)
     plain_seeds = sorted(s for a, s in sel if a is None)
     mg_seeds = sorted(s for a, s in sel if a == alpha2)
-    lines = [
-        (
-            f"| patience | no MG: test {METRIC} | no MG: stop (best) epoch | MG: test {METRIC} | MG: stop (best) epoch | "
-            "MG - no MG per seed | MG - no MG mean ± std | MG above |"
-        ),
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = markdown_table((
+        "patience", f"no MG: test {METRIC}", "no MG: stop (best) epoch", f"MG: test {METRIC}", "MG: stop (best) epoch",
+        "MG - no MG per seed", "MG - no MG mean ± std", "MG above",
+    ))  # fmt: skip
     for p in patiences:
         cols = []
         for seeds, a in ((plain_seeds, None), (mg_seeds, alpha2)):
             chosen = [sel[(a, s)][p] for s in seeds]
-            cols.append(_fmt([c.test[METRIC] for c in chosen]) if chosen else "n/a")
+            cols.append(format_mean_std([c.test[METRIC] for c in chosen]) if chosen else "n/a")
             cols.append(
                 f"{_epochs([c.epochs_run for c in chosen])} ({_epochs([c.best_epoch for c in chosen])})" if chosen else "n/a"
             )
@@ -262,17 +267,17 @@ def cell_table(rows: list[dict], alpha2: float, patiences=DEFAULT_PATIENCES) -> 
         else:
             diff = ["n/a"] * 3
         label = "none (best over budget)" if p is None else str(p)
-        lines.append(f"| {label} | " + " | ".join(cols + diff) + " |")
+        lines.append(markdown_row([label, *cols, *diff]))
     return lines
 
 
 def overview(all_cells: dict, alpha2: float, patiences=DEFAULT_PATIENCES) -> list[str]:
     """One line per cell: MG - no MG (mean ± std over paired seeds) at each patience, and budget checks."""
-    head = " | ".join(f"p={patience_label(p)}" for p in patiences)
-    lines = [
-        f"| model | dataset | budget | seeds (no MG / MG) | MG - no MG, test {METRIC}: {head} | best epoch over the budget (max) | runs whose best is the last epoch |",
-        "|---|---|---|---|" + "---|" * len(patiences) + "---|---|",
-    ]
+    heads = [f"p={patience_label(p)}" for p in patiences]
+    heads[0] = f"MG - no MG, test {METRIC}: {heads[0]}"
+    lines = markdown_table(
+        ["model", "dataset", "budget", "seeds (no MG / MG)", *heads, "best epoch over the budget (max)", "runs whose best is the last epoch"]
+    )
     for (model, dataset), rows in all_cells.items():
         sel = selections(rows, patiences)
         budget = rows[0]["budget"]
@@ -289,10 +294,7 @@ def overview(all_cells: dict, alpha2: float, patiences=DEFAULT_PATIENCES) -> lis
                 cols.append("n/a")
         bests = [s[None].best_epoch for s in sel.values()]
         at_end = sum(s[None].best_epoch == s[None].stop_epoch for s in sel.values())
-        lines.append(
-            f"| {model} | {dataset} | {budget} | {len(plain_seeds)} / {len(mg_seeds)} | " + " | ".join(cols)
-            + f" | {max(bests)} | {at_end} / {len(sel)} |"
-        )
+        lines.append(markdown_row([model, dataset, budget, f"{len(plain_seeds)} / {len(mg_seeds)}", *cols, max(bests), f"{at_end} / {len(sel)}"]))
     return lines
 
 
@@ -303,10 +305,10 @@ def render(rows: list[dict], args, command: str) -> str:
     text = [
         "# Patience sweep: MG or early stopping?",
         "",
-        f"Command: `{command}`  ",
+        *report_header(command),
         (
-            f"Date: {datetime.date.today().isoformat()}; summary written on {platform.machine()}, {os.cpu_count()} CPU cores; "
-            f"runs by device: {_device_counts(rows)}; {seconds / 3600:.1f} h of training and evaluation recorded.  "
+            f"Runs by device (each run records its own; the machine above wrote this summary): {device_counts(rows)}; "
+            f"{seconds / 3600:.1f} h of training and evaluation recorded.  "
         ),
         (
             "Protocol: every run trains to its budget with no early stopping (patience = budget), evaluating validation "
@@ -486,7 +488,7 @@ def main(argv=None):
         done = read_runs(args.runs)
     # the summary covers the requested models and datasets
     done = [r for r in done if r["model"] in models and r["dataset"] in datasets and r["alpha2"] in arms(args.alpha2)]
-    command = "python benchmarks/patience_sweep.py " + " ".join(_drop_options(argv if argv is not None else sys.argv[1:], ("--workers", "--stop-after", "--summarise-only")))
+    command = command_as_run("patience_sweep.py", _drop_options(argv if argv is not None else sys.argv[1:], ("--workers", "--stop-after", "--summarise-only")))
     text = render(done, args, command)
     print(text)
     if args.out:

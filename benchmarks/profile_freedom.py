@@ -19,13 +19,10 @@ Usage: python benchmarks/profile_freedom.py [--graph ../shared/data/baby-graph]
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from epoch_time import DEFAULT_GRAPH, baby_dataset  # noqa: E402
+from reporting import DEFAULT_GRAPH, baby_dataset
 
 VARIANTS = {
     "as is": {},

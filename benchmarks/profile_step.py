@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import glob
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from reporting import DEFAULT_GRAPH, baby_dataset, emit, load_note, markdown_row, markdown_table, report_header
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTAINERS = {"while", "conditional", "call"}
 # Thunk kinds the CPU runtime may record as shorter than their work (launched, then awaited).
 ASYNC_KINDS = {"dot", "custom-call"}
@@ -204,17 +203,17 @@ def report(events, modules, epochs: int, top: int) -> list[str]:
         per_line[key] += seconds
         line_kinds[key].add(opcode)
     total = sum(per_module.values())
-    lines = ["#### Per compiled program (op seconds per epoch: thunks plus the idle stretches charged to them)", "", "| program | s / epoch | share |", "|---|---|---|"]
+    lines = ["#### Per compiled program (op seconds per epoch: thunks plus the idle stretches charged to them)", "", *markdown_table(("program", "s / epoch", "share"))]
     for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
         if seconds / total >= 0.001:
-            lines.append(f"| {module} | {seconds / epochs:.3f} | {seconds / total:.1%} |")
-    lines += ["", f"#### By source line (the ops each line emitted, summed; top {top})", "", "| source line (program kind) | s / epoch | share | HLO op kinds |", "|---|---|---|---|"]
+            lines.append(markdown_row((module, f"{seconds / epochs:.3f}", f"{seconds / total:.1%}")))
+    lines += ["", f"#### By source line (the ops each line emitted, summed; top {top})", "", *markdown_table(("source line (program kind)", "s / epoch", "share", "HLO op kinds"))]
     for key, seconds in sorted(per_line.items(), key=lambda kv: -kv[1])[:top]:
-        lines.append(f"| {key} | {seconds / epochs:.3f} | {seconds / total:.1%} | {', '.join(sorted(line_kinds[key]))} |")
-    lines += ["", f"#### Single ops (top {top})", "", "| program | HLO op | kind | JAX op (tail) | source line | s / epoch | share |", "|---|---|---|---|---|---|---|"]
+        lines.append(markdown_row((key, f"{seconds / epochs:.3f}", f"{seconds / total:.1%}", ", ".join(sorted(line_kinds[key])))))
+    lines += ["", f"#### Single ops (top {top})", "", *markdown_table(("program", "HLO op", "kind", "JAX op (tail)", "source line", "s / epoch", "share"))]
     for (module, op), seconds in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]:
         opcode, op_name, where = info(module, op)
-        lines.append(f"| {module} | {op} | {opcode} | {_short(op_name)} | {where} | {seconds / epochs:.3f} | {seconds / total:.1%} |")
+        lines.append(markdown_row((module, op, opcode, _short(op_name), where, f"{seconds / epochs:.3f}", f"{seconds / total:.1%}")))
     return lines + [""]
 
 
@@ -233,7 +232,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--settings", default="", help="model options, key=value[,key=value]")
-    parser.add_argument("--graph", default=os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "baby-graph")))
+    parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
     parser.add_argument("--out", default=None, help="append the markdown report here")
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.graph, "baby.inter")):
@@ -248,10 +247,6 @@ def main(argv=None) -> None:
     # Before jax starts its backend: the flags are read once, then.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
     import jax
-
-    sys.path.insert(0, HERE)
-    from epoch_time import baby_dataset
-    from reporting import emit, machine_line
 
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.train import MGConfig, TrainConfig, train
@@ -279,11 +274,11 @@ def main(argv=None) -> None:
     header = [
         f"### {args.model}{' with MG' if args.mg else ''}: where the CPU time goes",
         "",
-        f"Command: `python benchmarks/profile_step.py --model {args.model}{' --mg' if args.mg else ''} --epochs {args.epochs}"
-        f"{' --settings ' + args.settings if args.settings else ''}`  ",
-        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        machine_line(),
-        f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after  ",
+        *report_header(
+            f"python benchmarks/profile_step.py --model {args.model}{' --mg' if args.mg else ''} --epochs {args.epochs}"
+            f"{' --settings ' + args.settings if args.settings else ''}"
+        ),
+        f"Noise: {load_note(load_before, load_after)}  ",
         f"Train seconds per epoch (wall, the first with compilation, under the profiler): {train_s}; one evaluation pass: {eval_s}",
         "",
     ]

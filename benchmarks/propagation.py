@@ -20,19 +20,14 @@ Usage: python benchmarks/propagation.py [--repeats 15] [--out benchmarks/results
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reporting import emit, machine_line  # noqa: E402
 
 from mirrorgrad_jax.graph import (
     CooAdjacency,
@@ -46,8 +41,8 @@ from mirrorgrad_jax.graph import (
     sample_edges_degree_sensitive,
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_GRAPH = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "baby-graph"))
+from reporting import DEFAULT_GRAPH, emit, load_note, markdown_row, markdown_table, report_header, time_round_robin
+
 WIDTH = 64
 
 
@@ -100,19 +95,6 @@ def knn_kernels(idx, val) -> dict:
     return {"forward": forward, "backward": backward}
 
 
-def time_round_robin(fns: dict, args: tuple, repeats: int) -> dict:
-    """Compiles each fn, then times one call of each in turn for ``repeats`` rounds."""
-    jitted = {name: jax.jit(fn) for name, fn in fns.items()}
-    outputs = {name: jax.block_until_ready(fn(*args)) for name, fn in jitted.items()}
-    times = {name: [] for name in jitted}
-    for _ in range(repeats):
-        for name, fn in jitted.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: (times[name], jax.tree.map(np.asarray, outputs[name])) for name in jitted}
-
-
 def baby_shapes(graph: str) -> list[tuple[str, dict, int]]:
     from mirrorgrad_jax.data import load_mmrec
 
@@ -149,7 +131,7 @@ def measure(shapes, repeats: int) -> list[str]:
     for title, kernels, n in shapes:
         x = jax.random.normal(key, (n, WIDTH), jnp.float32)
         g = jax.random.normal(jax.random.fold_in(key, 1), (n, WIDTH), jnp.float32)
-        lines += [f"### {title}", "", "| pass | kernel | median (ms) | min (ms) | vs previous (median) | bit-equal to previous |", "|---|---|---|---|---|---|"]
+        lines += [f"### {title}", "", *markdown_table(("pass", "kernel", "median (ms)", "min (ms)", "vs previous (median)", "bit-equal to previous"))]
         for direction, args in (("forward", (x,)), ("backward", (x, g))):
             results = time_round_robin(kernels[direction], args, repeats)
             base_name = next(iter(results))
@@ -157,10 +139,10 @@ def measure(shapes, repeats: int) -> list[str]:
             for name, (times, out) in results.items():
                 equal = bool(np.array_equal(out, base_out))
                 diff = "" if equal else f" (max abs diff {np.max(np.abs(out - base_out)):.1e})"
-                lines.append(
-                    f"| {direction} | {name} | {1e3 * statistics.median(times):.2f} | {1e3 * min(times):.2f} | "
-                    f"{statistics.median(base_times) / statistics.median(times):.1f}x | {'yes' if equal else 'no' + diff} |"
-                )
+                lines.append(markdown_row((
+                    direction, name, f"{1e3 * statistics.median(times):.2f}", f"{1e3 * min(times):.2f}",
+                    f"{statistics.median(base_times) / statistics.median(times):.1f}x", "yes" if equal else "no" + diff,
+                )))  # fmt: skip
             print("\n".join(lines[-len(results):]), file=sys.stderr, flush=True)
         lines.append("")
     return lines
@@ -182,10 +164,9 @@ def main(argv=None):
     lines = measure(shapes, args.repeats)
     load_after = os.getloadavg()
     header = [
-        f"Command: `python benchmarks/propagation.py --repeats {args.repeats}`  ",
-        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        machine_line() + "(XLA's CPU client: one thread per core)  ",
-        f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after (a shared machine: "
+        *report_header(f"python benchmarks/propagation.py --repeats {args.repeats}"),
+        "Threads: XLA's CPU client, one per core  ",
+        f"Noise: {load_note(load_before, load_after)} (a shared machine: "
         "compare kernels within one table, interleaved round-robin, not across runs)  ",
         f"Width {WIDTH}; forward = ``A @ x``; backward = the gradient with respect to ``x`` (``A^T g``).",
         "",

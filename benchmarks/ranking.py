@@ -24,10 +24,8 @@ Usage: python benchmarks/ranking.py [--repeats 10] [--models vbpr,bm3,freedom] [
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
-import sys
 import time
 
 import jax
@@ -36,8 +34,7 @@ import numpy as np
 
 from mirrorgrad_jax.evaluation import MASK_SCORE, masked_top_k_hits
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reporting import emit, machine_line  # noqa: E402
+from reporting import DEFAULT_GRAPH, baby_dataset, emit, load_note, markdown_row, markdown_table, report_header
 
 BLOCK, ITEMS, K, TRAIN_WIDTH, TARGET_WIDTH = 4096, 7050, 50, 100, 13
 
@@ -125,16 +122,14 @@ def run(width: int, repeats: int) -> list[str]:
     lines = [
         f"### {BLOCK:,} users x {ITEMS:,} items, {width}-d vectors, top {K}",
         "",
-        "| what | wall median (ms) | wall min (ms) | CPU median (ms) | same ranks and hits |",
-        "|---|---|---|---|---|",
+        *markdown_table(("what", "wall median (ms)", "wall min (ms)", "CPU median (ms)", "same ranks and hits")),
     ]
     for name in jitted:
         out = outs[name]
         same = "" if name in parts(*args) else ("yes" if np.array_equal(np.asarray(out[0]), ref_top) and np.array_equal(np.asarray(out[1]), ref_hits) else "NO")
-        lines.append(
-            f"| {name} | {1e3 * statistics.median(wall[name]):.1f} | {1e3 * min(wall[name]):.1f} | "
-            f"{1e3 * statistics.median(cpu[name]):.1f} | {same} |"
-        )
+        lines.append(markdown_row((
+            name, f"{1e3 * statistics.median(wall[name]):.1f}", f"{1e3 * min(wall[name]):.1f}", f"{1e3 * statistics.median(cpu[name]):.1f}", same,
+        )))  # fmt: skip
     return lines + [""]
 
 
@@ -150,7 +145,6 @@ def previous_evaluator_pass(evaluator, scores_fn, state, block: int):
 
 
 def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
-    from epoch_time import baby_dataset
     from flax import nnx
 
     from mirrorgrad_jax.evaluation import RankingEvaluator
@@ -162,9 +156,10 @@ def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
     lines = [
         f"### One validation pass, {evaluator.num_users:,} users, real models (Baby graph, random features)",
         "",
-        "| model | per-block calls, 4,096 users (wall / CPU, s) | one looping program, blocks of "
-        f"{evaluator.user_block:,} (wall / CPU, s) | same top-50 |",
-        "|---|---|---|---|",
+        *markdown_table((
+            "model", "per-block calls, 4,096 users (wall / CPU, s)",
+            f"one looping program, blocks of {evaluator.user_block:,} (wall / CPU, s)", "same top-50",
+        )),  # fmt: skip
     ]
     for name in models:
         cls = get_model(name)
@@ -189,10 +184,10 @@ def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
                 wall[k].append(time.perf_counter() - t)
                 cpu[k].append(time.process_time() - c)
         med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
-        lines.append(
-            f"| {name} | {med['previous'][0]:.2f} / {med['previous'][1]:.2f} | {med['now'][0]:.2f} / {med['now'][1]:.2f} | "
-            f"{'yes' if np.array_equal(outs['previous'], outs['now']) else 'NO'} |"
-        )
+        lines.append(markdown_row((
+            name, f"{med['previous'][0]:.2f} / {med['previous'][1]:.2f}", f"{med['now'][0]:.2f} / {med['now'][1]:.2f}",
+            "yes" if np.array_equal(outs["previous"], outs["now"]) else "NO",
+        )))  # fmt: skip
     return lines + [""]
 
 
@@ -200,7 +195,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--models", default="vbpr,bm3,freedom", help="real models for the evaluator pass ('' to skip)")
-    parser.add_argument("--graph", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "baby-graph")))
+    parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
@@ -209,10 +204,8 @@ def main(argv=None):
         lines += run_models(args.models.split(","), max(2, args.repeats // 3), args.graph)
     load_after = os.getloadavg()
     header = [
-        f"Command: `python benchmarks/ranking.py --repeats {args.repeats} --models {args.models}`  ",
-        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}  ",
-        machine_line(),
-        f"Noise: load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; CPU time is all threads' time.",
+        *report_header(f"python benchmarks/ranking.py --repeats {args.repeats} --models {args.models}"),
+        f"Noise: {load_note(load_before, load_after)}; CPU time is all threads' time.",
         "",
     ]
     emit("\n".join(header + lines), args.out)

@@ -18,13 +18,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import statistics
 import sys
 import time
+
+from reporting import append_run, command_as_run, format_mean_std, read_runs, report_header
 
 ARMS = {"no MG": None, "MG gradient": "gradient", "MG update": "update"}
 LEARNING_RATES = {"adam": 1e-3, "sgd": 0.5}
@@ -105,14 +103,10 @@ def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: 
     }
 
 
-def _mean_std(values):
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
-
-
 def render(cells: list[dict], command: str) -> str:
     lines = [
-        f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}; table written on {platform.machine()}, {os.cpu_count()} CPU cores; each cell names the device it ran on.  ",
+        *report_header(command),
+        "Each cell names the device it ran on; the machine above wrote this table.  ",
         "Arms: alpha1 1.0, alpha2 0.2, beta 3; Adam lr 1e-3 or SGD (lr 0.5 unless the cell says otherwise), batch 1024, early stopping on "
         "valid recall@20 (patience in the command). Flatness on 4 fixed training batches; rho = 0.05 relative. "
         "Retention = perturbed / clean test recall@20 (noise: sigma in units of each feature dimension's std, "
@@ -133,7 +127,7 @@ def render(cells: list[dict], command: str) -> str:
         lines.append("")
         lines.append(cell["table"])
         lines.append("")
-        epochs = "; ".join(f"{label}: best epoch {_mean_std([t['best_epoch'] for t in runs])}" for label, runs in cell["training"].items())
+        epochs = "; ".join(f"{label}: best epoch {format_mean_std([t['best_epoch'] for t in runs], 1)}" for label, runs in cell["training"].items())
         lines.append(f"Early stopping: {epochs}.  ")
         lines.append(f"Figure: `{cell['figure']}`")
         lines.append("")
@@ -152,10 +146,7 @@ def main(argv=None):
     parser.add_argument("--figures", default="benchmarks/results/figures")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    cells = []
-    if os.path.exists(args.runs):
-        with open(args.runs) as f:
-            cells = [json.loads(line) for line in f if line.strip()]
+    cells = read_runs(args.runs)
     have = {cell_key(c) for c in cells}
     for dataset in args.datasets.split(","):
         for model in args.models.split(","):
@@ -166,10 +157,9 @@ def main(argv=None):
                 cell = run_cell(model, dataset, optimizer, args.seeds, args.epochs, args.patience, args.figures)
                 cell["seconds"] = time.perf_counter() - started
                 cells.append(cell)
-                with open(args.runs, "a") as f:
-                    f.write(json.dumps(cell, default=float) + "\n")
+                append_run(args.runs, cell, default=float)
                 print(cell["table"], flush=True)
-    command = "python " + " ".join(["benchmarks/robustness.py"] + (argv if argv is not None else sys.argv[1:]))
+    command = command_as_run("robustness.py", argv if argv is not None else sys.argv[1:])
     text = render(cells, command)
     if args.out:
         with open(args.out, "w") as f:

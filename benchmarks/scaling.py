@@ -34,18 +34,14 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import resource
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from epoch_time import run_child  # noqa: E402
+from reporting import DEFAULT_GRAPH, append_run, baby_dataset, markdown_table, read_runs, report_header, run_child
 
 SETTINGS = {
     "vbpr": {"reg_weight": 1e-3},
@@ -74,8 +70,6 @@ def load(name: str):
     from mirrorgrad_jax.data import make_large
 
     if name == "baby":
-        from epoch_time import DEFAULT_GRAPH, baby_dataset
-
         return baby_dataset(DEFAULT_GRAPH)
     if name == "large":
         return make_large()
@@ -212,36 +206,32 @@ def measure(model: str, data: str, mesh_label: str, batches: int, eval_blocks: i
     }
 
 
-def _jax_version() -> str:
-    from importlib.metadata import version
-
-    return version("jax")
-
-
 def _time(row: dict, what: str) -> str:
     cpu = row.get(f"{what}_cpu_s")
     return f"{row[f'{what}_s']:.0f}" + (f" ({cpu:.0f})" if cpu is not None else "")
 
 
-def render(rows: list[dict], command: str, machine: str) -> str:
-    """Markdown (command, date, machine, tables) for measured rows."""
-    header = (
-        f"Command: `{command}`  \n"
-        f"Date: {datetime.date.today().isoformat()}  \n"
-        f"Machine: {machine}\n"
-    )
-    table = [
-        "| model | data (users x items) | mesh | devices | epoch wall s (CPU s), est. | eval wall s (CPU s), est. | train peak / device (MB) | eval peak / device (MB) | live / device (MB) | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+COLUMNS = (
+    "model", "data (users x items)", "mesh", "devices", "epoch wall s (CPU s), est.", "eval wall s (CPU s), est.",
+    "train peak / device (MB)", "eval peak / device (MB)", "live / device (MB)", "peak RSS (MB)",
+)
+
+
+def render(rows: list[dict], command: str, machine: str | None) -> str:
+    """Markdown (command, date, machine, tables) for measured rows.
+
+    ``machine`` None: this machine, with the device the rows ran on (:func:`reporting.report_header`).
+    """
+    header = "\n".join(report_header(command, machine=machine, device=rows[0]["device"])) + "\n"
+    table = []
     for r in rows:
         live = r["live_mb_per_device"]
         live_text = f"{max(live):.0f}" if len(set(round(x) for x in live)) == 1 else f"{min(live):.0f}-{max(live):.0f}"
-        table.append(
-            f"| {r['model']} | {r['dataset']} ({r['users']:,} x {r['items']:,}) | {r['mesh']} | {r['devices']} | {_time(r, 'epoch')} | "
-            f"{_time(r, 'eval')} | {r['train_peak_mb']:.0f} | {r['eval_peak_mb']:.0f} | {live_text} | {r['peak_rss_mb']:.0f} |"
-        )
-    return header + "\n" + "\n".join(table) + "\n"
+        table.append((
+            r["model"], f"{r['dataset']} ({r['users']:,} x {r['items']:,})", r["mesh"], r["devices"], _time(r, "epoch"),
+            _time(r, "eval"), f"{r['train_peak_mb']:.0f}", f"{r['eval_peak_mb']:.0f}", live_text, f"{r['peak_rss_mb']:.0f}",
+        ))  # fmt: skip
+    return header + "\n" + "\n".join(markdown_table(COLUMNS, table)) + "\n"
 
 
 def main(argv=None):
@@ -264,18 +254,16 @@ def main(argv=None):
         print("RESULT " + json.dumps(measure(model, data, mesh, args.batches, args.eval_blocks)))
         return
     if args.render:
-        with open(args.render) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_runs(args.render)
+        if not rows:
+            raise SystemExit(f"--render: no rows in {args.render}")
         print(render(rows, command, args.machine or f"device {rows[0]['device']}"))
         return
     if args.only:
         todo = [tuple(item.split(":")) for item in args.only.split(",")]
     else:
         todo = [job for plan, jobs in PLANS.items() if args.plan in ("all", plan) for job in jobs]
-    done = set()
-    if args.jsonl and os.path.exists(args.jsonl):
-        with open(args.jsonl) as f:
-            done = {(r["model"], r["dataset"], r["mesh"]) for r in (json.loads(line) for line in f if line.strip())}
+    done = {(r["model"], r["dataset"], r["mesh"]) for r in read_runs(args.jsonl)} if args.jsonl else set()
     rows = []
     for model, data, mesh in todo:
         if (model, data, mesh) in done:
@@ -292,12 +280,10 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if args.jsonl:
-            with open(args.jsonl, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_run(args.jsonl, row)
     if not rows:
         return
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, device {rows[0]['device']}, jax {_jax_version()}"
-    text = render(rows, command, machine)
+    text = render(rows, command, None)
     print(text)
     if args.out:
         with open(args.out, "a") as f:

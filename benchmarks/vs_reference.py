@@ -26,8 +26,9 @@ this project it is ``history[i]["eval_s"] / 2``.
 
 The data: the Baby-scale interaction graph (``../shared/data/baby-graph``) with seeded
 random features of the real shapes (image 7050 x 4096, text 7050 x 384), built by
-``benchmarks/epoch_time.py``'s loader and written once to a temporary MMRec folder
-(``baby/baby.inter``, ``image_feat.npy``, ``text_feat.npy``) that both trainers read.
+``reporting.baby_dataset`` (the loader of ``epoch_time.py``) and written once to a
+temporary MMRec folder (``baby/baby.inter``, ``image_feat.npy``, ``text_feat.npy``) that
+both trainers read.
 
 Running the reference today needs compatibility shims; they are applied at run time in
 the reference's process (:func:`install_reference_shims`), its files are never edited:
@@ -60,8 +61,9 @@ Usage::
     python benchmarks/vs_reference.py --standings benchmarks/results/vs_reference_runs.jsonl
         (where each model stands: its last recorded sitting, ratios and the goals it misses)
 
-Only the standard library is imported at the top of this file: the reference's process
-runs it with the reference's Python, which has no JAX.
+Only the standard library (and ``benchmarks/reporting.py``, which imports nothing else at
+its top) is imported at the top of this file: the reference's process runs it with the
+reference's Python, which has no JAX.
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -81,9 +82,18 @@ import tempfile
 import time
 import types
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-DEFAULT_GRAPH = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "baby-graph"))
+from reporting import (
+    DEFAULT_GRAPH,
+    baby_dataset,
+    command_as_run,
+    describe_machine,
+    format_seconds,
+    load_note,
+    markdown_table,
+    report_header,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOL = "@@ "
 
 #: The settings both trainers get, per model (the issue's table; the reference's grid values).
@@ -338,9 +348,9 @@ def reference_child(reference: str, data_root: str, model: str, mg: bool, epochs
 
     shims += install_cpu_cuda_shim(torch)
     torch.set_num_threads(threads)
-    src = os.path.join(reference, "src")
-    os.chdir(src)  # the reference reads ./configs/ relative to the working directory
-    sys.path.insert(0, src)
+    # The reference's packages (utils, common, models) come from its src/ folder, which the
+    # parent puts on this process's PYTHONPATH (run_model).
+    os.chdir(os.path.join(reference, "src"))  # the reference reads ./configs/ relative to the working directory
     from utils.configurator import Config
     from utils.dataloader import EvalDataLoader, TrainDataLoader
     from utils.dataset import RecDataset
@@ -492,11 +502,9 @@ def write_data_folder(graph: str, root: str) -> str:
     here) and written twice: ``user_graph.npz`` for this project and ``user_graph_dict.npy``,
     the pickled dict the reference's models load. Both sides read the same graph.
     """
-    sys.path.insert(0, HERE)
     import dataclasses
 
     import numpy as np
-    from epoch_time import baby_dataset
 
     from mirrorgrad_jax.data import write_mmrec
     from mirrorgrad_jax.graph import build_user_graph
@@ -511,6 +519,12 @@ def write_data_folder(graph: str, root: str) -> str:
     reference_format = {int(u): [ids.tolist(), weights.tolist()] for u, (ids, weights) in user_graph.items()}
     np.save(os.path.join(folder, "user_graph_dict.npy"), np.array(reference_format, dtype=object), allow_pickle=True)
     return folder
+
+
+def reference_env(env: dict, reference: str) -> dict:
+    """``env`` with the reference checkout's ``src/`` first on PYTHONPATH: its packages import as ``utils.*``, ``common.*``."""
+    src = os.path.join(os.path.abspath(reference), "src")
+    return {**env, "PYTHONPATH": os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])}
 
 
 def run_model(model: str, args, data_root: str, log_dir: str) -> dict:
@@ -529,7 +543,8 @@ def run_model(model: str, args, data_root: str, log_dir: str) -> dict:
             argv = [python, here, "--_child", side, "--_data", data_root, "--reference", args.reference, *common]
             if mg:
                 argv.append("--_mg")
-            arm = _Arm(side, mg, argv, os.path.join(log_dir, f"{model}-{side}-{'mg' if mg else 'plain'}.log"), env)
+            arm_env = reference_env(env, args.reference) if side == "ref" else env
+            arm = _Arm(side, mg, argv, os.path.join(log_dir, f"{model}-{side}-{'mg' if mg else 'plain'}.log"), arm_env)
             # Set-ups run one at a time, so none overlaps another arm's work.
             meta[arm.label] = arm.read("READY")
             print(f"[{model}] {arm.label} ready", file=sys.stderr, flush=True)
@@ -610,16 +625,29 @@ def summarize(run: dict) -> dict:
     return out
 
 
-def _s(value: float) -> str:
-    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+#: Columns of the wall-time and CPU-time tables of :func:`render`.
+TIME_COLUMNS = (
+    "model", "reference plain / MG", "this project plain / MG", "ratio plain / MG", "MG / plain: reference, this project",
+    "eval: reference, this project", "eval ratio",
+)
+
+
+def _time_row(s: dict, kind: str) -> tuple:
+    """One model's row of a time table: ``kind`` "epoch" (wall time) or "cpu" (process CPU time)."""
+    f = format_seconds
+    ratio = "ratio" if kind == "epoch" else "cpu_ratio"
+    eval_key, overhead = ("eval", "mg_overhead") if kind == "epoch" else ("eval_cpu", "mg_overhead_cpu")
+    return (
+        s["model"], f"{f(s[f'ref_plain_{kind}'])} / {f(s[f'ref_mg_{kind}'])}", f"{f(s[f'ours_plain_{kind}'])} / {f(s[f'ours_mg_{kind}'])}",
+        f"{s[f'{ratio}_plain']:.2f} / {s[f'{ratio}_mg']:.2f}", f"{s[f'ref_{overhead}']:.2f}, {s[f'ours_{overhead}']:.2f}",
+        f"{f(s[f'ref_{eval_key}'])}, {f(s[f'ours_{eval_key}'])}", f"{s[f'{ratio}_eval']:.2f}",
+    )  # fmt: skip
 
 
 def render(summaries: list[dict], meta: dict) -> str:
     """The markdown report: header (command, date, machine, versions, noise), tables, goals."""
     lines = [
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}  ",
-        f"Machine: {meta['machine']}  ",
+        *report_header(meta["command"], date=meta["date"], machine=meta["machine"]),
         f"Reference: {meta['reference']}  ",
         f"This project: {meta['ours']}  ",
         f"Threads: {meta['threads']}  ",
@@ -629,57 +657,41 @@ def render(summaries: list[dict], meta: dict) -> str:
         "Per-epoch train time (median of epochs 2..n, seconds) and one full-ranking evaluation pass "
         "((valid + test) / 2, median over both arms). Ratio = this project / reference.",
         "",
-        "| model | reference plain / MG | this project plain / MG | ratio plain / MG | MG / plain: reference, this project | eval: reference, this project | eval ratio |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(TIME_COLUMNS, [_time_row(s, "epoch") for s in summaries]),
     ]
-    for s in summaries:
-        lines.append(
-            f"| {s['model']} | {_s(s['ref_plain_epoch'])} / {_s(s['ref_mg_epoch'])} | "
-            f"{_s(s['ours_plain_epoch'])} / {_s(s['ours_mg_epoch'])} | {s['ratio_plain']:.2f} / {s['ratio_mg']:.2f} | "
-            f"{s['ref_mg_overhead']:.2f}, {s['ours_mg_overhead']:.2f} | {_s(s['ref_eval'])}, {_s(s['ours_eval'])} | "
-            f"{s['ratio_eval']:.2f} |"
-        )
     if all("cpu_ratio_plain" in s for s in summaries):
         lines += [
             "",
             "The same epochs in process CPU time (all threads, seconds): what each side computed, less sensitive than "
             "wall time to other processes on a shared machine (both sides' thread pools also spin while waiting).",
             "",
-            "| model | reference plain / MG | this project plain / MG | ratio plain / MG | MG / plain: reference, this project | eval: reference, this project | eval ratio |",
-            "|---|---|---|---|---|---|---|",
+            *markdown_table(TIME_COLUMNS, [_time_row(s, "cpu") for s in summaries]),
         ]
-        for s in summaries:
-            lines.append(
-                f"| {s['model']} | {_s(s['ref_plain_cpu'])} / {_s(s['ref_mg_cpu'])} | "
-                f"{_s(s['ours_plain_cpu'])} / {_s(s['ours_mg_cpu'])} | {s['cpu_ratio_plain']:.2f} / {s['cpu_ratio_mg']:.2f} | "
-                f"{s['ref_mg_overhead_cpu']:.2f}, {s['ours_mg_overhead_cpu']:.2f} | {_s(s['ref_eval_cpu'])}, {_s(s['ours_eval_cpu'])} | "
-                f"{s['cpu_ratio_eval']:.2f} |"
-            )
     lines += [
         "",
         "Goals (issue 13), on the wall-time table: epoch at most 0.33x the reference (VBPR 0.40x), evaluation at most 0.25x, "
         "MG / plain at most 1.36.",
         "",
-        "| model | epoch plain | epoch MG | eval | MG / plain |",
-        "|---|---|---|---|---|",
-    ]
-    for s in summaries:
-        cells = [f"{v:.2f} {'<=' if ok else '>'} {b:.2f} {'met' if ok else 'MISSED'}" for v, b, ok in s["goals"].values()]
-        lines.append(f"| {s['model']} | " + " | ".join(cells) + " |")
-    lines += [
+        *markdown_table(
+            ("model", "epoch plain", "epoch MG", "eval", "MG / plain"),
+            [
+                [s["model"], *(f"{v:.2f} {'<=' if ok else '>'} {b:.2f} {'met' if ok else 'MISSED'}" for v, b, ok in s["goals"].values())]
+                for s in summaries
+            ],
+        ),
         "",
         "Spread and first epochs (spread = (max - min) / median of the timed epochs; first = epoch 1, with compilation for this project):",
         "",
-        "| model | arm | first epoch (s) | spread |",
-        "|---|---|---|---|",
+        *markdown_table(
+            ("model", "arm", "first epoch (s)", "spread"),
+            [
+                (s["model"], f"{name} {'MG' if arm == 'mg' else 'plain'}", format_seconds(s[f"{side}_{arm}_first"]), f"{100 * s[f'{side}_{arm}_spread']:.0f}%")
+                for s in summaries
+                for side, name in (("ref", "reference"), ("ours", "this project"))
+                for arm in ("plain", "mg")
+            ],
+        ),
     ]
-    for s in summaries:
-        for side, name in (("ref", "reference"), ("ours", "this project")):
-            for arm in ("plain", "mg"):
-                lines.append(
-                    f"| {s['model']} | {name} {'MG' if arm == 'mg' else 'plain'} | {_s(s[f'{side}_{arm}_first'])} | "
-                    f"{100 * s[f'{side}_{arm}_spread']:.0f}% |"
-                )
     return "\n".join(lines) + "\n"
 
 
@@ -693,22 +705,20 @@ def standings(runs: list[dict]) -> str:
     latest: dict[str, dict] = {}
     for run in runs:
         latest[run["model"]] = run  # a later sitting replaces an earlier one
-    lines = [
-        "| model | timed epochs per arm | epoch ratio plain / MG | eval ratio | MG / plain: this project, reference | goals missed |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for model in sorted(latest):
         s = summarize(latest[model])
         timed = min(max(len(arm) - 1, 1) for arm in latest[model]["epochs"].values())
         missed = [f"{name} ({v:.3f} > {b:.2f})" for name, (v, b, ok) in s["goals"].items() if not ok]
-        lines.append(
-            f"| {model} | {timed} | {s['ratio_plain']:.2f} / {s['ratio_mg']:.2f} | {s['ratio_eval']:.2f} | "
-            f"{s['ours_mg_overhead']:.2f}, {s['ref_mg_overhead']:.2f} | {', '.join(missed) or 'none'} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append((
+            model, timed, f"{s['ratio_plain']:.2f} / {s['ratio_mg']:.2f}", f"{s['ratio_eval']:.2f}",
+            f"{s['ours_mg_overhead']:.2f}, {s['ref_mg_overhead']:.2f}", ", ".join(missed) or "none",
+        ))  # fmt: skip
+    columns = ("model", "timed epochs per arm", "epoch ratio plain / MG", "eval ratio", "MG / plain: this project, reference", "goals missed")
+    return "\n".join(markdown_table(columns, rows)) + "\n"
 
 
-def read_runs(path: str) -> list[dict]:
+def read_runs(path: str) -> list[dict]:  # not reporting.read_runs: a side-by-side record is checked, a bad line is an error
     """The records of a ``--jsonl`` runs file (possibly none); ValueError naming the line when one is not a run."""
     runs = []
     with open(path) as f:
@@ -728,17 +738,6 @@ def read_runs(path: str) -> list[dict]:
                 raise ValueError(f"{path}:{number}: not a side-by-side record ({err})") from None
             runs.append(run)
     return runs
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _git_head(path: str) -> str:
@@ -846,26 +845,26 @@ def main(argv=None):
     summaries = [summarize(r) for r in runs]
     spreads = [s[f"{side}_{arm}_spread"] for s in summaries for side in ("ref", "ours") for arm in ("plain", "mg")]
     ref_meta = runs[0]["meta"]["ref plain"]
-    command = "python benchmarks/vs_reference.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_as_run("vs_reference.py", argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command,
         "date": f"{started:%Y-%m-%d %H:%M}, {(datetime.datetime.now() - started).total_seconds() / 60:.0f} min"
         + (f" ({', '.join(reused)}: read back from {args.jsonl}, measured by an earlier start)" if reused else ""),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({_cpu_name()}), {platform.system()} {platform.release()}",
+        "machine": describe_machine(device=runs[0]["meta"]["ours plain"]["device"]),
         "reference": (
             f"Qrange-group/Mirror-Gradient @ {_git_head(args.reference)}, torch {ref_meta['torch']} on {ref_meta['device']}, "
             f"shims: {', '.join(ref_meta['shims'])}"
         ),
         "ours": (
-            f"jax {version('jax')}, jaxlib {version('jaxlib')}, flax {version('flax')}, optax {version('optax')} on "
-            f"{runs[0]['meta']['ours plain']['device']}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '(unset)')!r}"
+            f"flax {version('flax')}, optax {version('optax')} on {runs[0]['meta']['ours plain']['device']} "
+            "(jax, jaxlib and XLA_FLAGS: the Machine line)"
         ),
         "threads": (
             f"torch intra-op {ref_meta['threads']}, inter-op {ref_meta['interop_threads']}; XLA CPU: one per core ({os.cpu_count()}); "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', str(args.threads) + ' (set by the harness)')}"
         ),
         "noise": (
-            f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; epoch-time spread per arm "
+            f"{load_note(load_before, load_after)}; epoch-time spread per arm "
             f"{100 * min(spreads):.0f}-{100 * max(spreads):.0f}% (median {100 * statistics.median(spreads):.0f}%)"
         ),
         "data": (
