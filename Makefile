@@ -11,7 +11,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mirrorgrad-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs clean
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -35,5 +35,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/mg_overhead.py
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on any warning
+# (a broken link, an undocumented cross-reference, a docstring griffe cannot parse).
+# To preview while editing: $(PY) -m mkdocs serve   (http://127.0.0.1:8000, live reload)
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf .pytest_cache build *.egg-info
+	rm -rf .pytest_cache build *.egg-info site

@@ -145,3 +145,9 @@ def test_every_package_is_installed():
     packages = {_module_name(p) for p in LIBRARY.values() if p.name == "__init__.py"}
     assert packages == listed
 
+
+def test_the_docs_show_these_floors():
+    """docs/layout.md's table of floors is FLOORS, row by row."""
+    rows = [line.split("|")[1:3] for line in (ROOT / "docs" / "layout.md").read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    shown = [(int(n), tuple(u.strip(" `") for u in units.split(","))) for n, units in rows]
+    assert shown == list(enumerate(FLOORS))
