@@ -116,3 +116,16 @@ def packaged_config(name: str, config_cls) -> dict:
     assert set(config["model_config"]) <= {f.name for f in dataclasses.fields(config_cls)}, "unknown model_config keys"
     assert set(config.get("train") or {}) <= {f.name for f in dataclasses.fields(TrainConfig)}, "unknown train keys"
     return config
+
+
+def mirrorgrad_commands(markdown: str) -> list[str]:
+    """The ``mirrorgrad ...`` lines of a markdown text's bash blocks (continuations joined, comments cut)."""
+    import re
+
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", markdown, flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("mirrorgrad "):
+                commands.append(line)
+    return commands

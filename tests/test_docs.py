@@ -28,6 +28,7 @@ import pytest
 
 from mirrorgrad_jax.cli import build_parser
 from mirrorgrad_jax.models import available_models
+from helpers import mirrorgrad_commands
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -115,13 +116,7 @@ def _blocks(language: str) -> list[tuple[str, str]]:
 
 
 def _commands() -> list[str]:
-    commands = []
-    for _, block in _blocks("bash"):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line.startswith("mirrorgrad "):
-                commands.append(line)
-    return commands
+    return [command for page in PAGES for command in mirrorgrad_commands(page.read_text())]
 
 
 def test_the_docs_show_commands_and_code():

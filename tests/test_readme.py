@@ -8,6 +8,8 @@ import shlex
 
 import pytest
 
+from helpers import mirrorgrad_commands
+
 from mirrorgrad_jax.cli import build_parser
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -26,14 +28,7 @@ def test_quickstart_block_runs(capsys):
 
 
 def _commands() -> list[str]:
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S):
-        joined = block.replace("\\\n", " ")
-        for line in joined.splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line.startswith("mirrorgrad "):
-                commands.append(line)
-    return commands
+    return mirrorgrad_commands(TEXT)
 
 
 def test_the_readme_shows_commands():
