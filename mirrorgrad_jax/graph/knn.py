@@ -33,6 +33,23 @@ __all__ = [
 ]
 
 
+def _checked_features(features: jax.Array | np.ndarray, k: int, chunk_size: int) -> jax.Array:
+    """``features`` as float32 ``(I, F)``, after checking ``1 <= k <= I`` and a positive chunk size.
+
+    Raises:
+      ValueError: naming what is wrong.
+    """
+    features = jnp.asarray(features, jnp.float32)
+    if features.ndim != 2:
+        raise ValueError(f"features must have shape (I, F), got {features.shape}")
+    num_rows = features.shape[0]
+    if not 1 <= k <= num_rows:
+        raise ValueError(f"k must be in 1..{num_rows} (the number of items), got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    return features
+
+
 def _l2_normalise_rows(features: jax.Array) -> jax.Array:
     # The reference divides by the norm without a guard (an all-zero row becomes NaN);
     # here such a row gets cosine 0 with every item instead.
@@ -73,15 +90,8 @@ def knn_topk_cosine(features: jax.Array, k: int, *, chunk_size: int = 2048) -> t
       ``(idx, sim)``: ``(I, k)`` int32 neighbour ids and ``(I, k)`` float32 cosines, sorted
       by decreasing similarity.
     """
-    features = jnp.asarray(features, jnp.float32)
-    if features.ndim != 2:
-        raise ValueError(f"features must have shape (I, F), got {features.shape}")
-    num_rows = features.shape[0]
-    if not 1 <= k <= num_rows:
-        raise ValueError(f"k must be in 1..{num_rows} (the number of items), got {k}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    sim, idx = _chunked_topk(_l2_normalise_rows(features), k, min(chunk_size, num_rows))
+    features = _checked_features(features, k, chunk_size)
+    sim, idx = _chunked_topk(_l2_normalise_rows(features), k, min(chunk_size, features.shape[0]))
     return idx, sim
 
 
@@ -262,17 +272,10 @@ def knn_topk_shrink(
       >>> idx[:, 0].tolist(), [round(float(v), 4) for v in val[:, 0]]
       ([1, 1, 2], [0.6667, 0.8, 0.9])
     """
-    features = jnp.asarray(features, jnp.float32)
-    if features.ndim != 2:
-        raise ValueError(f"features must have shape (I, F), got {features.shape}")
-    num_rows = features.shape[0]
-    if not 1 <= k <= num_rows:
-        raise ValueError(f"k must be in 1..{num_rows} (the number of items), got {k}")
     if not np.isfinite(shrink) or shrink < 0:
         raise ValueError(f"shrink must be a finite number >= 0, got {shrink}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    val, idx = _chunked_topk_shrink(features, jnp.float32(shrink), k, min(chunk_size, num_rows))
+    features = _checked_features(features, k, chunk_size)
+    val, idx = _chunked_topk_shrink(features, jnp.float32(shrink), k, min(chunk_size, features.shape[0]))
     return idx, val
 
 
