@@ -5,8 +5,10 @@ Parametrized over the registry, so a new model is covered the moment it register
 * it builds on ``synthetic-small`` with its defaults, ranks every item for a block of users
   with finite scores, and holds only the declared variable kinds;
 * every trainable parameter gets a gradient from a batch and no constant is a parameter;
-* the trainer lowers its loss over a few epochs with Mirror Gradient on and off, and the
-  best checkpoint of that run evaluates to exactly the run's own metrics;
+* the trainer lowers its loss over a few epochs with Mirror Gradient on (through the
+  ``mirrorgrad train`` command) and off (through the library), and the best checkpoint of
+  each run evaluates to exactly the run's own metrics; with MIRRORGRAD_NETWORK_TESTS=1 it
+  also trains an epoch on MovieLens-100K through the command line;
 * its config declares every field's type and range, so wrong values are refused with a
   ``ConfigError`` naming the field, and its packaged reference grid builds point by point;
 * a dataset it cannot use (no features; fewer items than kNN neighbours) is one clear error.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import os
 import typing
 
 import jax
@@ -27,6 +31,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mirrorgrad_jax.cli import main
 from mirrorgrad_jax.config import Range
 from mirrorgrad_jax.data import load_dataset, make_synthetic
 from mirrorgrad_jax.errors import ConfigError, UserInputError
@@ -87,23 +92,50 @@ def test_every_trainable_parameter_gets_a_gradient(name, small):
     assert jax.tree.leaves(params), f"{name} has no trainable parameters"
 
 
-@pytest.mark.parametrize("mg", [True, False], ids=["mg", "no-mg"])
+# 455 rows: synthetic-small's 1820 train rows make 4 full batches and no smaller last one,
+# so an epoch is one scan (plus one mirrored step with MG): the fewest programs to compile.
+TRAIN = {"epochs": 3, "batch_size": 455, "learning_rate": 5e-3, "valid_metric": "recall@20", "patience": 10, "seed": 3}
+
+
+def _run_through_the_command_line(name: str, dataset: str, folder, *, epochs: int) -> tuple[dict, str]:
+    """``mirrorgrad train`` with MG as a user runs it; returns the run's record and its best checkpoint."""
+    results = folder / "results.json"
+    argv = ["train", "--model", name, "--dataset", dataset, "--mg", "--quiet", "--results", str(results),
+            "--checkpoint-dir", str(folder / "runs"), "--epochs", str(epochs), "--batch-size", str(TRAIN["batch_size"]),
+            "--lr", str(TRAIN["learning_rate"]), "--valid-metric", TRAIN["valid_metric"], "--seed", str(TRAIN["seed"])]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = json.loads(results.read_text())["runs"][0]["seeds"]
+    return run, str(folder / "runs" / f"combo0-seed{TRAIN['seed']}" / "best.ckpt")
+
+
+@pytest.mark.parametrize("mg", [True, False], ids=["mg-cli", "no-mg"])
 @pytest.mark.parametrize("name", MODELS)
 def test_training_lowers_the_loss_and_the_checkpoint_evaluates_to_the_runs_numbers(name, mg, small, tmp_path):
     cls = get_model(name)
-    # 455 rows: synthetic-small's 1820 train rows make 4 full batches and no smaller last one,
-    # so an epoch is one scan (plus one mirrored step with MG): the fewest programs to compile.
-    cfg = TrainConfig(epochs=3, batch_size=455, learning_rate=5e-3, valid_metric="recall@20", patience=10, seed=3)
-    result = train(cls, build_config(cls, {}), small, cfg, MGConfig(enabled=mg), checkpoint_dir=tmp_path, log=None)
+    if mg:  # through the user's door
+        run, checkpoint = _run_through_the_command_line(name, "synthetic-small", tmp_path, epochs=TRAIN["epochs"])
+    else:  # through the library
+        result = train(cls, build_config(cls, {}), small, TrainConfig(**TRAIN), MGConfig(enabled=False), checkpoint_dir=tmp_path, log=None)
+        run, checkpoint = result.to_dict(), str(tmp_path / "best.ckpt")
     if cls.trainable:
-        losses = [h["loss"] for h in result.history]
+        losses = [h["loss"] for h in run["history"]]
         assert len(losses) == 3 and all(np.isfinite(losses))
         assert losses[-1] < losses[0], f"{name} ({'MG' if mg else 'no MG'}): the loss did not fall: {losses}"
     else:
-        assert result.stop_reason == "no_training"
-    trained = load_trained_model(tmp_path / "best.ckpt", small)
+        assert run["stop_reason"] == "no_training"
+    trained = load_trained_model(checkpoint, small)
     metrics = evaluate_model(trained.model, small, topk=trained.topk, eval_batch_size=trained.eval_batch_size)
-    assert metrics == {"valid": result.best_valid, "test": result.test_at_best}
+    assert metrics == {"valid": run["best_valid"], "test": run["test_at_best"]}
+
+
+@pytest.mark.skipif(
+    os.environ.get("MIRRORGRAD_NETWORK_TESTS") != "1",
+    reason="MovieLens-100K is downloaded on first use; set MIRRORGRAD_NETWORK_TESTS=1 (or run it once: mirrorgrad datasets movielens-100k)",
+)
+@pytest.mark.parametrize("name", MODELS)
+def test_one_epoch_on_movielens_through_the_command_line(name, tmp_path):
+    run, _ = _run_through_the_command_line(name, "movielens-100k", tmp_path, epochs=1)
+    assert run["epochs_run"] == 1 and np.isfinite(run["history"][0]["loss"])
 
 
 def _wrong_values(annotation) -> list:
