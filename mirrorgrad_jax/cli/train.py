@@ -2,6 +2,9 @@
 
 Values come from a YAML config (``--config FILE`` or a model name for its packaged
 reference config; lists are grids), then from flags (comma-separated values are grids).
+``--method`` picks what the run trains with: plain, mg (Mirror Gradient, the default),
+sam, asam or gnp (the gradient-norm penalty), each at two gradient evaluations a batch
+except mg (``1 + 1/beta``).
 The best combination is selected on the VALIDATION split (``--select-on test``
 reproduces the reference's habit of selecting on test, and says so).
 
@@ -25,7 +28,7 @@ from mirrorgrad_jax.errors import ConfigError
 
 __all__ = ["register", "run", "read_config"]
 
-_TOP_LEVEL_KEYS = ("model", "dataset", "model_config", "train", "mg")
+_TOP_LEVEL_KEYS = ("model", "dataset", "model_config", "train", "mg", "method")
 
 #: flag -> (config section, key)
 _FLAGS = {
@@ -43,6 +46,10 @@ _FLAGS = {
     "beta": ("mg", "beta"),
     "apply_to": ("mg", "apply_to"),
     "schedule": ("mg", "schedule"),
+    "rho": ("method", "rho"),
+    "asam_eta": ("method", "eta"),
+    "gnp_alpha": ("method", "alpha"),
+    "gnp_radius": ("method", "radius"),
 }
 
 
@@ -71,10 +78,29 @@ def read_config(name: str) -> dict[str, Any]:
     unknown = sorted(set(config) - set(_TOP_LEVEL_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
-    for section in ("model_config", "train", "mg"):
+    for section in ("model_config", "train", "mg", "method"):
         if config.get(section) is not None and not isinstance(config[section], dict):
             raise ConfigError(f"{path}: section {section!r} must be a mapping, got {config[section]!r}")
     return config
+
+
+def _set_method(text: str, mg_flag: bool | None, sections: dict[str, dict[str, Any]]) -> None:
+    """``--method NAME``: MG on or off, and the ``method`` section's name.
+
+    Raises:
+      ConfigError: an unknown name, a comma list, or a contradiction with --mg / --no-mg.
+    """
+    from mirrorgrad_jax.train import METHODS
+
+    name = text.strip().lower()
+    if "," in name:
+        raise ConfigError(f"--method takes one method, got {text!r}; benchmarks/flat_minima.py compares methods")
+    if name not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {text!r}")
+    if mg_flag is not None and mg_flag != (name == "mg"):
+        raise ConfigError(f"--method {name} contradicts --{'mg' if mg_flag else 'no-mg'}")
+    sections["mg"]["enabled"] = name == "mg"
+    sections["method"]["name"] = name if name in ("sam", "asam", "gnp") else "none"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,9 +108,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", help="model name (see `mirrorgrad models`); default vbpr")
     t.add_argument("--dataset", help="synthetic | synthetic-small | large | large-10x | movielens-100k | an MMRec folder (see `mirrorgrad datasets`)")
-    t.add_argument("--config", help="YAML file (keys model, dataset, model_config, train, mg; lists = grids), or a model name for its packaged reference config")
-    t.add_argument("--mg", dest="mg", action="store_true", default=None, help="train with Mirror Gradient (default)")
-    t.add_argument("--no-mg", dest="mg", action="store_false", help="train without Mirror Gradient")
+    t.add_argument("--config", help="YAML file (keys model, dataset, model_config, train, mg, method; lists = grids), or a model name for its packaged reference config")
+    t.add_argument("--mg", dest="mg", action="store_true", default=None, help="train with Mirror Gradient (default); the same as --method mg")
+    t.add_argument("--no-mg", dest="mg", action="store_false", help="train without Mirror Gradient; the same as --method plain")
+    t.add_argument("--method", help="what to train with: plain, mg (default), sam, asam or gnp (gradient-norm penalty); knobs --rho, --asam-eta, --gnp-alpha, --gnp-radius")
     for flag in _FLAGS:
         t.add_argument("--" + flag.replace("_", "-"), dest=flag, metavar="VALUE", help="value, or comma-separated values for a grid")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option (repeatable; comma list = grid)")
@@ -122,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     model_name = args.model or config.get("model") or "vbpr"
     dataset_name = args.dataset or config.get("dataset") or "synthetic"
     model_grid = dict(config.get("model_config") or {})
-    sections = {"train": dict(config.get("train") or {}), "mg": dict(config.get("mg") or {})}
+    sections = {"train": dict(config.get("train") or {}), "mg": dict(config.get("mg") or {}), "method": dict(config.get("method") or {})}
     model_grid.update(key_values(args.set))
     for flag, (section, key) in _FLAGS.items():
         value = getattr(args, flag)
@@ -130,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
             sections[section][key] = grid_value(value)
     if args.mg is not None:
         sections["mg"]["enabled"] = args.mg
+    if args.method is not None:
+        _set_method(args.method, args.mg, sections)
     # Not through grid_value: a mesh spec has commas but is one value.
     for key in ("mesh", "shard_tables", "device_budget_mb"):
         if getattr(args, key) is not None:
@@ -151,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_grid(
         model_name, dataset, model_grid, sections["train"], sections["mg"],
         seeds=seeds, select_on=args.select_on, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-        log=None if args.quiet or not primary else print,
+        log=None if args.quiet or not primary else print, method_grid=sections["method"],
     )  # fmt: skip
     report["wall_seconds"] = time.perf_counter() - started
     if not primary:

@@ -6,6 +6,8 @@
   decides) and how an epoch is grouped for a jitted scan (:func:`plan_epoch`);
 * :mod:`.steps`: jittable normal / mirror train steps and the block step of a scan,
   without ``lax.cond``;
+* :mod:`.sharpness`: the other flat-minima methods as transformations of the same kind:
+  SAM (through ``optax.contrib.sam``), ASAM and the gradient-norm penalty;
 * :mod:`.clipping`: clipping with PyTorch's formula, as the reference clips;
 * :mod:`.partition`: an optimizer over two parameter groups, one of which a step may
   skip (torch's ``None`` gradients);
@@ -23,6 +25,7 @@ from mirrorgrad_jax.optim.mirror import (
 from mirrorgrad_jax.optim.nnx_step import make_nnx_train_step, nnx_grad_fn
 from mirrorgrad_jax.optim.partition import skippable_partition
 from mirrorgrad_jax.optim.schedule import EpochSegment, Schedule, epoch_layout, is_mirror_batch, plan_epoch
+from mirrorgrad_jax.optim.sharpness import adaptive_ascent, asam, gradient_norm_penalty, sam
 from mirrorgrad_jax.optim.steps import TrainSteps, make_block_step, make_train_steps
 
 __all__ = [
@@ -30,8 +33,11 @@ __all__ = [
     "MirrorGradientState",
     "Schedule",
     "TrainSteps",
+    "adaptive_ascent",
+    "asam",
     "epoch_layout",
     "find_mirror_state",
+    "gradient_norm_penalty",
     "implicit_penalty",
     "is_mirror_batch",
     "make_block_step",
@@ -41,6 +47,7 @@ __all__ = [
     "mirror_pass_pending",
     "nnx_grad_fn",
     "plan_epoch",
+    "sam",
     "skippable_partition",
     "torch_clip_by_global_norm",
     "torch_clip_grad_norm",

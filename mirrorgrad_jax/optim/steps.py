@@ -52,6 +52,7 @@ def make_train_steps(
     update_kwargs: Mapping[str, Any] | None = None,
     mirror_pass_loss_fn: Callable[..., Any] | None = None,
     mirror_pass_update_kwargs: Mapping[str, Any] | None = None,
+    perturbed_pass: bool = False,
 ) -> TrainSteps:
     """Builds the normal and mirror train steps for ``tx``.
 
@@ -74,6 +75,12 @@ def make_train_steps(
       mirror_pass_loss_fn: the loss of the mirror pass (default ``loss_fn``).
       mirror_pass_update_kwargs: extra arguments for the mirror pass's ``tx.update``
         (default ``update_kwargs``).
+      perturbed_pass: ``tx`` is a two-pass method in opaque mode (SAM, ASAM, the
+        gradient-norm penalty of :mod:`~mirrorgrad_jax.optim.sharpness`): every step hands
+        it ``grad_fn``, the gradient of the same batch at the parameters it asks for,
+        computed with a fresh key (``fold_in(key, 1)``, as the mirror pass) and, with
+        ``thread_aux``, from the state the first pass produced. ``loss`` then reports that
+        second pass last, and ``aux`` is its output. Needs ``mirror=False``.
 
     Returns:
       A :class:`TrainSteps` of pure functions; jit them (donating params and state).
@@ -97,6 +104,21 @@ def make_train_steps(
         updates, opt_state = tx.update(grads, opt_state, params, **extra)
         return optax.apply_updates(params, updates), opt_state, report(loss, loss), aux
 
+    def perturbed(params, opt_state, batch, key, *context):
+        loss, aux, grads = evaluate(value_and_grad, params, batch, key, context)
+        second_context = (*context[:-1], aux) if thread_aux else context
+        seen = {}
+
+        def grad_fn(moved):
+            # Called once, while this step is traced: what it records stays inside the step.
+            seen["loss"], seen["aux"], moved_grads = evaluate(second_value_and_grad, moved, batch, jax.random.fold_in(key, 1), second_context)
+            return moved_grads
+
+        updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn, **first_kwargs)
+        if not seen:
+            raise ValueError("perturbed_pass=True, but the transformation never called grad_fn")
+        return optax.apply_updates(params, updates), opt_state, report(loss, seen["loss"]), seen["aux"]
+
     def mirrored(params, opt_state, batch, key, *context):
         loss, aux, grads = evaluate(value_and_grad, params, batch, key, context)
         updates, opt_state = tx.update(grads, opt_state, params, mirror=True, **first_kwargs)
@@ -107,6 +129,10 @@ def make_train_steps(
         updates, opt_state = tx.update(grads, opt_state, params, **second_kwargs)
         return optax.apply_updates(params, updates), opt_state, report(loss, loss2), aux
 
+    if perturbed_pass:
+        if mirror:
+            raise ValueError("perturbed_pass needs mirror=False: a two-pass method and MG do not combine")
+        return TrainSteps(perturbed, perturbed)
     return TrainSteps(normal, mirrored if mirror else normal)
 
 

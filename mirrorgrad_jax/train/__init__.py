@@ -1,6 +1,7 @@
 """Training: the run configs, the optimizer, the jitted epoch engine, the loop, checkpoints and grids.
 
-* :mod:`.config`: :class:`MGConfig` and :class:`TrainConfig`;
+* :mod:`.config`: :class:`MGConfig`, :class:`MethodConfig` (SAM, ASAM, the gradient-norm
+  penalty) and :class:`TrainConfig`;
 * :mod:`.optimizer`: torch's optimizers in optax, MG around them, the per-epoch learning rate;
 * :mod:`.engine`: the compiled steps and epoch scans of one run;
 * :mod:`.loop`: :func:`train`, one run with evaluation, early stopping and checkpoints;
@@ -11,7 +12,7 @@
 
 from mirrorgrad_jax.errors import TrainingError
 from mirrorgrad_jax.train.checkpoint import CHECKPOINT_FORMAT, Checkpoint, flatten_arrays, load_checkpoint, save_checkpoint, unflatten_like
-from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MGConfig, TrainConfig
+from mirrorgrad_jax.train.config import LAYOUT_FIELDS, METHODS, MethodConfig, MGConfig, TrainConfig, training_method
 from mirrorgrad_jax.train.engine import EpochEngine
 from mirrorgrad_jax.train.grid import format_mean_std, run_grid, summary_table
 from mirrorgrad_jax.train.loop import TrainResult, resolved_model_config, train
@@ -24,7 +25,9 @@ __all__ = [
     "EpochEngine",
     "FIRST_BATCH_GROUP",
     "LAYOUT_FIELDS",
+    "METHODS",
     "MGConfig",
+    "MethodConfig",
     "TrainConfig",
     "TrainResult",
     "TrainedModel",
@@ -43,5 +46,6 @@ __all__ = [
     "summary_table",
     "train",
     "trained_state",
+    "training_method",
     "unflatten_like",
 ]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from mirrorgrad_jax.config import Constraint, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, config_class
+from mirrorgrad_jax.config import Constraint, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, config_class
+from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, METRICS
 
-__all__ = ["LAYOUT_FIELDS", "MGConfig", "TrainConfig"]
+__all__ = ["LAYOUT_FIELDS", "METHODS", "MGConfig", "MethodConfig", "TrainConfig", "training_method"]
 
 #: TrainConfig fields that say where the run's arrays live, not what it computes.
 LAYOUT_FIELDS = ("mesh", "shard_tables", "device_budget_mb")
@@ -51,6 +52,52 @@ class MGConfig:
     def inert_fields(self) -> tuple[str, ...]:
         """The fields that cannot change a run with these settings: every one but ``enabled`` when MG is off."""
         return tuple(f.name for f in dataclasses.fields(self) if f.name != "enabled") if not self.enabled else ()
+
+
+#: The names ``--method`` accepts: plain training, Mirror Gradient, and the two-pass methods of MethodConfig.
+METHODS = ("plain", "mg", "sam", "asam", "gnp")
+
+
+@config_class
+class MethodConfig:
+    """A flat-minima method other than Mirror Gradient (which :class:`MGConfig` configures).
+
+    Every batch takes two gradient evaluations (:mod:`mirrorgrad_jax.optim.sharpness`):
+
+    Attributes:
+      name: ``"none"`` (plain training, or MG when ``MGConfig.enabled``), ``"sam"``,
+        ``"asam"`` or ``"gnp"`` (the gradient-norm penalty). With any of the last three,
+        MG must be off.
+      rho: the ascent radius of SAM (0.05, Foret et al.'s default) and ASAM.
+      eta: ASAM's floor added to ``|w|`` (0.01, Kwon et al.'s).
+      alpha: the gradient-norm penalty's weight of the perturbed gradient, in [0, 1]
+        (0.5; 1 is SAM with ``rho = radius``).
+      radius: the gradient-norm penalty's finite-difference step (0.05).
+    """
+
+    name: Literal["none", "sam", "asam", "gnp"] = "none"
+    rho: PositiveFloat = 0.05
+    eta: NonNegativeFloat = 0.01
+    alpha: UnitInterval = 0.5
+    radius: PositiveFloat = 0.05
+
+    def inert_fields(self) -> tuple[str, ...]:
+        """The knobs the selected method does not read."""
+        used = {"none": (), "sam": ("rho",), "asam": ("rho", "eta"), "gnp": ("alpha", "radius")}[self.name]
+        return tuple(f.name for f in dataclasses.fields(self) if f.name != "name" and f.name not in used)
+
+
+def training_method(mg: MGConfig, method: MethodConfig) -> str:
+    """The one name of what a run trains with: ``"plain"``, ``"mg"``, ``"sam"``, ``"asam"`` or ``"gnp"``.
+
+    Raises:
+      ConfigError: MG enabled together with another two-pass method.
+    """
+    if method.name != "none" and mg.enabled:
+        raise ConfigError(f"MG and {method.name} cannot both train one run: turn MG off (--no-mg, or --method {method.name})")
+    if method.name != "none":
+        return method.name
+    return "mg" if mg.enabled else "plain"
 
 
 @config_class

@@ -31,13 +31,19 @@ class EpochEngine:
     what an earlier step of the epoch cached (LATTICE's item graph) and evaluation sees
     what the last training forward wrote (stale evaluation).
 
+    With ``perturbed``, ``tx`` is a two-pass method in opaque mode (SAM, ASAM, the
+    gradient-norm penalty): every step hands it the gradient of the same batch at the point
+    it asks for, so every batch is alike and an epoch is one scan.
+
     With a :class:`~mirrorgrad_jax.devices.Placement`, parameters, cache and constants
     are placed on its mesh, every jitted step returns parameters, optimizer state and
     cache on those same shardings (so they stay put across steps and epochs), and
     batches are split over ``data``. Without one, nothing of that runs.
     """
 
-    def __init__(self, model: Recommender, tx, mg: MGConfig, train_config: TrainConfig, placement: Placement | None = None):
+    def __init__(
+        self, model: Recommender, tx, mg: MGConfig, train_config: TrainConfig, placement: Placement | None = None, *, perturbed: bool = False
+    ):
         self.graphdef, params, cache, consts = nnx.split(model, nnx.Param, TrainingCache, ...)
         self.mg, self.cfg = mg, train_config
         self.placement = placement
@@ -73,7 +79,7 @@ class EpochEngine:
 
         self.scores_fn = scores_fn
         skip = {"skip": True} if self.first_batch else {}
-        common = dict(has_aux=True, mirror=mg.enabled, both_losses=True, thread_aux=True)
+        common = dict(has_aux=True, mirror=mg.enabled, both_losses=True, thread_aux=True, perturbed_pass=perturbed)
         steps = make_train_steps(make_loss("loss"), tx, update_kwargs=skip, **common)
         donate: dict[str, Any] = dict(donate_argnums=(0, 1))
         if placement is not None:
@@ -83,11 +89,10 @@ class EpochEngine:
         self.mirror = jax.jit(steps.mirror, **donate)
         if self.first_batch:
             # Batch 0 of an epoch: the model's first-batch loss, every parameter updated;
-            # the mirror pass (MG) uses the ordinary loss and skips the first-batch group.
-            first = make_train_steps(
-                make_loss("first_batch_loss"), tx, update_kwargs={"skip": False},
-                mirror_pass_loss_fn=make_loss("loss"), mirror_pass_update_kwargs={"skip": True}, **common,
-            )  # fmt: skip
+            # the mirror pass (MG) uses the ordinary loss and skips the first-batch group. A
+            # two-pass method takes both its gradients of that batch from the first-batch loss.
+            mirror_pass = {} if perturbed else {"mirror_pass_loss_fn": make_loss("loss"), "mirror_pass_update_kwargs": {"skip": True}}
+            first = make_train_steps(make_loss("first_batch_loss"), tx, update_kwargs={"skip": False}, **mirror_pass, **common)
             self.first_normal = jax.jit(first.normal, **donate)
             self.first_mirror = jax.jit(first.mirror, **donate)
         block = make_block_step(steps, mg.beta, thread_aux=True) if mg.enabled else None

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.models import build_config, get_model
-from mirrorgrad_jax.train.config import MGConfig, TrainConfig
+from mirrorgrad_jax.train.config import MethodConfig, MGConfig, TrainConfig, training_method
 from mirrorgrad_jax.train.loop import resolved_model_config, train
 
 __all__ = ["as_grid", "check_keys", "expand", "format_mean_std", "run_grid", "summary_table"]
@@ -67,25 +67,44 @@ def format_mean_std(values: Sequence[float]) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
-def _without_inert_repeats(plans: list[tuple], mg_grid: dict[str, Any], say: Callable[[str], None]) -> list[tuple]:
-    """Drops combinations that differ from an earlier one only in MG settings that cannot change the run.
+@dataclasses.dataclass
+class _Plan:
+    """One combination of the grids: its values as given and its configs (one train config per seed)."""
 
-    With MG off (``--no-mg`` on a config whose ``mg`` section grids ``alpha2``), every
-    alpha2 would train the same run: it is trained once, and the log says which axes were
-    collapsed.
+    model_values: dict[str, Any]
+    mg_values: dict[str, Any]
+    method_values: dict[str, Any]
+    model_config: Any
+    train_configs: list[TrainConfig]
+    mg: MGConfig
+    method: MethodConfig
+
+    def label(self) -> str:
+        parts = [str(v) for v in (self.model_values, self.mg_values, self.method_values) if v]
+        return " ".join(parts)
+
+
+def _without_inert_repeats(plans: list[_Plan], grids: dict[str, dict[str, Any]], say: Callable[[str], None]) -> list[_Plan]:
+    """Drops combinations that differ from an earlier one only in settings that cannot change the run.
+
+    With MG off (``--no-mg`` on a config whose ``mg`` section grids ``alpha2``), every alpha2
+    would train the same run; likewise a SAM run ignores the gradient-norm penalty's knobs.
+    Each is trained once, and the log says which axes were collapsed.
     """
     kept, seen, collapsed = [], set(), set()
     for plan in plans:
-        m_values, g_values, _, train_configs, mg_config = plan
-        inert = set(mg_config.inert_fields())
-        key = repr((sorted(m_values.items()), dataclasses.asdict(train_configs[0]), sorted((k, v) for k, v in g_values.items() if k not in inert)))
+        inert = {"mg": set(plan.mg.inert_fields()), "method": set(plan.method.inert_fields())}
+        values = {"mg": plan.mg_values, "method": plan.method_values}
+        live = {section: sorted((k, v) for k, v in values[section].items() if k not in inert[section]) for section in values}
+        key = repr((sorted(plan.model_values.items()), dataclasses.asdict(plan.train_configs[0]), live["mg"], live["method"]))
         if key in seen:
-            collapsed.update(k for k in g_values if k in inert)
+            collapsed.update((section, k) for section in values for k in values[section] if k in inert[section])
             continue
         seen.add(key)
         kept.append(plan)
-    for axis in sorted(collapsed):
-        say(f"note: the mg grid over {axis} {as_grid(mg_grid[axis])} cannot change a run with MG off; each combination is trained once")
+    for section, axis in sorted(collapsed):
+        why = "with MG off" if section == "mg" else "with the method that reads other knobs"
+        say(f"note: the {section} grid over {axis} {as_grid(grids[section][axis])} cannot change a run {why}; each combination is trained once")
     return kept
 
 
@@ -101,12 +120,28 @@ def run_grid(
     checkpoint_dir: str | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = print,
+    method_grid: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains every combination of the grids for every seed; selects on validation (or test).
 
     Every configuration is built (and so type-checked) before the first run starts, so a
     bad value in the last combination fails at once, not after hours. Combinations that
-    differ only in settings that cannot change a run (MG's, with MG off) are trained once.
+    differ only in settings that cannot change a run (MG's, with MG off; a two-pass
+    method's knobs another method does not read) are trained once.
+
+    Args:
+      model_name: a registered model.
+      dataset: the data.
+      model_grid: the ``model_config`` section; a list value is a grid axis (as in the others).
+      train_grid: the ``train`` section.
+      mg_grid: the ``mg`` section.
+      seeds: one run per seed and combination.
+      select_on: ``"valid"`` or ``"test"`` (the reference's habit, said in the summary).
+      checkpoint_dir: one ``combo<i>-seed<s>`` folder per run when given.
+      resume: continue each run from its ``last.ckpt``.
+      log: progress printer.
+      method_grid: the ``method`` section (SAM, ASAM, the gradient-norm penalty); a method
+        other than ``"none"`` turns MG off unless the ``mg`` section sets ``enabled``.
 
     Returns:
       A JSON-ready dict with the configs, per-seed results and the selection.
@@ -115,46 +150,50 @@ def run_grid(
       ConfigError: unknown keys or bad values in any section.
     """
     say = log or (lambda _m: None)
+    method_grid = dict(method_grid or {})
     model_cls = get_model(model_name)
     check_keys("model_config", model_grid, model_cls.config_class)
     check_keys("train", train_grid, TrainConfig)
     check_keys("mg", mg_grid, MGConfig)
+    check_keys("method", method_grid, MethodConfig)
     if select_on not in ("valid", "test"):
         raise ConfigError(f"select_on must be 'valid' or 'test', got {select_on!r}")
     plans = []
-    for m_values, t_values, g_values in itertools.product(expand(model_grid), expand(train_grid), expand(mg_grid)):
+    for m_values, t_values, g_values, x_values in itertools.product(expand(model_grid), expand(train_grid), expand(mg_grid), expand(method_grid)):
+        if x_values.get("name", "none") != "none" and "enabled" not in g_values:
+            g_values = {**g_values, "enabled": False}  # a method section naming SAM, ASAM or GNP turns MG off
         try:
-            plans.append(
-                (
-                    m_values,
-                    g_values,
-                    build_config(model_cls, m_values),
-                    [TrainConfig(**{**t_values, "seed": seed}) for seed in seeds],
-                    MGConfig(**g_values),
-                )
-            )
+            plan = _Plan(
+                m_values, g_values, x_values, build_config(model_cls, m_values),
+                [TrainConfig(**{**t_values, "seed": seed}) for seed in seeds], MGConfig(**g_values), MethodConfig(**x_values),
+            )  # fmt: skip
         except ConfigError:
             raise
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid configuration: {err}") from None
-    plans = _without_inert_repeats(plans, mg_grid, say)
+        training_method(plan.mg, plan.method)  # MG and SAM together are refused before any run
+        plans.append(plan)
+    plans = _without_inert_repeats(plans, {"mg": mg_grid, "method": method_grid}, say)
     runs = []
-    for index, (m_values, g_values, model_config, train_configs, mg_config) in enumerate(plans):
+    for index, plan in enumerate(plans):
         per_seed = []
-        for train_config in train_configs:
-            label = f"[{index + 1}/{len(plans)}] {m_values or ''} {g_values or ''} seed {train_config.seed}".replace("  ", " ")
-            say(f"== {label}")
+        for train_config in plan.train_configs:
+            say(f"== [{index + 1}/{len(plans)}] {plan.label()} seed {train_config.seed}".replace("  ", " "))
             ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"combo{index}-seed{train_config.seed}")
-            result = train(model_cls, model_config, dataset, train_config, mg_config, checkpoint_dir=ckpt, resume=resume, log=log)
+            result = train(
+                model_cls, plan.model_config, dataset, train_config, plan.mg,
+                checkpoint_dir=ckpt, resume=resume, log=log, method=plan.method,
+            )  # fmt: skip
             per_seed.append({"seed": train_config.seed, **result.to_dict()})
-        metric = train_configs[0].valid_metric
+        metric = plan.train_configs[0].valid_metric
         select_values = [r["best_valid" if select_on == "valid" else "test_at_best"].get(metric, float("nan")) for r in per_seed]
-        ran = resolved_model_config(model_cls, model_config, mg_config)  # as run (MVGAE's KL weight follows MG)
+        ran = resolved_model_config(model_cls, plan.model_config, plan.mg)  # as run (MVGAE's KL weight follows MG)
         runs.append(
             {
                 "model_config": dataclasses.asdict(ran),
-                "train": {k: v for k, v in dataclasses.asdict(train_configs[0]).items() if k != "seed"},
-                "mg": dataclasses.asdict(mg_config),
+                "train": {k: v for k, v in dataclasses.asdict(plan.train_configs[0]).items() if k != "seed"},
+                "mg": dataclasses.asdict(plan.mg),
+                "method": dataclasses.asdict(plan.method),
                 "seeds": per_seed,
                 "selection_score": statistics.fmean(select_values),
             }
@@ -166,7 +205,9 @@ def run_grid(
 def summary_table(report: dict[str, Any], metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")) -> str:
     """A few readable lines: the selected combination and its valid/test metrics over seeds."""
     best = report["runs"][report["best_index"]]
-    lines = [f"selected combination (on {report['select_on']}): model {best['model_config']}, mg {best['mg']}"]
+    method = best.get("method", {}).get("name", "none")
+    trained_with = f"mg {best['mg']}" if method == "none" else f"method {best['method']}"
+    lines = [f"selected combination (on {report['select_on']}): model {best['model_config']}, {trained_with}"]
     if report["select_on"] == "test":
         lines.append("NOTE: selected on the TEST split, as the reference does; these test numbers are optimistic.")
     for split, key in (("valid", "best_valid"), ("test", "test_at_best")):

@@ -40,7 +40,7 @@ from mirrorgrad_jax.errors import CheckpointError, TrainingError
 from mirrorgrad_jax.evaluation import EarlyStopping, RankingEvaluator
 from mirrorgrad_jax.models import Recommender, TrainingSetup
 from mirrorgrad_jax.train.checkpoint import flatten_arrays, load_checkpoint, save_checkpoint, unflatten_like
-from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MGConfig, TrainConfig
+from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MethodConfig, MGConfig, TrainConfig, training_method
 from mirrorgrad_jax.train.engine import EpochEngine
 from mirrorgrad_jax.train.optimizer import build_optimizer, first_batch_labels, optimizer_learning_rate, set_learning_rate
 from mirrorgrad_jax.train.trained import model_arrays, restore_model_arrays
@@ -106,14 +106,14 @@ def _evaluators(dataset: RecDataset, cfg: TrainConfig, placement: Placement | No
     )
 
 
-def _first_non_finite(losses: np.ndarray) -> tuple[int, str, float] | None:
-    """``(batch, pass name, value)`` of the first non-finite loss, or None."""
+def _first_non_finite(losses: np.ndarray, second: str = "mirror pass") -> tuple[int, str, float] | None:
+    """``(batch, pass name, value)`` of the first non-finite loss, or None (``second`` names the second pass)."""
     bad = ~np.isfinite(losses)
     if not bad.any():
         return None
     batch = int(np.flatnonzero(bad.any(axis=1))[0])
     column = 0 if bad[batch, 0] else 1
-    return batch, ("first pass" if column == 0 else "mirror pass"), float(losses[batch, column])
+    return batch, ("first pass" if column == 0 else second), float(losses[batch, column])
 
 
 @dataclasses.dataclass
@@ -162,6 +162,7 @@ def train(
     resume: bool = False,
     stop_after_epochs: int | None = None,
     log: Callable[[str], None] | None = print,
+    method: MethodConfig = MethodConfig(),
 ) -> TrainResult:
     """Trains ``model_cls`` on ``dataset`` and evaluates every epoch.
 
@@ -184,15 +185,19 @@ def train(
       stop_after_epochs: stop (as if interrupted) after this many epochs of THIS call;
         used to test resuming.
       log: progress printer (``None`` for silence).
+      method: SAM, ASAM or the gradient-norm penalty instead of MG (then ``mg`` must be
+        disabled); the default trains with MG or plainly, as ``mg`` says.
 
     Returns:
       A :class:`TrainResult`.
 
     Raises:
+      ConfigError: MG and another two-pass method together.
       TrainingError: a checkpoint that cannot be resumed from.
     """
     say = log or (lambda _msg: None)
     cfg = train_config
+    method_name = training_method(mg, method)
     model_config = resolved_model_config(model_cls, model_config, mg)
     host_rng = np.random.default_rng(cfg.seed)
     placement = _placement(cfg)
@@ -205,6 +210,8 @@ def train(
         # The device layout is not part of the run's arithmetic: a checkpoint resumes on any mesh.
         "train_config": {k: v for k, v in config.items() if k not in LAYOUT_FIELDS},
         "mg": dataclasses.asdict(mg),
+        # Only runs of another two-pass method carry the key: earlier checkpoints stay resumable.
+        **({"method": dataclasses.asdict(method)} if method.name != "none" else {}),
         "dataset": _fingerprint(dataset),
         "layout": {k: config[k] for k in LAYOUT_FIELDS},
     }
@@ -218,8 +225,8 @@ def train(
 
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
     labels = first_batch_labels(model_cls, nnx.state(model, nnx.Param)) if model_cls.first_batch_params else None
-    tx = build_optimizer(cfg, mg, steps_per_epoch, first_batch_labels=labels)
-    engine = EpochEngine(model, tx, mg, cfg, placement)
+    tx = build_optimizer(cfg, mg, steps_per_epoch, first_batch_labels=labels, method=method)
+    engine = EpochEngine(model, tx, mg, cfg, placement, perturbed=method_name in ("sam", "asam", "gnp"))
     params = engine.params
     opt_state = engine.init_opt_state(tx)
     progress = _Progress(EarlyStopping(metric=cfg.valid_metric, patience=cfg.patience))
@@ -232,8 +239,11 @@ def train(
         progress = _Progress.from_checkpoint_meta(saved)
         start_epoch = saved["epoch"] + 1
         say(f"resumed from {last_path} after epoch {saved['epoch']}")
-    mg_text = f"on (alpha1={mg.alpha1:g}, alpha2={mg.alpha2:g}, beta={mg.beta}, {mg.apply_to})" if mg.enabled else "off"
-    say(f"{model_cls.name} on {dataset.name}: {model.num_trainable_params():,} trainable parameters, {steps_per_epoch} batches/epoch, MG {mg_text}")
+    knobs = {"mg": f"alpha1={mg.alpha1:g}, alpha2={mg.alpha2:g}, beta={mg.beta}, {mg.apply_to}", "sam": f"rho={method.rho:g}",
+             "asam": f"rho={method.rho:g}, eta={method.eta:g}", "gnp": f"alpha={method.alpha:g}, radius={method.radius:g}"}  # fmt: skip
+    method_text = {"plain": "MG off", "mg": "MG on"}.get(method_name, method_name.upper())
+    method_text += f" ({knobs[method_name]})" if method_name in knobs else ""
+    say(f"{model_cls.name} on {dataset.name}: {model.num_trainable_params():,} trainable parameters, {steps_per_epoch} batches/epoch, {method_text}")
     layout = None
     if placement is not None:
         layout = placement.describe({"params": params, "consts": engine.consts})
@@ -270,7 +280,7 @@ def train(
         nnx.update(model, engine.cache)
         t1 = time.perf_counter()
         progress.train_seconds += t1 - t0
-        bad = _first_non_finite(losses)
+        bad = _first_non_finite(losses, "mirror pass" if method_name == "mg" else "perturbed pass")
         if bad is not None:
             batch, which, value = bad
             stop_reason = "nan_loss"
@@ -336,11 +346,12 @@ def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, op
     saved = ckpt.meta
     if "opt_state" not in ckpt.arrays or "host_rng" not in saved:
         raise TrainingError(f"cannot resume from {path}: it is not a last.ckpt written by the trainer")
+    saved_meta = saved.get("meta", {})
     mismatched = [
         k
-        for k in meta
+        for k in [*meta, *(k for k in saved_meta if k not in meta)]  # a key either side has (e.g. "method")
         if k != "layout"
-        and json.dumps(saved.get("meta", {}).get(k), sort_keys=True, default=str) != json.dumps(meta[k], sort_keys=True, default=str)
+        and json.dumps(saved_meta.get(k), sort_keys=True, default=str) != json.dumps(meta.get(k), sort_keys=True, default=str)
     ]
     if mismatched:
         raise TrainingError(f"cannot resume from {path}: its {', '.join(mismatched)} differ from this run's")

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from mirrorgrad_jax.errors import TrainingError
-from mirrorgrad_jax.optim import mirror_gradient, skippable_partition, torch_clip_by_global_norm
-from mirrorgrad_jax.train.config import MGConfig, TrainConfig
+from mirrorgrad_jax.optim import asam, gradient_norm_penalty, mirror_gradient, sam, skippable_partition, torch_clip_by_global_norm
+from mirrorgrad_jax.train.config import MethodConfig, MGConfig, TrainConfig, training_method
 
 __all__ = [
     "FIRST_BATCH_GROUP",
@@ -48,7 +48,12 @@ def torch_optimizer(name: str, learning_rate: Any, weight_decay: float) -> optax
 
 
 def build_optimizer(
-    train_config: TrainConfig, mg: MGConfig, steps_per_epoch: int, *, first_batch_labels: Any = None
+    train_config: TrainConfig,
+    mg: MGConfig,
+    steps_per_epoch: int,
+    *,
+    first_batch_labels: Any = None,
+    method: MethodConfig = MethodConfig(),
 ) -> optax.GradientTransformation:
     """The optimizer the trainer uses.
 
@@ -59,6 +64,12 @@ def build_optimizer(
       first_batch_labels: for models with ``first_batch_params``: a pytree of labels
         over the parameters, :data:`FIRST_BATCH_GROUP` for those parameters. They then
         get their own optimizer state, which steps called with ``skip=True`` leave alone.
+      method: SAM, ASAM or the gradient-norm penalty around the inner optimizer (opaque
+        mode: the step passes ``grad_fn``); clipping then acts on the gradient the inner
+        optimizer steps with.
+
+    Raises:
+      ConfigError: MG and another two-pass method together.
     """
     cfg = train_config
 
@@ -69,8 +80,17 @@ def build_optimizer(
         return opt
 
     inner = optax.inject_hyperparams(factory)(learning_rate=cfg.learning_rate)
-    if not mg.enabled:
-        return inner if cfg.clip_grad_norm is None else optax.chain(torch_clip_by_global_norm(cfg.clip_grad_norm), inner)
+    name = training_method(mg, method)
+    if name != "mg":
+        if cfg.clip_grad_norm is not None:
+            inner = optax.chain(torch_clip_by_global_norm(cfg.clip_grad_norm), inner)
+        if name == "sam":
+            return sam(inner, method.rho)
+        if name == "asam":
+            return asam(inner, method.rho, method.eta)
+        if name == "gnp":
+            return gradient_norm_penalty(inner, method.alpha, method.radius)
+        return inner
     return mirror_gradient(
         inner,
         mg.alpha1,
