@@ -17,9 +17,9 @@ Optional parts of the contract, each with a default that changes nothing:
 * ``first_batch_params`` / ``first_batch_loss(batch, key)``: parameters that get a
   gradient only from the FIRST training forward of each epoch (LATTICE rebuilds its
   item graph there and reuses it detached afterwards). The trainer computes that
-  forward with ``first_batch_loss`` and, on every other step, leaves these parameters
-  AND their optimizer state untouched, as torch's Adam skips parameters whose
-  gradient is ``None``.
+  forward with ``first_batch_loss``; on every other step they get a zero gradient
+  (PyTorch 1.13's ``zero_grad``, the default) or are skipped with their optimizer state
+  (PyTorch >= 2.0, ``TrainConfig.zero_grad = "none"``).
 * ``config_for_training(config, setup)``: a classmethod resolving settings that depend
   on the training run (:class:`TrainingSetup`: whether MG is on, its ``beta``); MVGAE's
   reference takes its KL weight from MG's ``beta``.

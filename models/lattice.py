@@ -23,9 +23,13 @@ size (2048) also for the short last batch, as the reference does.
 
 When ``S`` is rebuilt (the crux of the port): the reference rebuilds it WITH gradient
 in the first training forward of each epoch and reuses it detached for the other batches,
-so the projections, the raw feature tables and ``modal_weight`` learn only from the first
-batch of each epoch, and torch's Adam skips them on every other step (their gradient is
-``None``). Here, on the interface of :mod:`~mirrorgrad_jax.models.interface`:
+so the projections, the raw feature tables and ``modal_weight`` get a gradient only from
+the first batch of each epoch. What Adam does with them on the other batches depends on
+PyTorch's ``optimizer.zero_grad()``: in PyTorch 1.13, the version the MG reference's
+environment pins, it writes zeros, and Adam keeps moving them on their momentum every step
+(the default here, ``TrainConfig.zero_grad = "zeros"``); from PyTorch 2.0 it sets them to
+``None`` and Adam skips them (``zero_grad = "none"``), which moves them about ten times less
+per epoch. Here, on the interface of :mod:`~mirrorgrad_jax.models.interface`:
 
 * those parameters live in one sub-module, ``graph_learner``, named in
   ``first_batch_params``;
@@ -33,8 +37,9 @@ batch of each epoch, and torch's Adam skips them on every other step (their grad
   (detached) into the :class:`~mirrorgrad_jax.models.TrainingCache` variables
   ``item_graph_idx`` / ``item_graph_val`` and returns the loss on the differentiable ``S``;
 * ``loss`` reads the cached ``S`` (constant: ``graph_learner`` gets exactly zero gradient);
-  the trainer carries the cache from step to step and leaves ``graph_learner`` and its
-  optimizer state untouched on these steps. On a Mirror Gradient batch 0, pass 1 is
+  the trainer carries the cache from step to step (and, with ``zero_grad = "none"``, leaves
+  ``graph_learner`` and its optimizer state untouched on these steps). On a Mirror Gradient
+  batch 0, pass 1 is
   ``first_batch_loss`` and pass 2 is ``loss`` (the reference's pass 2 reuses pass 1's ``S``
   detached);
 * ``scores`` rebuilds ``S`` from the current parameters (the reference's

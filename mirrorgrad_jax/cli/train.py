@@ -41,6 +41,7 @@ _FLAGS = {
     "valid_metric": ("train", "valid_metric"),
     "weight_decay": ("train", "weight_decay"),
     "clip_grad_norm": ("train", "clip_grad_norm"),
+    "zero_grad": ("train", "zero_grad"),
     "alpha1": ("mg", "alpha1"),
     "alpha2": ("mg", "alpha2"),
     "beta": ("mg", "beta"),

@@ -1,13 +1,16 @@
 """An optimizer over two parameter groups, one of which a step may skip entirely.
 
 torch's optimizers skip a parameter whose gradient is ``None`` in a step: no update,
-no moment decay, no step count. The reference's LATTICE relies on it (its graph
-learner gets a gradient only on the first batch of each epoch). In JAX an unused
-parameter gets a zero gradient instead, which Adam would still turn into a (momentum)
-step. :func:`skippable_partition` reproduces torch: the parameters labelled ``group``
-get their own copy of the inner optimizer (own moments, own step count), and a call
-with the static extra argument ``skip=True`` leaves that copy's state unchanged and
-gives those parameters a zero update, without computing it.
+no moment decay, no step count. Since PyTorch 2.0, ``optimizer.zero_grad()`` leaves the
+gradient of a parameter the next loss does not use at ``None``, so LATTICE's graph learner
+(which gets a gradient only on the first batch of each epoch) is skipped on every other
+batch; PyTorch 1.13 wrote zeros instead. In JAX an unused parameter gets a zero gradient,
+which Adam turns into a (momentum) step: the 1.13 behaviour, the trainer's default
+(``TrainConfig.zero_grad = "zeros"``). For the 2.0 behaviour (``zero_grad = "none"``),
+:func:`skippable_partition` reproduces torch: the parameters labelled ``group`` get their
+own copy of the inner optimizer (own moments, own step count), and a call with the static
+extra argument ``skip=True`` leaves that copy's state unchanged and gives those
+parameters a zero update, without computing it.
 """
 
 from __future__ import annotations

@@ -133,6 +133,14 @@ class TrainConfig:
         over the ``model`` axis.
       device_budget_mb: with a mesh, a table whose replica exceeds this many MiB is
         row-sharded over the whole mesh; ``None``: 1/8 of one device's memory.
+      zero_grad: what a batch does to parameters its loss leaves out, for models that
+        declare ``first_batch_params`` (LATTICE's graph learner, trained only from the
+        first batch of an epoch). ``"zeros"`` (default): the optimizer sees a zero gradient
+        and Adam keeps moving them on their momentum, as ``optimizer.zero_grad()`` does in
+        PyTorch 1.13, the version the MG reference's environment pins (torchaudio 0.13.1)
+        and so the one behind its published numbers. ``"none"``: they are skipped (no
+        update, no moment decay, no step count), as PyTorch >= 2.0's
+        ``zero_grad(set_to_none=True)`` leaves them.
     """
 
     epochs: PositiveInt = 1000
@@ -152,6 +160,7 @@ class TrainConfig:
     mesh: str | None = None
     shard_tables: bool = False
     device_budget_mb: PositiveFloat | None = None
+    zero_grad: Literal["zeros", "none"] = "zeros"
 
     constraints = (
         Constraint(("topk",), lambda cfg: len(cfg.topk) > 0, "must hold at least one cutoff"),

@@ -31,6 +31,9 @@ class EpochEngine:
     what an earlier step of the epoch cached (LATTICE's item graph) and evaluation sees
     what the last training forward wrote (stale evaluation).
 
+    With ``skippable``, ``tx`` partitions the model's first-batch parameters and every step
+    but a first batch's first pass tells it to skip them (``skip=True``).
+
     With ``perturbed``, ``tx`` is a two-pass method in opaque mode (SAM, ASAM, the
     gradient-norm penalty): every step hands it the gradient of the same batch at the point
     it asks for, so every batch is alike and an epoch is one scan.
@@ -42,7 +45,15 @@ class EpochEngine:
     """
 
     def __init__(
-        self, model: Recommender, tx, mg: MGConfig, train_config: TrainConfig, placement: Placement | None = None, *, perturbed: bool = False
+        self,
+        model: Recommender,
+        tx,
+        mg: MGConfig,
+        train_config: TrainConfig,
+        placement: Placement | None = None,
+        *,
+        perturbed: bool = False,
+        skippable: bool = False,
     ):
         self.graphdef, params, cache, consts = nnx.split(model, nnx.Param, TrainingCache, ...)
         self.mg, self.cfg = mg, train_config
@@ -78,7 +89,10 @@ class EpochEngine:
             return nnx.merge(graphdef, p, cache, consts, copy=True).scores(users)
 
         self.scores_fn = scores_fn
-        skip = {"skip": True} if self.first_batch else {}
+        # ``skip`` reaches a skippable partition (TrainConfig.zero_grad == "none"): the
+        # first-batch group's state stays put on every other step.
+        skip = {"skip": True} if skippable else {}
+        first_skip = {"skip": False} if skippable else {}
         common = dict(has_aux=True, mirror=mg.enabled, both_losses=True, thread_aux=True, perturbed_pass=perturbed)
         steps = make_train_steps(make_loss("loss"), tx, update_kwargs=skip, **common)
         donate: dict[str, Any] = dict(donate_argnums=(0, 1))
@@ -91,8 +105,8 @@ class EpochEngine:
             # Batch 0 of an epoch: the model's first-batch loss, every parameter updated;
             # the mirror pass (MG) uses the ordinary loss and skips the first-batch group. A
             # two-pass method takes both its gradients of that batch from the first-batch loss.
-            mirror_pass = {} if perturbed else {"mirror_pass_loss_fn": make_loss("loss"), "mirror_pass_update_kwargs": {"skip": True}}
-            first = make_train_steps(make_loss("first_batch_loss"), tx, update_kwargs={"skip": False}, **mirror_pass, **common)
+            mirror_pass = {} if perturbed else {"mirror_pass_loss_fn": make_loss("loss"), "mirror_pass_update_kwargs": skip}
+            first = make_train_steps(make_loss("first_batch_loss"), tx, update_kwargs=first_skip, **mirror_pass, **common)
             self.first_normal = jax.jit(first.normal, **donate)
             self.first_mirror = jax.jit(first.mirror, **donate)
         block = make_block_step(steps, mg.beta, thread_aux=True) if mg.enabled else None

@@ -224,9 +224,12 @@ def train(
         return _evaluate_untrained(model_cls, model, mg, meta, valid_eval, test_eval, best_path, say, placement)
 
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
-    labels = first_batch_labels(model_cls, nnx.state(model, nnx.Param)) if model_cls.first_batch_params else None
+    # With PyTorch >= 2.0's semantics a first-batch model's learner is skipped on the other
+    # batches (its own optimizer state, left alone); with 1.13's it just gets zero gradients.
+    skippable = bool(model_cls.first_batch_params) and cfg.zero_grad == "none"
+    labels = first_batch_labels(model_cls, nnx.state(model, nnx.Param)) if skippable else None
     tx = build_optimizer(cfg, mg, steps_per_epoch, first_batch_labels=labels, method=method)
-    engine = EpochEngine(model, tx, mg, cfg, placement, perturbed=method_name in ("sam", "asam", "gnp"))
+    engine = EpochEngine(model, tx, mg, cfg, placement, perturbed=method_name in ("sam", "asam", "gnp"), skippable=skippable)
     params = engine.params
     opt_state = engine.init_opt_state(tx)
     progress = _Progress(EarlyStopping(metric=cfg.valid_metric, patience=cfg.patience))
