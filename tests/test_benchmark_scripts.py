@@ -270,3 +270,29 @@ def test_device_run_refuses_an_unknown_phase_before_writing_anything(tmp_path):
         "device_run.sh: unknown phase 'patiense' in PHASES (choose from epoch, overhead, accuracy, patience, vs_reference)"
     ]
     assert not out.exists()
+
+
+def _fm_row(method, knob, seed, valid, test, budget=3):
+    epochs = budget if method in ("sam", "asam", "gnp") else 2 * budget
+    return {
+        "model": "bprmf", "dataset": "d", "method": method, "knob": knob, "seed": seed, "budget": budget, "epochs": epochs,
+        "curves": {"valid": {"recall@20": valid[:epochs]}, "test": {"recall@20": test[:epochs]}, "train_s": [1.0] * epochs},
+        "seconds": 1.0, "device": "cpu:cpu",
+    }  # fmt: skip
+
+
+def test_flat_minima_chooses_knobs_on_the_first_seeds_validation_then_runs_the_other_seeds():
+    fm = _load("flat_minima")
+    assert fm.pending_runs([], ["bprmf"], ["d"], 2, 3)[:2] == [("bprmf", "d", "plain", None, 999), ("bprmf", "d", "plain", None, 1000)]
+    # Every knob of the first seed must run before the other seeds of that method start.
+    first = [t for t in fm.pending_runs([], ["bprmf"], ["d"], 2, 3) if t[2] == "sam"]
+    assert first == [("bprmf", "d", "sam", rho, 999) for rho in (0.01, 0.05, 0.1)]
+    rising, flat = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.3] * 6
+    done = [_fm_row("sam", 0.01, 999, flat, flat), _fm_row("sam", 0.05, 999, rising, [0.0] * 6), _fm_row("sam", 0.1, 999, flat, [0.9] * 6)]
+    # Chosen on validation within the budget (3 epochs: 0.3 beats 0.3 by order, not 0.9 test).
+    assert fm.chosen_knobs(done, "bprmf", "d", 3)["sam"] == 0.01
+    assert ("bprmf", "d", "sam", 0.01, 1000) in fm.pending_runs(done, ["bprmf"], ["d"], 2, 3)
+    # Equal compute: plain twice the two-pass budget, MG at 4/3 gradient evaluations a batch.
+    assert (fm.equal_compute_epochs("plain", 30), fm.equal_compute_epochs("mg", 30), fm.equal_compute_epochs("sam", 30)) == (60, 45, 30)
+    # The "none" selection reads only the first epochs asked for.
+    assert fm.selection(_fm_row("plain", None, 999, rising, rising), 3).best_epoch == 2
