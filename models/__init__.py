@@ -1,7 +1,8 @@
 """Flax NNX recommenders, one per file, all on the interface of :mod:`.interface`.
 
-The reference zoo (VBPR, MMGCN, GRCN, DualGNN, SLMRec, BM3, FREEDOM, DRAGON, LATTICE,
-MGCN, LayerGCN, SELFCFED_LGN, MVGAE, ItemKNNCBF) and two baselines (BPR-MF, LightGCN).
+The MG reference's zoo (VBPR, MMGCN, GRCN, DualGNN, SLMRec, BM3, FREEDOM, DRAGON, LATTICE,
+MGCN, LayerGCN, SELFCFED_LGN, MVGAE, ItemKNNCBF), two baselines (BPR-MF, LightGCN) and the
+newer models of upstream MMRec (LGMRec, SMORE, PGL, DA-MRS, MMGCF).
 Beside the models:
 
 * :mod:`.interface`: :class:`Recommender` and the variable types a model holds;
@@ -29,6 +30,7 @@ from mirrorgrad_jax.models.kernels import dense, pairwise_scores
 from mirrorgrad_jax.models.registry import available_models, build_config, get_model, register
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
 from mirrorgrad_jax.models.bprmf import BPRMF, BPRMFConfig
+from mirrorgrad_jax.models.damrs import DAMRS, DAMRSConfig
 from mirrorgrad_jax.models.dragon import DRAGON, DRAGONConfig
 from mirrorgrad_jax.models.dualgnn import DualGNN, DualGNNConfig
 from mirrorgrad_jax.models.freedom import FREEDOM, FREEDOMConfig
@@ -36,12 +38,16 @@ from mirrorgrad_jax.models.grcn import GRCN, GRCNConfig
 from mirrorgrad_jax.models.itemknncbf import ItemKNNCBF, ItemKNNCBFConfig
 from mirrorgrad_jax.models.lattice import LATTICE, LATTICEConfig
 from mirrorgrad_jax.models.layergcn import LayerGCN, LayerGCNConfig
+from mirrorgrad_jax.models.lgmrec import LGMRec, LGMRecConfig
 from mirrorgrad_jax.models.lightgcn import LightGCN, LightGCNConfig
 from mirrorgrad_jax.models.mgcn import MGCN, MGCNConfig
+from mirrorgrad_jax.models.mmgcf import MMGCF, MMGCFConfig
 from mirrorgrad_jax.models.mmgcn import MMGCN, MMGCNConfig
 from mirrorgrad_jax.models.mvgae import MVGAE, MVGAEConfig
+from mirrorgrad_jax.models.pgl import PGL, PGLConfig
 from mirrorgrad_jax.models.selfcfed_lgn import SELFCFED_LGN, SELFCFED_LGNConfig
 from mirrorgrad_jax.models.slmrec import SLMRec, SLMRecConfig
+from mirrorgrad_jax.models.smore import SMORE, SMOREConfig
 from mirrorgrad_jax.models.vbpr import VBPR, VBPRConfig
 
 __all__ = [
@@ -55,6 +61,8 @@ __all__ = [
     "dense",
     "CHECKPOINTED",
     "Constant",
+    "DAMRS",
+    "DAMRSConfig",
     "DRAGON",
     "DRAGONConfig",
     "DualGNN",
@@ -73,20 +81,28 @@ __all__ = [
     "LATTICEConfig",
     "LayerGCN",
     "LayerGCNConfig",
+    "LGMRec",
+    "LGMRecConfig",
     "LightGCN",
     "LightGCNConfig",
     "MGCN",
     "MGCNConfig",
+    "MMGCF",
+    "MMGCFConfig",
     "MMGCN",
     "MMGCNConfig",
     "MVGAE",
     "MVGAEConfig",
+    "PGL",
+    "PGLConfig",
     "Recommender",
     "register",
     "SELFCFED_LGN",
     "SELFCFED_LGNConfig",
     "SLMRec",
     "SLMRecConfig",
+    "SMORE",
+    "SMOREConfig",
     "TrainingCache",
     "TrainingSetup",
     "VBPR",
