@@ -61,6 +61,15 @@ Usage::
     python benchmarks/vs_reference.py --standings benchmarks/results/vs_reference_runs.jsonl
         (where each model stands: its last recorded sitting, ratios and the goals it misses)
 
+Threads: ``--threads N`` (default: one per core) gives both sides N intra-op threads: torch
+``torch.set_num_threads(N)``, and XLA's CPU client a thread pool of N, sized by the
+``PJRT_NPROC`` environment variable (the jaxlib of this project reads it when it sizes the
+pool; ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N``, the
+recipe of older releases, leaves the pool at one thread per core). ``OMP_NUM_THREADS=N``
+for both. Each child reports what it has (torch's thread counts, the number of threads in
+XLA's pool, counted in ``/proc``), a side that did not get N stops that model, and the
+report's Threads line gives both.
+
 Only the standard library (and ``benchmarks/reporting.py``, which imports nothing else at
 its top) is imported at the top of this file: the reference's process runs it with the
 reference's Python, which has no JAX.
@@ -241,8 +250,6 @@ def _scatter(src, index, dim=-1, out=None, dim_size=None, reduce="sum"):
     The reference calls it only while building graphs (MGCN's sparse kNN Laplacian) or
     imports it unused (SLMRec), so it never runs inside a timed epoch.
     """
-    import torch
-
     dim = dim % src.dim()
     if index.dim() == 1 and src.dim() > 1:  # broadcast a 1-d index along ``dim``
         shape = [1] * src.dim()
@@ -400,6 +407,41 @@ def reference_child(reference: str, data_root: str, model: str, mg: bool, epochs
     _say("RESULT", {"epochs": handler.epochs})
 
 
+#: The name XLA's CPU client gives the threads of its intra-op pool ("tf_" + "XLAEigen").
+XLA_POOL_THREAD = "tf_XLAEigen"
+
+
+def thread_env(env: dict, threads: int) -> dict:
+    """``env`` with the thread count both sides use: ``OMP_NUM_THREADS`` and ``PJRT_NPROC`` (the size of XLA's CPU pool)."""
+    return {**env, "OMP_NUM_THREADS": str(threads), "PJRT_NPROC": str(threads)}
+
+
+def xla_cpu_threads() -> int | None:
+    """The threads of XLA's CPU intra-op pool in this process (after JAX's CPU client started); None without ``/proc``."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    count = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                count += f.read().strip() == XLA_POOL_THREAD
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return count
+
+
+def threads_note(ref_meta: dict, ours_meta: dict, threads: int) -> str:
+    """The report's Threads line: what each side had."""
+    pool = ours_meta.get("xla_threads")
+    return (
+        f"--threads {threads}: reference torch intra-op {ref_meta['threads']}, inter-op {ref_meta['interop_threads']}; "
+        f"this project XLA CPU pool {pool if pool is not None else 'not counted (' + ours_meta.get('device', 'not recorded') + ')'} (PJRT_NPROC={threads}); "
+        f"OMP_NUM_THREADS={threads} for both"
+    )
+
+
 def ours_child(data_folder: str, model: str, mg: bool, epochs: int) -> None:
     """One arm of this project: :func:`mirrorgrad_jax.train.train` as a library."""
     import jax
@@ -430,7 +472,9 @@ def ours_child(data_folder: str, model: str, mg: bool, epochs: int) -> None:
         # its timed regions: both are the points where this arm yields.
         if not state["ready"]:
             state["ready"] = True
-            _say("READY", {"device": str(jax.devices()[0]), "batches": -(-len(dataset.train) // 2048)})
+            # XLA's CPU pool is what computes only on a CPU device; on a GPU it is not counted.
+            pool = xla_cpu_threads() if jax.devices()[0].platform == "cpu" else None
+            _say("READY", {"device": str(jax.devices()[0]), "batches": -(-len(dataset.train) // 2048), "xla_threads": pool})
         else:
             epoch_cpu = time.process_time() - state["resumed"]
             cpu.append({"train_cpu_s": epoch_cpu - state["eval_cpu"], "eval_cpu_s": state["eval_cpu"] / 2})
@@ -530,10 +574,9 @@ def reference_env(env: dict, reference: str) -> dict:
 def run_model(model: str, args, data_root: str, log_dir: str) -> dict:
     """The four arms of one model, epochs round-robin; returns per-arm epoch lists and metadata."""
     here = os.path.abspath(__file__)
-    env = dict(os.environ)
-    # Same intra-op thread count for both sides: torch gets --threads; XLA's CPU client
-    # uses one thread per core, which --threads defaults to.
-    env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    # Same intra-op thread count for both sides: torch gets --threads (torch.set_num_threads),
+    # XLA's CPU client a pool of that size (PJRT_NPROC); each side reports what it got.
+    env = thread_env(dict(os.environ), args.threads)
     common = ["--model", model, "--epochs", str(args.epochs), "--threads", str(args.threads)]
     arms = []
     meta = {}
@@ -546,9 +589,13 @@ def run_model(model: str, args, data_root: str, log_dir: str) -> dict:
             arm_env = reference_env(env, args.reference) if side == "ref" else env
             arm = _Arm(side, mg, argv, os.path.join(log_dir, f"{model}-{side}-{'mg' if mg else 'plain'}.log"), arm_env)
             # Set-ups run one at a time, so none overlaps another arm's work.
-            meta[arm.label] = arm.read("READY")
-            print(f"[{model}] {arm.label} ready", file=sys.stderr, flush=True)
             arms.append(arm)
+            meta[arm.label] = arm.read("READY")
+            had = meta[arm.label].get("threads" if side == "ref" else "xla_threads")
+            if had is not None and had != args.threads:
+                what = "torch has" if side == "ref" else "XLA's CPU thread pool has"
+                raise RuntimeError(f"{arm.label}: {what} {had} threads, not --threads {args.threads}; the two sides would not be comparable")
+            print(f"[{model}] {arm.label} ready", file=sys.stderr, flush=True)
         for epoch in range(args.epochs):
             order = arms[epoch % len(arms):] + arms[: epoch % len(arms)]
             for arm in order:
@@ -764,7 +811,8 @@ def main(argv=None):
                         help="Python with torch, numpy, scipy, pandas, pyyaml for the reference (default $MG_REF_PYTHON, else this one)")
     parser.add_argument("--models", default="vbpr,bm3,freedom")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per arm; the first is reported apart")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses one per core)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="intra-op threads of BOTH sides: torch's, and XLA's CPU pool (PJRT_NPROC); default one per core")
     parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
     parser.add_argument("--out", default=None, help="append the markdown report here")
     parser.add_argument("--jsonl", default=None, help="append each model's raw per-epoch times here")
@@ -787,6 +835,8 @@ def main(argv=None):
         return
     if not args.reference:
         parser.error("--reference is required (a checkout of Qrange-group/Mirror-Gradient), unless --standings")
+    if args.threads is None or args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if args._child == "ref":
         reference_child(os.path.abspath(args.reference), args._data, args.model, args._mg, args.epochs, args.threads)
         return
@@ -859,10 +909,7 @@ def main(argv=None):
             f"flax {version('flax')}, optax {version('optax')} on {runs[0]['meta']['ours plain']['device']} "
             "(jax, jaxlib and XLA_FLAGS: the Machine line)"
         ),
-        "threads": (
-            f"torch intra-op {ref_meta['threads']}, inter-op {ref_meta['interop_threads']}; XLA CPU: one per core ({os.cpu_count()}); "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', str(args.threads) + ' (set by the harness)')}"
-        ),
+        "threads": threads_note(ref_meta, runs[0]["meta"]["ours plain"], args.threads),
         "noise": (
             f"{load_note(load_before, load_after)}; epoch-time spread per arm "
             f"{100 * min(spreads):.0f}-{100 * max(spreads):.0f}% (median {100 * statistics.median(spreads):.0f}%)"

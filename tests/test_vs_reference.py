@@ -231,3 +231,101 @@ def test_git_head_names_only_the_checkout_at_that_path(vs, tmp_path):
     assert vs._git_head(str(inner)) == "unknown commit"
     assert vs._git_head(str(outer)) == git(outer, "rev-parse", "--short", "HEAD")
     assert vs._git_head(str(tmp_path / "missing")) == "unknown commit"
+
+
+# ---------------------------------------------------------------------------------------
+# --threads: both sides get the same number of threads, and the report says what each had.
+# ---------------------------------------------------------------------------------------
+
+
+class _FakeArm:
+    """Stands in for a child process: records how it was started and answers the protocol."""
+
+    started: list = []
+    xla_pool: int | None = None  # what the "ours" child would count; None: as the env says
+
+    def __init__(self, side, mg, argv, log_path, env):
+        import types
+
+        self.side, self.mg, self.argv, self.env = side, mg, argv, env
+        self.proc = types.SimpleNamespace(wait=lambda timeout=None: 0)
+        _FakeArm.started.append(self)
+
+    @property
+    def label(self):
+        return f"{self.side} {'MG' if self.mg else 'plain'}"
+
+    def read(self, expected):
+        threads = int(self.argv[self.argv.index("--threads") + 1])
+        if expected == "READY" and self.side == "ref":
+            return {"torch": "2.13.0", "threads": threads, "interop_threads": 1, "device": "cpu", "shims": [], "batches": 3}
+        if expected == "READY":
+            pool = _FakeArm.xla_pool if _FakeArm.xla_pool is not None else int(self.env.get("PJRT_NPROC", "16"))
+            return {"device": "TFRT_CPU_0", "batches": 3, "xla_threads": pool}
+        if expected == "EPOCH":
+            return {}
+        return {"epochs": [{"epoch": 0, "train_s": 1.0, "eval_s": 1.0}]}
+
+    def go(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _args(threads):
+    import argparse
+
+    return argparse.Namespace(threads=threads, epochs=1, ref_python=sys.executable, reference="/tmp/mgref")
+
+
+def test_both_sides_get_the_thread_count_of_threads(vs, monkeypatch, tmp_path):
+    monkeypatch.setattr(vs, "_Arm", _FakeArm)
+    monkeypatch.setenv("PJRT_NPROC", "7")  # a value from the caller's environment does not win over --threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    _FakeArm.started, _FakeArm.xla_pool = [], None
+    run = vs.run_model("vbpr", _args(3), str(tmp_path), str(tmp_path))
+    assert len(_FakeArm.started) == 4
+    for arm in _FakeArm.started:
+        assert arm.argv[arm.argv.index("--threads") + 1] == "3"
+        assert arm.env["OMP_NUM_THREADS"] == "3", arm.label
+        if arm.side == "ours":
+            assert arm.env["PJRT_NPROC"] == "3", arm.label  # the size of XLA's CPU thread pool
+    assert run["meta"]["ours plain"]["xla_threads"] == 3 and run["meta"]["ref plain"]["threads"] == 3
+    line = vs.threads_note(run["meta"]["ref plain"], run["meta"]["ours plain"], 3)
+    assert "torch intra-op 3" in line and "XLA CPU pool 3" in line and "PJRT_NPROC=3" in line
+
+
+def test_a_side_that_did_not_get_the_thread_count_stops_the_model(vs, monkeypatch, tmp_path):
+    monkeypatch.setattr(vs, "_Arm", _FakeArm)
+    _FakeArm.started, _FakeArm.xla_pool = [], 16  # e.g. a jaxlib that ignores PJRT_NPROC
+    try:
+        with pytest.raises(RuntimeError, match=r"ours plain: XLA's CPU thread pool has 16 threads, not --threads 3"):
+            vs.run_model("vbpr", _args(3), str(tmp_path), str(tmp_path))
+    finally:
+        _FakeArm.xla_pool = None
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_thread_environment_sizes_xlas_cpu_pool_in_the_installed_jaxlib(vs, threads):
+    # The harness's own environment, in a fresh process with the installed jax/jaxlib: the
+    # pool really has that many threads (the legacy XLA_FLAGS recipe does not size it).
+    import subprocess
+
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1]]\n"
+        "import jax, jax.numpy as jnp\n"
+        "jax.jit(lambda a: a @ a)(jnp.ones((64, 64))).block_until_ready()\n"
+        "import vs_reference\n"
+        "print(vs_reference.xla_cpu_threads())\n"
+    )
+    env = vs.thread_env({**os.environ, "JAX_PLATFORMS": "cpu"}, threads)
+    proc = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, "benchmarks")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(threads)
+
+
+def test_threads_below_one_is_a_usage_error(vs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        vs.main(["--reference", str(tmp_path), "--threads", "0"])
+    assert exit_info.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
