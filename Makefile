@@ -11,7 +11,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mirrorgrad-installed
 
-.PHONY: install demo test bench docs clean
+.PHONY: install demo test bench docs wheel clean
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -41,5 +41,10 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict --site-dir site
 
+# A wheel of the project in dist/ (mirrorgrad_jax-<version>-py3-none-any.whl): upload it beside
+# a notebook in Colab and the notebook's first cell installs it.
+wheel: $(STAMP)
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
+
 clean:
-	rm -rf .pytest_cache build *.egg-info site
+	rm -rf .pytest_cache build *.egg-info site dist
