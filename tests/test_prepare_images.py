@@ -186,3 +186,127 @@ def test_find_item_images(tmp_path):
     (tmp_path / "x1.JPG").write_bytes(b"")
     with pytest.raises(DatasetError, match="item 'x1' has two images"):
         images.find_item_images(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs that would exhaust memory: refused from their headers, before anything is allocated.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_huge_resize(monkeypatch):
+    """Makes any resize to more than 50 megapixels fail loudly instead of allocating gigabytes."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    resize = Image.Image.resize
+
+    def guarded(self, size, *args, **kwargs):
+        if size[0] * size[1] > 50_000_000:
+            raise AssertionError(f"asked Pillow to resize to {size[0]} x {size[1]} pixels")
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", guarded)
+
+
+def _strip_png(path, width=1, height=40_000):
+    from PIL import Image
+
+    Image.new("RGB", (width, height), (10, 20, 30)).save(path)
+    return path
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_resizing(tmp_path, no_huge_resize):
+    strip = _strip_png(tmp_path / "strip.png")
+    assert strip.stat().st_size < 1000  # a tiny file that would resize to 256 x 10,240,000 pixels (7.9 GB)
+    with pytest.raises(DatasetError, match=r"strip.png: 1 x 40000 pixels would be resized to 256 x 10240000"):
+        images.load_image(strip)
+    # The same strip turned sideways, and a resize bound that the default cap allows.
+    wide = _strip_png(tmp_path / "wide.png", width=40_000, height=1)
+    with pytest.raises(DatasetError, match=r"wide.png: 40000 x 1 pixels would be resized"):
+        images.load_image(wide)
+    assert images.load_image(_strip_png(tmp_path / "ok.png", width=20, height=800), resize=24, crop=16).shape == (16, 16, 3)
+
+
+def test_decompression_bombs_and_oversized_images_are_one_clear_error(tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    Image.new("RGB", (100, 100)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice this: 100 x 100 is a "bomb"
+    with pytest.raises(DatasetError, match=r"bomb.png: .*decompression bomb"):
+        images.load_image(tmp_path / "bomb.png")
+    monkeypatch.undo()
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 5000)  # our own cap, read from the header
+    with pytest.raises(DatasetError, match=r"bomb.png: 100 x 100 pixels is more than the 5000 an image may have"):
+        images.load_image(tmp_path / "bomb.png")
+
+
+def _npz_declaring(path, shape, dtype="<f4", payload=b"\0" * 64, extra=None):
+    """An .npz whose member ``conv1.weight`` DECLARES ``shape`` but holds ``payload`` (compressed)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("conv1.weight.npy", header.getvalue() + payload)
+        for name, value in (extra or {}).items():
+            buffer = io.BytesIO()
+            np.save(buffer, value)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+    return path
+
+
+def test_npz_weights_declaring_a_huge_array_are_refused_from_the_archive_metadata(tmp_path):
+    bomb = _npz_declaring(tmp_path / "bomb.npz", (2**40,))
+    assert bomb.stat().st_size < 1000
+    with pytest.raises(DatasetError, match=r"bomb.npz: conv1.weight declares shape \(1099511627776,\) float32 \(4398046511104 bytes\)"):
+        images.load_resnet(bomb)
+    # Within the cap but more than the archive holds for it: a truncated or crafted member.
+    short = _npz_declaring(tmp_path / "short.npz", (64, 3, 7, 7))
+    with pytest.raises(DatasetError, match=r"short.npz: conv1.weight declares shape \(64, 3, 7, 7\) float32 \(37632 bytes\) but the archive holds"):
+        images.load_resnet(short)
+    # Many members, each fine, too large together.
+    many = random_resnet_weights()
+    np.savez(tmp_path / "w.npz", **many)
+    import mirrorgrad_jax.prepare.images as module
+
+    cap = module.MAX_WEIGHT_BYTES
+    largest = max(v.nbytes for v in many.values())
+    try:
+        module.MAX_WEIGHT_BYTES = largest + 1  # every member fits, all of them together do not
+        with pytest.raises(DatasetError, match=rf"w.npz declares \d+ bytes of tensors in all, more than the {largest + 1}"):
+            images.load_resnet(tmp_path / "w.npz")
+    finally:
+        module.MAX_WEIGHT_BYTES = cap
+    assert images.load_resnet(tmp_path / "w.npz")[1].feature_dim == 8
+
+
+def test_cli_prepare_folder_refuses_bomb_inputs_in_one_line_writing_nothing(tmp_path, capsys, no_huge_resize):
+    from prepare_raw import amazon_rows
+
+    from mirrorgrad_jax.cli import main
+
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    rows = amazon_rows(n_users=30, n_items=15, seed=6)
+    (shop / "interactions.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i, _, _ in rows))
+    np.savez(tmp_path / "w.npz", **random_resnet_weights())
+    _npz_declaring(tmp_path / "bomb.npz", (2**40,))
+    (shop / "images").mkdir()
+    item = sorted({i for _, i, _, _ in rows})[0]
+    _strip_png(shop / "images" / f"{item}.png")
+    out = tmp_path / "out"
+    cases = [(["--image-weights", str(tmp_path / "bomb.npz")], "bomb.npz: conv1.weight declares shape"),
+             (["--image-weights", str(tmp_path / "w.npz")], f"{item}.png: 1 x 40000 pixels would be resized")]  # fmt: skip
+    for flags, fragment in cases:
+        before = sorted(p.name for p in tmp_path.iterdir())
+        code = main(["prepare", "folder", str(shop), *flags, "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and fragment in err, err
+        assert not out.exists()
+        left = sorted(p.name for p in tmp_path.iterdir())
+        # the weights are checked before any step; an image only in the image step, whose
+        # earlier steps are kept for a rerun (as for any bad input found there)
+        assert left == before or left == sorted(before + [".out.prepare-work"])

@@ -216,11 +216,54 @@ def test_output_folder_with_files_is_refused_unless_overwrite(amazon):
     (out / "other.inter").write_text("userID\titemID\tx_label\n")
     with pytest.raises(DatasetError, match=r"baby already holds files \(other.inter\); pass --overwrite"):
         pipeline.prepare_amazon(amazon["ratings"], out, **QUIET)
+    # --overwrite replaces only a folder an earlier prepare wrote: this one it did not.
+    with pytest.raises(DatasetError, match=r"baby holds files \(other.inter\) that `mirrorgrad prepare` did not write"):
+        pipeline.prepare_amazon(amazon["ratings"], out, overwrite=True, **QUIET)
     assert _files(out) == {"other.inter": b"userID\titemID\tx_label\n"}
+    (out / "other.inter").unlink()
+    pipeline.prepare_amazon(amazon["ratings"], out, **QUIET)  # an empty folder is fine
     pipeline.prepare_amazon(amazon["ratings"], out, overwrite=True, **QUIET)
-    assert not (out / "other.inter").exists() and (out / "baby.inter").is_file()
+    assert (out / "baby.inter").is_file()
     with pytest.raises(DatasetError, match="lies inside the output folder"):
         pipeline.prepare_amazon(out / "baby.inter", out, overwrite=True, **QUIET)
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def test_cli_overwrite_refuses_a_folder_prepare_did_not_write_and_keeps_every_file(amazon, tmp_path, capsys):
+    # A parent folder holding other datasets and files of its own: --out names it by mistake.
+    data = tmp_path / "data"
+    first = ["prepare", "amazon", "--ratings", str(amazon["ratings"]), "--k-core", "5", "--quiet"]
+    assert main([*first, "--out", str(data / "baby")]) == 0
+    (data / "notes.txt").write_text("my notes\n")
+    (data / "sports").mkdir()
+    (data / "sports" / "sports.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n")
+    (data / "runs" / "combo0").mkdir(parents=True)
+    (data / "runs" / "combo0" / "results.json").write_text("{}")
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    code = main([*first, "--out", str(data), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("mirrorgrad prepare: error: ") and "did not write" in err and ".mirrorgrad-prepare" in err
+    assert _tree(tmp_path) == before  # nothing deleted, nothing written (no work folder either)
+
+
+def test_cli_overwrite_replaces_a_folder_an_earlier_prepare_wrote(amazon, tmp_path, capsys):
+    out = tmp_path / "baby"
+    argv = ["prepare", "amazon", "--ratings", str(amazon["ratings"]), "--out", str(out), "--quiet"]
+    assert main([*argv, "--k-core", "5"]) == 0
+    marker = json.loads((out / ".mirrorgrad-prepare").read_text())
+    assert marker["format"] == 1
+    first = json.loads((out / "summary.json").read_text())
+    assert main([*argv, "--k-core", "3", "--overwrite"]) == 0
+    second = json.loads((out / "summary.json").read_text())
+    assert first["cleaning"]["user_core"] == 5 and second["cleaning"]["user_core"] == 3
+    assert (out / ".mirrorgrad-prepare").is_file() and load_mmrec(out, verbose=False).num_items == second["num_items"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # the work folder is gone
 
 
 def _bad_amazon_inputs(amazon: dict) -> dict:
@@ -362,3 +405,30 @@ def test_cli_missing_text_extra_is_one_line(amazon, tmp_path, capsys, monkeypatc
     assert main([*argv, "--out", str(tmp_path / "t"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs tokenizers" in err and not (tmp_path / "t").exists()
+
+
+def test_cli_prepare_warns_when_the_catalogue_is_smaller_than_the_largest_cutoff(tmp_path, capsys):
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    rows = amazon_rows(n_users=45, n_items=22, seed=3)
+    (shop / "interactions.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i, _, _ in rows))
+    out = tmp_path / "shop-data"
+    assert main(["prepare", "folder", str(shop), "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    num_items = load_mmrec(out, verbose=False).num_items
+    assert num_items < 50
+    warnings = [line for line in captured.err.splitlines() if "fewer items than the largest ranking cut-off" in line]
+    assert len(warnings) == 1 and f"{num_items} items" in warnings[0], captured.err
+    # A catalogue of 50 items or more says nothing.
+    rows = amazon_rows(n_users=120, n_items=60, per_user=20, seed=4)
+    (shop / "interactions.csv").write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i, _, _ in rows))
+    assert main(["prepare", "folder", str(shop), "--out", str(tmp_path / "big"), "--quiet"]) == 0
+    assert load_mmrec(tmp_path / "big", verbose=False).num_items >= 50
+    assert "ranking cut-off" not in capsys.readouterr().err
+
+
+def test_the_prepare_warning_uses_the_trainers_largest_default_cutoff():
+    from mirrorgrad_jax.evaluation import DEFAULT_TOPK
+    from mirrorgrad_jax.prepare import output
+
+    assert output.LARGEST_DEFAULT_CUTOFF == max(DEFAULT_TOPK)

@@ -119,3 +119,31 @@ def test_unwanted_lines_are_checked_cheaply_unless_check_all(tmp_path):
         handle.write("{'asin': 'B8', 'title': 'cut off\n")
     with pytest.raises(DatasetError, match=r"meta.json.gz:3: not a dict literal \(the line does not end"):
         read_amazon_metadata(path, ["B1"])
+
+
+# pandas 2.0's default NA strings (``read_csv``'s ``na_values``, ``keep_default_na=True``),
+# written out here rather than read from the library, so that a missing entry is caught.
+PANDAS_2_0_NA = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
+
+
+def test_reference_na_strings_are_exactly_pandas_2_0s_defaults():
+    from mirrorgrad_jax.prepare.text import REFERENCE_NA_STRINGS
+
+    assert REFERENCE_NA_STRINGS == frozenset(PANDAS_2_0_NA)
+
+
+@pytest.mark.parametrize("value", PANDAS_2_0_NA)
+@pytest.mark.parametrize("field", ["title", "brand", "description"])
+def test_a_field_whose_whole_value_reads_as_na_is_blank(field, value):
+    record = {"title": "T", "brand": "B", "categories": [["Baby", "Toys"]], "description": "D", field: value}
+    expected = {"title": "  B Baby Toys D", "brand": "T   Baby Toys D", "description": "T B Baby Toys  "}[field]
+    assert amazon_sentence(record) == expected
+
+
+@pytest.mark.parametrize("value", ["none ", " None", "Nonesuch", "NONE", "none", "N/A ", "na", "Null", "NaN!", "<na>", "nil"])
+def test_near_misses_of_the_na_strings_stay_as_written(value):
+    record = {"title": "T", "brand": value, "categories": [["Baby"]], "description": "D"}
+    assert amazon_sentence(record) == f"T {value} Baby D"

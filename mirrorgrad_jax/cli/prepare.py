@@ -159,4 +159,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(str(err)) from None
     if args.quiet:
         print(f"wrote {result.path}")
+        for note in result.notes:  # without --quiet the library printed them with its summary
+            print(f"mirrorgrad prepare: {note}", file=sys.stderr)
     return 0

@@ -15,6 +15,16 @@ global-average-pooled features of a pretrained ResNet whose weights the user sup
 (:func:`load_resnet`: a ``.safetensors`` or ``.npz`` file with torchvision's parameter
 names; ResNet-18/34/50/101/152 and narrower variants are recognised from the tensors).
 
+**Limits.** Files are checked from their headers before anything is decoded or allocated,
+so a small crafted file cannot exhaust memory: an image may hold at most
+:data:`MAX_IMAGE_PIXELS` pixels (64 megapixels) and its resized copy at most
+:data:`MAX_RESIZED_PIXELS` (16 megapixels: with the default shorter side of 256, an aspect
+ratio up to 244:1; a 1 x 40,000 strip would otherwise become 256 x 10,240,000 pixels, 7.9
+GB); Pillow's own decompression-bomb check is reported the same way. Weight files may
+declare at most :data:`MAX_WEIGHT_BYTES` (2 GiB) of tensors in all, read from the ``.npz``
+members' headers or the safetensors header; a tensor is loaded only once its declared
+shape fits the model. Each refusal is a :class:`~mirrorgrad_jax.data.DatasetError`.
+
 Converting torchvision's weights, once, where PyTorch is installed::
 
     import torchvision, safetensors.torch
@@ -25,6 +35,7 @@ Converting torchvision's weights, once, where PyTorch is installed::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -41,9 +52,13 @@ from mirrorgrad_jax.data import DatasetError
 __all__ = [
     "AMAZON_FEATURE_DIM",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_RESIZED_PIXELS",
+    "MAX_WEIGHT_BYTES",
     "ImageFeatures",
     "ResNetConfig",
     "ResNetFeatures",
+    "check_resnet_weights",
     "encode_image_files",
     "find_item_images",
     "load_image",
@@ -58,6 +73,15 @@ AMAZON_FEATURE_DIM = 4096
 _ASIN_BYTES = 10
 #: File name extensions :func:`find_item_images` treats as images.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+#: The most pixels (width x height, from the file's header) an image may hold: 64 megapixels,
+#: an 8000 x 8000 photo (below Pillow's own warning threshold of about 89 megapixels).
+MAX_IMAGE_PIXELS = 64_000_000
+#: The most pixels an image may have after its shorter side is resized (before the crop):
+#: 16 megapixels, 48 MB of RGB; with the default shorter side of 256, an aspect ratio up to 244:1.
+MAX_RESIZED_PIXELS = 16_000_000
+#: The most bytes of tensors an image-model weight file may declare in all: 2 GiB (the largest
+#: torchvision ResNet, Wide ResNet-101-2, holds about 0.5 GB in float32).
+MAX_WEIGHT_BYTES = 2 * 1024**3
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -218,27 +242,53 @@ def load_image(path: str | os.PathLike, *, resize: int = 256, crop: int = 224) -
         ``(crop, crop, 3)`` float32.
 
     Raises:
-        DatasetError: the file cannot be decoded as an image.
+        DatasetError: the file cannot be decoded as an image, or it is too large to
+            decode (more than :data:`MAX_IMAGE_PIXELS` pixels, or a Pillow
+            decompression bomb) or to resize (more than :data:`MAX_RESIZED_PIXELS`), which
+            is read from its header before anything is decoded.
     """
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as err:
         raise ImportError("image folders need Pillow: pip install 'mirrorgrad-jax[images]'") from err
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        with Image.open(path) as image:  # reads the header only
             width, height = image.size
-            if width <= height:  # torchvision's rule: the longer side is truncated
-                size = (resize, int(resize * height / width))
-            else:
-                size = (int(resize * width / height), resize)
+            size = _resized_size(path, width, height, resize)
+            image = image.convert("RGB")
             image = image.resize(size, Image.BILINEAR)
             left, top = round((size[0] - crop) / 2.0), round((size[1] - crop) / 2.0)
             image = image.crop((left, top, left + crop, top + crop))
             pixels = np.asarray(image, np.float32) / 255.0
+    except DatasetError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"{path}: refused by Pillow as a possible decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DatasetError(f"{path}: not a readable image ({err})") from None
     return (pixels - _IMAGENET_MEAN) / _IMAGENET_STD
+
+
+def _resized_size(path: str | os.PathLike, width: int, height: int, resize: int) -> tuple[int, int]:
+    """The size after resizing the shorter side to ``resize``, once the image's and the result's pixel counts are within the limits."""
+    if width < 1 or height < 1:
+        raise DatasetError(f"{path}: an image of {width} x {height} pixels has nothing to encode")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DatasetError(
+            f"{path}: {width} x {height} pixels is more than the {MAX_IMAGE_PIXELS} an image may have "
+            "(mirrorgrad_jax.prepare.images.MAX_IMAGE_PIXELS); scale it down first"
+        )
+    if width <= height:  # torchvision's rule: the longer side is truncated
+        size = (resize, int(resize * height / width))
+    else:
+        size = (int(resize * width / height), resize)
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        raise DatasetError(
+            f"{path}: {width} x {height} pixels would be resized to {size[0]} x {size[1]}, more than the "
+            f"{MAX_RESIZED_PIXELS} pixels a resized image may have (mirrorgrad_jax.prepare.images.MAX_RESIZED_PIXELS): "
+            "its aspect ratio is too extreme; crop it first"
+        )
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,42 +380,135 @@ class ResNetFeatures(nnx.Module):
         return x.mean(axis=(1, 2))
 
 
-def _read_weights(path: Path) -> dict[str, np.ndarray]:
+def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of every member of an ``.npz``, from the members' ``.npy`` headers only."""
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise DatasetError(f"{path}: {name} is stored in .npy format {version}; save the weights with numpy's default")
+                if dtype.hasobject:
+                    raise DatasetError(f"{path}: {name} holds Python objects, which are never unpickled")
+                nbytes = math.prod(shape) * dtype.itemsize
+                described = f"{name} declares shape {tuple(shape)} {dtype.name} ({nbytes} bytes)"
+                if nbytes > MAX_WEIGHT_BYTES:
+                    raise DatasetError(
+                        f"{path}: {described}, more than the {MAX_WEIGHT_BYTES} bytes image-model weights may hold "
+                        "(mirrorgrad_jax.prepare.images.MAX_WEIGHT_BYTES)"
+                    )
+                if nbytes > info.file_size:
+                    raise DatasetError(f"{path}: {described} but the archive holds only {info.file_size} bytes for it")
+                total += nbytes
+                out[name] = (tuple(int(d) for d in shape), dtype)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"{path}: not a numeric .npz archive ({err})") from None
+    _check_total(path, total)
+    return out
+
+
+def _check_total(path: Path, total: int) -> None:
+    if total > MAX_WEIGHT_BYTES:
+        raise DatasetError(
+            f"{path} declares {total} bytes of tensors in all, more than the {MAX_WEIGHT_BYTES} image-model weights "
+            "may hold (mirrorgrad_jax.prepare.images.MAX_WEIGHT_BYTES)"
+        )
+
+
+def _safetensors():
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError as err:
+        raise ImportError("reading .safetensors needs: pip install 'mirrorgrad-jax[images]'") from err
+    return SafetensorError, safe_open
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of every tensor of a safetensors file, from its header only."""
+    error, safe_open = _safetensors()
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    total = 0
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            for name in handle.keys():
+                tensor = handle.get_slice(name)
+                shape = tuple(int(d) for d in tensor.get_shape())
+                dtype = _SAFETENSORS_DTYPES.get(tensor.get_dtype())
+                if dtype is None:
+                    raise DatasetError(f"{path}: {name} has dtype {tensor.get_dtype()}, not a numeric type this reader takes")
+                total += math.prod(shape) * dtype.itemsize
+                out[name] = (shape, dtype)
+    except (error, OSError, ValueError) as err:
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"{path} is not a readable safetensors file ({err})") from None
+    _check_total(path, total)
+    return out
+
+
+_SAFETENSORS_DTYPES = {
+    code: np.dtype(name)
+    for code, name in (("F64", "float64"), ("F32", "float32"), ("F16", "float16"), ("I64", "int64"), ("I32", "int32"),
+                       ("I16", "int16"), ("I8", "int8"), ("U8", "uint8"), ("BOOL", "bool"))
+}  # fmt: skip
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of every tensor of a weight file, read from its metadata; the size limits checked."""
     if not path.is_file():
         raise DatasetError(f"image model weights {path} do not exist")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                return {name: archive[name] for name in archive.files}
-        except (ValueError, OSError, zipfile.BadZipFile) as err:
-            raise DatasetError(f"{path}: not a numeric .npz archive ({err})") from None
+        return _npz_shapes(path)
     if path.suffix == ".safetensors":
-        try:
-            from safetensors import SafetensorError
-            from safetensors.numpy import load_file
-        except ImportError as err:
-            raise ImportError("reading .safetensors needs: pip install 'mirrorgrad-jax[images]'") from err
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise DatasetError(f"{path} is not a readable safetensors file ({err})") from None
+        return _safetensors_shapes(path)
     raise DatasetError(f"{path}: image model weights must be a .safetensors or .npz file")
 
 
-def _infer_config(weights: dict[str, Any], path: Path) -> ResNetConfig:
-    if "conv1.weight" not in weights:
+def _read_tensors(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The tensors ``names`` of a weight file whose metadata :func:`_weight_shapes` checked."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in names}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise DatasetError(f"{path}: not a numeric .npz archive ({err})") from None
+    error, safe_open = _safetensors()
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return {name: handle.get_tensor(name) for name in names}
+    except (error, OSError, ValueError) as err:
+        raise DatasetError(f"{path} is not a readable safetensors file ({err})") from None
+
+
+def _infer_config(shapes: dict[str, tuple[tuple[int, ...], np.dtype]], path: Path) -> ResNetConfig:
+    if "conv1.weight" not in shapes:
         raise DatasetError(f"{path} has no conv1.weight; expected torchvision ResNet parameter names")
-    bottleneck = "layer1.0.conv3.weight" in weights
+    bottleneck = "layer1.0.conv3.weight" in shapes
     blocks, widths = [], []
     for stage in range(1, 5):
         count = 0
-        while f"layer{stage}.{count}.conv1.weight" in weights:
+        while f"layer{stage}.{count}.conv1.weight" in shapes:
             count += 1
         if count == 0:
             raise DatasetError(f"{path} has no layer{stage}.0.conv1.weight; not a four-stage ResNet")
         blocks.append(count)
-        widths.append(int(np.shape(weights[f"layer{stage}.0.conv2.weight"])[0]))
-    return ResNetConfig(tuple(blocks), tuple(widths), int(np.shape(weights["conv1.weight"])[0]), bottleneck)
+        conv2 = shapes.get(f"layer{stage}.0.conv2.weight")
+        if conv2 is None or not conv2[0]:
+            raise DatasetError(f"{path} has no layer{stage}.0.conv2.weight with a shape; not a torchvision ResNet")
+        widths.append(int(conv2[0][0]))
+    if not shapes["conv1.weight"][0]:
+        raise DatasetError(f"{path}: conv1.weight is a scalar; not a torchvision ResNet")
+    return ResNetConfig(tuple(blocks), tuple(widths), int(shapes["conv1.weight"][0][0]), bottleneck)
 
 
 def _torchvision_name(path: tuple[Any, ...]) -> tuple[str, str]:
@@ -398,26 +541,49 @@ def load_resnet(weights_path: str | os.PathLike) -> tuple[ResNetFeatures, ResNet
         ``(model, config)``.
 
     Raises:
-        DatasetError: a missing file, or tensors missing or of the wrong shape.
+        DatasetError: a missing file, tensors missing or of the wrong shape, or a file
+            that declares more than :data:`MAX_WEIGHT_BYTES` (every shape is read from the
+            file's metadata and checked before a tensor is loaded).
     """
     path = Path(weights_path)
-    weights = _read_weights(path)
-    config = _infer_config(weights, path)
+    shapes = _weight_shapes(path)
+    config = _infer_config(shapes, path)
     abstract = nnx.eval_shape(lambda: ResNetFeatures(config, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    filled = []
+    wanted = []
     for var_path, variable in nnx.to_flat_state(state):
         name, kind = _torchvision_name(var_path)
-        if name not in weights:
+        if name not in shapes:
             raise DatasetError(f"{path} has no tensor {name}")
+        stored = shapes[name][0]
+        fitted = (stored[2], stored[3], stored[1], stored[0]) if kind == "conv" and len(stored) == 4 else stored
+        expected = tuple(variable.get_value().shape)
+        if fitted != expected:
+            raise DatasetError(f"{path}: {name} has shape {stored}, which does not fit {expected}")
+        wanted.append((var_path, variable, name, kind))
+    weights = _read_tensors(path, [name for _, _, name, _ in wanted])
+    filled = []
+    for var_path, variable, name, kind in wanted:
         array = np.asarray(weights[name], np.float32)
         if kind == "conv" and array.ndim == 4:
             array = array.transpose(2, 3, 1, 0)  # (out, in, h, w) -> (h, w, in, out)
-        expected = tuple(variable.get_value().shape)
-        if array.shape != expected:
-            raise DatasetError(f"{path}: {name} has shape {np.shape(weights[name])}, which does not fit {expected}")
         filled.append((var_path, variable.replace(jnp.asarray(array))))
     return nnx.merge(graphdef, nnx.from_flat_state(filled)), config
+
+
+def check_resnet_weights(weights_path: str | os.PathLike) -> ResNetConfig:
+    """Checks a weight file for :func:`load_resnet` from its metadata alone (no tensor is read).
+
+    ``prepare folder`` calls it before any step runs, so bad weights are reported at once.
+
+    Returns:
+        The ResNet's shape, as the tensors' names and shapes give it.
+
+    Raises:
+        DatasetError: as :func:`load_resnet`.
+    """
+    path = Path(weights_path)
+    return _infer_config(_weight_shapes(path), path)
 
 
 def encode_image_files(

@@ -86,12 +86,15 @@ class PrepareResult:
         summary: The numbers also written to ``summary.json``.
         steps_run: Steps computed in this call.
         steps_reused: Steps taken from an interrupted earlier call.
+        notes: Warnings about the written set (e.g. a catalogue smaller than the largest
+            ranking cut-off of training), one line each; printed with ``verbose``.
     """
 
     path: Path
     summary: Mapping[str, Any]
     steps_run: tuple[str, ...]
     steps_reused: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 def resolve_options(options: PrepareOptions | None, overrides: Mapping[str, Any], *, missing_text: str) -> PrepareOptions:

@@ -16,19 +16,72 @@ from mirrorgrad_jax.graph import build_user_graph
 from mirrorgrad_jax.prepare.options import PrepareOptions, PrepareResult
 from mirrorgrad_jax.prepare.work import WorkFolder
 
-__all__ = ["SUMMARY_FILE", "check_output", "format_summary", "write_dataset"]
+__all__ = [
+    "LARGEST_DEFAULT_CUTOFF",
+    "PREPARE_MARKER",
+    "SUMMARY_FILE",
+    "check_output",
+    "format_summary",
+    "is_prepared_folder",
+    "write_dataset",
+]
 
 SUMMARY_FILE = "summary.json"
 
+#: The largest of the trainer's default ranking cut-offs (``mirrorgrad_jax.evaluation.DEFAULT_TOPK``,
+#: which this module may not import: evaluation sits on its floor). A set with fewer items is
+#: ranked at the smaller cut-offs only, so ``prepare`` warns when it writes one.
+LARGEST_DEFAULT_CUTOFF = 50
+
+#: The file every dataset folder written by ``prepare`` holds (a small JSON object with the
+#: marker's format). ``--overwrite`` replaces a folder only when it has one, so a mistyped
+#: ``--out`` (a parent folder holding other datasets, a home folder) is never deleted.
+PREPARE_MARKER = ".mirrorgrad-prepare"
+_MARKER_FORMAT = 1
+
+
+def is_prepared_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset folder an earlier ``prepare`` wrote (it holds a valid :data:`PREPARE_MARKER`)."""
+    marker = folder / PREPARE_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        content = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    version = content.get("format") if isinstance(content, dict) else None
+    return isinstance(version, int) and not isinstance(version, bool) and version >= 1
+
+
+def _refuse_to_replace(out: Path, overwrite: bool) -> None:
+    """Raises unless ``out`` is absent, empty, or (with ``overwrite``) a folder an earlier prepare wrote."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    if not overwrite:
+        raise DatasetError(f"{out} already holds files ({shown}); pass --overwrite (overwrite=True) to replace it")
+    if not is_prepared_folder(out):
+        raise DatasetError(
+            f"{out} holds files ({shown}) that `mirrorgrad prepare` did not write (it has no {PREPARE_MARKER} "
+            "marker); --overwrite (overwrite=True) replaces only a dataset folder an earlier prepare wrote: "
+            "choose another --out, or remove this folder yourself"
+        )
+
 
 def check_output(out: Path, overwrite: bool, inputs: Sequence[str | os.PathLike | None]) -> None:
-    if out.exists():
-        if not out.is_dir():
-            raise DatasetError(f"{out} exists and is not a folder")
-        entries = sorted(p.name for p in out.iterdir())
-        if entries and not overwrite:
-            shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-            raise DatasetError(f"{out} already holds files ({shown}); pass --overwrite (overwrite=True) to replace it")
+    """Checks, before any work, that the dataset can be written at ``out``.
+
+    Raises:
+      DatasetError: ``out`` is a file; it holds files and ``overwrite`` is off; it holds
+        files that no earlier ``prepare`` wrote (no :data:`PREPARE_MARKER`), even with
+        ``overwrite``; or an input lies inside it.
+    """
+    _refuse_to_replace(out, overwrite)
     resolved = out.resolve()
     for path in inputs:
         if path is not None and (resolved == Path(path).resolve() or resolved in Path(path).resolve().parents):
@@ -192,7 +245,9 @@ def write_dataset(
             (stage / "missed_img_itemIDs.csv").write_text("".join(f"{i}\n" for i in missing))
         summary = _build_summary(name, inter, inter_info, labels, order, dataset, features, options, inputs)
         (stage / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        if out.exists():  # only here with overwrite (checked first) or when it is empty
+        (stage / PREPARE_MARKER).write_text(json.dumps({"format": _MARKER_FORMAT, "written_by": "mirrorgrad prepare"}) + "\n")
+        _refuse_to_replace(out, options.overwrite)  # again: the folder may have changed during the steps
+        if out.exists():  # only here when it is empty, or with overwrite and a folder prepare wrote
             shutil.rmtree(work.root / "replaced", ignore_errors=True)
             os.replace(out, work.root / "replaced")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,9 +255,17 @@ def write_dataset(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     work.run.append("write")
-    result = PrepareResult(out, summary, tuple(work.run), tuple(work.reused))
+    notes = []
+    if num_items < LARGEST_DEFAULT_CUTOFF:
+        notes.append(
+            f"warning: {out} has {num_items} items, fewer items than the largest ranking cut-off of training "
+            f"({LARGEST_DEFAULT_CUTOFF}): `mirrorgrad train` will rank it at the cut-offs up to {num_items} only"
+        )
+    result = PrepareResult(out, summary, tuple(work.run), tuple(work.reused), tuple(notes))
     shutil.rmtree(work.root, ignore_errors=True)
     work.say(f"wrote {out}")
     if options.verbose:
         print(format_summary(summary))
+        for note in notes:
+            print(note)
     return result

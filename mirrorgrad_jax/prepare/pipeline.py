@@ -339,6 +339,7 @@ def prepare_folder(
     text_model = _text_model_identity(options) if items is not None else None
     if images is not None:
         _check_image_extra()
+        image_lib.check_resnet_weights(image_weights)  # from the file's metadata, before any step
     name = options.name or out.resolve().name
     work = WorkFolder(out, options.verbose)
     columns = {"user_column": user_column, "item_column": item_column, "rating_column": rating_column,

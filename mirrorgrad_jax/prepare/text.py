@@ -42,11 +42,15 @@ __all__ = [
 ]
 
 #: Field values that the reference's CSV round trip (``DataFrame.to_csv`` then
-#: ``read_csv``) turned into missing values: pandas' default NA markers. A title, brand
-#: or description equal to one of them became a blank in the reference's sentences.
+#: ``read_csv`` with pandas 2.0's defaults, ``keep_default_na=True``) turned into missing
+#: values: exactly pandas 2.0's default ``na_values`` set, as its ``read_csv`` documentation
+#: lists it. ``"None"`` joined the set in pandas 2.0 (pandas-dev/pandas#52493 shows
+#: ``read_csv`` reading the word as NaN from 2.0.0 on). A title, brand or description whose
+#: WHOLE value is one of them became a blank in the reference's sentences; the comparison
+#: is exact (``"none "`` or ``"Nonesuch"`` stay), as pandas compares a field's whole text.
 REFERENCE_NA_STRINGS: frozenset[str] = frozenset({
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-    "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null",
+    "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 })  # fmt: skip
 
 _BLANK = " "
@@ -231,7 +235,7 @@ def amazon_sentence(record: Mapping[str, Any], *, na_strings: frozenset[str] = R
     ``title + " " + brand + " " + (each word of categories[0] + " ") + description``,
     newlines replaced by spaces. As in the reference (which round-tripped the records
     through a CSV file), a missing field, an empty one, or one that reads as a pandas
-    NA marker (``"N/A"``, ``"NA"``, ``"null"``... see :data:`REFERENCE_NA_STRINGS`)
+    NA marker (``"N/A"``, ``"NA"``, ``"None"``, ``"null"``... see :data:`REFERENCE_NA_STRINGS`)
     counts as a single blank; so an item without brand gives three spaces between its
     title and its first category word. Later dumps' ``category`` (a flat list) is used
     when ``categories`` is absent.

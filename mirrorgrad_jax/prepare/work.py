@@ -17,8 +17,9 @@ from mirrorgrad_jax.data import DatasetError
 
 __all__ = ["WorkFolder", "atomic_write", "guarded", "input_identity"]
 
-#: Bumped whenever a step's output changes meaning, so old work folders are not reused.
-_FORMAT = 1
+#: Bumped whenever a step's output changes meaning, so old work folders are not reused
+#: (2: "None" counts as a missing Amazon text field, as in pandas 2.0).
+_FORMAT = 2
 
 
 def input_identity(path: str | os.PathLike | None) -> Any:
