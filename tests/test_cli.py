@@ -242,3 +242,188 @@ def test_an_mg_grid_is_trained_once_when_mg_is_off_and_the_log_says_so(tmp_path,
     runs = json.loads((tmp_path / "r.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["mg"]["enabled"] is False
     assert "the mg grid over alpha2 [0.1, 0.2, 0.3] cannot change a run with MG off" in capsys.readouterr().out
+
+
+def _small_catalogue(tmp_path, num_items=30):
+    from mirrorgrad_jax.data import make_synthetic, write_mmrec
+
+    folder = tmp_path / "small"
+    write_mmrec(make_synthetic(num_users=40, num_items=num_items, seed=1, name="small"), str(folder))
+    return folder
+
+
+def test_a_catalogue_smaller_than_the_largest_cutoff_trains_with_the_cutoffs_it_can_rank(tmp_path, capsys):
+    folder = _small_catalogue(tmp_path)
+    results = tmp_path / "r.json"
+    code = main(["train", "--model", "bprmf", "--dataset", str(folder), "--epochs", "1", "--batch-size", "256",
+                 "--set", "embedding_size=8", "--set", "reg_weight=0.001,0.1", "--results", str(results)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    notes = [line for line in out.splitlines() if "fewer than the cut-off" in line]
+    assert len(notes) == 1 and "30 items" in notes[0] and "[50]" in notes[0], out  # said once, for the whole grid
+    report = json.loads(results.read_text())
+    for run in report["runs"]:
+        assert run["train"]["topk"] == [5, 10, 20]
+        (seed,) = run["seeds"]
+        assert sorted(seed["test_at_best"]) == sorted(f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map") for k in (5, 10, 20))
+    assert "nan" not in out
+
+
+def test_a_valid_metric_beyond_the_catalogue_is_one_line(tmp_path, capsys):
+    folder = _small_catalogue(tmp_path)
+    code = main(["train", "--model", "bprmf", "--dataset", str(folder), "--epochs", "1", "--valid-metric", "recall@50",
+                 "--set", "embedding_size=8", "--checkpoint-dir", str(tmp_path / "runs")])  # fmt: skip
+    _one_line_error(capsys, code, "30 items", "recall@50", "--valid-metric recall@20")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--model", "nosuch"], "unknown model 'nosuch'"),
+        (["--model", "bprmf", "--set", "embedding_size=-1"], "BPRMFConfig.embedding_size"),
+        (["--model", "bprmf", "--lr", "fast"], "TrainConfig.learning_rate"),
+        (["--model", "bprmf", "--set", "no_such_option=1"], "unknown key(s) ['no_such_option']"),
+    ],
+)
+def test_names_and_config_are_checked_before_the_dataset_is_loaded(argv, fragment, monkeypatch, capsys):
+    import mirrorgrad_jax.data
+
+    def too_early(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the model name and the config were checked")
+
+    monkeypatch.setattr(mirrorgrad_jax.data, "load_dataset", too_early)
+    _one_line_error(capsys, main(["train", *argv, "--dataset", "large-10x", "--epochs", "1"]), fragment)
+
+
+# ---------------------------------------------------------------------------------------
+# `mirrorgrad evaluate` finds the run's data where it was, and checks it is that data.
+# ---------------------------------------------------------------------------------------
+
+PINNED_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pinned", "dualgnn-best.ckpt")
+
+
+def _same_interactions_split_two_ways(tmp_path):
+    """``sets/data`` and ``work/data``: the same users, items and sizes, one user's rows split otherwise (another seed)."""
+    import numpy as np
+
+    from mirrorgrad_jax.data import RecDataset, make_synthetic, write_mmrec
+
+    ds = make_synthetic(num_users=60, num_items=60, seed=3, name="data")
+    write_mmrec(ds, tmp_path / "sets" / "data")
+    train, test = ds.train.copy(), ds.test.copy()
+    user = int(test[0, 0])
+    row = int(np.flatnonzero(train[:, 0] == user)[0])
+    train[row, 1], test[0, 1] = test[0, 1], train[row, 1]
+    other = RecDataset.from_arrays("data", train, ds.valid, test, dict(ds.features), verbose=False)
+    assert (other.num_users, other.num_items, len(other.train), len(other.test)) == (ds.num_users, ds.num_items, len(ds.train), len(ds.test))
+    write_mmrec(other, tmp_path / "work" / "data")
+
+
+def _printed(out, split):
+    line = next(line for line in out.splitlines() if line.startswith(f"{split} "))
+    words = line.split()[1:]
+    return dict(zip(words[::2], (float(v) for v in words[1::2])))
+
+
+def test_evaluate_finds_a_folder_dataset_where_the_run_read_it_and_checks_it(tmp_path, monkeypatch, capsys):
+    _same_interactions_split_two_ways(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--model", "bprmf", "--dataset", "sets/data", "--no-mg", "--epochs", "1", "--batch-size", "256",
+                 "--valid-metric", "recall@20", "--set", "embedding_size=8", "--checkpoint-dir", "runs",
+                 "--results", "r.json", "--quiet"])  # fmt: skip
+    assert code == 0
+    expected = json.loads((tmp_path / "r.json").read_text())["runs"][0]["seeds"][0]["test_at_best"]
+    ckpt = str(tmp_path / "runs" / "combo0-seed999" / "best.ckpt")
+    capsys.readouterr()
+    # Elsewhere, beside a folder called "data" of the same sizes (the raw files prepared with another seed).
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["evaluate", ckpt]) == 0
+    out = capsys.readouterr().out
+    assert f"data: {tmp_path / 'sets' / 'data'}, the run's training data" in out, out
+    assert _printed(out, "test") == {k: pytest.approx(v, abs=5e-5) for k, v in expected.items() if k.split("@")[0] in ("recall", "ndcg")}
+    # Pointing --dataset at the other split is refused: same sizes, other data.
+    line = _one_line_error(capsys, main(["evaluate", ckpt, "--dataset", "data"]), "was trained on data", "split arrays")
+    assert str(tmp_path / "sets" / "data") in line
+    # The folder moves: the checkpoint says where it was; --dataset points at the new place, still checked.
+    (tmp_path / "sets").rename(tmp_path / "moved")
+    _one_line_error(capsys, main(["evaluate", ckpt]), f"{tmp_path / 'sets' / 'data'}, which is not there any more", "--dataset")
+    assert main(["evaluate", ckpt, "--dataset", str(tmp_path / "moved" / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "the run's training data" in out and _printed(out, "test")["recall@20"] == pytest.approx(expected["recall@20"], abs=5e-5)
+
+
+def test_evaluate_of_a_checkpoint_from_before_fingerprints_says_the_data_was_not_verified(capsys):
+    assert main(["evaluate", PINNED_CHECKPOINT]) == 0
+    out = capsys.readouterr().out
+    (note,) = [line for line in out.splitlines() if line.startswith("data: ")]
+    assert "NOT verified" in note and "could not be verified" in note and "synthetic-small" in note
+
+
+def test_resume_ignores_where_the_data_was_read_but_not_what_it_is(tmp_path, monkeypatch, capsys):
+    _same_interactions_split_two_ways(tmp_path)
+    argv = ["train", "--model", "bprmf", "--no-mg", "--epochs", "2", "--batch-size", "256", "--valid-metric", "recall@20",
+            "--set", "embedding_size=8", "--checkpoint-dir", str(tmp_path / "runs"), "--quiet"]  # fmt: skip
+    assert main([*argv, "--dataset", str(tmp_path / "sets" / "data")]) == 0
+    (tmp_path / "sets").rename(tmp_path / "moved")
+    assert main([*argv, "--resume", "--dataset", str(tmp_path / "moved" / "data")]) == 0  # the same data, moved
+    capsys.readouterr()
+    line = _one_line_error(capsys, main([*argv, "--resume", "--dataset", str(tmp_path / "work" / "data")]), "cannot resume")
+    assert "its dataset differ" in line
+
+
+class _CountingCheckpointer:
+    """Wraps orbax's checkpointer and records which items each restore reads."""
+
+    def __init__(self, inner, log):
+        self.inner, self.log = inner, log
+
+    def save(self, *args, **kwargs):
+        return self.inner.save(*args, **kwargs)
+
+    def restore(self, folder, args):
+        restored = self.inner.restore(folder, args=args)
+        for item, value in restored.items():
+            self.log.append((item, sorted(value) if item == "arrays" else None))
+        return restored
+
+
+def test_evaluate_reads_the_checkpoint_once_and_never_its_optimizer_state(tmp_path, monkeypatch, capsys):
+    from mirrorgrad_jax.train import checkpoint
+
+    assert main(["train", "--model", "bprmf", "--dataset", "synthetic-small", "--epochs", "1", "--batch-size", "512",
+                 "--valid-metric", "recall@20", "--set", "embedding_size=8", "--checkpoint-dir", str(tmp_path), "--quiet"]) == 0  # fmt: skip
+    log = []
+    real = checkpoint._checkpointer
+    monkeypatch.setattr(checkpoint, "_checkpointer", lambda: _CountingCheckpointer(real(), log))
+    for name in ("best.ckpt", "last.ckpt"):
+        log.clear()
+        assert main(["evaluate", str(tmp_path / "combo0-seed999" / name)]) == 0
+        assert [item for item, _ in log] == ["meta", "arrays"], log  # each read once
+        assert "opt_state" not in log[1][1], log
+
+
+def test_a_checkpoint_declaring_a_huge_array_is_refused_before_anything_is_allocated(tmp_path):
+    # A copy of the pinned checkpoint whose array metadata declares user preferences of
+    # 2**50 x 64 float32 (256 PB): the reader must compare with the model before restoring.
+    # Run as a separate process: a reader that allocates first would abort it.
+    import orbax.checkpoint as ocp
+
+    from mirrorgrad_jax.train.checkpoint import load_checkpoint
+
+    pinned = load_checkpoint(PINNED_CHECKPOINT)
+    groups = {**pinned.arrays, "checkpoint": {"format": __import__("numpy").asarray(2, "int32")}}
+    crafted = tmp_path / "crafted.ckpt"
+    handler = ocp.CompositeCheckpointHandler(arrays=ocp.StandardCheckpointHandler(use_ocdbt=False), meta=ocp.JsonCheckpointHandler())
+    ocp.Checkpointer(handler).save(str(crafted), args=ocp.args.Composite(arrays=ocp.args.StandardSave(groups), meta=ocp.args.JsonSave(pinned.meta)))
+    zarray = crafted / "arrays" / "params.gcn_image" / "pref" / "value" / ".zarray"
+    header = json.loads(zarray.read_text())
+    header["shape"] = [2**50, 64]
+    zarray.write_text(json.dumps(header))
+    proc = subprocess.run([sys.executable, "-m", "mirrorgrad_jax", "evaluate", str(crafted)], capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)  # fmt: skip
+    err = "\n".join(line for line in proc.stderr.splitlines() if "WARNING" not in line and "absl" not in line)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert "'gcn_image/pref/value' is stored as (1125899906842624, 64) float32" in err and "(200, 64)" in err, err
+    assert "refused before reading any array" in err

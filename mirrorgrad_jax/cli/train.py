@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from mirrorgrad_jax.data import load_dataset
-    from mirrorgrad_jax.train.grid import run_grid, summary_table
+    from mirrorgrad_jax.train.grid import check_grid, run_grid, summary_table
     from mirrorgrad_jax.devices import make_mesh
     from mirrorgrad_jax.train import LAYOUT_FIELDS, TrainConfig
 
@@ -174,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     layout = TrainConfig(**{key: sections["train"][key] for key in LAYOUT_FIELDS if key in sections["train"]})
     if layout.mesh is not None:
         make_mesh(layout.mesh)
+    # The model name and every combination's config too: an unknown model or a bad value is
+    # reported before the dataset is read (which can take minutes), not after.
+    check_grid(model_name, model_grid, sections["train"], sections["mg"], seeds=seeds, select_on=args.select_on,
+               method_grid=sections["method"])  # fmt: skip
     dataset = load_dataset(dataset_name, verbose=primary)
     if primary:
         print(dataset.summary())

@@ -14,7 +14,7 @@ import os
 import types
 from typing import Mapping
 
-from mirrorgrad_jax.data.dataset import DatasetError, RecDataset
+from mirrorgrad_jax.data.dataset import DatasetError, RecDataset, with_source
 from mirrorgrad_jax.data.mmrec import load_mmrec
 from mirrorgrad_jax.data.large import make_large
 from mirrorgrad_jax.data.movielens import load_movielens_100k
@@ -38,8 +38,27 @@ DATASETS: Mapping[str, str] = types.MappingProxyType(
 def load_dataset(name: str, *, verbose: bool = True) -> RecDataset:
     """Resolves a dataset name (see :data:`DATASETS`) or an MMRec-format folder.
 
+    The dataset's :attr:`~mirrorgrad_jax.data.RecDataset.source` says where it came from:
+    the name for a built-in set, the folder's absolute path for a folder (a built-in name
+    wins over a folder of the same name in the working directory).
+
     Raises:
       DatasetError: an unknown name that is not a folder either, or a folder that is not a valid dataset.
+    """
+    if os.path.isdir(name) and not _is_builtin(name):
+        return load_mmrec(name, verbose=verbose)
+    return with_source(_builtin(name, verbose), name)
+
+
+def _is_builtin(name: str) -> bool:
+    return name in DATASETS or name == "ml-100k" or name.startswith("large:")
+
+
+def _builtin(name: str, verbose: bool) -> RecDataset:
+    """A built-in dataset by name.
+
+    Raises:
+      DatasetError: an unknown name.
     """
     if name == "synthetic":
         return make_synthetic(**SYNTHETIC_DEFAULT)
@@ -58,8 +77,6 @@ def load_dataset(name: str, *, verbose: bool = True) -> RecDataset:
             raise DatasetError(f"dataset {name!r}: {err}") from None
     if name in ("movielens-100k", "ml-100k"):
         return load_movielens_100k(verbose=verbose)
-    if os.path.isdir(name):
-        return load_mmrec(name, verbose=verbose)
     known = ", ".join(k for k in DATASETS if not k.startswith("<"))
     raise DatasetError(f"unknown dataset {name!r}: use one of {known} or an MMRec folder")
 

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mirrorgrad_jax.data.dataset import SPLIT_LABELS, DatasetError, RecDataset, check_user_graph, first_occurrence_mask
+from mirrorgrad_jax.data.dataset import SPLIT_LABELS, DatasetError, RecDataset, check_user_graph, first_occurrence_mask, with_source
 
 __all__ = ["convert_user_graph", "load_mmrec", "read_user_graph", "write_mmrec"]
 
@@ -154,7 +154,8 @@ def load_mmrec(
         verbose: Print how many rows were dropped or filtered.
 
     Returns:
-        The validated :class:`RecDataset`.
+        The validated :class:`RecDataset`; its :attr:`~RecDataset.source` is the folder's
+        absolute path.
 
     Raises:
         DatasetError: for missing columns, bad or non-contiguous ids, ``x_label``
@@ -212,7 +213,7 @@ def load_mmrec(
     user_graph = read_user_graph(folder)
 
     splits = {split: table[table[:, 2] == label, :2] for split, label in SPLIT_LABELS.items()}
-    return RecDataset.from_arrays(
+    dataset = RecDataset.from_arrays(
         name,
         splits["train"],
         splits["valid"],
@@ -222,6 +223,7 @@ def load_mmrec(
         verbose=verbose,
         feature_sources={modality: path.name for modality, path in paths.items()},
     )
+    return with_source(dataset, str(folder.resolve()))
 
 
 class _PlainDataUnpickler(pickle.Unpickler):

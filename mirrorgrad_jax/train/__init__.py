@@ -11,17 +11,27 @@
 """
 
 from mirrorgrad_jax.errors import TrainingError
-from mirrorgrad_jax.train.checkpoint import CHECKPOINT_FORMAT, Checkpoint, flatten_arrays, load_checkpoint, save_checkpoint, unflatten_like
-from mirrorgrad_jax.train.config import LAYOUT_FIELDS, METHODS, MethodConfig, MGConfig, TrainConfig, training_method
+from mirrorgrad_jax.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    CheckpointFile,
+    flatten_arrays,
+    load_checkpoint,
+    open_checkpoint,
+    save_checkpoint,
+    unflatten_like,
+)
+from mirrorgrad_jax.train.config import LAYOUT_FIELDS, METHODS, MethodConfig, MGConfig, TrainConfig, fit_topk, training_method
 from mirrorgrad_jax.train.engine import EpochEngine
-from mirrorgrad_jax.train.grid import format_mean_std, run_grid, summary_table
+from mirrorgrad_jax.train.grid import check_grid, format_mean_std, run_grid, summary_table
 from mirrorgrad_jax.train.loop import TrainResult, resolved_model_config, train
 from mirrorgrad_jax.train.optimizer import FIRST_BATCH_GROUP, build_optimizer, optimizer_learning_rate, set_learning_rate
-from mirrorgrad_jax.train.trained import TrainedModel, evaluate_model, load_trained_model, trained_state
+from mirrorgrad_jax.train.trained import TrainedModel, check_trained_on, evaluate_model, load_trained_model, trained_state
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
+    "CheckpointFile",
     "EpochEngine",
     "FIRST_BATCH_GROUP",
     "LAYOUT_FIELDS",
@@ -33,11 +43,15 @@ __all__ = [
     "TrainedModel",
     "TrainingError",
     "build_optimizer",
+    "check_grid",
+    "check_trained_on",
     "evaluate_model",
+    "fit_topk",
     "flatten_arrays",
     "format_mean_std",
     "load_checkpoint",
     "load_trained_model",
+    "open_checkpoint",
     "optimizer_learning_rate",
     "resolved_model_config",
     "run_grid",

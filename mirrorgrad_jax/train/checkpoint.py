@@ -19,6 +19,13 @@ Orbax's format is also what sharded, multi-host checkpoints use: arrays sharded 
 mesh are written shard by shard (every process writes its own; process 0 writes the
 JSON and does the renames, the others wait for it) and can be read back onto another
 mesh by passing ``targets`` with the new shardings.
+
+Reading is in two steps, so that a crafted checkpoint cannot make the reader allocate
+what it declares: :func:`open_checkpoint` reads the small JSON metadata only; its
+:meth:`~CheckpointFile.read_arrays` with ``expected`` (the shapes the model has) first
+reads the stored shapes and dtypes from orbax's array metadata, refuses any array that
+differs from what the model expects, and only then restores, skipping groups nobody asked
+for (an optimizer state when evaluating).
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ from mirrorgrad_jax.errors import CheckpointError
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
+    "CheckpointFile",
     "flatten_arrays",
     "load_checkpoint",
+    "open_checkpoint",
     "save_checkpoint",
     "unflatten_like",
 ]
@@ -208,8 +217,8 @@ def _resolve(path: str) -> str:
     raise CheckpointError(f"no checkpoint at {path}")
 
 
-def _complete_targets(folder: str, targets: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``targets`` plus a host (numpy) target for every stored array it does not name (orbax restores whole trees)."""
+def _stored_arrays(folder: str) -> dict[str, dict[str, Any]]:
+    """Group -> name -> orbax array metadata (``.shape``, ``.dtype``) of a checkpoint's arrays; nothing is allocated."""
     ocp = _orbax()
     try:
         stored = ocp.Checkpointer(ocp.StandardCheckpointHandler()).metadata(os.path.join(folder, "arrays"))
@@ -217,8 +226,15 @@ def _complete_targets(folder: str, targets: Mapping[str, Mapping[str, Any]]) -> 
         raise CheckpointError(f"{folder}: cannot read the array metadata ({type(err).__name__}: {err})") from None
     stored = getattr(stored, "item_metadata", stored)
     stored = getattr(stored, "tree", stored)
+    if not isinstance(stored, Mapping) or not all(isinstance(a, Mapping) for a in stored.values()):
+        raise CheckpointError(f"{folder}: the arrays are not stored as named groups; not a mirrorgrad checkpoint")
+    return {group: dict(arrays) for group, arrays in stored.items()}
+
+
+def _complete_targets(folder: str, targets: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``targets`` plus a host (numpy) target for every stored array it does not name (orbax restores whole trees)."""
     out: dict[str, dict[str, Any]] = {}
-    for group, arrays in stored.items():
+    for group, arrays in _stored_arrays(folder).items():
         wanted = targets.get(group, {})
         unknown = sorted(set(wanted) - set(arrays))
         if unknown:
@@ -228,7 +244,139 @@ def _complete_targets(folder: str, targets: Mapping[str, Mapping[str, Any]]) -> 
     return out
 
 
-def load_checkpoint(path: str | os.PathLike, *, targets: Mapping[str, Mapping[str, Any]] | None = None) -> Checkpoint:
+def _describe(shape: Any, dtype: Any) -> str:
+    shape = tuple(int(d) for d in shape)
+    dtype = np.dtype(dtype)
+    return f"{shape} {dtype.name} ({int(np.prod(shape, dtype=object)) * dtype.itemsize} bytes)"
+
+
+class CheckpointFile:
+    """A checkpoint folder opened for reading: its JSON metadata is read, its arrays only on request.
+
+    Made by :func:`open_checkpoint`. Reading the metadata first lets a caller decide what
+    it needs (which dataset, which model) before any array is read, and read the arrays
+    once, checked against the shapes it expects.
+
+    Attributes:
+      path: the path as given.
+      folder: the folder read (``path``, or a completed ``path.next`` left mid-swap).
+      meta: the checkpoint's metadata.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.folder = _resolve(os.path.abspath(self.path))
+        ocp = _orbax()
+        if not os.path.isdir(os.path.join(self.folder, "meta")) or not os.path.isdir(os.path.join(self.folder, "arrays")):
+            raise CheckpointError(f"{self.path} is not a mirrorgrad checkpoint (it has no 'meta' and 'arrays' items)")
+        try:
+            meta = _checkpointer().restore(self.folder, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as err:  # orbax raises many types for unreadable folders
+            raise CheckpointError(f"{self.path}: cannot read the checkpoint metadata ({type(err).__name__}: {err})") from None
+        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise CheckpointError(f"{self.path} is a checkpoint of format {found!r}; this version reads format {CHECKPOINT_FORMAT}")
+        self.meta: dict[str, Any] = meta
+        self._stored: dict[str, dict[str, Any]] | None = None
+
+    def stored_arrays(self) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
+        """Group -> name -> ``(shape, dtype)`` of every stored array, from orbax's metadata (nothing is allocated)."""
+        if self._stored is None:
+            self._stored = _stored_arrays(self.folder)
+        return {
+            group: {name: (tuple(int(d) for d in info.shape), np.dtype(info.dtype)) for name, info in arrays.items()}
+            for group, arrays in self._stored.items()
+            if group != _FORMAT_GROUP
+        }
+
+    def _checked_item(self, expected: Mapping[str, Mapping[str, Any]], targets: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The restore targets of the ``expected`` groups, once every stored array in them has the expected shape."""
+        stored = self.stored_arrays()
+        item: dict[str, dict[str, Any]] = {}
+        for group, wanted in expected.items():
+            have = stored.get(group, {})
+            extra = sorted(set(have) - set(wanted))
+            if extra:
+                raise CheckpointError(
+                    f"{self.path}: its {group!r} group has {len(extra)} array(s) the model does not "
+                    f"(e.g. {extra[:3]}); nothing was read"
+                )
+            for name, reference in wanted.items():
+                if name not in have:
+                    continue  # named by unflatten_like, with the model's other arrays
+                shape, dtype = have[name]
+                if shape != tuple(int(d) for d in np.shape(reference)):
+                    ref_dtype = getattr(reference, "dtype", dtype)
+                    raise CheckpointError(
+                        f"{self.path}: {group} array {name!r} is stored as {_describe(shape, dtype)}, but the model's is "
+                        f"{_describe(np.shape(reference), ref_dtype)}; refused before reading any array"
+                    )
+                if dtype.kind not in "biuf":
+                    raise CheckpointError(f"{self.path}: {group} array {name!r} is stored as {dtype}, not a number type")
+                target = targets.get(group, {}).get(name)
+                item.setdefault(group, {})[name] = jax.ShapeDtypeStruct(shape, dtype) if target is None else target
+        return item
+
+    def read_arrays(
+        self,
+        *,
+        expected: Mapping[str, Mapping[str, Any]] | None = None,
+        targets: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Reads the arrays; with ``expected``, only those, and only once their stored shapes match.
+
+        Args:
+          expected: group -> name -> anything with a shape (``.shape`` / ``np.shape``): the
+            arrays the caller will use, e.g. a freshly built model's. The stored shapes and
+            dtypes are read from orbax's metadata first; an array of another shape, or
+            one the caller does not have, is refused before anything is read or allocated.
+            Groups it does not name (an optimizer state, when evaluating) are not read.
+            Arrays it names that the checkpoint lacks are left out (the caller's
+            :func:`unflatten_like` names them).
+          targets: group -> name -> ``jax.ShapeDtypeStruct`` with a sharding, to restore
+            arrays straight onto devices (each device reads its shard); the others come
+            back as numpy.
+
+        Returns:
+          Group -> name -> array.
+
+        Raises:
+          CheckpointError: unreadable arrays, or (with ``expected``) a stored array whose
+            shape or name does not fit.
+        """
+        ocp = _orbax()
+        targets = targets or {}
+        if expected is not None:
+            item = self._checked_item(expected, targets)
+            if not item:
+                return {}
+            restore = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)
+        elif targets:
+            restore = ocp.args.StandardRestore(_complete_targets(self.folder, targets))
+        else:
+            restore = ocp.args.StandardRestore()
+        try:
+            arrays = _checkpointer().restore(self.folder, args=ocp.args.Composite(arrays=restore))["arrays"]
+        except Exception as err:
+            raise CheckpointError(f"{self.path}: cannot read the checkpoint arrays ({type(err).__name__}: {err})") from None
+        return {g: dict(a) for g, a in arrays.items() if g != _FORMAT_GROUP}
+
+
+def open_checkpoint(path: str | os.PathLike) -> CheckpointFile:
+    """Opens a checkpoint written by :func:`save_checkpoint`: reads its metadata, not its arrays.
+
+    Raises:
+      CheckpointError: not a folder, not a mirrorgrad checkpoint, or of another format.
+    """
+    return CheckpointFile(path)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    targets: Mapping[str, Mapping[str, Any]] | None = None,
+    expected: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Checkpoint:
     """Reads a checkpoint written by :func:`save_checkpoint`; never unpickles anything.
 
     Args:
@@ -237,27 +385,19 @@ def load_checkpoint(path: str | os.PathLike, *, targets: Mapping[str, Mapping[st
         restore arrays directly onto devices, e.g. onto another mesh (each device reads
         only its shard). Arrays it does not name, and every array without it, come back
         as numpy on the host.
+      expected: optional group -> name -> array (or shape-dtype struct) the caller will
+        use: stored shapes are checked against it from the metadata before anything is
+        read, and only its groups are read (see :meth:`CheckpointFile.read_arrays`).
+        Without it every stored array is allocated at the shape the checkpoint declares:
+        pass it for a checkpoint you did not write yourself (the trainer's resume and
+        :func:`~mirrorgrad_jax.train.load_trained_model` do).
 
     Returns:
       A :class:`Checkpoint`.
 
     Raises:
-      CheckpointError: not a folder, not a mirrorgrad checkpoint, or of another format.
+      CheckpointError: not a folder, not a mirrorgrad checkpoint, of another format, or
+        (with ``expected``) arrays that do not fit.
     """
-    folder = _resolve(os.path.abspath(os.fspath(path)))
-    ocp = _orbax()
-    if not os.path.isdir(os.path.join(folder, "meta")) or not os.path.isdir(os.path.join(folder, "arrays")):
-        raise CheckpointError(f"{path} is not a mirrorgrad checkpoint (it has no 'meta' and 'arrays' items)")
-    try:
-        meta = _checkpointer().restore(folder, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as err:  # orbax raises many types for unreadable folders
-        raise CheckpointError(f"{path}: cannot read the checkpoint metadata ({type(err).__name__}: {err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path} is a checkpoint of format {found!r}; this version reads format {CHECKPOINT_FORMAT}")
-    restore = ocp.args.StandardRestore(_complete_targets(folder, targets)) if targets is not None else ocp.args.StandardRestore()
-    try:
-        arrays = _checkpointer().restore(folder, args=ocp.args.Composite(arrays=restore))["arrays"]
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot read the checkpoint arrays ({type(err).__name__}: {err})") from None
-    return Checkpoint({g: dict(a) for g, a in arrays.items() if g != _FORMAT_GROUP}, meta)
+    ckpt = open_checkpoint(path)
+    return Checkpoint(ckpt.read_arrays(expected=expected, targets=targets), ckpt.meta)

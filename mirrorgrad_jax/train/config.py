@@ -9,7 +9,7 @@ from mirrorgrad_jax.config import Constraint, NonNegativeFloat, NonNegativeInt, 
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, METRICS
 
-__all__ = ["LAYOUT_FIELDS", "METHODS", "MGConfig", "MethodConfig", "TrainConfig", "training_method"]
+__all__ = ["LAYOUT_FIELDS", "METHODS", "MGConfig", "MethodConfig", "TrainConfig", "fit_topk", "training_method"]
 
 #: TrainConfig fields that say where the run's arrays live, not what it computes.
 LAYOUT_FIELDS = ("mesh", "shard_tables", "device_budget_mb")
@@ -178,3 +178,47 @@ class TrainConfig:
         """The learning rate of ``epoch`` (0-based): ``lr * s ** (epoch / T)``."""
         factor, period = self.lr_schedule
         return self.learning_rate * factor ** (epoch / period)
+
+
+def fit_topk(cfg: TrainConfig, num_items: int) -> tuple[TrainConfig, str | None]:
+    """``cfg`` with the ranking cut-offs a catalogue of ``num_items`` items can rank, and a note of what was dropped.
+
+    A cut-off larger than the catalogue cannot be ranked (a top-50 list of 30 items). Two
+    answers were possible: refuse the run, or rank at the cut-offs that fit. The defaults
+    ``(5, 10, 20, 50)`` are the paper's protocol for catalogues of thousands of items, and a
+    user who tries a small catalogue of their own has usually not chosen them: they expect the
+    run to go ahead and report what can be measured, so the larger cut-offs are dropped and
+    the note (for the log, once) says which. The metric the run SELECTS on (``valid_metric``)
+    decides its outcome, so it is never swapped silently for another: when its cut-off does not
+    fit, the run is refused with what to choose instead.
+
+    Args:
+      cfg: the trainer settings.
+      num_items: the catalogue's size.
+
+    Returns:
+      ``(cfg, None)`` when every cut-off fits (the same object: nothing changes), else
+      the config with the fitting cut-offs and a one-line note.
+
+    Raises:
+      ConfigError: ``valid_metric``'s cut-off is larger than the catalogue.
+    """
+    too_large = [k for k in cfg.topk if k > num_items]
+    if not too_large:
+        return cfg, None
+    metric, _, k = cfg.valid_metric.partition("@")
+    kept = tuple(c for c in cfg.topk if c <= num_items)
+    if int(k) > num_items:
+        instead = (
+            f"--valid-metric {metric}@{max(kept)}" if kept
+            else f"cut-offs of at most {num_items} in train.topk of a config file, and a valid_metric at one of them"
+        )  # fmt: skip
+        raise ConfigError(
+            f"the catalogue has {num_items} items, fewer than the cut-off of valid_metric {cfg.valid_metric!r}: "
+            f"no top-{k} list can be ranked; choose {instead}"
+        )
+    note = (
+        f"note: the catalogue has {num_items} items, fewer than the cut-off(s) {too_large} of topk: "
+        f"ranking metrics are reported at {list(kept)} only"
+    )
+    return dataclasses.replace(cfg, topk=kept), note

@@ -17,10 +17,10 @@ from typing import Any, Callable, Sequence
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.models import build_config, get_model
-from mirrorgrad_jax.train.config import MethodConfig, MGConfig, TrainConfig, training_method
+from mirrorgrad_jax.train.config import MethodConfig, MGConfig, TrainConfig, fit_topk, training_method
 from mirrorgrad_jax.train.loop import resolved_model_config, train
 
-__all__ = ["as_grid", "check_keys", "expand", "format_mean_std", "run_grid", "summary_table"]
+__all__ = ["as_grid", "check_grid", "check_keys", "expand", "format_mean_std", "run_grid", "summary_table"]
 
 
 def as_grid(value: Any) -> list[Any]:
@@ -108,6 +108,88 @@ def _without_inert_repeats(plans: list[_Plan], grids: dict[str, dict[str, Any]],
     return kept
 
 
+def _plan(
+    model_name: str,
+    model_grid: dict[str, Any],
+    train_grid: dict[str, Any],
+    mg_grid: dict[str, Any],
+    method_grid: dict[str, Any],
+    seeds: Sequence[int],
+    select_on: str,
+) -> tuple[type, list[_Plan]]:
+    """The model class and every combination's configs, each built (and so checked)."""
+    model_cls = get_model(model_name)
+    check_keys("model_config", model_grid, model_cls.config_class)
+    check_keys("train", train_grid, TrainConfig)
+    check_keys("mg", mg_grid, MGConfig)
+    check_keys("method", method_grid, MethodConfig)
+    if select_on not in ("valid", "test"):
+        raise ConfigError(f"select_on must be 'valid' or 'test', got {select_on!r}")
+    plans = []
+    for m_values, t_values, g_values, x_values in itertools.product(expand(model_grid), expand(train_grid), expand(mg_grid), expand(method_grid)):
+        if x_values.get("name", "none") != "none" and "enabled" not in g_values:
+            g_values = {**g_values, "enabled": False}  # a method section naming SAM, ASAM or GNP turns MG off
+        try:
+            plan = _Plan(
+                m_values, g_values, x_values, build_config(model_cls, m_values),
+                [TrainConfig(**{**t_values, "seed": seed}) for seed in seeds], MGConfig(**g_values), MethodConfig(**x_values),
+            )  # fmt: skip
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"invalid configuration: {err}") from None
+        training_method(plan.mg, plan.method)  # MG and SAM together are refused before any run
+        plans.append(plan)
+    return model_cls, plans
+
+
+def _fit_to_catalogue(plans: list[_Plan], num_items: int, say: Callable[[str], None]) -> list[_Plan]:
+    """Every plan's cut-offs fitted to the catalogue (:func:`~mirrorgrad_jax.train.config.fit_topk`); each note said once."""
+    said = set()
+    for plan in plans:
+        fitted = []
+        for cfg in plan.train_configs:
+            cfg, note = fit_topk(cfg, num_items)
+            if note and note not in said:
+                said.add(note)
+                say(note)
+            fitted.append(cfg)
+        plan.train_configs = fitted
+    return plans
+
+
+def check_grid(
+    model_name: str,
+    model_grid: dict[str, Any],
+    train_grid: dict[str, Any],
+    mg_grid: dict[str, Any],
+    *,
+    seeds: Sequence[int],
+    select_on: str = "valid",
+    method_grid: dict[str, Any] | None = None,
+) -> None:
+    """Checks the model name and every combination's configs, as :func:`run_grid` will, without any data.
+
+    The command line calls it before it loads a dataset, so an unknown model or a bad value
+    is reported at once, not after minutes of reading. The arguments are
+    :func:`run_grid`'s.
+
+    Args:
+      model_name: a registered model.
+      model_grid: the ``model_config`` section.
+      train_grid: the ``train`` section.
+      mg_grid: the ``mg`` section.
+      seeds: the run seeds.
+      select_on: ``"valid"`` or ``"test"``.
+      method_grid: the ``method`` section.
+
+    Raises:
+      UserInputError: an unknown model (from the model registry).
+      ConfigError: unknown keys or bad values in any section.
+    """
+    _plan(model_name, model_grid, train_grid, mg_grid, dict(method_grid or {}), seeds, select_on)
+
+
 def run_grid(
     model_name: str,
     dataset: RecDataset,
@@ -151,28 +233,8 @@ def run_grid(
     """
     say = log or (lambda _m: None)
     method_grid = dict(method_grid or {})
-    model_cls = get_model(model_name)
-    check_keys("model_config", model_grid, model_cls.config_class)
-    check_keys("train", train_grid, TrainConfig)
-    check_keys("mg", mg_grid, MGConfig)
-    check_keys("method", method_grid, MethodConfig)
-    if select_on not in ("valid", "test"):
-        raise ConfigError(f"select_on must be 'valid' or 'test', got {select_on!r}")
-    plans = []
-    for m_values, t_values, g_values, x_values in itertools.product(expand(model_grid), expand(train_grid), expand(mg_grid), expand(method_grid)):
-        if x_values.get("name", "none") != "none" and "enabled" not in g_values:
-            g_values = {**g_values, "enabled": False}  # a method section naming SAM, ASAM or GNP turns MG off
-        try:
-            plan = _Plan(
-                m_values, g_values, x_values, build_config(model_cls, m_values),
-                [TrainConfig(**{**t_values, "seed": seed}) for seed in seeds], MGConfig(**g_values), MethodConfig(**x_values),
-            )  # fmt: skip
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"invalid configuration: {err}") from None
-        training_method(plan.mg, plan.method)  # MG and SAM together are refused before any run
-        plans.append(plan)
+    model_cls, plans = _plan(model_name, model_grid, train_grid, mg_grid, method_grid, seeds, select_on)
+    plans = _fit_to_catalogue(plans, dataset.num_items, say)
     plans = _without_inert_repeats(plans, {"mg": mg_grid, "method": method_grid}, say)
     runs = []
     for index, plan in enumerate(plans):
@@ -205,6 +267,9 @@ def run_grid(
 def summary_table(report: dict[str, Any], metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")) -> str:
     """A few readable lines: the selected combination and its valid/test metrics over seeds."""
     best = report["runs"][report["best_index"]]
+    # A small catalogue is ranked at fewer cut-offs (fit_topk): show the metrics the runs have
+    # (all of them when no run has any, as after a loss that was not finite from the start).
+    metrics = [m for m in metrics if any(m in s["best_valid"] for s in best["seeds"])] or list(metrics)
     method = best.get("method", {}).get("name", "none")
     trained_with = f"mg {best['mg']}" if method == "none" else f"method {best['method']}"
     lines = [f"selected combination (on {report['select_on']}): model {best['model_config']}, {trained_with}"]

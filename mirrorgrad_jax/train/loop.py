@@ -39,8 +39,8 @@ from mirrorgrad_jax.devices import Placement, auto_budget_bytes, describe_mesh, 
 from mirrorgrad_jax.errors import CheckpointError, TrainingError
 from mirrorgrad_jax.evaluation import EarlyStopping, RankingEvaluator
 from mirrorgrad_jax.models import Recommender, TrainingSetup
-from mirrorgrad_jax.train.checkpoint import flatten_arrays, load_checkpoint, save_checkpoint, unflatten_like
-from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MethodConfig, MGConfig, TrainConfig, training_method
+from mirrorgrad_jax.train.checkpoint import flatten_arrays, open_checkpoint, save_checkpoint, unflatten_like
+from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MethodConfig, MGConfig, TrainConfig, fit_topk, training_method
 from mirrorgrad_jax.train.engine import EpochEngine
 from mirrorgrad_jax.train.optimizer import build_optimizer, first_batch_labels, optimizer_learning_rate, set_learning_rate
 from mirrorgrad_jax.train.trained import model_arrays, restore_model_arrays
@@ -77,13 +77,20 @@ def resolved_model_config(model_cls: type[Recommender], model_config: Any, mg: M
 
 
 def _fingerprint(dataset: RecDataset) -> dict[str, Any]:
-    return {
-        "name": dataset.name,
-        "num_users": int(dataset.num_users),
-        "num_items": int(dataset.num_items),
-        "train": int(len(dataset.train)),
-        "features": {k: list(v.shape) for k, v in dataset.features.items()},
-    }
+    """The checkpoint's record of the training data: its name and :meth:`RecDataset.fingerprint`."""
+    return {"name": dataset.name, **dataset.fingerprint()}
+
+
+#: Run-metadata keys a resumed run need not share with its checkpoint: where the arrays
+#: live, and where the data was read from (a moved folder holds the same data; the
+#: fingerprint in "dataset" is compared).
+_RESUME_IGNORES = ("layout", "dataset_source")
+
+
+def _same_for_resume(key: str, saved: Any, current: Any) -> bool:
+    if key == "dataset" and isinstance(saved, dict) and isinstance(current, dict) and "splits_sha256" not in saved:
+        current = {k: v for k, v in current.items() if k in saved}  # a checkpoint from before the split hash
+    return json.dumps(saved, sort_keys=True, default=str) == json.dumps(current, sort_keys=True, default=str)
 
 
 def _placement(cfg: TrainConfig) -> Placement | None:
@@ -192,11 +199,16 @@ def train(
       A :class:`TrainResult`.
 
     Raises:
-      ConfigError: MG and another two-pass method together.
+      ConfigError: MG and another two-pass method together, or a ``valid_metric`` whose
+        cut-off is larger than the catalogue (smaller catalogues drop the cut-offs they
+        cannot rank, and the log says so: :func:`~mirrorgrad_jax.train.config.fit_topk`).
       TrainingError: a checkpoint that cannot be resumed from.
     """
     say = log or (lambda _msg: None)
-    cfg = train_config
+    # A catalogue smaller than a cut-off is ranked at the cut-offs that fit (fit_topk says why).
+    cfg, note = fit_topk(train_config, dataset.num_items)
+    if note:
+        say(note)
     method_name = training_method(mg, method)
     model_config = resolved_model_config(model_cls, model_config, mg)
     host_rng = np.random.default_rng(cfg.seed)
@@ -213,6 +225,8 @@ def train(
         # Only runs of another two-pass method carry the key: earlier checkpoints stay resumable.
         **({"method": dataclasses.asdict(method)} if method.name != "none" else {}),
         "dataset": _fingerprint(dataset),
+        # Where `mirrorgrad evaluate` finds the data again: a folder's absolute path or a built-in name.
+        "dataset_source": dataset.source,
         "layout": {k: config[k] for k in LAYOUT_FIELDS},
     }
     last_path = best_path = None
@@ -343,25 +357,30 @@ def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, op
     if engine.placement is not None:
         targets = {"params": _restore_targets(params, engine.param_shardings), "opt_state": _restore_targets(opt_state, engine.opt_shardings)}
     try:
-        ckpt = load_checkpoint(path, targets=targets)
+        ckpt = open_checkpoint(path)  # the metadata only: the arrays are read once it is known to fit
     except CheckpointError as err:
         raise TrainingError(f"cannot resume: {err}") from None
     saved = ckpt.meta
-    if "opt_state" not in ckpt.arrays or "host_rng" not in saved:
+    try:
+        stored_groups = ckpt.stored_arrays()
+    except CheckpointError as err:
+        raise TrainingError(f"cannot resume: {err}") from None
+    if "opt_state" not in stored_groups or "host_rng" not in saved:
         raise TrainingError(f"cannot resume from {path}: it is not a last.ckpt written by the trainer")
     saved_meta = saved.get("meta", {})
     mismatched = [
         k
         for k in [*meta, *(k for k in saved_meta if k not in meta)]  # a key either side has (e.g. "method")
-        if k != "layout"
-        and json.dumps(saved_meta.get(k), sort_keys=True, default=str) != json.dumps(meta.get(k), sort_keys=True, default=str)
+        if k not in _RESUME_IGNORES and not _same_for_resume(k, saved_meta.get(k), meta.get(k))
     ]
     if mismatched:
         raise TrainingError(f"cannot resume from {path}: its {', '.join(mismatched)} differ from this run's")
     try:
-        restore_model_arrays(model, ckpt.arrays, path)
-        params = unflatten_like(params, ckpt.arrays["params"], f"{path}: the parameters")
-        opt_state = unflatten_like(opt_state, ckpt.arrays["opt_state"], f"{path}: the optimizer state")
+        expected = {**model_arrays(params, model), "opt_state": flatten_arrays(opt_state)}
+        arrays = ckpt.read_arrays(expected=expected, targets=targets)
+        restore_model_arrays(model, arrays, path)
+        params = unflatten_like(params, arrays.get("params", {}), f"{path}: the parameters")
+        opt_state = unflatten_like(opt_state, arrays.get("opt_state", {}), f"{path}: the optimizer state")
     except CheckpointError as err:
         raise TrainingError(f"cannot resume: {err}") from None
     params = jax.tree.map(jnp.asarray, params)

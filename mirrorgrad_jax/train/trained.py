@@ -16,13 +16,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Mapping, Sequence
 
 import jax
 from flax import nnx
 
-from mirrorgrad_jax.train.checkpoint import flatten_arrays, load_checkpoint, unflatten_like
+from mirrorgrad_jax.train.checkpoint import CheckpointFile, flatten_arrays, open_checkpoint, unflatten_like
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import CheckpointError, UserInputError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator
@@ -31,6 +32,7 @@ from mirrorgrad_jax.models import CHECKPOINTED, Recommender, TrainingCache, buil
 __all__ = [
     "SAVED_STATE",
     "TrainedModel",
+    "check_trained_on",
     "evaluate_model",
     "fit_trained_state",
     "load_trained_model",
@@ -108,6 +110,9 @@ class TrainedModel:
       epoch: the epoch the checkpoint was written after.
       meta: the checkpoint's metadata (configs, dataset fingerprint, metrics).
       path: the checkpoint folder.
+      data_verified: whether the dataset was checked against the fingerprint of the
+        training data the checkpoint records; False for checkpoints written before
+        fingerprints were recorded, whose data could be checked by its sizes only.
     """
 
     model_cls: type[Recommender]
@@ -116,6 +121,7 @@ class TrainedModel:
     epoch: int
     meta: dict[str, Any]
     path: str
+    data_verified: bool = True
 
     @property
     def topk(self) -> tuple[int, ...]:
@@ -126,47 +132,106 @@ class TrainedModel:
         return int(self.meta.get("meta", {}).get("train_config", {}).get("eval_batch_size", 4096))
 
 
-def load_trained_model(path: str | os.PathLike, dataset: RecDataset, *, model_overrides: Mapping[str, Any] | None = None) -> TrainedModel:
+#: The parts of a checkpoint's data fingerprint that must match (the name may differ: a
+#: moved folder, a perturbed copy); see :meth:`mirrorgrad_jax.data.RecDataset.fingerprint`.
+_FINGERPRINT_KEYS = ("num_users", "num_items", "train", "valid", "test", "features", "splits_sha256")
+
+
+def check_trained_on(run: Mapping[str, Any], dataset: RecDataset, path: str) -> bool:
+    """Checks that ``dataset`` is the data a checkpoint's run trained on.
+
+    A checkpoint records a fingerprint of its training data (sizes, a hash of the split
+    arrays, feature shapes). The features themselves may differ (a perturbed copy for the
+    robustness tools); the splits and shapes may not. A checkpoint written before
+    fingerprints were recorded has only the counts (and the train size and feature shapes),
+    which are checked.
+
+    Args:
+      run: the checkpoint's run metadata (``meta["meta"]``).
+      dataset: the data to rank.
+      path: the checkpoint, for messages.
+
+    Returns:
+      True when the data was verified against the fingerprint, False when the checkpoint
+      is older and only its counts could be checked.
+
+    Raises:
+      CheckpointError: the dataset differs from the training data.
+    """
+    trained_on = run["dataset"]
+    name = trained_on.get("name", "?")
+    if (dataset.num_users, dataset.num_items) != (trained_on["num_users"], trained_on["num_items"]):
+        raise CheckpointError(
+            f"{path} was trained on {name} ({trained_on['num_users']} users, {trained_on['num_items']} items) "
+            f"but {dataset.name} has {dataset.num_users} users and {dataset.num_items} items"
+        )
+    mine = dataset.fingerprint()
+    differ = []
+    for key in _FINGERPRINT_KEYS:
+        if key in trained_on and json.dumps(trained_on[key], sort_keys=True) != json.dumps(mine[key], sort_keys=True):
+            if key == "splits_sha256":
+                differ.append("train/valid/test split arrays (another split of the data?)")
+            elif key == "features":
+                differ.append(f"feature shapes ({trained_on[key]} trained, {mine[key]} here)")
+            else:
+                differ.append(f"{key} rows ({trained_on[key]} trained, {mine[key]} here)")
+    if differ:
+        where = run.get("dataset_source") or name
+        raise CheckpointError(
+            f"{path} was trained on {name} ({where}), but {dataset.name} ({dataset.source or 'built in memory'}) is other data: "
+            f"its {'; '.join(differ)} differ. Evaluate it on the data the run trained on"
+        )
+    return "splits_sha256" in trained_on
+
+
+def load_trained_model(
+    path: str | os.PathLike | CheckpointFile,
+    dataset: RecDataset,
+    *,
+    model_overrides: Mapping[str, Any] | None = None,
+) -> TrainedModel:
     """Rebuilds the model a trainer checkpoint (``best.ckpt`` or ``last.ckpt``) holds.
 
     The model is built on ``dataset`` with the run's config and seed, then the
-    checkpoint's parameters and saved state are written into it.
+    checkpoint's parameters and saved state are written into it. The arrays are read
+    once, after their stored shapes were checked against the model's (a checkpoint that
+    declares other arrays is refused before anything is allocated); an optimizer state in
+    the checkpoint is not read.
 
     Args:
-      path: the checkpoint folder.
-      dataset: the data to rank; it must have the users and items of the training data
-        (its features may differ, e.g. a perturbed copy).
+      path: the checkpoint folder, or one already opened with
+        :func:`~mirrorgrad_jax.train.checkpoint.open_checkpoint` (its metadata is not
+        read again).
+      dataset: the data to rank; it must be the training data (checked against the
+        fingerprint the checkpoint records: :func:`check_trained_on`), though its
+        features may differ, e.g. a perturbed copy.
       model_overrides: config fields to change when rebuilding (e.g. ``{"stale_eval":
         False}`` to recompute the representation from the dataset's features).
 
     Raises:
-      CheckpointError: not a trainer checkpoint, a dataset of another size, or arrays
-        that do not fit the model.
+      CheckpointError: not a trainer checkpoint, other data than the training data, or
+        arrays that do not fit the model.
     """
-    path = os.fspath(path)
-    ckpt = load_checkpoint(path)
+    ckpt = path if isinstance(path, CheckpointFile) else open_checkpoint(path)
+    where = ckpt.path
     run = ckpt.meta.get("meta")
     if not isinstance(run, dict) or "model" not in run or "dataset" not in run:
-        raise CheckpointError(f"{path} is not a trainer checkpoint (no run metadata)")
-    trained_on = run["dataset"]
-    if (dataset.num_users, dataset.num_items) != (trained_on["num_users"], trained_on["num_items"]):
-        raise CheckpointError(
-            f"{path} was trained on {trained_on['name']} ({trained_on['num_users']} users, {trained_on['num_items']} items) "
-            f"but {dataset.name} has {dataset.num_users} users and {dataset.num_items} items"
-        )
+        raise CheckpointError(f"{where} is not a trainer checkpoint (no run metadata)")
+    verified = check_trained_on(run, dataset, where)
     try:
         model_cls = get_model(run["model"])
         config = build_config(model_cls, {**run["model_config"], **dict(model_overrides or {})})
     except UserInputError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+        raise CheckpointError(f"{where}: {err}") from None
     seed = int(run.get("train_config", {}).get("seed", 0))
     model = model_cls(dataset, config, rngs=nnx.Rngs(params=seed))
-    restore_model_arrays(model, ckpt.arrays, path)
+    arrays = ckpt.read_arrays(expected=model_arrays(nnx.state(model, nnx.Param), model))
+    restore_model_arrays(model, arrays, where)
     try:
         check_ready_to_rank(model)
     except ValueError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    return TrainedModel(model_cls, config, model, int(ckpt.meta.get("epoch", -1)), ckpt.meta, path)
+        raise CheckpointError(f"{where}: {err}") from None
+    return TrainedModel(model_cls, config, model, int(ckpt.meta.get("epoch", -1)), ckpt.meta, where, verified)
 
 
 def evaluate_model(
