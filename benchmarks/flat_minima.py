@@ -208,19 +208,13 @@ def cell_rows(done: list[dict], model: str, dataset: str, budget: int) -> dict:
     return out
 
 
-def _per_epoch_seconds(rows: list[dict]) -> float:
-    times = [t for r in rows for t in r["curves"]["train_s"][1:]]
-    return statistics.median(times) if times else float("nan")
-
-
 def cell_table(done: list[dict], model: str, dataset: str, budget: int) -> list[str]:
     chosen = chosen_knobs(done, model, dataset, budget)
     cells = cell_rows(done, model, dataset, budget)
     plain = cells.get("plain", {})
-    plain_time = _per_epoch_seconds(list(plain.values()))
     lines = markdown_table((
         "method", "knob (chosen on seed 999)", "seeds", f"test {METRIC}, equal epochs ({budget})", "minus plain (paired)",
-        f"test {METRIC}, equal gradient evaluations", "minus plain (paired)", "epoch time / plain (sequential runs)",
+        f"test {METRIC}, equal gradient evaluations", "minus plain (paired)",
     ))  # fmt: skip
     for method, runs in cells.items():
         name, _ = KNOBS[method]
@@ -235,7 +229,6 @@ def cell_table(done: list[dict], model: str, dataset: str, budget: int) -> list[
                 cols.append(f"{d.mean:+.4f} ± {d.std:.4f} ({d.positive}/{d.n})")
             else:
                 cols.append("-")
-        cols.append(f"{_per_epoch_seconds(list(runs.values())) / plain_time:.2f}" if plain_time == plain_time else "n/a")
         lines.append(markdown_row(cols))
     return lines
 
@@ -253,8 +246,9 @@ def render(done: list[dict], args, command: str) -> str:
             f"(the patience replay's \"none\"). Two-pass methods train {args.budget} epochs, plain and MG {2 * args.budget}; "
             f"\"equal epochs\" reads every method within {args.budget} epochs, \"equal gradient evaluations\" plain within "
             f"{2 * args.budget}, MG within {equal_compute_epochs('mg', args.budget)} (beta 3) and the two-pass methods within "
-            f"{args.budget}. Knobs chosen on validation with seed {FIRST_SEED}. Epoch time ratios here come from sequential "
-            "runs on a shared machine; the side-by-side figures are in the timing section when present.  "
+            f"{args.budget}. Knobs chosen on validation with seed {FIRST_SEED}. What an epoch of each costs is measured "
+            "side by side (`--timing`), in the section below when present: these runs ran one after another on a "
+            "shared machine, so their times are not compared.  "
         ),
         "",
     ]
