@@ -28,15 +28,21 @@ BABY = Path(__file__).resolve().parents[2] / "shared" / "data" / "baby-graph" / 
 
 
 def slow_dedupe(rows):
-    """Keeps the first row of each (user, item, time), then the first of each (user, item)."""
-    seen, seen_pair, kept = set(), set(), []
+    """Keeps the first row of each (user, item, time): the reference's drop_duplicates."""
+    seen, kept = set(), []
     for row in rows:
         u, i, _, t = row
-        if (u, i, t) in seen:
-            continue
-        seen.add((u, i, t))
-        if (u, i) not in seen_pair:
-            seen_pair.add((u, i))
+        if (u, i, t) not in seen:
+            seen.add((u, i, t))
+            kept.append(row)
+    return kept
+
+
+def slow_first_of_each_pair(rows):
+    seen, kept = set(), []
+    for row in rows:
+        if row[:2] not in seen:
+            seen.add(row[:2])
             kept.append(row)
     return kept
 
@@ -60,8 +66,12 @@ def slow_reindex(rows):
     return out, list(user_index), list(item_index)
 
 
-def slow_clean(rows, user_core=5, item_core=5):
-    return slow_reindex(slow_kcore(slow_dedupe(rows), user_core, item_core))
+def slow_clean(rows, user_core=5, item_core=5, repeated_pairs="count"):
+    """The reference's steps; repeated pairs kept through the k-core ("count") or dropped before it."""
+    rows = slow_dedupe(rows)
+    if repeated_pairs == "drop":
+        return slow_reindex(slow_kcore(slow_first_of_each_pair(rows), user_core, item_core))
+    return slow_reindex(slow_first_of_each_pair(slow_kcore(rows, user_core, item_core)))
 
 
 def as_rows(inter):
@@ -71,17 +81,44 @@ def as_rows(inter):
 # ---------------------------------------------------------------------------------------
 
 
-def test_amazon_ratings_clean_matches_the_slow_reference(tmp_path):
+@pytest.mark.parametrize("repeated_pairs", ["count", "drop"])
+def test_amazon_ratings_clean_matches_the_slow_reference(tmp_path, repeated_pairs):
     rows = amazon_rows(n_users=60, n_items=30, seed=1)
     rows += [rows[3], rows[10]]  # exact duplicates
     rows.append((rows[5][0], rows[5][1], 1.0, rows[5][3] + 99))  # same pair, another time
     path = write_ratings(tmp_path / "ratings.csv", rows)
-    inter = clean_interactions(read_amazon_ratings(path))
-    expected, users, items = slow_clean([(u, i, r, float(t)) for u, i, r, t in rows])
+    inter = clean_interactions(read_amazon_ratings(path), repeated_pairs=repeated_pairs)
+    expected, users, items = slow_clean([(u, i, r, float(t)) for u, i, r, t in rows], repeated_pairs=repeated_pairs)
     assert as_rows(inter) == expected
     assert inter.user_ids.tolist() == users and inter.item_ids.tolist() == items
-    assert inter.stats["duplicate_rows"] == 2 and inter.stats["repeated_pairs"] == 1
+    assert inter.stats["duplicate_rows"] == 2 and inter.stats["repeated_pairs_mode"] == repeated_pairs
     assert inter.stats["kcore_rows_removed"] > 0  # the data does exercise the filter
+
+
+def _repeat_decides_the_core():
+    """Raw rows where only a repeated pair lifts user "A" and item "x" to a 2-core.
+
+    Users B, C and items y, z form a 2-core of their own; A rated x twice (times 1 and 2)
+    and z once. Counting the repeat (the reference), A has 3 rows and x 2: both survive.
+    Counting each pair once, A has 2 rows but x has 1, so x goes, then A (1 row left).
+    """
+    return [
+        ("A", "x", 5.0, 1), ("B", "y", 4.0, 3), ("B", "z", 3.0, 4), ("C", "y", 2.0, 5),
+        ("C", "z", 1.0, 6), ("A", "x", 4.0, 2), ("A", "z", 3.0, 7), ("A", "x", 5.0, 1),
+    ]  # fmt: skip
+
+
+def test_a_repeated_pair_counts_toward_the_k_core_as_in_the_reference(tmp_path):
+    path = write_ratings(tmp_path / "ratings.csv", _repeat_decides_the_core())
+    counted = clean_interactions(read_amazon_ratings(path), user_core=2, item_core=2)
+    assert counted.user_ids.tolist() == ["A", "B", "C"] and counted.item_ids.tolist() == ["x", "y", "z"]
+    # A keeps x once, its first row (time 1), and z.
+    assert as_rows(counted) == [(0, 0, 5.0, 1.0), (1, 1, 4.0, 3.0), (1, 2, 3.0, 4.0), (2, 1, 2.0, 5.0), (2, 2, 1.0, 6.0), (0, 2, 3.0, 7.0)]
+    assert counted.stats["duplicate_rows"] == 1 and counted.stats["repeated_pairs"] == 1
+    dropped = clean_interactions(read_amazon_ratings(path), user_core=2, item_core=2, repeated_pairs="drop")
+    assert dropped.user_ids.tolist() == ["B", "C"] and dropped.item_ids.tolist() == ["y", "z"]
+    with pytest.raises(DatasetError, match="repeated_pairs must be one of"):
+        clean_interactions(read_amazon_ratings(path), repeated_pairs="keep")
 
 
 @pytest.mark.parametrize("cores", [(1, 1), (3, 4), (5, 5), (6, 3)])

@@ -378,6 +378,30 @@ def test_cli_amazon_and_folder(amazon, tmp_path, capsys):
     assert load_mmrec(tmp_path / "shop-data", verbose=False).user_graph is None
 
 
+def test_cli_repeated_pairs_count_toward_the_k_core_unless_dropped(tmp_path, capsys):
+    # A 5-core catalogue, plus user "Z" with four distinct items, one of them rated again
+    # later: five rows, four distinct pairs. The reference's 5-core keeps Z; counting each
+    # pair once drops Z.
+    rows = amazon_rows(seed=7)
+    items = sorted({i for _, i, _, _ in rows})[:4]
+    extra = [("Z", item, 5.0, 1_400_000_000 + k) for k, item in enumerate(items)] + [("Z", items[0], 4.0, 1_500_000_000)]
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "interactions.csv").write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, _, t in rows + extra))
+    users = {}
+    for mode in ("count", "drop", None):
+        out = tmp_path / f"data-{mode}"
+        argv = ["prepare", "folder", str(shop), "--out", str(out), "--no-user-graph", "--quiet"]
+        assert main(argv + (["--repeated-pairs", mode] if mode else [])) == 0
+        users[mode] = load_mmrec(out, verbose=False).num_users
+    assert users["count"] == users["drop"] + 1 and users[None] == users["count"]  # count is the default
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        main(["prepare", "folder", str(shop), "--out", str(tmp_path / "bad"), "--repeated-pairs", "keep"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice: 'keep'" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(amazon, tmp_path, capsys):
     bad = tmp_path / "r.csv"
     bad.write_text("u1,i1,5.0,100\nu2,i2\n")

@@ -37,6 +37,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="dataset name, the stem of NAME.inter (default: the folder's name)")
     parser.add_argument("--k-core", type=int, default=5, help="minimum interactions per user and per item (default 5)")
     parser.add_argument(
+        "--repeated-pairs",
+        choices=("count", "drop"),
+        default="count",
+        help="a (user, item) pair repeated at another time: count every repeat toward the k-core, as the "
+        "reference (default), then keep its first row; or drop the repeats before the k-core",
+    )
+    parser.add_argument(
         "--split",
         choices=("per-user", "temporal"),
         default="per-user",
@@ -122,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         options = prepare.PrepareOptions(
-            name=args.name, k_core=args.k_core, split=args.split, seed=args.seed, odd_row_to=args.odd_row_to,
+            name=args.name, k_core=args.k_core, repeated_pairs=args.repeated_pairs, split=args.split, seed=args.seed, odd_row_to=args.odd_row_to,
             text_model=args.text_model, text_batch_size=args.batch_size, user_graph=args.user_graph,
             overwrite=args.overwrite, progress=not args.quiet, verbose=not args.quiet,
         )  # fmt: skip

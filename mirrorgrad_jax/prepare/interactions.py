@@ -9,8 +9,8 @@ Two inputs are understood:
 
 Both give a :class:`RawInteractions`; :func:`clean_interactions` then applies the
 reference's preprocessing (drop rows with a missing field, drop duplicate rows, iterative
-k-core on users and items, re-index users and items ``0..n-1`` in order of first
-appearance) and returns an :class:`Interactions`. Every bad row is reported as a
+k-core on users and items, in which a pair repeated at another time counts as often as it
+occurs, re-index users and items ``0..n-1`` in order of first appearance) and returns an :class:`Interactions`. Every bad row is reported as a
 :class:`~mirrorgrad_jax.data.DatasetError` naming the file and the line.
 """
 
@@ -35,6 +35,7 @@ __all__ = [
     "first_appearance_codes",
     "first_occurrence_mask",
     "k_core_mask",
+    "REPEATED_PAIRS",
     "read_amazon_ratings",
     "read_interaction_table",
 ]
@@ -343,38 +344,62 @@ def first_appearance_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rank[inverse.reshape(-1)], unique[order]
 
 
-def clean_interactions(raw: RawInteractions, *, user_core: int = 5, item_core: int = 5) -> Interactions:
+#: What :func:`clean_interactions` does with a ``(user, item)`` pair repeated at another time.
+REPEATED_PAIRS = ("count", "drop")
+
+
+def clean_interactions(
+    raw: RawInteractions, *, user_core: int = 5, item_core: int = 5, repeated_pairs: str = "count"
+) -> Interactions:
     """The reference's interaction preprocessing, then first-appearance re-indexing.
 
     In order: rows with a blank field were already dropped by the reader; duplicate rows
     are dropped keeping the first (duplicates of ``(user, item, timestamp)`` as the
-    reference, or of ``(user, item)`` without timestamps); a ``(user, item)`` pair that
-    still repeats at another time keeps its first row only (the dataset format allows
-    each pair once; the reference keeps such repeats, which the Amazon 5-core sets do
-    not contain); the iterative k-core (:func:`k_core_mask`); finally users and items
-    are numbered ``0..n-1`` in order of first appearance among the remaining rows, which
-    stay in file order.
+    reference, or of ``(user, item)`` without timestamps); the iterative k-core
+    (:func:`k_core_mask`); finally users and items are numbered ``0..n-1`` in order of
+    first appearance among the remaining rows, which stay in file order.
+
+    A ``(user, item)`` pair that repeats at another time (a user who rated an item twice)
+    is not a duplicate row. The reference's preprocessing (``0rating2inter.ipynb``) drops
+    duplicates of ``(user, item, timestamp)`` only, so such repeats stay in its data and
+    each counts toward the user's and the item's k-core threshold; MMRec then keeps them
+    in the interaction file and its per-user split. The dataset format here holds each
+    pair once, so ``repeated_pairs`` says when a repeat is dropped:
+
+    * ``"count"`` (default, the reference's k-core): repeats go through the k-core and
+      count toward it; afterwards each surviving pair keeps its first row. The users and
+      items kept are the reference's; a user kept on the strength of a repeat may end
+      with fewer than ``user_core`` distinct items, as in the reference.
+    * ``"drop"``: each pair keeps its first row before the k-core, so only distinct
+      pairs count (what this library did before the option existed; the released Amazon
+      5-core sets hold no repeats, so both agree on them).
 
     Args:
         raw: Rows from :func:`read_amazon_ratings` or :func:`read_interaction_table`.
         user_core: Minimum interactions per user (5 in the reference).
         item_core: Minimum interactions per item (5 in the reference).
+        repeated_pairs: ``"count"`` or ``"drop"``, above.
 
     Returns:
         The cleaned :class:`Interactions`.
 
     Raises:
-        DatasetError: nothing is left after the k-core, or a threshold below 1.
+        DatasetError: nothing is left after the k-core, a threshold below 1, or an
+            unknown ``repeated_pairs``.
     """
     if user_core < 1 or item_core < 1:
         raise DatasetError(f"k-core thresholds must be at least 1, got users {user_core}, items {item_core}")
+    if repeated_pairs not in REPEATED_PAIRS:
+        raise DatasetError(f"repeated_pairs must be one of {REPEATED_PAIRS}, got {repeated_pairs!r}")
     users, items = raw.users, raw.items
     columns = [users, items] + ([raw.timestamps] if raw.timestamps is not None else [])
     keep = first_occurrence_mask(*columns)
     duplicate_rows = int(len(keep) - keep.sum())
-    pair_keep = first_occurrence_mask(users[keep], items[keep])
-    repeated_pairs = int(len(pair_keep) - pair_keep.sum())
-    keep[np.flatnonzero(keep)[~pair_keep]] = False
+    repeats = 0
+    if repeated_pairs == "drop":
+        pair_keep = first_occurrence_mask(users[keep], items[keep])
+        repeats = int(len(pair_keep) - pair_keep.sum())
+        keep[np.flatnonzero(keep)[~pair_keep]] = False
 
     rows = np.flatnonzero(keep)
     core, rounds = k_core_mask(users[rows], items[rows], user_core, item_core)
@@ -386,6 +411,11 @@ def clean_interactions(raw: RawInteractions, *, user_core: int = 5, item_core: i
             "went in); lower the k-core threshold or add data"
         )
     kept_rows = rows[core]
+    kcore_rows_removed = int(len(rows) - len(kept_rows))
+    if repeated_pairs == "count":
+        pair_keep = first_occurrence_mask(users[kept_rows], items[kept_rows])
+        repeats = int(len(pair_keep) - pair_keep.sum())
+        kept_rows = kept_rows[pair_keep]
     new_users, user_codes = first_appearance_codes(users[kept_rows])
     new_items, item_codes = first_appearance_codes(items[kept_rows])
     pick = lambda values: None if values is None else values[kept_rows]
@@ -393,11 +423,12 @@ def clean_interactions(raw: RawInteractions, *, user_core: int = 5, item_core: i
         "rows_read": int(len(users) + raw.rows_missing),
         "rows_missing": int(raw.rows_missing),
         "duplicate_rows": duplicate_rows,
-        "repeated_pairs": repeated_pairs,
+        "repeated_pairs": repeats,
+        "repeated_pairs_mode": repeated_pairs,
         "user_core": int(user_core),
         "item_core": int(item_core),
         "kcore_iterations": int(rounds),
-        "kcore_rows_removed": int(len(rows) - len(kept_rows)),
+        "kcore_rows_removed": kcore_rows_removed,
         "kcore_users_removed": int(len(np.unique(users[rows])) - len(user_codes)),
         "kcore_items_removed": int(len(np.unique(items[rows])) - len(item_codes)),
     }

@@ -23,6 +23,10 @@ class PrepareOptions:
         k_core: Minimum interactions per user and per item (5 in the reference).
         user_core: Overrides ``k_core`` for users.
         item_core: Overrides ``k_core`` for items.
+        repeated_pairs: A ``(user, item)`` pair repeated at another time: ``"count"``
+            (the reference's) counts every repeat toward the k-core and keeps the pair's
+            first row after it; ``"drop"`` keeps the first row before the k-core. See
+            :func:`~mirrorgrad_jax.prepare.clean_interactions`.
         split: ``"per-user"`` (the reference's) or ``"temporal"`` (global 70/10/20 by time).
         seed: Seed of the per-user shuffle.
         odd_row_to: Per-user split: where a user's odd held-out row goes, ``"valid"``
@@ -48,6 +52,7 @@ class PrepareOptions:
     k_core: PositiveInt = 5
     user_core: PositiveInt | None = None
     item_core: PositiveInt | None = None
+    repeated_pairs: Literal["count", "drop"] = "count"
     split: Literal["per-user", "temporal"] = "per-user"
     seed: int = 999
     odd_row_to: Literal["valid", "test"] = "valid"

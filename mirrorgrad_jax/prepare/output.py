@@ -179,9 +179,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         ),
         (
             f"  read {c['rows_read']} rows: {c['rows_missing']} with a missing field, {c['duplicate_rows']} "
-            f"duplicates, {c['repeated_pairs']} repeated (user, item) pairs dropped; "
-            f"{c['user_core']}/{c['item_core']}-core removed {c['kcore_rows_removed']} rows, "
-            f"{c['kcore_users_removed']} users, {c['kcore_items_removed']} items in {c['kcore_iterations']} rounds"
+            f"duplicates dropped; {c['user_core']}/{c['item_core']}-core removed {c['kcore_rows_removed']} rows, "
+            f"{c['kcore_users_removed']} users, {c['kcore_items_removed']} items in {c['kcore_iterations']} rounds; "
+            f"{c['repeated_pairs']} repeated (user, item) pairs dropped "
+            + ("after it, having counted toward it" if c.get("repeated_pairs_mode", "drop") == "count" else "before it")
         ),
         (
             f"  split {split['method']}: train {split['train']}, valid {split['valid']}, test {split['test']}; "

@@ -228,11 +228,12 @@ def prepare_amazon(
 
     def body() -> PrepareResult:
         user_core, item_core = options.cores
-        inter_fp = work.fingerprint("amazon-interactions", input_identity(ratings), user_core, item_core)
+        inter_fp = work.fingerprint("amazon-interactions", input_identity(ratings), user_core, item_core, options.repeated_pairs)
 
         def interactions() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             raw = read_amazon_ratings(ratings)
-            return _interactions_to_arrays(clean_interactions(raw, user_core=user_core, item_core=item_core), ())
+            cleaned = clean_interactions(raw, user_core=user_core, item_core=item_core, repeated_pairs=options.repeated_pairs)
+            return _interactions_to_arrays(cleaned, ())
 
         inter, inter_info = work.step("interactions", inter_fp, interactions)
         _, split = _split(work, inter_fp, inter, options, str(ratings))
@@ -347,11 +348,11 @@ def prepare_folder(
 
     def body() -> PrepareResult:
         user_core, item_core = options.cores
-        inter_fp = work.fingerprint("table-interactions", input_identity(interactions), columns, user_core, item_core)
+        inter_fp = work.fingerprint("table-interactions", input_identity(interactions), columns, user_core, item_core, options.repeated_pairs)
 
         def read() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             raw = read_interaction_table(interactions, **columns)
-            cleaned = clean_interactions(raw, user_core=user_core, item_core=item_core)
+            cleaned = clean_interactions(raw, user_core=user_core, item_core=item_core, repeated_pairs=options.repeated_pairs)
             return _interactions_to_arrays(cleaned, raw.item_ids)
 
         inter, inter_info = work.step("interactions", inter_fp, read)
