@@ -21,6 +21,9 @@ config dataclass's default. The epoch cap, patience and validation metric are th
 script's. Every row records the settings it ran with, and the table says how many runs
 of each cell stopped at the epoch cap (a run still improving there would be cut).
 
+``--logdir DIR`` also writes every run's curves as a TensorBoard run
+(``DIR/<model>/<dataset>/<plain|mg-a2=0.2>/seed999``); it changes no number.
+
 Usage:
   python benchmarks/accuracy_table.py --models vbpr,bm3 --datasets synthetic,movielens-100k \
       --seeds 3 --epochs 100 --patience 10 --out benchmarks/results/accuracy.md
@@ -34,7 +37,19 @@ import statistics
 import sys
 import time
 
-from reporting import append_run, device_counts, format_mean_std, markdown_table, read_runs, report_header, run_workers
+from reporting import (
+    add_logdir_option,
+    append_run,
+    arm_name,
+    check_logdir,
+    device_counts,
+    format_mean_std,
+    markdown_table,
+    read_runs,
+    report_header,
+    run_workers,
+    tensorboard_run,
+)
 
 ALPHA2_GRID = (0.1, 0.2, 0.3)
 METRICS = ("recall@20", "ndcg@20")
@@ -60,7 +75,9 @@ def packaged_settings(model: str) -> tuple[dict, dict]:
     return model_values, train_values
 
 
-def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epochs: int, patience: int, valid_metric: str) -> dict:
+def run_one(
+    model: str, dataset_name: str, alpha2: float | None, seed: int, epochs: int, patience: int, valid_metric: str, logdir: str | None = None
+) -> dict:
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.train import MGConfig, TrainConfig, train
@@ -74,7 +91,8 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, epoc
     cfg = TrainConfig(**{**train_values, "epochs": epochs, "patience": patience, "valid_metric": valid_metric, "seed": seed})
     config = build_config(cls, model_values)
     started = time.perf_counter()
-    result = train(cls, config, dataset, cfg, mg, log=None)
+    with tensorboard_run(logdir, model, dataset_name, arm_name(alpha2), f"seed{seed}") as events:
+        result = train(cls, config, dataset, cfg, mg, log=None, events=events)
     import jax
 
     device = jax.devices()[0]
@@ -125,7 +143,7 @@ def run_pending(todo: list[tuple], args, started: float) -> None:
             print(f"--stop-after {args.stop_after}s reached: {model} {dataset} alpha2={alpha2} seed={seed} and later left for next time", file=sys.stderr, flush=True)
             return
         try:
-            row = run_one(model, dataset, alpha2, seed, args.epochs, args.patience, args.valid_metric)
+            row = run_one(model, dataset, alpha2, seed, args.epochs, args.patience, args.valid_metric, args.logdir)
         except Exception as error:  # one broken run must not end the others; nothing is written for it
             print(f"{model} {dataset} alpha2={alpha2} seed={seed} FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             continue
@@ -213,8 +231,10 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the pending runs")
     parser.add_argument("--stop-after", type=float, default=None, help="start no new run after this many seconds")
     parser.add_argument("--reverse", action="store_true", help="take pending runs from the end (a second machine working on the same grid)")
+    add_logdir_option(parser)
     parser.add_argument("--_shard", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_logdir(args.logdir, "accuracy_table.py")
     started = time.perf_counter()
     done = read_runs(args.runs)
     if not args.summarise_only:
@@ -234,6 +254,8 @@ def main(argv=None):
             ] + (["--reverse"] if args.reverse else [])
             if args.stop_after is not None:
                 common += ["--stop-after", str(args.stop_after)]
+            if args.logdir is not None:
+                common += ["--logdir", args.logdir]
             run_workers(os.path.abspath(__file__), common, args.workers)
         else:
             run_pending(todo, args, started)

@@ -9,7 +9,15 @@ reads the peak memory of the process (each model/arm runs in its own subprocess 
 peaks do not mix). The reference's figures on this kind of machine are in
 ``../shared/spec/reference-timings.md``.
 
-Usage: python benchmarks/epoch_time.py [--models vbpr,lightgcn] [--epochs 4] [--out benchmarks/results/epoch_time.md]
+``--logdir DIR`` also measures what writing TensorBoard event files (``mirrorgrad train
+--logdir``) costs: each model/arm process trains twice, side by side, without and then with
+a :class:`~mirrorgrad_jax.train.TensorBoardRun` (its run in ``DIR/<model>-<arm>-<time>``).
+The writer's own time (:attr:`TensorBoardRun.seconds`: opening, every epoch's scalars and
+their flush to disk, the result, closing) is divided by the epochs run and compared with an
+epoch (training + evaluation, median of epochs 2..N); the epoch's whole wall time (from
+one epoch's log line to the next) of both runs is shown beside it.
+
+Usage: python benchmarks/epoch_time.py [--models vbpr,lightgcn] [--epochs 4] [--logdir DIR] [--out benchmarks/results/epoch_time.md]
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ import sys
 
 from reporting import (
     DEFAULT_GRAPH,
+    add_logdir_option,
     append_run,
     baby_dataset,
+    check_logdir,
     format_seconds,
     markdown_table,
     read_runs,
@@ -33,19 +43,34 @@ from reporting import (
 )
 
 
-def measure(model: str, mg: bool, epochs: int, folder: str) -> dict:
-    """Runs in a fresh process: epoch times, evaluation time, peak memory."""
+def _epoch_walls(stamps: list[float]) -> float:
+    """Median wall time between consecutive epoch log lines from the second epoch on (compilation left out)."""
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return statistics.median(gaps) if gaps else float("nan")
+
+
+def measure(model: str, mg: bool, epochs: int, folder: str, logdir: str | None = None) -> dict:
+    """Runs in a fresh process: epoch times, evaluation time, peak memory (and, with ``logdir``, the writer's cost)."""
+    import time
+
     import jax
     import numpy as np
 
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MGConfig, TensorBoardRun, TrainConfig, train
 
     dataset = baby_dataset(folder)
     cls = get_model(model)
     settings = {"vbpr": {"reg_weight": 1e-3}, "lightgcn": {"n_layers": 2, "reg_weight": 1e-4}}.get(model, {})
     cfg = TrainConfig(epochs=epochs, patience=1000, seed=999)
-    result = train(cls, build_config(cls, settings), dataset, cfg, MGConfig(enabled=mg, alpha2=0.2, beta=3), log=None)
+    mg_config = MGConfig(enabled=mg, alpha2=0.2, beta=3)
+    stamps: list[float] = []
+
+    def stamp(line: str) -> None:
+        if line.startswith("epoch "):
+            stamps.append(time.perf_counter())
+
+    result = train(cls, build_config(cls, settings), dataset, cfg, mg_config, log=stamp)
     train_times = [h["train_s"] for h in result.history]
     eval_times = [h["eval_s"] / 2 for h in result.history]  # each epoch ranks valid AND test
     out = {
@@ -61,6 +86,19 @@ def measure(model: str, mg: bool, epochs: int, folder: str) -> dict:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         out["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+    if logdir is not None:
+        without = _epoch_walls(stamps)
+        stamps.clear()
+        run = os.path.join(logdir, f"{model}-{'mg' if mg else 'plain'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        with TensorBoardRun(run) as events:
+            logged = train(cls, build_config(cls, settings), dataset, cfg, mg_config, log=stamp, events=events)
+        epoch = statistics.median([h["train_s"] + h["eval_s"] for h in logged.history[1:]] or [logged.history[0]["train_s"]])
+        out.update({
+            "writer_s_per_epoch": events.seconds / logged.epochs_run,
+            "writer_share": events.seconds / logged.epochs_run / epoch,
+            "epoch_wall_s_without_writer": without,
+            "epoch_wall_s_with_writer": _epoch_walls(stamps),
+        })  # fmt: skip
     return out
 
 
@@ -83,7 +121,25 @@ def render(rows: list[dict], command: str, machine: str | None, epochs: int) -> 
             f"{r['peak_rss_mb']:.0f}" + (f" (device {r['device_peak_mb']:.0f})" if "device_peak_mb" in r else ""),
         ))  # fmt: skip
     columns = ("model", "arm", "epoch (s)", "MG / plain", "first epoch incl. compile (s)", "eval (s)", "peak RSS (MB)")
-    return header + "\n" + "\n".join(markdown_table(columns, table)) + "\n"
+    text = header + "\n" + "\n".join(markdown_table(columns, table)) + "\n"
+    logged = [r for r in rows if "writer_share" in r]
+    if logged:
+        text += "\n" + (
+            "Writing TensorBoard event files (`--logdir`): the writer's own time per epoch (opening, the epoch's scalars and "
+            "their flush to disk, the result and closing, spread over the epochs run) against an epoch (training + "
+            "evaluation, median of epochs 2..N); beside it the epoch's whole wall time (one epoch's log line to the next, "
+            "median) of the same model and arm trained without and then with the writer, in one process.\n\n"
+        )
+        writer_rows = [
+            (
+                r["model"], "MG" if r["mg"] else "plain", f"{r['writer_s_per_epoch'] * 1e3:.1f}", f"{100 * r['writer_share']:.2f}%",
+                format_seconds(r["epoch_wall_s_without_writer"]), format_seconds(r["epoch_wall_s_with_writer"]),
+            )
+            for r in logged
+        ]  # fmt: skip
+        writer_columns = ("model", "arm", "writer per epoch (ms)", "share of an epoch", "epoch wall, no writer (s)", "epoch wall, writer (s)")
+        text += "\n".join(markdown_table(writer_columns, writer_rows)) + "\n"
+    return text
 
 
 def main(argv=None):
@@ -96,8 +152,10 @@ def main(argv=None):
     parser.add_argument("--child-timeout", type=float, default=None, help="seconds allowed per model/arm; a run past it is reported and skipped")
     parser.add_argument("--render", default=None, metavar="JSONL", help="only format rows saved with --jsonl (e.g. on another machine)")
     parser.add_argument("--machine", default=None, help="with --render: the machine the rows were measured on")
+    add_logdir_option(parser)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_logdir(args.logdir, "epoch_time.py")
     if args.render:
         rows = read_runs(args.render)
         if not rows:
@@ -107,7 +165,7 @@ def main(argv=None):
         return
     if args._child:
         model, mg = args._child.split(":")
-        print("RESULT " + json.dumps(measure(model, mg == "mg", args.epochs, args.graph)))
+        print("RESULT " + json.dumps(measure(model, mg == "mg", args.epochs, args.graph, args.logdir)))
         return
     if not os.path.exists(os.path.join(args.graph, "baby.inter")):
         print(f"skipping: the Baby graph is not at {args.graph} (it lives in ../shared/data/baby-graph/ beside the project)")
@@ -116,8 +174,8 @@ def main(argv=None):
     for model in args.models.split(","):
         for arm in ("plain", "mg"):
             print(f"[{model} {arm}] {args.epochs} epochs ...", file=sys.stderr, flush=True)
-            row = run_child([__file__, "--_child", f"{model}:{arm}", "--epochs", str(args.epochs), "--graph", args.graph],
-                            f"{model} {arm}", args.child_timeout)
+            child = [__file__, "--_child", f"{model}:{arm}", "--epochs", str(args.epochs), "--graph", args.graph]
+            row = run_child(child + (["--logdir", args.logdir] if args.logdir else []), f"{model} {arm}", args.child_timeout)
             if row is None:
                 continue
             rows.append(row)
@@ -125,7 +183,8 @@ def main(argv=None):
                 append_run(args.jsonl, row)
     if not rows:
         raise SystemExit("no model/arm was measured")
-    text = render(rows, f"python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}", None, args.epochs)
+    logdir = " --logdir DIR" if args.logdir else ""  # the folder itself changes no number
+    text = render(rows, f"python benchmarks/epoch_time.py --models {args.models} --epochs {args.epochs}{logdir}", None, args.epochs)
     print(text)
     if args.out:
         with open(args.out, "a") as f:

@@ -22,6 +22,9 @@ over several sessions; ``--workers N`` shares the pending runs among N processes
 ``--stop-after S`` starts no new run after S seconds. Models that do not train
 (``trainable = False``, e.g. itemknncbf) are skipped: there is nothing to stop.
 
+``--logdir DIR`` also writes every run's curves as a TensorBoard run
+(``DIR/<model>/<dataset>/<plain|mg-a2=0.2>/seed999``); it changes no number.
+
 Usage:
   python benchmarks/patience_sweep.py --models vbpr,freedom --datasets synthetic,movielens-100k \
       --seeds 3 --budget 200 --budgets freedom=400 --out benchmarks/results/patience_sweep.md
@@ -38,7 +41,10 @@ import time
 from mirrorgrad_jax.analysis.patience import DEFAULT_PATIENCES, paired_difference, patience_label, sweep_patience
 
 from reporting import (
+    add_logdir_option,
     append_run,
+    arm_name,
+    check_logdir,
     command_as_run,
     device_counts,
     format_mean_std,
@@ -47,6 +53,7 @@ from reporting import (
     read_runs,
     report_header,
     run_workers,
+    tensorboard_run,
 )
 
 METRIC = "recall@20"
@@ -146,7 +153,7 @@ def _model_class(model: str):
 # ---------------------------------------------------------------- one run
 
 
-def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, budget: int) -> dict:
+def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, budget: int, logdir: str | None = None) -> dict:
     """Trains one arm for exactly ``budget`` epochs (patience = budget: no early stop)."""
     import jax
     from mirrorgrad_jax.models import build_config
@@ -160,7 +167,8 @@ def run_one(model: str, dataset_name: str, alpha2: float | None, seed: int, budg
     extra = train_settings(model)
     cfg = TrainConfig(epochs=budget, patience=budget, valid_metric=METRIC, seed=seed, **extra)
     started = time.perf_counter()
-    result = train(cls, build_config(cls, {}), dataset, cfg, mg, log=None)
+    with tensorboard_run(logdir, model, dataset_name, arm_name(alpha2), f"seed{seed}") as events:
+        result = train(cls, build_config(cls, {}), dataset, cfg, mg, log=None, events=events)
     device = jax.devices()[0]
     hist = result.history
     return {
@@ -207,7 +215,7 @@ def run_pending(todo: list[tuple], args, started: float) -> None:
             print(f"--stop-after {args.stop_after}s reached: {model} {dataset} alpha2={alpha2} seed={seed} and later left for next time", file=sys.stderr, flush=True)
             return
         try:
-            row = run_one(model, dataset, alpha2, seed, budget)
+            row = run_one(model, dataset, alpha2, seed, budget, args.logdir)
         except Exception as error:  # noqa: BLE001 (one broken run must not end the others; nothing is written for it)
             print(f"{model} {dataset} alpha2={alpha2} seed={seed} FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             continue
@@ -452,8 +460,10 @@ def main(argv=None):
     parser.add_argument("--summarise-only", action="store_true")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the pending runs")
     parser.add_argument("--stop-after", type=float, default=None, help="start no new run after this many seconds")
+    add_logdir_option(parser)
     parser.add_argument("--_shard", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_logdir(args.logdir, "patience_sweep.py")
     if args.budget < 2:
         parser.error("--budget must be >= 2")
     if not 0 < args.alpha2 < 1:
@@ -488,7 +498,9 @@ def main(argv=None):
         done = read_runs(args.runs)
     # the summary covers the requested models and datasets
     done = [r for r in done if r["model"] in models and r["dataset"] in datasets and r["alpha2"] in arms(args.alpha2)]
-    command = command_as_run("patience_sweep.py", _drop_options(argv if argv is not None else sys.argv[1:], ("--workers", "--stop-after", "--summarise-only")))
+    command = command_as_run(
+        "patience_sweep.py", _drop_options(argv if argv is not None else sys.argv[1:], ("--workers", "--stop-after", "--summarise-only", "--logdir"))
+    )
     text = render(done, args, command)
     print(text)
     if args.out:

@@ -15,11 +15,14 @@ Sections:
 * processes: :func:`run_workers` (a pool of the same script sharing pending runs),
   :func:`run_child` (one measurement in a fresh process);
 * timing: :func:`time_round_robin`;
-* data: :data:`DEFAULT_GRAPH`, :func:`baby_dataset` (the Baby graph with random features).
+* data: :data:`DEFAULT_GRAPH`, :func:`baby_dataset` (the Baby graph with random features);
+* TensorBoard (``--logdir`` of the scripts that train): :func:`add_logdir_option`,
+  :func:`check_logdir`, :func:`tensorboard_run`, :func:`arm_name`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -275,3 +278,50 @@ def baby_dataset(folder: str):
         "baby-graph+random-features", graph.train, graph.valid, graph.test, features,
         num_users=graph.num_users, num_items=graph.num_items,
     )
+
+
+# ---------------------------------------------------------------- TensorBoard (--logdir)
+
+
+def add_logdir_option(parser) -> None:
+    """The ``--logdir DIR`` option of the scripts that train (the same as ``mirrorgrad train``'s)."""
+    parser.add_argument(
+        "--logdir", metavar="DIR", default=None,
+        help="also write one TensorBoard run per training run here, named model/dataset/arm/seed (needs the "
+             "tensorboard extra; view with tensorboard --logdir DIR)",
+    )  # fmt: skip
+
+
+def check_logdir(logdir: str | None, script: str) -> None:
+    """``--logdir`` without the event-file writer installed: one line on stderr naming what to install, exit status 2."""
+    if logdir is None:
+        return
+    from mirrorgrad_jax.train import check_event_writer
+
+    try:
+        check_event_writer()
+    except ImportError as err:
+        print(f"{script}: error: --logdir: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def arm_name(alpha2: float | None) -> str:
+    """A run's arm in a TensorBoard run name: ``plain`` or ``mg-a2=0.2`` (as ``mirrorgrad train`` names them)."""
+    return "plain" if alpha2 is None else f"mg-a2={alpha2:g}"
+
+
+def tensorboard_run(logdir: str | None, *parts: str):
+    """The TensorBoard run ``logdir/parts...`` of one training run (a context manager), or a null one without ``--logdir``.
+
+    A run started again in the same logdir (after a failure) gets a folder of its own
+    (``seed999-2``), so that two attempts never share one set of curves.
+    """
+    if logdir is None:
+        return contextlib.nullcontext()
+    from mirrorgrad_jax.train import TensorBoardRun, event_run_folders
+
+    folder = os.path.join(logdir, *parts)
+    attempt = 1
+    while event_run_folders(folder if attempt == 1 else f"{folder}-{attempt}"):
+        attempt += 1
+    return TensorBoardRun(folder if attempt == 1 else f"{folder}-{attempt}")

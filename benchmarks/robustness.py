@@ -10,6 +10,9 @@ information adjustment. Each finished cell is appended to ``--runs`` (JSONL) and
 skipped on the next start, so the grid can be filled over several sessions; ``--out``
 rewrites the markdown summary from everything recorded.
 
+``--logdir DIR`` also writes every training run's curves as a TensorBoard run
+(``DIR/<model>/<dataset>/<optimizer>/<plain|mg-gradient|mg-update>/seed999``).
+
 Usage:
   python benchmarks/robustness.py --models vbpr --datasets synthetic --optimizers adam,sgd \
       --seeds 3 --out benchmarks/results/robustness.md
@@ -22,9 +25,11 @@ import os
 import sys
 import time
 
-from reporting import append_run, command_as_run, format_mean_std, read_runs, report_header
+from reporting import add_logdir_option, append_run, check_logdir, command_as_run, format_mean_std, read_runs, report_header, tensorboard_run
 
 ARMS = {"no MG": None, "MG gradient": "gradient", "MG update": "update"}
+#: Each arm's name in a TensorBoard run's path (``--logdir``).
+ARM_RUN_NAMES = {"no MG": "plain", "MG gradient": "mg-gradient", "MG update": "mg-update"}
 LEARNING_RATES = {"adam": 1e-3, "sgd": 0.5}
 # SGD learning rates that differ from the default, per (model, dataset); None = any dataset.
 # The default 0.5 left two cells untrained within the 60-epoch cap (recorded, kept as such).
@@ -49,7 +54,7 @@ def cell_key(cell: dict) -> tuple:
     return (cell["model"], cell["dataset"], cell["optimizer"], cell.get("learning_rate", LEARNING_RATES[cell["optimizer"]]))
 
 
-def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: int, patience: int, fig_dir: str) -> dict:
+def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: int, patience: int, fig_dir: str, logdir: str | None = None) -> dict:
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.analysis.comparison import compare_runs, train_and_measure
@@ -67,7 +72,8 @@ def run_cell(model: str, dataset_name: str, optimizer: str, seeds: int, epochs: 
                 epochs=epochs, patience=patience, valid_metric="recall@20", optimizer=optimizer,
                 learning_rate=learning_rate(model, dataset_name, optimizer), batch_size=1024, seed=seed,
             )
-            trained = train_and_measure(cls, config, dataset, cfg, mg)
+            with tensorboard_run(logdir, model, dataset_name, optimizer, ARM_RUN_NAMES[label], f"seed{seed}") as events:
+                trained = train_and_measure(cls, config, dataset, cfg, mg, events=events)
             params[label].append(trained.state)
             results[label].append(trained.result)
             print(f"  {model}/{dataset_name}/{optimizer} {label} seed {seed}: best epoch {trained.result.best_epoch}", file=sys.stderr, flush=True)
@@ -145,7 +151,9 @@ def main(argv=None):
     parser.add_argument("--runs", default="benchmarks/results/robustness_runs.jsonl")
     parser.add_argument("--figures", default="benchmarks/results/figures")
     parser.add_argument("--out", default=None)
+    add_logdir_option(parser)
     args = parser.parse_args(argv)
+    check_logdir(args.logdir, "robustness.py")
     cells = read_runs(args.runs)
     have = {cell_key(c) for c in cells}
     for dataset in args.datasets.split(","):
@@ -154,12 +162,15 @@ def main(argv=None):
                 if (model, dataset, optimizer, learning_rate(model, dataset, optimizer)) in have:
                     continue
                 started = time.perf_counter()
-                cell = run_cell(model, dataset, optimizer, args.seeds, args.epochs, args.patience, args.figures)
+                cell = run_cell(model, dataset, optimizer, args.seeds, args.epochs, args.patience, args.figures, args.logdir)
                 cell["seconds"] = time.perf_counter() - started
                 cells.append(cell)
                 append_run(args.runs, cell, default=float)
                 print(cell["table"], flush=True)
-    command = command_as_run("robustness.py", argv if argv is not None else sys.argv[1:])
+    tokens = list(argv if argv is not None else sys.argv[1:])
+    if "--logdir" in tokens:  # where the curves go changes no number
+        del tokens[tokens.index("--logdir") : tokens.index("--logdir") + 2]
+    command = command_as_run("robustness.py", [t for t in tokens if not t.startswith("--logdir=")])
     text = render(cells, command)
     if args.out:
         with open(args.out, "w") as f:

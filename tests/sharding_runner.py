@@ -70,7 +70,7 @@ def run(model: str, mesh: str | None, shard: bool, **kw) -> dict:
     from mirrorgrad_jax.train import MGConfig, train
 
     cls = get_model(model)
-    extra = {k: kw.pop(k) for k in ("checkpoint_dir", "resume", "stop_after_epochs") if k in kw}
+    extra = {k: kw.pop(k) for k in ("checkpoint_dir", "resume", "stop_after_epochs", "events") if k in kw}
     result = train(cls, build_config(cls, MODELS[model]), dataset(), train_config(mesh=mesh, shard_tables=shard, **kw), MGConfig(), log=None, **extra)
     return summary(result)
 
@@ -124,8 +124,12 @@ def worker(out: str, coordinator: str, num_processes: str, process_id: str) -> N
     initialize_distributed(coordinator, int(num_processes), int(process_id), timeout_s=120)
     import jax
 
+    from mirrorgrad_jax.train import TensorBoardRun
+
     folder = os.path.join(os.path.dirname(os.path.abspath(out)), "checkpoints")
-    result = run("vbpr", "data=2,model=2", True, checkpoint_dir=folder)
+    # Both processes are handed the same run folder: only process 0 may write into it.
+    with TensorBoardRun(os.path.join(os.path.dirname(os.path.abspath(out)), "events")) as events:
+        result = run("vbpr", "data=2,model=2", True, checkpoint_dir=folder, events=events)
     result["process"] = {"index": jax.process_index(), "count": jax.process_count(), "local_devices": jax.local_device_count()}
     with open(out, "w") as f:
         json.dump(result, f)

@@ -296,3 +296,32 @@ def test_flat_minima_chooses_knobs_on_the_first_seeds_validation_then_runs_the_o
     assert (fm.equal_compute_epochs("plain", 30), fm.equal_compute_epochs("mg", 30), fm.equal_compute_epochs("sam", 30)) == (60, 45, 30)
     # The "none" selection reads only the first epochs asked for.
     assert fm.selection(_fm_row("plain", None, 999, rising, rising), 3).best_epoch == 2
+
+
+def test_logdir_of_a_benchmark_run_is_one_tensorboard_run_per_attempt_with_the_rows_values(acc, tmp_path):
+    """A training-free model keeps it short: one evaluation, written as epoch 0 and as the result.
+    Exact after float32 rounding (TensorBoard stores scalars as float32)."""
+    import numpy as np
+
+    from mirrorgrad_jax.train import event_run_folders, read_scalars
+
+    logdir = str(tmp_path / "runs")
+    rows = [acc.run_one("itemknncbf", "synthetic-small", None, 999, 1, 1, "recall@20", logdir) for _ in range(2)]
+    # A second attempt at the same run gets a folder of its own: two attempts never share curves.
+    assert event_run_folders(logdir) == ["itemknncbf/synthetic-small/plain/seed999", "itemknncbf/synthetic-small/plain/seed999-2"]
+    scalars = read_scalars(os.path.join(logdir, "itemknncbf", "synthetic-small", "plain", "seed999"))
+    assert scalars["valid/recall_at_20"] == [(0, float(np.float32(rows[0]["valid"]["recall@20"])))]
+    assert scalars["test_at_best/recall_at_20"] == [(0, float(np.float32(rows[0]["test"]["recall@20"])))]
+
+
+@pytest.mark.parametrize("script", ["accuracy_table", "patience_sweep", "robustness", "epoch_time"])
+def test_logdir_without_the_writer_stops_a_benchmark_in_one_line_before_it_runs(script, tmp_path, monkeypatch, capsys):
+    module = _load(script)
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if the extra were not installed: import fails
+    runs = tmp_path / "runs.jsonl"
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--logdir", str(tmp_path / "tb"), "--models", "bprmf", "--runs" if script != "epoch_time" else "--jsonl", str(runs)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{script}.py: error: --logdir" in err and "pip install 'mirrorgrad-jax[tensorboard]'" in err, err
+    assert not (tmp_path / "tb").exists() and not runs.exists()

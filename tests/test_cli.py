@@ -8,9 +8,11 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mirrorgrad_jax.cli import main
+from mirrorgrad_jax.errors import ConfigError
 
 
 def test_train_grid_writes_results_and_selects_on_valid(tmp_path, capsys):
@@ -427,3 +429,107 @@ def test_a_checkpoint_declaring_a_huge_array_is_refused_before_anything_is_alloc
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert "'gcn_image/pref/value' is stored as (1125899906842624, 64) float32" in err and "(200, 64)" in err, err
     assert "refused before reading any array" in err
+
+
+# ---------------------------------------------------------------------------------------
+# --logdir: one TensorBoard run per combination and seed; progress bars on a terminal.
+# ---------------------------------------------------------------------------------------
+
+#: Two combinations (reg_weight) x two seeds of BPRMF, two epochs each: four small runs.
+FOUR_RUNS = [
+    "train", "--model", "bprmf", "--dataset", "synthetic-small", "--no-mg", "--epochs", "2", "--batch-size", "256",
+    "--valid-metric", "recall@20", "--set", "embedding_size=8", "--set", "reg_weight=0.001,0.1", "--seeds", "2",
+]
+
+
+def test_logdir_writes_one_tensorboard_run_per_combination_and_seed_with_the_results_values(tmp_path, monkeypatch, capsys):
+    """Read back with TensorBoard's own event reader. Exact equality after float32 rounding:
+    TensorBoard stores every scalar as a float32, and nothing else touches the values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import mirrorgrad_jax.cli.train as train_command
+    from mirrorgrad_jax.train import event_run_folders, metric_tag
+
+    monkeypatch.setattr(train_command, "_interactive", lambda: True)  # as on a terminal: progress bars
+    code = main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json")])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert out.count("epoch   1  loss") == 4, "the per-epoch lines stay, printed above the bars"
+    assert "runs: 100%" in err and "4/4" in err and "bprmf plain" in err, "a bar over the runs, one over each run's epochs"
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    runs = {
+        f"bprmf/plain-reg_weight={run['model_config']['reg_weight']:g}/seed{seed['seed']}": (run, seed)
+        for run in report["runs"]
+        for seed in run["seeds"]
+    }
+    assert event_run_folders(tmp_path / "runs") == sorted(runs) and len(runs) == 4
+
+    def f32(value):
+        return float(np.float32(value))
+
+    for name, (run, result) in runs.items():
+        events = EventAccumulator(str(tmp_path / "runs" / name), size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+
+        def curve(tag):
+            return [(e.step, e.value) for e in events.Scalars(tag)]
+
+        history = result["history"]
+        assert curve("train/loss") == [(h["epoch"], f32(h["loss"])) for h in history]
+        assert curve("train/lr") == [(h["epoch"], f32(h["lr"])) for h in history]
+        assert curve("time/eval_s") == [(h["epoch"], f32(h["eval_s"])) for h in history]
+        for split in ("valid", "test"):
+            for metric in history[0][split]:
+                assert curve(metric_tag(split, metric)) == [(h["epoch"], f32(h[split][metric])) for h in history], (name, split, metric)
+        best = result["best_epoch"]
+        assert curve("best_epoch") == [(best, f32(best))]
+        for key in ("best_valid", "test_at_best"):
+            assert {metric: curve(metric_tag(key, metric)) for metric in result[key]} == {m: [(best, f32(v))] for m, v in result[key].items()}
+        settings = events.Tensors("settings/text_summary")[0].tensor_proto.string_val[0].decode()
+        assert f"| model_config.reg_weight | {run['model_config']['reg_weight']} |" in settings
+        assert f"| train_config.seed | {result['seed']} |" in settings and "| mg.enabled | false |" in settings
+        assert set(events.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+
+
+def test_logdir_without_the_writer_says_what_to_install_in_one_line(tmp_path, monkeypatch, capsys):
+    import mirrorgrad_jax.data
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if the extra were not installed: import fails
+    monkeypatch.setattr(mirrorgrad_jax.data, "load_dataset", lambda *a, **k: pytest.fail("the dataset was read before --logdir was checked"))
+    code = main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs")])
+    _one_line_error(capsys, code, "--logdir", "tensorboardX", "pip install 'mirrorgrad-jax[tensorboard]'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_logdir_holding_runs_of_the_grid_is_refused_before_training_unless_resuming_from_checkpoints(tmp_path, monkeypatch, capsys):
+    import mirrorgrad_jax.data
+
+    earlier = tmp_path / "runs" / "bprmf" / "plain-reg_weight=0.1" / "seed1000"
+    earlier.mkdir(parents=True)
+    (earlier / "events.out.tfevents.1.host").write_bytes(b"")
+    monkeypatch.setattr(mirrorgrad_jax.data, "load_dataset", lambda *a, **k: pytest.fail("the dataset was read before --logdir was checked"))
+    _one_line_error(capsys, main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs")]), "already holds TensorBoard runs of this grid", "seed1000")
+    assert sorted(p.name for p in (tmp_path / "runs" / "bprmf").iterdir()) == ["plain-reg_weight=0.1"]
+
+    def reached(*args, **kwargs):
+        raise ConfigError("the dataset is being read")
+
+    # Resuming from checkpoints continues the curves: the check passes and the dataset is read (here: refused).
+    _one_line_error(capsys, main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs"), "--resume"]), "already holds")  # no checkpoints
+    monkeypatch.setattr(mirrorgrad_jax.data, "load_dataset", reached)
+    resumed = main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs"), "--resume", "--checkpoint-dir", str(tmp_path / "ckpt")])
+    _one_line_error(capsys, resumed, "the dataset is being read")
+
+
+def test_no_progress_bars_when_the_output_is_not_a_terminal_and_none_with_quiet(monkeypatch, capsys):
+    import mirrorgrad_jax.cli.train as train_command
+
+    one_run = [*FOUR_RUNS[:-4], "--set", "reg_weight=0.01", "--epochs", "1"]
+    assert main(one_run) == 0  # captured output: not a terminal
+    out, err = capsys.readouterr()
+    assert "epoch   0  loss" in out and "%|" not in err and "runs:" not in err, err
+    monkeypatch.setattr(train_command, "_interactive", lambda: True)
+    assert main([*one_run, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "epoch   0" not in out and "%|" not in err, err

@@ -30,6 +30,7 @@ import pytest
 from mirrorgrad_jax.cli import main
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.devices import parse_mesh_spec
+from mirrorgrad_jax.train import read_scalars
 
 RUNNER = Path(__file__).with_name("sharding_runner.py")
 LOSS_RTOL = 1e-5
@@ -212,7 +213,8 @@ def _free_port() -> int:
 def test_two_processes_reproduce_the_single_process_run(sharded_runs, tmp_path):
     """Two processes of 2 simulated devices each over loopback (gloo collectives), mesh 2x2
     with `data` across the processes, checkpoints written collectively: the same as one
-    process holding all 4 devices."""
+    process holding all 4 devices. Both are handed one TensorBoard run folder: process 0
+    alone writes it (one event file, its losses)."""
     coordinator = f"127.0.0.1:{_free_port()}"
     outs = [tmp_path / f"p{i}.json" for i in range(2)]
     procs = [
@@ -236,3 +238,6 @@ def test_two_processes_reproduce_the_single_process_run(sharded_runs, tmp_path):
     for i, result in enumerate(results):
         _assert_same_run(result, single, f"process {i} of 2")
     assert (tmp_path / "checkpoints" / "last.ckpt").is_dir() and (tmp_path / "checkpoints" / "best.ckpt").is_dir()
+    assert len(list((tmp_path / "events").iterdir())) == 1, "more than one process wrote event files"
+    # Exact: the event file stores each loss as float32.
+    assert read_scalars(tmp_path / "events")["train/loss"] == [(e, float(np.float32(v))) for e, v in enumerate(results[0]["losses"])]

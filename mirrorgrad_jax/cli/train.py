@@ -13,6 +13,12 @@ a device mesh; ``--shard-tables`` splits the tables over ``model``. Several proc
 (hosts): start the same command on each with ``--coordinator HOST:PORT --num-processes N
 --process-id I`` (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); only
 process 0 prints and writes results.
+
+Watching: ``--logdir DIR`` writes one TensorBoard run per combination and seed
+(``DIR/vbpr/mg-a2=0.2/seed999``: per-epoch loss, metrics, learning rate and times, the
+settings, the selected result); open it with ``tensorboard --logdir DIR``. It needs the
+``tensorboard`` extra. On an interactive terminal a progress bar runs over the epochs and
+the runs of a grid; ``--quiet`` turns it off with the per-epoch lines.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
 from mirrorgrad_jax.cli.flags import grid_value, key_values
-from mirrorgrad_jax.errors import ConfigError
+from mirrorgrad_jax.errors import ConfigError, UserInputError
 
 __all__ = ["register", "run", "read_config"]
 
@@ -104,6 +111,25 @@ def _set_method(text: str, mg_flag: bool | None, sections: dict[str, dict[str, A
     sections["method"]["name"] = name if name in ("sam", "asam", "gnp") else "none"
 
 
+def _check_event_writer() -> None:
+    """``--logdir`` without the writer installed: one line saying what to install.
+
+    Raises:
+      UserInputError: tensorboardX cannot be imported.
+    """
+    from mirrorgrad_jax.train import check_event_writer
+
+    try:
+        check_event_writer()
+    except ImportError as err:  # a missing extra is the user's to install, not a bug
+        raise UserInputError(f"--logdir: {err}") from None
+
+
+def _interactive() -> bool:
+    """Whether progress bars belong here: stdout and stderr (where the bars go) are both a terminal."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser("train", help="train a model with or without Mirror Gradient", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,7 +148,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--results", help="write the full report as JSON here")
     t.add_argument("--checkpoint-dir", help="keep best/last checkpoints here (one subfolder per combination and seed)")
     t.add_argument("--resume", action="store_true", help="resume each run from its last checkpoint")
-    t.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    t.add_argument("--logdir", metavar="DIR", help="write one TensorBoard run per combination and seed here (needs the tensorboard extra); view with tensorboard --logdir DIR")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch output and no progress bars")
     s = t.add_argument_group("scaling out (see README, 'Scaling out')")
     s.add_argument("--mesh", help="device mesh, e.g. data=4 or data=2,model=2 ('auto': every device on data); default: one device")
     s.add_argument("--shard-tables", dest="shard_tables", action="store_true", default=None, help="row-shard tables (embeddings, features, graph edges) over the model axis")
@@ -176,8 +203,10 @@ def run(args: argparse.Namespace) -> int:
         make_mesh(layout.mesh)
     # The model name and every combination's config too: an unknown model or a bad value is
     # reported before the dataset is read (which can take minutes), not after.
+    if args.logdir:
+        _check_event_writer()
     check_grid(model_name, model_grid, sections["train"], sections["mg"], seeds=seeds, select_on=args.select_on,
-               method_grid=sections["method"])  # fmt: skip
+               method_grid=sections["method"], logdir=args.logdir, resume=args.resume and args.checkpoint_dir is not None)  # fmt: skip
     dataset = load_dataset(dataset_name, verbose=primary)
     if primary:
         print(dataset.summary())
@@ -186,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         model_name, dataset, model_grid, sections["train"], sections["mg"],
         seeds=seeds, select_on=args.select_on, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         log=None if args.quiet or not primary else print, method_grid=sections["method"],
+        logdir=args.logdir, show_progress=primary and not args.quiet and _interactive(),
     )  # fmt: skip
     report["wall_seconds"] = time.perf_counter() - started
     if not primary:

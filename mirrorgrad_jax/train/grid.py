@@ -8,6 +8,7 @@ on the VALIDATION split by default and can reproduce the reference's habit with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -18,7 +19,9 @@ from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.models import build_config, get_model
 from mirrorgrad_jax.train.config import MethodConfig, MGConfig, TrainConfig, fit_topk, training_method
+from mirrorgrad_jax.train.events import TensorBoardRun, event_run_folders
 from mirrorgrad_jax.train.loop import resolved_model_config, train
+from mirrorgrad_jax.train.progress import above_bars, progress_bar
 
 __all__ = ["as_grid", "check_grid", "check_keys", "expand", "format_mean_std", "run_grid", "summary_table"]
 
@@ -108,6 +111,67 @@ def _without_inert_repeats(plans: list[_Plan], grids: dict[str, dict[str, Any]],
     return kept
 
 
+#: Short names of settings in run names (the others go by their field names).
+_SHORT_NAMES = {"alpha1": "a1", "alpha2": "a2", "beta": "b", "learning_rate": "lr", "weight_decay": "wd"}
+
+
+def _live_settings(plan: _Plan) -> dict[tuple[str, str], Any]:
+    """(section, field) -> value of every setting that can change the plan's run (the seed and
+    what the method prefix of its name says aside), MG's and the method's first."""
+    inert = {"mg": set(plan.mg.inert_fields()) | {"enabled"}, "method": set(plan.method.inert_fields()) | {"name"}}
+    sections = {
+        "mg": dataclasses.asdict(plan.mg),
+        "method": dataclasses.asdict(plan.method),
+        "model": dataclasses.asdict(plan.model_config),
+        "train": {k: v for k, v in dataclasses.asdict(plan.train_configs[0]).items() if k != "seed"},
+    }
+    return {(section, k): v for section, values in sections.items() for k, v in values.items() if k not in inert.get(section, ())}
+
+
+def _name_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_name_value(v) for v in value)
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join("_" if c in "/\\ " else c for c in text)
+
+
+def _run_names(model_name: str, plans: list[_Plan]) -> list[str]:
+    """Each combination's run name: ``<model>/<method>[-<setting>=<value>,...]`` with the settings that vary over the grid.
+
+    ``vbpr/mg-a2=0.2``, ``freedom/mg-a2=0.1,dropout=0.8,reg_weight=0.0001``, ``vbpr/plain``; a
+    seed's run is ``<name>/seed<seed>`` under the logdir. Settings a combination cannot use
+    (MG's with MG off) are not named; names that would still collide get ``-combo<i>``.
+    """
+    live = [_live_settings(plan) for plan in plans]
+    keys = list(dict.fromkeys(key for settings in live for key in settings))
+    varying = [key for key in keys if len({repr(s[key]) for s in live if key in s}) > 1]
+    names = []
+    for plan, settings in zip(plans, live):
+        shown = ",".join(f"{_SHORT_NAMES.get(key[1], key[1])}={_name_value(settings[key])}" for key in varying if key in settings)
+        names.append(f"{model_name}/{training_method(plan.mg, plan.method)}" + (f"-{shown}" if shown else ""))
+    repeated = {name for name in names if names.count(name) > 1}
+    return [f"{name}-combo{i}" if name in repeated else name for i, name in enumerate(names)]
+
+
+def _check_logdir(logdir: str | None, run_folders: list[str], resume: bool) -> None:
+    """Refuses a logdir that already holds one of these runs, unless resuming (then the curves go on).
+
+    Raises:
+      ConfigError: ``logdir`` is a file, or holds event files of one of ``run_folders``.
+    """
+    if logdir is None:
+        return
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise ConfigError(f"logdir {logdir}: not a folder")
+    taken = set(event_run_folders(logdir)) & set(run_folders) if os.path.isdir(logdir) else set()
+    if taken and not resume:
+        first = sorted(taken)[0]
+        raise ConfigError(
+            f"logdir {logdir} already holds TensorBoard runs of this grid ({len(taken)}, e.g. {first}): "
+            "choose another folder or remove them (a grid resumed from its checkpoints adds to them)"
+        )
+
+
 def _plan(
     model_name: str,
     model_grid: dict[str, Any],
@@ -167,6 +231,8 @@ def check_grid(
     seeds: Sequence[int],
     select_on: str = "valid",
     method_grid: dict[str, Any] | None = None,
+    logdir: str | None = None,
+    resume: bool = False,
 ) -> None:
     """Checks the model name and every combination's configs, as :func:`run_grid` will, without any data.
 
@@ -182,12 +248,19 @@ def check_grid(
       seeds: the run seeds.
       select_on: ``"valid"`` or ``"test"``.
       method_grid: the ``method`` section.
+      logdir: where the runs' TensorBoard event files will go.
+      resume: whether the runs resume from their checkpoints (and so may add to runs already in ``logdir``).
 
     Raises:
       UserInputError: an unknown model (from the model registry).
-      ConfigError: unknown keys or bad values in any section.
+      ConfigError: unknown keys or bad values in any section; a ``logdir`` that already holds
+        runs of this grid (without ``resume``).
     """
-    _plan(model_name, model_grid, train_grid, mg_grid, dict(method_grid or {}), seeds, select_on)
+    method_grid = dict(method_grid or {})
+    _, plans = _plan(model_name, model_grid, train_grid, mg_grid, method_grid, seeds, select_on)
+    if logdir is not None:
+        plans = _without_inert_repeats(plans, {"mg": mg_grid, "method": method_grid}, lambda _msg: None)
+        _check_logdir(logdir, [f"{name}/seed{seed}" for name in _run_names(model_name, plans) for seed in seeds], resume)
 
 
 def run_grid(
@@ -203,6 +276,8 @@ def run_grid(
     resume: bool = False,
     log: Callable[[str], None] | None = print,
     method_grid: dict[str, Any] | None = None,
+    logdir: str | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Trains every combination of the grids for every seed; selects on validation (or test).
 
@@ -224,29 +299,42 @@ def run_grid(
       log: progress printer.
       method_grid: the ``method`` section (SAM, ASAM, the gradient-norm penalty); a method
         other than ``"none"`` turns MG off unless the ``mg`` section sets ``enabled``.
+      logdir: write one TensorBoard run per combination and seed here, named by the
+        settings that vary over the grid (``vbpr/mg-a2=0.2/seed999``; see
+        :class:`~mirrorgrad_jax.train.events.TensorBoardRun` for what a run holds).
+      show_progress: a progress bar over the runs, and one over each run's epochs.
 
     Returns:
       A JSON-ready dict with the configs, per-seed results and the selection.
 
     Raises:
-      ConfigError: unknown keys or bad values in any section.
+      ConfigError: unknown keys or bad values in any section; a ``logdir`` that already
+        holds runs of this grid (unless resuming from ``checkpoint_dir``).
+      ImportError: ``logdir`` without the event-file writer installed.
     """
-    say = log or (lambda _m: None)
+    say = above_bars(log) if show_progress else (log or (lambda _m: None))
     method_grid = dict(method_grid or {})
     model_cls, plans = _plan(model_name, model_grid, train_grid, mg_grid, method_grid, seeds, select_on)
     plans = _fit_to_catalogue(plans, dataset.num_items, say)
     plans = _without_inert_repeats(plans, {"mg": mg_grid, "method": method_grid}, say)
+    names = _run_names(model_name, plans)
+    resuming = resume and checkpoint_dir is not None  # without checkpoints every run starts again from epoch 0
+    _check_logdir(logdir, [f"{name}/seed{cfg.seed}" for name, plan in zip(names, plans) for cfg in plan.train_configs], resuming)
+    bar = progress_bar(sum(len(plan.train_configs) for plan in plans), desc="runs", unit="run", enabled=show_progress, leave=True)
     runs = []
     for index, plan in enumerate(plans):
         per_seed = []
         for train_config in plan.train_configs:
             say(f"== [{index + 1}/{len(plans)}] {plan.label()} seed {train_config.seed}".replace("  ", " "))
             ckpt = None if checkpoint_dir is None else os.path.join(checkpoint_dir, f"combo{index}-seed{train_config.seed}")
-            result = train(
-                model_cls, plan.model_config, dataset, train_config, plan.mg,
-                checkpoint_dir=ckpt, resume=resume, log=log, method=plan.method,
-            )  # fmt: skip
+            folder = None if logdir is None else os.path.join(logdir, *names[index].split("/"), f"seed{train_config.seed}")
+            with TensorBoardRun(folder) if folder else contextlib.nullcontext() as events:
+                result = train(
+                    model_cls, plan.model_config, dataset, train_config, plan.mg,
+                    checkpoint_dir=ckpt, resume=resume, log=log, method=plan.method, events=events, show_progress=show_progress,
+                )  # fmt: skip
             per_seed.append({"seed": train_config.seed, **result.to_dict()})
+            bar.update(1)
         metric = plan.train_configs[0].valid_metric
         select_values = [r["best_valid" if select_on == "valid" else "test_at_best"].get(metric, float("nan")) for r in per_seed]
         ran = resolved_model_config(model_cls, plan.model_config, plan.mg)  # as run (MVGAE's KL weight follows MG)
@@ -260,6 +348,7 @@ def run_grid(
                 "selection_score": statistics.fmean(select_values),
             }
         )
+    bar.close()
     best = max(range(len(runs)), key=lambda i: runs[i]["selection_score"])
     return {"model": model_name, "dataset": dataset.name, "select_on": select_on, "runs": runs, "best_index": best}
 

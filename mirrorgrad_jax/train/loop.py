@@ -42,7 +42,9 @@ from mirrorgrad_jax.models import Recommender, TrainingSetup
 from mirrorgrad_jax.train.checkpoint import flatten_arrays, open_checkpoint, save_checkpoint, unflatten_like
 from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MethodConfig, MGConfig, TrainConfig, fit_topk, training_method
 from mirrorgrad_jax.train.engine import EpochEngine
+from mirrorgrad_jax.train.events import TensorBoardRun
 from mirrorgrad_jax.train.optimizer import build_optimizer, first_batch_labels, optimizer_learning_rate, set_learning_rate
+from mirrorgrad_jax.train.progress import above_bars, progress_bar
 from mirrorgrad_jax.train.trained import model_arrays, restore_model_arrays
 
 __all__ = ["TrainResult", "resolved_model_config", "train"]
@@ -170,6 +172,8 @@ def train(
     stop_after_epochs: int | None = None,
     log: Callable[[str], None] | None = print,
     method: MethodConfig = MethodConfig(),
+    events: TensorBoardRun | None = None,
+    show_progress: bool = False,
 ) -> TrainResult:
     """Trains ``model_cls`` on ``dataset`` and evaluates every epoch.
 
@@ -194,6 +198,11 @@ def train(
       log: progress printer (``None`` for silence).
       method: SAM, ASAM or the gradient-norm penalty instead of MG (then ``mg`` must be
         disabled); the default trains with MG or plainly, as ``mg`` says.
+      events: a :class:`~mirrorgrad_jax.train.events.TensorBoardRun` that gets the run's
+        settings, every epoch's scalars and the result; the caller closes it. Writing it
+        changes no number of the run.
+      show_progress: show a progress bar over the epochs (tqdm, on stderr); ``log`` lines are
+        printed above it.
 
     Returns:
       A :class:`TrainResult`.
@@ -204,7 +213,7 @@ def train(
         cannot rank, and the log says so: :func:`~mirrorgrad_jax.train.config.fit_topk`).
       TrainingError: a checkpoint that cannot be resumed from.
     """
-    say = log or (lambda _msg: None)
+    say = above_bars(log) if show_progress else (log or (lambda _msg: None))
     # A catalogue smaller than a cut-off is ranked at the cut-offs that fit (fit_topk says why).
     cfg, note = fit_topk(train_config, dataset.num_items)
     if note:
@@ -234,8 +243,10 @@ def train(
         os.makedirs(checkpoint_dir, exist_ok=True)
         last_path = os.path.join(checkpoint_dir, "last.ckpt")
         best_path = os.path.join(checkpoint_dir, "best.ckpt")
+    if events is not None:
+        events.write_settings(meta)
     if not model_cls.trainable:
-        return _evaluate_untrained(model_cls, model, mg, meta, valid_eval, test_eval, best_path, say, placement)
+        return _evaluate_untrained(model_cls, model, mg, meta, valid_eval, test_eval, best_path, say, placement, events)
 
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
     # With PyTorch >= 2.0's semantics a first-batch model's learner is skipped on the other
@@ -278,6 +289,7 @@ def train(
     if should_stop(start_epoch):
         stop_reason = "early_stopping"
     epoch = start_epoch
+    bar = progress_bar(cfg.epochs, initial=start_epoch, unit="epoch", enabled=show_progress, desc=f"{model_cls.name} {method_name}")
     while epoch < cfg.epochs and not should_stop(epoch):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             stop_reason = "interrupted"
@@ -316,6 +328,8 @@ def train(
                 save_checkpoint(best_path, model_arrays(params, model), {"meta": meta, "epoch": epoch, "valid": valid, "test": test})
         epoch_loss = float(losses[:, 0].sum())
         progress.history.append({"epoch": epoch, "loss": epoch_loss, "lr": lr, "valid": valid, "test": test, "train_s": t1 - t0, "eval_s": t2 - t1})
+        if events is not None:
+            events.write_epoch(progress.history[-1])
         say(
             f"epoch {epoch:3d}  loss {epoch_loss:9.4f}  valid {cfg.valid_metric} {valid[cfg.valid_metric]:.4f}  "
             f"test {cfg.valid_metric} {test[cfg.valid_metric]:.4f}  train {t1 - t0:5.2f}s  eval {t2 - t1:5.2f}s"
@@ -325,9 +339,12 @@ def train(
             arrays = {**model_arrays(params, model), "opt_state": flatten_arrays(opt_state)}
             save_checkpoint(last_path, arrays, {"meta": meta, **progress.checkpoint_meta(epoch, host_rng)})
         epoch += 1
+        bar.set_postfix_str(f"valid {cfg.valid_metric} {valid[cfg.valid_metric]:.4f}, best {stopper.best_epoch}", refresh=False)
+        bar.update(1)
         if should_stop(epoch):
             stop_reason = "early_stopping"
-    return TrainResult(
+    bar.close()
+    result = TrainResult(
         best_epoch=stopper.best_epoch,
         best_valid=progress.best_valid,
         test_at_best=progress.best_test,
@@ -339,6 +356,9 @@ def train(
         num_params=model.num_trainable_params(),
         layout=layout,
     )
+    if events is not None:
+        events.write_result(result.to_dict())
+    return result
 
 
 def _restore_targets(tree: Any, shardings: Any) -> dict[str, jax.ShapeDtypeStruct]:
@@ -391,7 +411,9 @@ def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, op
     return params, opt_state, saved
 
 
-def _evaluate_untrained(model_cls, model, mg: MGConfig, meta, valid_eval, test_eval, best_path, say, placement: Placement | None = None) -> TrainResult:
+def _evaluate_untrained(
+    model_cls, model, mg: MGConfig, meta, valid_eval, test_eval, best_path, say, placement: Placement | None = None, events: TensorBoardRun | None = None
+) -> TrainResult:
     """The run of a model that needs no training: one evaluation of valid and test."""
     note = "; Mirror Gradient does not apply to it (the run is the same with or without --mg)" if mg.enabled else ""
     say(f"{model_cls.name} needs no training: evaluating it once{note}")
@@ -412,4 +434,8 @@ def _evaluate_untrained(model_cls, model, mg: MGConfig, meta, valid_eval, test_e
     metric = meta["train_config"]["valid_metric"]
     say(f"valid {metric} {valid[metric]:.4f}  test {metric} {test[metric]:.4f}  eval {seconds:5.2f}s")
     history = [{"epoch": 0, "loss": 0.0, "lr": 0.0, "valid": valid, "test": test, "train_s": 0.0, "eval_s": seconds}]
-    return TrainResult(0, valid, test, 1, "no_training", history, 0.0, seconds, model.num_trainable_params())
+    result = TrainResult(0, valid, test, 1, "no_training", history, 0.0, seconds, model.num_trainable_params())
+    if events is not None:
+        events.write_epoch(history[0])
+        events.write_result(result.to_dict())
+    return result
