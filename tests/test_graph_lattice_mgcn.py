@@ -103,3 +103,16 @@ def test_learnable_knn_cosine_zero_row_has_cosine_zero_and_a_finite_gradient():
     assert np.all(np.asarray(val)[2] == 0.0)
     grad = jax.grad(lambda x: jnp.sum(learnable_knn_cosine(x, 2)[1]))(x)
     assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_learnable_knn_cosine_keeps_float64_features_in_float64_and_float32_ones_in_float32():
+    """With x64 on (the parity check runs our side so), float64 features give float64 cosines
+    equal to numpy's float64 ones to 1e-13 (rounding); float32 features stay float32 (training)."""
+    x = np.random.default_rng(3).normal(size=(30, 5))
+    normed = x / np.linalg.norm(x, axis=1, keepdims=True)
+    with jax.enable_x64(True):
+        idx, val = learnable_knn_cosine(jnp.asarray(x, jnp.float64), 4)
+        assert val.dtype == jnp.float64
+        expected = np.take_along_axis(normed @ normed.T, np.asarray(idx), axis=1)
+        np.testing.assert_allclose(np.asarray(val), expected, rtol=0, atol=1e-13)
+        assert learnable_knn_cosine(jnp.asarray(x, jnp.float32), 4)[1].dtype == jnp.float32

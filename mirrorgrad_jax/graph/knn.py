@@ -296,8 +296,10 @@ def learnable_knn_cosine(features: jax.Array, k: int, *, chunk_size: int = 2048)
       chunk_size: rows per similarity block of the neighbour search.
 
     Returns:
-      ``(idx, val)``: ``(I, k)`` int32 neighbour ids and ``(I, k)`` float32 cosines, sorted
-      by decreasing similarity at selection time.
+      ``(idx, val)``: ``(I, k)`` int32 neighbour ids and ``(I, k)`` cosines, sorted by
+      decreasing similarity at selection time; float64 for float64 features (with
+      ``jax_enable_x64``: the parity check), float32 otherwise. The neighbours are always
+      chosen in float32, as :func:`knn_topk_cosine` does.
 
     Examples:
       >>> x = jnp.asarray(np.random.default_rng(0).normal(size=(20, 4)), jnp.float32)
@@ -305,7 +307,8 @@ def learnable_knn_cosine(features: jax.Array, k: int, *, chunk_size: int = 2048)
       >>> g.shape
       (20, 4)
     """
-    features = jnp.asarray(features, jnp.float32)
+    features = jnp.asarray(features)
+    features = features.astype(jnp.float64 if features.dtype == jnp.float64 else jnp.float32)
     idx, _ = knn_topk_cosine(jax.lax.stop_gradient(features), k, chunk_size=chunk_size)
     # As _l2_normalise_rows, but with a finite gradient at a zero row (the norm's is NaN there).
     squared = jnp.sum(features * features, axis=-1, keepdims=True)
