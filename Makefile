@@ -11,7 +11,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mirrorgrad-installed
 
-.PHONY: install demo test bench docs wheel clean
+.PHONY: install demo test test-parity bench docs wheel clean
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --maxprocesses 4
+
+# The parity check's per-model hooks on our side (tests/parity_hooks/; minutes, no torch).
+# The harness itself and every model's map are in `make test`.
+test-parity: $(STAMP)
+	MIRRORGRAD_PARITY_TESTS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 tests/parity_hooks
 
 bench: $(STAMP)
 	$(PY) benchmarks/mg_overhead.py
