@@ -328,24 +328,6 @@ def _to_float64(module, torch) -> int:
     return count
 
 
-def _install_sparsesvd_stand_in() -> list[str]:
-    """A stand-in ``sparsesvd`` module when the package is missing (it needs a C build): MMRec's PGL imports
-    it at the top of its file and calls it only in ``mode="global"``, which the check does not run."""
-    import importlib.util
-    import types
-
-    if "sparsesvd" in sys.modules or importlib.util.find_spec("sparsesvd") is not None:
-        return []
-
-    def sparsesvd(*_args, **_kwargs):
-        raise RuntimeError("sparsesvd is a stand-in in the parity check (PGL mode='global' is not checked)")
-
-    module = types.ModuleType("sparsesvd")
-    module.sparsesvd = sparsesvd
-    sys.modules["sparsesvd"] = module
-    return ["sparsesvd (stand-in; raises if called)"]
-
-
 def reference_export(reference: str, data_root: str, model: str, steps: int, batch_size: int, users: int, out: str, threads: int) -> None:
     """In the reference's Python: builds the model with the reference's own code and writes the exchange file."""
     from vs_reference import install_cpu_cuda_shim, install_reference_shims
@@ -355,7 +337,6 @@ def reference_export(reference: str, data_root: str, model: str, steps: int, bat
     import torch
 
     shims += install_cpu_cuda_shim(torch)
-    shims += _install_sparsesvd_stand_in()
     torch.set_num_threads(threads)
     pmap = PARITY_MAPS[model]
     os.chdir(os.path.join(reference, "src"))  # the reference reads ./configs/ relative to the working directory

@@ -1,9 +1,10 @@
 """Side by side with the PyTorch reference: epoch, evaluation and MG overhead, one sitting.
 
 Given a checkout of the public reference (Qrange-group/Mirror-Gradient, fetched by the
-user; nothing of it enters this repository), this runs the reference's OWN trainer
-(``common.trainer.Trainer.fit`` on its ``RecDataset`` / ``TrainDataLoader`` /
-``EvalDataLoader`` and its model classes) and this project's trainer
+user; nothing of it enters this repository; for MMRec's newer models, PGL and MMGCF, a
+checkout of enoche/MMRec, whose trainer and configurator are the same, MG included), this
+runs the reference's OWN trainer (``common.trainer.Trainer.fit`` on its ``RecDataset`` /
+``TrainDataLoader`` / ``EvalDataLoader`` and its model classes) and this project's trainer
 (:func:`mirrorgrad_jax.train.train`) on the SAME data folder with the same
 hyper-parameters, and reports per-epoch train time, evaluation time, the MG overhead
 of both and the ratios, with the machine, versions and thread counts.
@@ -115,6 +116,9 @@ MODEL_SETTINGS: dict[str, dict] = {
     "layergcn": {"n_layers": 4, "reg_weight": 1e-3, "dropout": 0.1},
     "selfcfed_lgn": {"n_layers": 2, "reg_weight": 1e-3, "dropout": 0.2},
     "mmgcn": {"reg_weight": 1e-3},
+    # MMRec's newer models (``--reference`` an MMRec checkout: its trainer carries MG too).
+    "pgl": {"dropout": 0.2, "reg_weight": 0.0, "mode": "local"},
+    "mmgcf": {"n_ui_layers": 2, "reg_weight": 1e-3, "fusion_mode": "mean", "weighting": "equal", "dropout": 0.2},
 }
 #: Settings under the reference's own names where they differ from ours (one point of a
 #: yaml grid: the reference's config must hold scalars for a single run).
@@ -155,6 +159,10 @@ REFERENCE_NAMES = {
     "mmgcn": "MMGCN",
     "dualgnn": "DualGNN",
     "dragon": "DRAGON",
+    # In MMRec only (enoche/MMRec, whose trainer and configurator are the Mirror-Gradient
+    # repository's, MG included): pass an MMRec checkout as --reference for these.
+    "pgl": "PGL",
+    "mmgcf": "MMGCF",
 }
 MG_SETTINGS = {"alpha1": 1.0, "alpha2": 0.2, "beta": 3}
 SEED = 999
@@ -205,6 +213,17 @@ def _missing(name: str) -> bool:
         return True
 
 
+def reference_repository(checkout: str) -> str:
+    """Which public repository a checkout is: MMRec has models the Mirror-Gradient repository lacks (PGL)."""
+    if os.path.exists(os.path.join(checkout, "src", "models", "pgl.py")):
+        return "enoche/MMRec"
+    return "Qrange-group/Mirror-Gradient"
+
+
+def _sparsesvd_stand_in(*_args, **_kwargs):
+    raise RuntimeError("sparsesvd is a stand-in here (PGL's mode='global' is not run)")
+
+
 def install_reference_shims() -> list[str]:
     """Patches NumPy / SciPy / imports so the reference's unmodified code runs; returns what was done."""
     import numpy as np
@@ -235,6 +254,11 @@ def install_reference_shims() -> list[str]:
         modes = {m: i for i, m in enumerate(("NEAREST", "LANCZOS", "BILINEAR", "BICUBIC", "BOX", "HAMMING"))}
         _stand_in("PIL", {"Image": _stand_in("PIL.Image", modes)})
         done.append("PIL (stand-in)")
+    if _missing("sparsesvd"):
+        # A C extension with no build here; MMRec's PGL imports it at the top of its file and
+        # calls it only in mode="global" (neither the side by side nor the parity check runs it).
+        _stand_in("sparsesvd", {"sparsesvd": _sparsesvd_stand_in})
+        done.append("sparsesvd (stand-in; raises if called)")
     if _missing("torch_scatter"):
         _stand_in("torch_scatter", {"scatter": _scatter, "scatter_add": _scatter_add})
         done.append("torch_scatter (scatter / scatter_add on torch's scatter_reduce)")
@@ -902,7 +926,7 @@ def main(argv=None):
         + (f" ({', '.join(reused)}: read back from {args.jsonl}, measured by an earlier start)" if reused else ""),
         "machine": describe_machine(device=runs[0]["meta"]["ours plain"]["device"]),
         "reference": (
-            f"Qrange-group/Mirror-Gradient @ {_git_head(args.reference)}, torch {ref_meta['torch']} on {ref_meta['device']}, "
+            f"{reference_repository(args.reference)} @ {_git_head(args.reference)}, torch {ref_meta['torch']} on {ref_meta['device']}, "
             f"shims: {', '.join(ref_meta['shims'])}"
         ),
         "ours": (

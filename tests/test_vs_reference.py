@@ -122,10 +122,16 @@ def test_shims_restore_numpy_aliases_and_dok_update(vs, monkeypatch):
         monkeypatch.delitem(np.__dict__, alias)
     monkeypatch.setattr(sp.dok_matrix, "_update", None, raising=False)
     monkeypatch.delattr(sp.dok_matrix, "_update")
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "lmdb", "PIL", "PIL.Image", "matplotlib", "matplotlib.pyplot", "torch_scatter"):
+    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "lmdb", "PIL", "PIL.Image", "matplotlib", "matplotlib.pyplot", "torch_scatter", "sparsesvd"):
         monkeypatch.setitem(sys.modules, name, sys.modules.get(name))
+    monkeypatch.delitem(sys.modules, "sparsesvd")  # as where the C extension is not installed
     done = vs.install_reference_shims()
     assert "scipy.sparse.dok_matrix._update" in done and "torchvision (stand-in)" in done
+    assert "sparsesvd (stand-in; raises if called)" in done
+    from sparsesvd import sparsesvd  # MMRec's PGL imports it at the top of its file
+
+    with pytest.raises(RuntimeError, match="stand-in"):
+        sparsesvd(None, 2)
     assert np.float is float and np.int is int
     a = sp.dok_matrix((3, 3), dtype=np.float32)
     a._update({(0, 1): 1, (2, 0): 1})
@@ -329,3 +335,12 @@ def test_threads_below_one_is_a_usage_error(vs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         vs.main(["--reference", str(tmp_path), "--threads", "0"])
     assert exit_info.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_the_report_names_the_repository_the_checkout_is(vs, tmp_path):
+    (tmp_path / "mg" / "src" / "models").mkdir(parents=True)
+    (tmp_path / "mg" / "src" / "models" / "vbpr.py").write_text("")
+    (tmp_path / "mmrec" / "src" / "models").mkdir(parents=True)
+    (tmp_path / "mmrec" / "src" / "models" / "pgl.py").write_text("")
+    assert vs.reference_repository(str(tmp_path / "mg")) == "Qrange-group/Mirror-Gradient"
+    assert vs.reference_repository(str(tmp_path / "mmrec")) == "enoche/MMRec"

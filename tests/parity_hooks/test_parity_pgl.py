@@ -1,17 +1,15 @@
-"""PGL's parity hooks (``benchmarks/parity_maps.py`` and the core's sparsesvd stand-in), on our side only: no torch.
+"""PGL's parity hooks (``benchmarks/parity_maps.py``), on our side only: no torch.
 
 ``pgl_ours_hook`` recomputes our binary kNN lists' values in float64 (``w / (k + 1e-7)`` in the
 image slots, ``(1 - w) / (k + 1e-7)`` in the text slots), as the reference's process computes
 them. Checked: the values are the float32 ones widened (same layout), the loss moves by no more
-than float32 rounding, and a list that is not laid out that way is refused. The stand-in
-``sparsesvd`` module is installed only when the package is missing and refuses to be called.
+than float32 rounding, and a list that is not laid out that way is refused.
 With dropout, ``pgl_fixed_masks_ours`` makes the module's ``_dropout`` multiply by the exported
 masks inside the hooked instance's loss only (all ones: the loss of ``dropout = 0``, whatever the key).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import jax
@@ -54,20 +52,6 @@ def test_pgl_ours_hook_widens_the_knn_values(benchmarks):
     swapped.mm_val = Constant(swapped.mm_val[...][:, ::-1])
     with pytest.raises(AssertionError, match="image slots, text slots"):
         parity_maps.pgl_ours_hook(swapped)
-
-
-def test_sparsesvd_stand_in(benchmarks, monkeypatch):
-    _, parity = benchmarks
-    monkeypatch.delitem(sys.modules, "sparsesvd", raising=False)
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sparsesvd" else real(name, *a))
-    assert parity._install_sparsesvd_stand_in() == ["sparsesvd (stand-in; raises if called)"]
-    from sparsesvd import sparsesvd
-
-    with pytest.raises(RuntimeError, match="stand-in"):
-        sparsesvd(None, 2)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
-    assert parity._install_sparsesvd_stand_in() == []
 
 
 def test_pgl_fixed_masks(benchmarks):
