@@ -22,7 +22,7 @@ Loss: ``-mean logsigmoid(u.i+ - u.i-) + reg_weight * 0.5 (||u_B||^2 + ||i+_B||^2
 / reg_batch_size`` (divided by the CONFIG batch size, 2048, also for the short last batch)
 ``+ cl_weight * [InfoNCE(side_items[i+], content_items[i+]) + InfoNCE(side_users[u],
 content_users[u])]``, the InfoNCE terms in-batch ``B x B`` with temperature 0.2
-(:func:`info_nce`). ``scores`` recompute the forward pass with the current parameters; no
+(:func:`~mirrorgrad_jax.models.losses.info_nce`). ``scores`` recompute the forward pass with the current parameters; no
 ``pre_epoch``, no randomness beyond the batch sampling.
 
 Parameters (the reference's count: ``d(U + I) + sum_m [I F_m + F_m d + d] + 4 (d^2 + d) + (d^2 + d) + d``,
@@ -68,8 +68,8 @@ from mirrorgrad_jax.graph import (
 from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
 from mirrorgrad_jax.models.inputs import image_and_text_features, image_and_text_roles, modality_role_constraints, require_knn_k
 from mirrorgrad_jax.models.interface import Constant, Recommender
-from mirrorgrad_jax.models.kernels import dense, pairwise_scores, rownorm
-from mirrorgrad_jax.models.losses import bpr_log_likelihood, embedding_l2
+from mirrorgrad_jax.models.kernels import dense
+from mirrorgrad_jax.models.losses import bpr_log_likelihood, embedding_l2, info_nce
 from mirrorgrad_jax.models.registry import register
 
 __all__ = ["MGCN", "MGCNConfig", "info_nce"]
@@ -117,27 +117,6 @@ class MGCNConfig:
 
     constraints = modality_role_constraints("MGCN", both=True)
 
-
-def info_nce(view1: jax.Array, view2: jax.Array, temperature: float) -> jax.Array:
-    """In-batch InfoNCE of MGCN: row ``b`` of ``view1`` against all rows of ``view2``.
-
-    Both views are L2-normalised per row (eps 1e-12); with ``s = view1 @ view2.T`` the
-    loss is ``mean_b [logsumexp_c(s[b, c] / tau) - s[b, b] / tau]``, i.e. ``-mean log(exp(s_bb
-    / tau) / sum_c exp(s_bc / tau))``. A row repeated in the batch (the same user twice)
-    counts as a negative of its copies, as in the reference.
-
-    Args:
-      view1: ``(B, d)`` anchors.
-      view2: ``(B, d)`` positives, row-aligned with ``view1``.
-      temperature: ``tau``.
-
-    Returns:
-      The scalar loss.
-    """
-    a, b = rownorm(view1), rownorm(view2)
-    positive = jnp.sum(a * b, axis=-1) / temperature
-    total = jax.nn.logsumexp(pairwise_scores(a, b) / temperature, axis=1)
-    return jnp.mean(total - positive)
 
 
 @register

@@ -112,8 +112,8 @@ from mirrorgrad_jax.models.inputs import (
     require_knn_k,
 )
 from mirrorgrad_jax.models.interface import Constant, EpochSample, Recommender
-from mirrorgrad_jax.models.kernels import dense, pairwise_scores, rownorm
-from mirrorgrad_jax.models.losses import bpr_log_likelihood
+from mirrorgrad_jax.models.kernels import dense, rownorm
+from mirrorgrad_jax.models.losses import bpr_log_likelihood, info_nce
 from mirrorgrad_jax.models.registry import register
 
 from mirrorgrad_jax.config import (
@@ -320,13 +320,6 @@ def principal_subgraph(
     )
 
 
-def _info_nce(view1: jax.Array, view2: jax.Array, temperature: float) -> jax.Array:
-    """``mean_r [logsumexp_c(a_r.b_c / tau) - a_r.b_r / tau]`` on L2-normalised rows (the reference's ``InfoNCE``)."""
-    a, b = rownorm(view1), rownorm(view2)
-    positive = jnp.sum(a * b, axis=-1) / temperature
-    total = jax.nn.logsumexp(pairwise_scores(a, b) / temperature, axis=1)
-    return jnp.mean(total - positive)
-
 
 def _dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
     """torch's ``nn.Dropout`` in training mode: zero with probability ``rate``, scale the rest by ``1 / (1 - rate)``."""
@@ -442,7 +435,7 @@ class PGL(Recommender):
             rate, tau = self.config.dropout, self.config.cl_temperature
             # Four independent masks, in the reference's order: user view 1, 2, item view 1, 2.
             views = [_dropout(jax.random.fold_in(key, i), x, rate) for i, x in enumerate((u, u, p, p))]
-            terms["cl"] = (_info_nce(views[0], views[1], tau) + _info_nce(views[2], views[3], tau)) / 2.0
+            terms["cl"] = (info_nce(views[0], views[1], tau) + info_nce(views[2], views[3], tau)) / 2.0
         return terms
 
     # -- interface ------------------------------------------------------------------

@@ -111,8 +111,8 @@ from mirrorgrad_jax.models.inputs import (
     modality_role_constraints,
 )
 from mirrorgrad_jax.models.interface import Constant, Recommender
-from mirrorgrad_jax.models.kernels import dense, pairwise_scores, rownorm
-from mirrorgrad_jax.models.losses import bpr_log_likelihood, embedding_l2
+from mirrorgrad_jax.models.kernels import dense
+from mirrorgrad_jax.models.losses import bpr_log_likelihood, embedding_l2, info_nce
 from mirrorgrad_jax.models.registry import register
 
 from mirrorgrad_jax.config import (
@@ -251,13 +251,6 @@ def max_pool_union(
     idx = np.concatenate([idx_a, idx_b], axis=1).astype(np.int32)
     return idx, np.concatenate([out_a, out_b], axis=1).astype(np.float32)
 
-
-def info_nce(view1: jax.Array, view2: jax.Array, temperature: float) -> jax.Array:
-    """In-batch InfoNCE: ``mean_b [logsumexp_c(s_bc / tau) - s_bb / tau]``, ``s`` the cosines of the rows."""
-    a, b = rownorm(view1), rownorm(view2)
-    positive = jnp.sum(a * b, axis=-1) / temperature
-    total = jax.nn.logsumexp(pairwise_scores(a, b) / temperature, axis=1)
-    return jnp.mean(total - positive)
 
 
 @register
