@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(PY) -m mirrorgrad_jax demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
 # The parity check's per-model hooks on our side (tests/parity_hooks/; minutes, no torch).
 # The harness itself and every model's map are in `make test`.

@@ -1,9 +1,50 @@
-"""Fixtures shared by the model tests (the builders themselves are in helpers.py)."""
+"""Fixtures shared by the model tests (the builders themselves are in helpers.py), and the
+session's compilation cache.
+
+Most of the suite's time is XLA compiling: each ``train()`` call builds its step, scan and
+ranking programs afresh, so a test that trains twice (resume, a checkpoint evaluated after
+its run, a seed repeated) compiles the same programs twice. JAX's persistent compilation
+cache finds such a program by the fingerprint of its HLO and the compile options and loads
+the executable instead of compiling it again: the same executable, so no number changes
+(the pinned runs in test_pinned_runs.py check exactly that). The controller makes one
+cache folder per session, which the xdist workers and the tests' subprocesses inherit
+through JAX_COMPILATION_CACHE_DIR, and removes it at the end; a cache folder the caller
+set already is used as it is and kept. Programs that compile in under 0.2 s are not
+stored (measured: storing every program made the suite slower than no cache).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 from helpers import hand_dataset, three_block_dataset
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = "MIRRORGRAD_TEST_OWNS_JAX_CACHE"
+
+
+def pytest_configure(config):
+    if not os.environ.get(_CACHE_ENV):
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="mirrorgrad-test-xla-cache-")
+        os.environ[_OWN_CACHE] = os.environ[_CACHE_ENV]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    import jax
+
+    # JAX reads the variables when it is first imported; this covers a JAX imported earlier.
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+def pytest_unconfigure(config):
+    # Only the process that made the folder removes it (the controller, not a worker).
+    own = os.environ.get(_OWN_CACHE)
+    if own and not hasattr(config, "workerinput"):
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

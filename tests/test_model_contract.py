@@ -5,9 +5,9 @@ Parametrized over the registry, so a new model is covered the moment it register
 * it builds on ``synthetic-small`` with its defaults, ranks every item for a block of users
   with finite scores, and holds only the declared variable kinds;
 * every trainable parameter gets a gradient from a batch and no constant is a parameter;
-* the trainer lowers its loss over a few epochs with Mirror Gradient on (through the
-  ``mirrorgrad train`` command) and off (through the library), and the best checkpoint of
-  each run evaluates to exactly the run's own metrics; with MIRRORGRAD_NETWORK_TESTS=1 it
+* plain Adam steps on one batch lower its loss, and the trainer lowers it over a few
+  epochs with Mirror Gradient on (through the ``mirrorgrad train`` command), whose best
+  checkpoint evaluates to exactly the run's own metrics; with MIRRORGRAD_NETWORK_TESTS=1 it
   also trains an epoch on MovieLens-100K through the command line;
 * its config declares every field's type and range, so wrong values are refused with a
   ``ConfigError`` naming the field, and its packaged reference grid builds point by point;
@@ -28,6 +28,7 @@ import typing
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -36,9 +37,17 @@ from mirrorgrad_jax.config import Range
 from mirrorgrad_jax.data import load_dataset, make_synthetic
 from mirrorgrad_jax.errors import ConfigError, UserInputError
 from mirrorgrad_jax.models import CHECKPOINTED, Constant, TrainingCache, available_models, build_config, get_model
-from mirrorgrad_jax.train import MGConfig, TrainConfig, evaluate_model, load_trained_model, train
+from mirrorgrad_jax.train import MGConfig, TrainConfig, evaluate_model, load_trained_model
 from mirrorgrad_jax.train.grid import expand
 from helpers import packaged_config, positive_batch, random_batch
+
+
+def _per_model(names: list[str]) -> list:
+    """One parameter per model, all of a model's tests in one xdist group: a worker builds the
+    model's graphs and compiles its small eager programs once for all of them (``make test``
+    runs ``--dist loadgroup``; the groups still spread over the workers)."""
+    return [pytest.param(name, marks=pytest.mark.xdist_group(f"model-{name}")) for name in names]
+
 
 MODELS = available_models()
 TRAINABLE = [name for name in MODELS if get_model(name).trainable]
@@ -47,6 +56,17 @@ TRAINABLE = [name for name in MODELS if get_model(name).trainable]
 @pytest.fixture(scope="module")
 def small():
     return load_dataset("synthetic-small", verbose=False)
+
+
+# 455 rows: synthetic-small's 1820 train rows make 4 full batches and no smaller last one.
+TRAIN = {"epochs": 3, "batch_size": 455, "learning_rate": 5e-3, "valid_metric": "recall@20", "patience": 10, "seed": 3}
+#: MG through the command line with beta 2: the 4 batches are two whole blocks (mirror,
+#: normal), so an epoch is one compiled scan. The default beta 3 would add a single mirrored
+#: step for the fourth batch, a second large program to compile per model; the suite's time
+#: is mostly compile time, and the schedules are tested in test_steps.py and test_trainer.py.
+MG_FLAGS = ["--mg", "--beta", "2"]
+#: Plain (no MG) Adam steps on one batch in the gradient test.
+PLAIN_STEPS = 5
 
 
 def _build(name: str, dataset, **overrides):
@@ -58,7 +78,7 @@ def _batch(cls, dataset, n: int = 64):
     return random_batch(dataset, n) if cls.uses_negatives else positive_batch(dataset, n)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _per_model(MODELS))
 def test_builds_ranks_every_item_and_holds_only_declared_state(name, small):
     model = _build(name, small)
     users = jnp.arange(7)
@@ -73,8 +93,8 @@ def test_builds_ranks_every_item_and_holds_only_declared_state(name, small):
     assert kinds <= declared, f"undeclared variable kinds: {kinds - declared}"
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
-def test_every_trainable_parameter_gets_a_gradient(name, small):
+@pytest.mark.parametrize("name", _per_model(TRAINABLE))
+def test_every_trainable_parameter_gets_a_gradient_and_plain_steps_lower_the_loss(name, small):
     model = _build(name, small)
     cls = type(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -90,17 +110,25 @@ def test_every_trainable_parameter_gets_a_gradient(name, small):
     silent = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads) if not float(jnp.abs(g).max()) > 0]
     assert not silent, f"{name}: no gradient reaches {silent}"
     assert jax.tree.leaves(params), f"{name} has no trainable parameters"
+    # Without MG: Adam steps on this batch (same key, so the loss is one function of the
+    # parameters) with the program just compiled lower it. The trainer's plain steps are the
+    # normal steps inside the MG run below (its blocks alternate mirror and normal steps).
+    tx = optax.adam(TRAIN["learning_rate"])
+    state = tx.init(params)
+    losses = [float(loss)]
+    for _ in range(PLAIN_STEPS):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        loss, grads = value_and_grad(params, rest)
+        losses.append(float(loss))
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], f"{name} (no MG): the loss did not fall: {losses}"
 
-
-# 455 rows: synthetic-small's 1820 train rows make 4 full batches and no smaller last one,
-# so an epoch is one scan (plus one mirrored step with MG): the fewest programs to compile.
-TRAIN = {"epochs": 3, "batch_size": 455, "learning_rate": 5e-3, "valid_metric": "recall@20", "patience": 10, "seed": 3}
 
 
 def _run_through_the_command_line(name: str, dataset: str, folder, *, epochs: int) -> tuple[dict, str]:
     """``mirrorgrad train`` with MG as a user runs it; returns the run's record and its best checkpoint."""
     results = folder / "results.json"
-    argv = ["train", "--model", name, "--dataset", dataset, "--mg", "--quiet", "--results", str(results),
+    argv = ["train", "--model", name, "--dataset", dataset, *MG_FLAGS, "--quiet", "--results", str(results),
             "--checkpoint-dir", str(folder / "runs"), "--epochs", str(epochs), "--batch-size", str(TRAIN["batch_size"]),
             "--lr", str(TRAIN["learning_rate"]), "--valid-metric", TRAIN["valid_metric"], "--seed", str(TRAIN["seed"])]  # fmt: skip
     assert main(argv) == 0
@@ -108,19 +136,14 @@ def _run_through_the_command_line(name: str, dataset: str, folder, *, epochs: in
     return run, str(folder / "runs" / f"combo0-seed{TRAIN['seed']}" / "best.ckpt")
 
 
-@pytest.mark.parametrize("mg", [True, False], ids=["mg-cli", "no-mg"])
-@pytest.mark.parametrize("name", MODELS)
-def test_training_lowers_the_loss_and_the_checkpoint_evaluates_to_the_runs_numbers(name, mg, small, tmp_path):
+@pytest.mark.parametrize("name", _per_model(MODELS))
+def test_training_with_mg_lowers_the_loss_and_the_checkpoint_evaluates_to_the_runs_numbers(name, small, tmp_path):
     cls = get_model(name)
-    if mg:  # through the user's door
-        run, checkpoint = _run_through_the_command_line(name, "synthetic-small", tmp_path, epochs=TRAIN["epochs"])
-    else:  # through the library
-        result = train(cls, build_config(cls, {}), small, TrainConfig(**TRAIN), MGConfig(enabled=False), checkpoint_dir=tmp_path, log=None)
-        run, checkpoint = result.to_dict(), str(tmp_path / "best.ckpt")
+    run, checkpoint = _run_through_the_command_line(name, "synthetic-small", tmp_path, epochs=TRAIN["epochs"])
     if cls.trainable:
         losses = [h["loss"] for h in run["history"]]
         assert len(losses) == 3 and all(np.isfinite(losses))
-        assert losses[-1] < losses[0], f"{name} ({'MG' if mg else 'no MG'}): the loss did not fall: {losses}"
+        assert losses[-1] < losses[0], f"{name} (MG): the loss did not fall: {losses}"
     else:
         assert run["stop_reason"] == "no_training"
     trained = load_trained_model(checkpoint, small)
@@ -132,7 +155,7 @@ def test_training_lowers_the_loss_and_the_checkpoint_evaluates_to_the_runs_numbe
     os.environ.get("MIRRORGRAD_NETWORK_TESTS") != "1",
     reason="MovieLens-100K is downloaded on first use; set MIRRORGRAD_NETWORK_TESTS=1 (or run it once: mirrorgrad datasets movielens-100k)",
 )
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _per_model(MODELS))
 def test_one_epoch_on_movielens_through_the_command_line(name, tmp_path):
     run, _ = _run_through_the_command_line(name, "movielens-100k", tmp_path, epochs=1)
     assert run["epochs_run"] == 1 and np.isfinite(run["history"][0]["loss"])
@@ -162,7 +185,7 @@ def _wrong_values(annotation) -> list:
     return []
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _per_model(MODELS))
 def test_config_refuses_what_its_fields_do_not_allow(name):
     cls = get_model(name).config_class
     hints = typing.get_type_hints(cls, include_extras=True)
@@ -181,7 +204,7 @@ def test_config_refuses_what_its_fields_do_not_allow(name):
             cls(image_modality="text", text_modality="text")
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _per_model(MODELS))
 def test_every_point_of_the_packaged_reference_grid_builds(name):
     cls = get_model(name)
     config = packaged_config(name, cls.config_class)
@@ -194,7 +217,7 @@ def test_every_point_of_the_packaged_reference_grid_builds(name):
         MGConfig(**values)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", _per_model(MODELS))
 def test_a_dataset_the_model_cannot_use_is_one_clear_error(name, small):
     cls = get_model(name)
     if cls.multimodal:

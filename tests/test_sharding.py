@@ -31,6 +31,7 @@ from mirrorgrad_jax.cli import main
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.devices import parse_mesh_spec
 from mirrorgrad_jax.train import read_scalars
+from sharding_runner import MODEL_MESHES
 
 RUNNER = Path(__file__).with_name("sharding_runner.py")
 LOSS_RTOL = 1e-5
@@ -38,7 +39,6 @@ METRIC_ATOL = 1e-4
 # Seconds a group of simulated-device runs may take before the test fails (measured ~2 min
 # on a heavily loaded 2-core machine; far less on a quiet one).
 TIMEOUT_S = 600
-MESHES = ("1", "2x1", "4x1", "2x2")
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -78,7 +78,7 @@ def sharded_runs(tmp_path_factory) -> dict:
 def _run_meshes(folder: Path) -> dict:
     """Every mesh run, in two subprocesses of 4 simulated devices each, run side by side."""
     folder.mkdir(exist_ok=True)
-    groups = {"vbpr,lightgcn,lastbatch": folder / "a.json", "freedom,checkpoint": folder / "b.json"}
+    groups = {"vbpr,lastbatch": folder / "a.json", "lightgcn,freedom,checkpoint": folder / "b.json"}
     procs = {
         jobs: subprocess.Popen(
             [sys.executable, str(RUNNER), "meshes", str(out), jobs], env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -164,7 +164,8 @@ def test_every_mesh_trains_and_ranks_as_one_device(sharded_runs, model):
     runs = sharded_runs["runs"]
     one = runs[f"{model}/one-device"]
     assert len(one["losses"]) == 2
-    for mesh in MESHES:
+    assert sorted(runs) == sorted(f"{m}/{mesh}" for m, meshes in MODEL_MESHES.items() for mesh in ("one-device", *meshes))
+    for mesh in MODEL_MESHES[model]:
         _assert_same_run(runs[f"{model}/{mesh}"], one, f"{model} on mesh {mesh}")
         assert runs[f"{model}/{mesh}"]["layout"]["devices"] == {"1": 1, "2x1": 2, "4x1": 4, "2x2": 4}[mesh]
 
