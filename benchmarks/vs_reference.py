@@ -1,13 +1,13 @@
 """Side by side with the PyTorch reference: epoch, evaluation and MG overhead, one sitting.
 
 Given a checkout of the public reference (Qrange-group/Mirror-Gradient, fetched by the
-user; nothing of it enters this repository; for MMRec's newer models, PGL and MMGCF, a
-checkout of enoche/MMRec, whose trainer and configurator are the same, MG included), this
-runs the reference's OWN trainer (``common.trainer.Trainer.fit`` on its ``RecDataset`` /
-``TrainDataLoader`` / ``EvalDataLoader`` and its model classes) and this project's trainer
-(:func:`mirrorgrad_jax.train.train`) on the SAME data folder with the same
-hyper-parameters, and reports per-epoch train time, evaluation time, the MG overhead
-of both and the ratios, with the machine, versions and thread counts.
+user; nothing of it enters this repository; for MMRec's newer models, PGL, MMGCF, SMORE,
+LGMRec and DA-MRS, a checkout of enoche/MMRec, whose trainer and configurator are the same,
+MG included), this runs the reference's OWN trainer (``common.trainer.Trainer.fit`` on its
+``RecDataset`` / ``TrainDataLoader`` / ``EvalDataLoader`` and its model classes) and this
+project's trainer (:func:`mirrorgrad_jax.train.train`) on the SAME data folder with the same
+hyper-parameters, and reports per-epoch train time, evaluation time, the MG overhead of
+both and the ratios, with the machine, versions and thread counts.
 
 How the two are kept side by side: for every model, four processes are started (reference
 plain, reference MG, ours plain, ours MG), one after the other, each stopping before its
@@ -29,7 +29,9 @@ The data: the Baby-scale interaction graph (``../shared/data/baby-graph``) with 
 random features of the real shapes (image 7050 x 4096, text 7050 x 384), built by
 ``reporting.baby_dataset`` (the loader of ``epoch_time.py``) and written once to a
 temporary MMRec folder (``baby/baby.inter``, ``image_feat.npy``, ``text_feat.npy``) that
-both trainers read.
+both trainers read. Each model gets its own hard-linked copy of it
+(:func:`model_data_folder`): the reference caches graphs in the dataset folder under names
+several models share, and DA-MRS reads an item-item file there that the others do not.
 
 Running the reference today needs compatibility shims; they are applied at run time in
 the reference's process (:func:`install_reference_shims`), its files are never edited:
@@ -119,6 +121,13 @@ MODEL_SETTINGS: dict[str, dict] = {
     # MMRec's newer models (``--reference`` an MMRec checkout: its trainer carries MG too).
     "pgl": {"dropout": 0.2, "reg_weight": 0.0, "mode": "local"},
     "mmgcf": {"n_ui_layers": 2, "reg_weight": 1e-3, "fusion_mode": "mean", "weighting": "equal", "dropout": 0.2},
+    # SMORE.yaml's grid, its first point (this project's defaults); cl_loss 0.01 (ours cl_weight) is a scalar there.
+    "smore": {"n_ui_layers": 3, "image_knn_k": 10, "text_knn_k": 10, "reg_weight": 1e-5, "dropout_rate": 0.0},
+    # LGMRec.yaml: every key a one-value grid (its Baby block).
+    "lgmrec": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4, "keep_rate": 0.5, "alpha": 0.3,
+               "cl_weight": 1e-4, "reg_weight": 1e-6},
+    # DAMRS.yaml: one-value grids (learning_rate too: REFERENCE_SETTINGS); knn_k 10 is a scalar there.
+    "damrs": {"n_mm_layers": 1, "n_ui_layers": 2, "kl_weight": 1.0, "neighbor_weight": 1e-3},
 }
 #: Settings under the reference's own names where they differ from ours (one point of a
 #: yaml grid: the reference's config must hold scalars for a single run).
@@ -132,17 +141,23 @@ REFERENCE_SETTINGS: dict[str, dict] = {
     "mmgcn": {"learning_rate": 1e-3},
     "dualgnn": {"learning_rate": 1e-3, "reg_weight": 1e-3, "aggr_mode": "add"},
     "dragon": {"learning_rate": 1e-3, "reg_weight": 1e-3, "aggr_mode": "add"},
+    "damrs": {"learning_rate": 1e-3},
 }
 #: Optimizer settings of this project's side where a packaged config sets them (the
-#: reference reads the same ``weight_decay`` from its yaml).
+#: reference reads the same ``weight_decay`` / ``learning_rate_scheduler`` from its yaml).
 TRAIN_SETTINGS: dict[str, dict] = {
     "slmrec": {"weight_decay": 1e-4},
+    "smore": {"lr_schedule": (0.96, 50.0)},  # SMORE.yaml's learning_rate_scheduler: [0.96, 50]
+    # PGL.yaml's too (from 2026-12-06 20:50; PGL's first sitting ran this side at a constant
+    # rate: a schedule changes the step size once per epoch, not the work of an epoch).
+    "pgl": {"lr_schedule": (0.96, 50.0)},
 }
 #: The reference's class (and config file) name per model. Those that import
 #: torch_geometric there (SLMRec, GRCN, MVGAE, MMGCN here) need it installed in the
 #: reference's environment (2.4.0 still has the ``dropout_adj`` GRCN imports). DualGNN and
 #: DRAGON read the user-user graph from the data folder (:func:`write_data_folder` writes it
-#: for both sides). On two cores the reference's MMGCN takes ~1.5-2 minutes per epoch and
+#: for both sides), DA-MRS its item-item behaviour graph (:func:`model_data_folder` writes it
+#: for the reference). On two cores the reference's MMGCN takes ~1.5-2 minutes per epoch and
 #: its MVGAE 10-15 minutes (vs_reference.md): budget an hour or more for MVGAE at
 #: ``--epochs 2``. Not covered: LightGCN and BPR-MF (not in the reference).
 REFERENCE_NAMES = {
@@ -163,6 +178,9 @@ REFERENCE_NAMES = {
     # repository's, MG included): pass an MMRec checkout as --reference for these.
     "pgl": "PGL",
     "mmgcf": "MMGCF",
+    "smore": "SMORE",
+    "lgmrec": "LGMRec",
+    "damrs": "DAMRS",
 }
 MG_SETTINGS = {"alpha1": 1.0, "alpha2": 0.2, "beta": 3}
 SEED = 999
@@ -589,6 +607,40 @@ def write_data_folder(graph: str, root: str) -> str:
     return folder
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+def model_data_folder(model: str, root: str, work: str) -> str:
+    """``work/data_<model>``: the model's own copy of ``root/baby`` (hard links), with its extra files.
+
+    Its own copy: the reference caches graphs in the dataset folder under names several
+    models share (MGCN's and SMORE's ``image_adj_<k>_True.pt`` / ``text_adj_<k>_True.pt``,
+    FREEDOM's and PGL's ``mm_adj_freedomdsp_<k>_<w>.pt``), which must not feed another
+    model. Within one model the reference's plain arm builds and saves them during its
+    set-up and its MG arm loads them, before any timed epoch, as two MMRec runs on one folder
+    do. (LGMRec reads and writes nothing there.) The reference writes new files only, so the
+    links never change the shared folder.
+
+    DA-MRS: ``item_graph_dict_2.npy``, the item-item behaviour graph its reference reads, written
+    by ``parity_maps.damrs_item_graph_file`` from this project's ``build_behaviour_graph`` (the
+    step-level check writes it the same way).
+    """
+    own = os.path.join(work, f"data_{model}")
+    folder = os.path.join(own, "baby")
+    shutil.copytree(os.path.join(root, "baby"), folder, copy_function=_link_or_copy, dirs_exist_ok=True)
+    if model == "damrs":
+        from parity_maps import damrs_item_graph_file
+
+        # For the reference's process only (it loads this with allow_pickle); this project
+        # builds the behaviour graph itself at the model's init, never reads this file.
+        damrs_item_graph_file(folder)
+    return own
+
+
 def reference_env(env: dict, reference: str) -> dict:
     """``env`` with the reference checkout's ``src/`` first on PYTHONPATH: its packages import as ``utils.*``, ``common.*``."""
     src = os.path.join(os.path.abspath(reference), "src")
@@ -902,7 +954,7 @@ def main(argv=None):
                 reused.append(model)
                 continue
             try:
-                run = run_model(model, args, work, work)
+                run = run_model(model, args, model_data_folder(model, work, work), work)
             except Exception as err:  # one model's failure does not lose the others
                 print(f"[{model}] failed: {err}", file=sys.stderr, flush=True)
                 failures.append(f"{model}: {str(err).strip().splitlines()[-1][:300]}")
@@ -940,7 +992,7 @@ def main(argv=None):
         ),
         "data": (
             f"Baby graph ({ref_meta['batches']} batches of 2048) with seeded random image 4096-d and text 384-d features, "
-            f"one MMRec folder read by both; settings {json.dumps({m: MODEL_SETTINGS.get(m, {}) for m in args.models.split(',')})}, "
+            f"one MMRec folder read by both (a hard-linked copy per model); settings {json.dumps({m: MODEL_SETTINGS.get(m, {}) for m in args.models.split(',')})}, "
             f"MG {json.dumps(MG_SETTINGS)}, seed {SEED}; epochs per arm {json.dumps({r['model']: len(r['epochs']['ref plain']) for r in runs})}, the four arms of a model "
             "round-robin one epoch at a time"
         ),

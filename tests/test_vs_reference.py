@@ -344,3 +344,85 @@ def test_the_report_names_the_repository_the_checkout_is(vs, tmp_path):
     (tmp_path / "mmrec" / "src" / "models" / "pgl.py").write_text("")
     assert vs.reference_repository(str(tmp_path / "mg")) == "Qrange-group/Mirror-Gradient"
     assert vs.reference_repository(str(tmp_path / "mmrec")) == "enoche/MMRec"
+
+
+# ---------------------------------------------------------------------------------------
+# MMRec's newer models: one point of each grid on both sides, and DA-MRS's extra data file.
+# ---------------------------------------------------------------------------------------
+
+#: Models whose reference is in MMRec only (an MMRec checkout as --reference).
+MMREC_ONLY = ("pgl", "mmgcf", "smore", "lgmrec", "damrs")
+
+
+def test_mmrec_only_models_are_covered_and_registered(vs):
+    from mirrorgrad_jax.models import get_model
+
+    assert set(MMREC_ONLY) <= set(vs.REFERENCE_NAMES)
+    for model in vs.REFERENCE_NAMES:
+        assert get_model(model).name == model
+    assert {m: vs.REFERENCE_NAMES[m] for m in ("smore", "lgmrec", "damrs")} == {"smore": "SMORE", "lgmrec": "LGMRec", "damrs": "DAMRS"}
+
+
+@pytest.mark.parametrize("model", MMREC_ONLY)
+def test_both_sides_train_one_point_of_the_packaged_grid(vs, model):
+    # The packaged config holds the reference yaml's grid under this project's names: every
+    # list there needs a scalar for one run (the reference's Config would hand the model the
+    # list), a point of that grid, which both sides train (ours_child builds its config from
+    # the same settings).
+    from helpers import packaged_config
+    from mirrorgrad_jax.models import build_config, get_model
+
+    from mirrorgrad_jax.train import TrainConfig
+
+    cls = get_model(model)
+    packaged = packaged_config(model, cls.config_class)
+    settings = vs.MODEL_SETTINGS[model]
+    build_config(cls, settings)  # our names and values (an unknown option or a wrong value raises)
+    for key, value in packaged["model_config"].items():
+        if isinstance(value, list):
+            assert key in settings and settings[key] in value, (model, key, value)
+    ours = TrainConfig(**vs.TRAIN_SETTINGS.get(model, {}))
+    lr = packaged["train"]["learning_rate"]
+    assert ours.learning_rate in (lr if isinstance(lr, list) else [lr])
+    if isinstance(lr, list):  # a grid in the reference's yaml too: the reference needs the scalar
+        assert "learning_rate" in vs.REFERENCE_SETTINGS[model], model
+    # Otherwise the reference reads its yaml's (or overall.yaml's) 0.001.
+    assert vs.REFERENCE_SETTINGS.get(model, {}).get("learning_rate", 1e-3) == ours.learning_rate
+    assert tuple(ours.lr_schedule) == tuple(packaged["train"].get("lr_schedule", (1.0, 50.0))), model
+
+
+def _mmrec_folder(root):
+    import dataclasses
+
+    from mirrorgrad_jax.data import make_synthetic, write_mmrec
+
+    dataset = dataclasses.replace(make_synthetic(num_users=40, num_items=30, seed=5), name="baby")
+    write_mmrec(dataset, root / "baby")
+    return dataset
+
+
+def test_damrs_gets_its_item_graph_file_and_every_model_its_own_folder(vs, tmp_path):
+    np = pytest.importorskip("numpy")
+    from mirrorgrad_jax.models.damrs import build_behaviour_graph
+
+    from mirrorgrad_jax.data import load_mmrec
+
+    dataset = _mmrec_folder(tmp_path / "shared")
+    shared = tmp_path / "shared" / "baby"
+    before = sorted(os.listdir(shared))
+    damrs = vs.model_data_folder("damrs", str(tmp_path / "shared"), str(tmp_path))
+    smore = vs.model_data_folder("smore", str(tmp_path / "shared"), str(tmp_path))
+    assert damrs == str(tmp_path / "data_damrs") and smore == str(tmp_path / "data_smore")
+    graph_file = os.path.join(damrs, "baby", "item_graph_dict_2.npy")
+    graph = np.load(graph_file, allow_pickle=True).item()
+    rows, cols, counts = build_behaviour_graph(dataset.train, dataset.num_items, 2)
+    assert graph and graph == {int(i): [cols[rows == i].tolist(), counts[rows == i].tolist()] for i in np.unique(rows)}
+    assert sorted(os.listdir(os.path.join(damrs, "baby"))) == sorted(before + ["item_graph_dict_2.npy"])
+    assert sorted(os.listdir(os.path.join(smore, "baby"))) == before  # only DA-MRS's reference reads it
+    assert sorted(os.listdir(shared)) == before
+    # A graph the reference caches in one model's folder reaches no other model's.
+    (tmp_path / "data_smore" / "baby" / "image_adj_10_True.pt").write_bytes(b"cache")
+    assert not os.path.exists(shared / "image_adj_10_True.pt")
+    assert not os.path.exists(os.path.join(damrs, "baby", "image_adj_10_True.pt"))
+    copy = load_mmrec(os.path.join(smore, "baby"), verbose=False)
+    assert np.array_equal(copy.train, dataset.train) and np.array_equal(copy.features["image"], dataset.features["image"])
