@@ -641,10 +641,21 @@ def model_data_folder(model: str, root: str, work: str) -> str:
     return own
 
 
+#: This repository's root (``models/``, ``mirrorgrad_jax/``).
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def reference_env(env: dict, reference: str) -> dict:
-    """``env`` with the reference checkout's ``src/`` first on PYTHONPATH: its packages import as ``utils.*``, ``common.*``."""
+    """``env`` with the reference checkout's ``src/`` first on PYTHONPATH: its packages import as ``utils.*``, ``common.*``.
+
+    This repository's root is taken off PYTHONPATH (where a user put it to run a checkout
+    without installing): MMRec's ``src/models`` has no ``__init__.py``, and a namespace
+    package loses to a regular one anywhere on the path, so the reference would import this
+    project's ``models`` package instead of its own.
+    """
     src = os.path.join(os.path.abspath(reference), "src")
-    return {**env, "PYTHONPATH": os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])}
+    rest = [p for p in (env.get("PYTHONPATH") or "").split(os.pathsep) if p and os.path.abspath(p) != REPOSITORY_ROOT]
+    return {**env, "PYTHONPATH": os.pathsep.join([src, *rest])}
 
 
 def run_model(model: str, args, data_root: str, log_dir: str) -> dict:

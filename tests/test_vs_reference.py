@@ -426,3 +426,14 @@ def test_damrs_gets_its_item_graph_file_and_every_model_its_own_folder(vs, tmp_p
     assert not os.path.exists(os.path.join(damrs, "baby", "image_adj_10_True.pt"))
     copy = load_mmrec(os.path.join(smore, "baby"), verbose=False)
     assert np.array_equal(copy.train, dataset.train) and np.array_equal(copy.features["image"], dataset.features["image"])
+
+
+def test_the_reference_process_does_not_see_this_repositorys_models_package(vs, tmp_path):
+    # MMRec's src/models has no __init__.py: with this repository's root on PYTHONPATH the
+    # reference would import our models package (a regular package wins over a namespace one).
+    other = str(tmp_path / "elsewhere")
+    env = vs.reference_env({"PYTHONPATH": os.pathsep.join([vs.REPOSITORY_ROOT, other]), "HOME": "/h"}, str(tmp_path / "mmrec"))
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "mmrec" / "src"), other]
+    assert env["HOME"] == "/h"
+    assert os.path.isfile(os.path.join(vs.REPOSITORY_ROOT, "models", "__init__.py"))
+    assert vs.reference_env({}, str(tmp_path / "mmrec"))["PYTHONPATH"] == str(tmp_path / "mmrec" / "src")
