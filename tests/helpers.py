@@ -129,3 +129,13 @@ def mirrorgrad_commands(markdown: str) -> list[str]:
             if line.startswith("mirrorgrad "):
                 commands.append(line)
     return commands
+
+
+def np_info_nce(view1: np.ndarray, view2: np.ndarray, tau: float) -> float:
+    """InfoNCE as the MMRec models write it, in NumPy: rows L2-normalised, row i's positive is
+    row i of the other view, ``-mean log(exp(pos / tau) / sum exp(all / tau))``."""
+    a = view1 / np.linalg.norm(view1, axis=1, keepdims=True)
+    b = view2 / np.linalg.norm(view2, axis=1, keepdims=True)
+    pos = np.exp(np.sum(a * b, 1) / tau)
+    total = np.exp(a @ b.T / tau).sum(1)
+    return float(np.mean(-np.log(pos / total)))

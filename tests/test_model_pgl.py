@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import packaged_config, random_batch
+from helpers import np_info_nce, packaged_config, random_batch
 from mirrorgrad_jax.models import Constant, EpochSample
 from mirrorgrad_jax.models.pgl import (
     PGL,
@@ -102,13 +102,6 @@ def _forward(model, a, mm):
 
 def _bpr(u, pos, neg):
     return -np.mean(np.log(1.0 / (1.0 + np.exp(-(np.sum(u * pos, 1) - np.sum(u * neg, 1))))))
-
-
-def _info_nce(v1, v2, tau):
-    a = v1 / np.linalg.norm(v1, axis=1, keepdims=True)
-    b = v2 / np.linalg.norm(v2, axis=1, keepdims=True)
-    logits = a @ b.T / tau
-    return np.mean(-np.log(np.exp(np.diag(logits)) / np.exp(logits).sum(1)))
 
 
 def _dropped(key, i, x, rate):
@@ -199,7 +192,7 @@ def test_training_forward_and_every_loss_term_by_hand(hand, hand_model):
     u, pos, neg = users[BATCH[0]], items[BATCH[1]], items[BATCH[2]]
     bpr = _bpr(u, pos, neg)
     # Four independent dropouts (rate 0.5) of the SAME embeddings, tau 0.2.
-    cl = (_info_nce(_dropped(key, 0, u, 0.5), _dropped(key, 1, u, 0.5), 0.2) + _info_nce(_dropped(key, 2, pos, 0.5), _dropped(key, 3, pos, 0.5), 0.2)) / 2
+    cl = (np_info_nce(_dropped(key, 0, u, 0.5), _dropped(key, 1, u, 0.5), 0.2) + np_info_nce(_dropped(key, 2, pos, 0.5), _dropped(key, 3, pos, 0.5), 0.2)) / 2
     terms = jit_terms(model, jnp.asarray(BATCH, jnp.int32), key)
     np.testing.assert_allclose(float(terms["bpr"]), bpr, rtol=1e-5)
     np.testing.assert_allclose(float(terms["cl"]), cl, rtol=1e-5)
@@ -214,11 +207,11 @@ def test_dropout_and_temperature_options(hand):
     model = _model(hand, local_keep_ratio=0.5, reg_weight=1.0, dropout=0.0, cl_temperature=0.5)
     users, items = (_np(x) for x in jit_training_forward(model))
     u, pos = users[BATCH[0]], items[BATCH[1]]
-    expected = (_info_nce(u, u, 0.5) + _info_nce(pos, pos, 0.5)) / 2
+    expected = (np_info_nce(u, u, 0.5) + np_info_nce(pos, pos, 0.5)) / 2
     for seed in (0, 1):
         terms = jit_terms(model, jnp.asarray(BATCH, jnp.int32), jax.random.key(seed))
         np.testing.assert_allclose(float(terms["cl"]), expected, rtol=1e-5)
-    assert abs(expected - (_info_nce(u, u, 0.2) + _info_nce(pos, pos, 0.2)) / 2) > 1e-2  # tau is not ignored
+    assert abs(expected - (np_info_nce(u, u, 0.2) + np_info_nce(pos, pos, 0.2)) / 2) > 1e-2  # tau is not ignored
 
 
 def test_reg_weight_zero_is_the_bpr_alone(hand, hand_model):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import packaged_config, value_and_grad_constants_fixed
+from helpers import np_info_nce, packaged_config, value_and_grad_constants_fixed
 from mirrorgrad_jax.models import Constant, EpochSample
 from mirrorgrad_jax.models.smore import (
     SMORE,
@@ -123,15 +123,6 @@ def _np_spectrum(image, text, weights):
     return back(fi * w["image"]), back(ft * w["text"]), back(fi * ft * w["fusion"])
 
 
-def _np_info_nce(view1, view2, tau):
-    """The reference's formula, literally: -mean log(exp(pos / tau) / sum exp(all / tau))."""
-    a = view1 / np.linalg.norm(view1, axis=1, keepdims=True)
-    b = view2 / np.linalg.norm(view2, axis=1, keepdims=True)
-    pos = np.exp(np.sum(a * b, 1) / tau)
-    total = np.exp(a @ b.T / tau).sum(1)
-    return np.mean(-np.log(pos / total))
-
-
 def _np_forward(model, ds, multipliers=None):
     """(final, side, content) computed densely in float64 from the model's parameters.
 
@@ -166,8 +157,8 @@ def _np_terms(final, side, content, divisor):
     return {
         "bpr": -np.mean(np.log(_sigmoid(np.sum(u * p, 1) - np.sum(u * n, 1)))),
         "l2": 0.5 * (np.sum(u**2) + np.sum(p**2) + np.sum(n**2)) / divisor,
-        "cl_items": _np_info_nce(side[U + pos], content[U + pos], 0.2),
-        "cl_users": _np_info_nce(side[users], content[users], 0.2),
+        "cl_items": np_info_nce(side[U + pos], content[U + pos], 0.2),
+        "cl_users": np_info_nce(side[users], content[users], 0.2),
     }
 
 
