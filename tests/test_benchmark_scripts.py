@@ -325,3 +325,19 @@ def test_logdir_without_the_writer_stops_a_benchmark_in_one_line_before_it_runs(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{script}.py: error: --logdir" in err and "pip install 'mirrorgrad-jax[tensorboard]'" in err, err
     assert not (tmp_path / "tb").exists() and not runs.exists()
+
+
+def test_flat_minima_says_when_runs_were_still_improving_at_the_end_of_their_window():
+    fm = _load("flat_minima")
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    peaked = [0.1, 0.6, 0.5, 0.4, 0.3, 0.2]
+    settled = [_fm_row(m, k, s, peaked, peaked) for m, k in (("plain", None), ("sam", 0.01), ("sam", 0.05), ("sam", 0.1)) for s in (999, 1000)]
+    table = "\n".join(fm.cell_table(settled, "bprmf", "d", 3))
+    assert "Still improving" not in table and "| 1 of 3 |" in table
+    # Plain still rising over its whole 6 epochs: late both within 3 (equal epochs) and 6 (equal compute).
+    climbing = [_fm_row("plain", None, s, rising, rising) for s in (999, 1000)] + settled[2:]
+    table = "\n".join(fm.cell_table(climbing, "bprmf", "d", 3))
+    assert "**Still improving at the end of the window**" in table and "plain within 3 (2 of 2), plain within 6 (2 of 2)" in table
+    assert "sam within" not in table and "| 2 of 3 |" in table
+    assert fm.late_runs({999: _fm_row("sam", 0.1, 999, rising, rising)}, 3) == [999]
+    assert fm.late_runs({999: _fm_row("sam", 0.1, 999, peaked, peaked)}, 3) == []
