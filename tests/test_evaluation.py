@@ -12,6 +12,7 @@ from mirrorgrad_jax.evaluation import (
     DEFAULT_TOPK,
     EarlyStopping,
     RankingEvaluator,
+    SplitEvaluators,
     masked_top_k_hits,
     ranking_metrics,
 )
@@ -217,6 +218,50 @@ def test_new_parameters_do_not_recompile():
         evaluator.top_k(scores_fn, params)
     assert len(traces) == 1
     assert evaluator._block_fn(scores_fn)._cache_size() == 1
+
+
+def test_split_evaluators_rank_every_split_as_its_own_evaluator_in_one_program():
+    """Valid and test in one compiled program give each split's own metrics, to the bit."""
+    traces = []
+
+    def scores_fn(params, user_ids):
+        traces.append(1)  # runs only while tracing
+        item_side = jnp.tanh(params["i"] @ params["w"])  # state-only: shared by the splits
+        return params["u"][user_ids] @ item_side.T
+
+    rng = np.random.default_rng(11)
+    num_users, num_items = 37, 40
+    train = np.array([(u, int(i)) for u in range(num_users) for i in rng.choice(num_items, 3, replace=False)], np.int64)
+    # Splits of different shapes: 37 valid users with 1-2 items, 30 test users with up to 9.
+    valid = np.array([(u, int(i)) for u in range(num_users) for i in rng.choice(num_items, 1 + u % 2, replace=False)], np.int64)
+    test = np.array([(u, int(i)) for u in range(30) for i in rng.choice(num_items, 1 + u % 9, replace=False)], np.int64)
+    separate = [RankingEvaluator(num_items, train, t, topk=(1, 5, 20), user_block=16) for t in (valid, test)]
+    joint = SplitEvaluators(*[RankingEvaluator(num_items, train, t, topk=(1, 5, 20), user_block=16) for t in (valid, test)])
+    for _ in range(2):
+        params = {
+            "u": jnp.asarray(rng.normal(size=(num_users, 6)), jnp.float32),
+            "i": jnp.asarray(rng.normal(size=(num_items, 6)), jnp.float32),
+            "w": jnp.asarray(rng.normal(size=(6, 6)), jnp.float32),
+        }
+        traces.clear()
+        expected = tuple(e.evaluate(scores_fn, params, round_to=None) for e in separate)
+        got = joint.evaluate(scores_fn, params, round_to=None)
+        assert got == expected  # same hits, same float64 sums: equal, not approximately
+        assert got[0] != got[1]
+    # The second round compiled nothing: only the separate evaluators' first round traced.
+    assert traces == []
+    assert joint._joint_fn(scores_fn)._cache_size() == 1
+    assert SplitEvaluators(separate[0]).evaluate(scores_fn, params) == (separate[0].evaluate(scores_fn, params),)
+
+
+def test_split_evaluators_refuse_nothing_and_mixed_placement():
+    evaluator = RankingEvaluator(10, np.zeros((0, 2), np.int64), np.array([[0, 1]]), topk=(2,))
+    with pytest.raises(ValueError, match="at least one"):
+        SplitEvaluators()
+    meshed = RankingEvaluator(10, np.zeros((0, 2), np.int64), np.array([[0, 1]]), topk=(2,))
+    meshed._mesh = object()  # only its presence is checked
+    with pytest.raises(ValueError, match="every evaluator has a mesh or none"):
+        SplitEvaluators(evaluator, meshed)
 
 
 def test_wrong_score_shape_is_a_clear_error():

@@ -21,7 +21,7 @@ Example::
 """
 
 from mirrorgrad_jax.evaluation.metrics import DEFAULT_TOPK, METRICS, ranking_metrics
-from mirrorgrad_jax.evaluation.ranking import RankingEvaluator, ScoresFn
+from mirrorgrad_jax.evaluation.ranking import RankingEvaluator, ScoresFn, SplitEvaluators
 from mirrorgrad_jax.evaluation.sharded import place_user_blocks, sharded_ranking_fn
 from mirrorgrad_jax.evaluation.stopping import EarlyStopping
 from mirrorgrad_jax.evaluation.topk import MASK_SCORE, masked_top_k_hits
@@ -33,6 +33,7 @@ __all__ = [
     "EarlyStopping",
     "RankingEvaluator",
     "ScoresFn",
+    "SplitEvaluators",
     "masked_top_k_hits",
     "place_user_blocks",
     "ranking_metrics",

@@ -19,7 +19,7 @@ from mirrorgrad_jax.evaluation.metrics import DEFAULT_TOPK, check_topk, ranking_
 from mirrorgrad_jax.evaluation.sharded import place_user_blocks, sharded_ranking_fn
 from mirrorgrad_jax.evaluation.topk import masked_top_k_hits
 
-__all__ = ["RankingEvaluator", "ScoresFn"]
+__all__ = ["RankingEvaluator", "ScoresFn", "SplitEvaluators"]
 
 ScoresFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -166,48 +166,58 @@ class RankingEvaluator:
         """Per evaluated user, its number of target rows."""
         return self._num_positives.copy()
 
+    def _program(self, scores_fn: ScoresFn) -> Callable[..., tuple[jax.Array, jax.Array]]:
+        """The pure, unjitted program of one evaluation without a mesh: every block of users in one loop."""
+        block_shape = (self.user_block, self.num_items)
+        k_max = self.k_max
+        num_blocks = self._num_blocks
+
+        def block(model_state, users, train_idx, target_idx, b):
+            user_ids = users[b]
+            scores = scores_fn(model_state, user_ids)
+            if scores.shape != block_shape:
+                raise ValueError(f"scores_fn returned shape {scores.shape}, expected (user_block, num_items) = {block_shape}")
+            return masked_top_k_hits(scores, train_idx[b], target_idx[b], k_max)
+
+        def every_block(model_state, users, train_idx, target_idx):
+            # One program loops over the blocks: what scores_fn computes from the model
+            # state alone (a model's full forward pass, the item-side tables) does not
+            # depend on the block, and XLA hoists it out of the loop, so it runs once per
+            # evaluation instead of once per block (benchmarks/results/ranking.md).
+            return jax.lax.map(lambda b: block(model_state, users, train_idx, target_idx, b), jnp.arange(num_blocks))
+
+        return every_block
+
+    def _inputs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return self._users_dev, self._train_dev, self._targets_dev
+
     def _block_fn(self, scores_fn: ScoresFn) -> Callable[..., tuple[jax.Array, jax.Array]]:
         fn = self._block_fns.get(scores_fn)
-        if fn is None and self._mesh is not None:
-            fn = self._block_fns[scores_fn] = sharded_ranking_fn(scores_fn, self._mesh, (self.user_block, self.num_items), self.k_max)
         if fn is None:
-            block_shape = (self.user_block, self.num_items)
-            k_max = self.k_max
-            num_blocks = self._num_blocks
-
-            def block(model_state, users, train_idx, target_idx, b):
-                user_ids = users[b]
-                scores = scores_fn(model_state, user_ids)
-                if scores.shape != block_shape:
-                    raise ValueError(
-                        f"scores_fn returned shape {scores.shape}, expected (user_block, num_items) = {block_shape}"
-                    )
-                return masked_top_k_hits(scores, train_idx[b], target_idx[b], k_max)
-
-            def every_block(model_state, users, train_idx, target_idx):
-                # One program loops over the blocks: what scores_fn computes from the model
-                # state alone (a model's full forward pass, the item-side tables) does not
-                # depend on the block, and XLA hoists it out of the loop, so it runs once per
-                # evaluation instead of once per block (benchmarks/results/ranking.md).
-                return jax.lax.map(lambda b: block(model_state, users, train_idx, target_idx, b), jnp.arange(num_blocks))
-
-            fn = self._block_fns[scores_fn] = jax.jit(every_block)
+            if self._mesh is not None:
+                fn = sharded_ranking_fn(scores_fn, self._mesh, (self.user_block, self.num_items), self.k_max)
+            else:
+                fn = jax.jit(self._program(scores_fn))
+            self._block_fns[scores_fn] = fn
         return fn
+
+    def _trim(self, top_items: np.ndarray, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The padded device output of :meth:`_program` as ``(num_users, k_max)`` rows."""
+        return top_items.reshape(-1, self.k_max)[: self.num_users], hits.reshape(-1, self.k_max)[: self.num_users]
 
     def _run(self, scores_fn: ScoresFn, model_state: Any) -> tuple[np.ndarray, np.ndarray]:
         fn = self._block_fn(scores_fn)
         if self._mesh is None:
-            top_items, hits = jax.device_get(fn(model_state, self._users_dev, self._train_dev, self._targets_dev))
-            return top_items.reshape(-1, self.k_max)[: self.num_users], hits.reshape(-1, self.k_max)[: self.num_users]
+            return self._trim(*jax.device_get(fn(model_state, *self._inputs())))
         # Dispatch every block before reading any back, so the device never waits on the host.
-        outs = [
-            fn(model_state, self._users_dev, self._train_dev, self._targets_dev, np.int32(b))
-            for b in range(self._num_blocks)
-        ]
+        outs = [fn(model_state, *self._inputs(), np.int32(b)) for b in range(self._num_blocks)]
         outs = jax.device_get(outs)
         top_items = np.concatenate([o[0] for o in outs])[: self.num_users]
         hits = np.concatenate([o[1] for o in outs])[: self.num_users]
         return top_items, hits
+
+    def _metrics(self, hits: np.ndarray, round_to: int | None) -> dict[str, float]:
+        return ranking_metrics(hits, self._num_positives, self.topk, round_to=round_to)
 
     def top_k(self, scores_fn: ScoresFn, model_state: Any) -> np.ndarray:
         """The ``(num_users, max(topk))`` ranked item ids per evaluated user, train items masked.
@@ -236,4 +246,64 @@ class RankingEvaluator:
           ``{'recall@5': ..., ..., 'map@50': ...}`` as in :func:`ranking_metrics`.
         """
         _, hits = self._run(scores_fn, model_state)
-        return ranking_metrics(hits, self._num_positives, self.topk, round_to=round_to)
+        return self._metrics(hits, round_to)
+
+
+class SplitEvaluators:
+    """Several splits' full ranking (valid and test after every epoch) as one compiled program.
+
+    The trainer ranks valid and test with the same parameters after every epoch. Run as two
+    :class:`RankingEvaluator` calls, that is two programs to compile (their shapes differ)
+    and, for a model whose scores need a full forward pass, that pass twice. Here one
+    jitted program holds every split's block loop: one compilation per ``scores_fn``, and
+    XLA may share the state-only part of the forward between the splits. Each split's
+    metrics are those of its own :meth:`RankingEvaluator.evaluate` (the same ops on the
+    same shapes; ``tests/test_evaluation.py`` checks it to the bit).
+
+    With a mesh the splits are ranked one after the other through their sharded programs.
+
+    Args:
+      evaluators: the splits' evaluators, e.g. ``(valid, test)``; all on the same device
+        placement (all with or all without a mesh).
+
+    Raises:
+      ValueError: no evaluators, or some with a mesh and some without.
+    """
+
+    def __init__(self, *evaluators: RankingEvaluator):
+        if not evaluators:
+            raise ValueError("SplitEvaluators needs at least one RankingEvaluator")
+        meshes = {e._mesh is None for e in evaluators}
+        if len(meshes) > 1:
+            raise ValueError("SplitEvaluators: either every evaluator has a mesh or none has")
+        self.evaluators = tuple(evaluators)
+        self._fns: dict[ScoresFn, Callable[..., Any]] = {}
+
+    def _joint_fn(self, scores_fn: ScoresFn) -> Callable[..., Any]:
+        fn = self._fns.get(scores_fn)
+        if fn is None:
+            programs = tuple(e._program(scores_fn) for e in self.evaluators)
+
+            def every_split(model_state, inputs):
+                return tuple(program(model_state, *split) for program, split in zip(programs, inputs))
+
+            fn = self._fns[scores_fn] = jax.jit(every_split)
+        return fn
+
+    def evaluate(self, scores_fn: ScoresFn, model_state: Any, *, round_to: int | None = 4) -> tuple[dict[str, float], ...]:
+        """Every split's metric dict, in the order the evaluators were given.
+
+        Args:
+          scores_fn: as in :meth:`RankingEvaluator.evaluate`; one program is compiled per
+            function object.
+          model_state: the first argument of ``scores_fn``.
+          round_to: decimals of each value (4, as the reference); None for full precision.
+
+        Returns:
+          One ``{'recall@5': ..., ...}`` dict per evaluator.
+        """
+        if self.evaluators[0]._mesh is not None:
+            return tuple(e.evaluate(scores_fn, model_state, round_to=round_to) for e in self.evaluators)
+        inputs = tuple(e._inputs() for e in self.evaluators)
+        outs = jax.device_get(self._joint_fn(scores_fn)(model_state, inputs))
+        return tuple(e._metrics(e._trim(*out)[1], round_to) for e, out in zip(self.evaluators, outs))

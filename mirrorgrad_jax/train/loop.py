@@ -37,7 +37,7 @@ from flax import nnx
 from mirrorgrad_jax.data import RecDataset, epoch_batches
 from mirrorgrad_jax.devices import Placement, auto_budget_bytes, describe_mesh, make_mesh
 from mirrorgrad_jax.errors import CheckpointError, TrainingError
-from mirrorgrad_jax.evaluation import EarlyStopping, RankingEvaluator
+from mirrorgrad_jax.evaluation import EarlyStopping, RankingEvaluator, SplitEvaluators
 from mirrorgrad_jax.models import Recommender, TrainingSetup
 from mirrorgrad_jax.train.checkpoint import flatten_arrays, open_checkpoint, save_checkpoint, unflatten_like
 from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MethodConfig, MGConfig, TrainConfig, fit_topk, training_method
@@ -104,12 +104,12 @@ def _placement(cfg: TrainConfig) -> Placement | None:
     return Placement(mesh, shard_tables=cfg.shard_tables, budget_bytes=budget)
 
 
-def _evaluators(dataset: RecDataset, cfg: TrainConfig, placement: Placement | None) -> tuple[RankingEvaluator, RankingEvaluator]:
-    """The valid and test evaluators of a run (sharded over the mesh when there is one)."""
+def _evaluators(dataset: RecDataset, cfg: TrainConfig, placement: Placement | None) -> SplitEvaluators:
+    """The valid and test evaluators of a run, ranked as one program (sharded over the mesh when there is one)."""
     ranking: dict[str, Any] = {"user_block": cfg.eval_batch_size}
     if placement is not None:
         ranking = {"user_block": placement.eval_user_block(cfg.eval_batch_size, dataset.num_items), "mesh": placement.mesh}
-    return (
+    return SplitEvaluators(
         RankingEvaluator(dataset.num_items, dataset.train, dataset.valid, topk=cfg.topk, **ranking),
         RankingEvaluator(dataset.num_items, dataset.train, dataset.test, topk=cfg.topk, **ranking),
     )
@@ -223,7 +223,7 @@ def train(
     host_rng = np.random.default_rng(cfg.seed)
     placement = _placement(cfg)
     model = model_cls(dataset, model_config, rngs=nnx.Rngs(params=cfg.seed))
-    valid_eval, test_eval = _evaluators(dataset, cfg, placement)
+    splits = _evaluators(dataset, cfg, placement)
     config = dataclasses.asdict(cfg)
     meta = {
         "model": model_cls.name,
@@ -246,7 +246,7 @@ def train(
     if events is not None:
         events.write_settings(meta)
     if not model_cls.trainable:
-        return _evaluate_untrained(model_cls, model, mg, meta, valid_eval, test_eval, best_path, say, placement, events)
+        return _evaluate_untrained(model_cls, model, mg, meta, splits, best_path, say, placement, events)
 
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
     # With PyTorch >= 2.0's semantics a first-batch model's learner is skipped on the other
@@ -276,7 +276,7 @@ def train(
     if placement is not None:
         layout = placement.describe({"params": params, "consts": engine.consts})
         split = ", ".join(f"{name} {shape}" for name, shape in layout["shards"].items()) or "none"
-        say(f"mesh {describe_mesh(placement.mesh)}; arrays split (per-device shard): {split}; evaluation blocks of {valid_eval.user_block} users")
+        say(f"mesh {describe_mesh(placement.mesh)}; arrays split (per-device shard): {split}; evaluation blocks of {splits.evaluators[0].user_block} users")
         for note in placement.notes:
             say(f"note: {note}")
     base_key = jax.random.key(cfg.seed)
@@ -317,8 +317,7 @@ def train(
             say(f"epoch {epoch}: the loss became non-finite ({value}) in the {which} of batch {batch}; stopping. {kept}")
             break
         state = (params, engine.cache, engine.consts)
-        valid = valid_eval.evaluate(engine.scores_fn, state)
-        test = test_eval.evaluate(engine.scores_fn, state)
+        valid, test = splits.evaluate(engine.scores_fn, state)
         t2 = time.perf_counter()
         progress.eval_seconds += t2 - t1
         improved = stopper.update(valid[cfg.valid_metric], epoch)
@@ -412,7 +411,7 @@ def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, op
 
 
 def _evaluate_untrained(
-    model_cls, model, mg: MGConfig, meta, valid_eval, test_eval, best_path, say, placement: Placement | None = None, events: TensorBoardRun | None = None
+    model_cls, model, mg: MGConfig, meta, splits: SplitEvaluators, best_path, say, placement: Placement | None = None, events: TensorBoardRun | None = None
 ) -> TrainResult:
     """The run of a model that needs no training: one evaluation of valid and test."""
     note = "; Mirror Gradient does not apply to it (the run is the same with or without --mg)" if mg.enabled else ""
@@ -425,8 +424,7 @@ def _evaluate_untrained(
         return nnx.merge(graphdef, state, copy=True).scores(users)
 
     t0 = time.perf_counter()
-    valid = valid_eval.evaluate(scores_fn, state)
-    test = test_eval.evaluate(scores_fn, state)
+    valid, test = splits.evaluate(scores_fn, state)
     seconds = time.perf_counter() - t0
     if best_path:
         _, params, _ = nnx.split(model, nnx.Param, ...)

@@ -26,7 +26,7 @@ from flax import nnx
 from mirrorgrad_jax.train.checkpoint import CheckpointFile, flatten_arrays, open_checkpoint, unflatten_like
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.errors import CheckpointError, UserInputError
-from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator
+from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator, SplitEvaluators
 from mirrorgrad_jax.models import CHECKPOINTED, Recommender, TrainingCache, build_config, check_ready_to_rank, get_model
 
 __all__ = [
@@ -254,8 +254,7 @@ def evaluate_model(
     def scores_fn(state, users):
         return nnx.merge(graphdef, state, copy=True).scores(users)
 
-    out = {}
-    for split in splits:
-        evaluator = RankingEvaluator(dataset.num_items, dataset.train, dataset.split(split), topk=topk, user_block=eval_batch_size)
-        out[split] = evaluator.evaluate(scores_fn, state, round_to=round_to)
-    return out
+    if not splits:
+        return {}
+    evaluators = [RankingEvaluator(dataset.num_items, dataset.train, dataset.split(s), topk=topk, user_block=eval_batch_size) for s in splits]
+    return dict(zip(splits, SplitEvaluators(*evaluators).evaluate(scores_fn, state, round_to=round_to)))
