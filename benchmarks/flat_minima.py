@@ -17,6 +17,29 @@ afterwards, so a method's effect is not mixed with when early stopping happens t
   which compiles, is left out). Ideal: MG ``1 + 1/beta`` (fewer when the epoch's batches do not
   divide by beta), the two-pass methods 2.
 
+* Ablation (``--ablation AXES``, issue 28): MG's knobs one at a time instead of the
+  comparison, each arm trained as MG's arm above (``2 B`` epochs, no early stop) on every
+  model x dataset x seed and read at its "none" selection, paired by seed with plain:
+
+  - ``alpha2``: alpha2 in {0.05, 0.1, 0.2, 0.3, 0.5} at alpha1 1, beta 3;
+  - ``beta``: beta in {1, 2, 3, 5, 10} at alpha1 1, alpha2 0.2 (beta 1 mirrors every batch;
+    the batch count restarts each epoch, so batch 0 of every epoch mirrors);
+  - ``alpha1``: alpha1 in {0.5, 1, 2} at beta 3 and the alpha2 the alpha2 axis scores best
+    on the first seed's validation recall@20 (so it runs after that axis; naming ``alpha1``
+    alone still trains the alpha2 axis on the first seed). Values with alpha1 <= alpha2 are
+    not run (MGConfig refuses them: the mirror iteration would not descend, and the
+    penalty's denominator is zero or negative); the summary says so.
+
+  Its rows carry ``"study": "ablation"`` and their ``alpha1``, ``alpha2``, ``beta`` (and
+  ``knob`` None), so the comparison never reads them; the comparison's plain runs are the
+  reference and its MG runs (alpha1 1, beta 3) stand for the ablation arms with the same
+  settings, so neither is trained twice. The summary (``--out``) adds a section after the
+  comparison: per axis value the test recall@20 ("none"), the paired difference against
+  plain, the best epochs and MG's implicit penalty ``alpha1 alpha2 lr / (2 (alpha1 -
+  alpha2))`` (the spec's derivation for one mirror iteration under SGD; beta is not in it),
+  with one figure per model x dataset (``figures/flat_minima_ablation_<model>_<dataset>.png``
+  next to ``--out``, or ``--figures``): the difference against plain versus the penalty.
+
 Each finished run appends one JSON line to ``--runs`` (file-locked, skipped on the next start),
 so a grid fills over several sessions; ``--workers N`` shares the pending runs.
 
@@ -24,6 +47,9 @@ Usage:
   python benchmarks/flat_minima.py --models vbpr,lightgcn --datasets synthetic --budget 100 \
       --out benchmarks/results/flat_minima.md
   python benchmarks/flat_minima.py --timing --models vbpr --datasets synthetic --epochs 4
+  python benchmarks/flat_minima.py --ablation alpha2,beta,alpha1 --models vbpr,lightgcn \
+      --datasets synthetic --seeds 3 --budget 125 --out benchmarks/results/flat_minima.md
+  python benchmarks/flat_minima.py --ablation beta --models freedom --datasets synthetic --budget 125
 """
 
 from __future__ import annotations
@@ -34,6 +60,7 @@ import os
 import statistics
 import sys
 import time
+from typing import NamedTuple
 
 from mirrorgrad_jax.analysis.patience import paired_difference, sweep_patience
 
@@ -73,12 +100,22 @@ def budget_of(method: str, budget: int) -> int:
     return budget if method in TWO_PASS else 2 * budget
 
 
+class Arm(NamedTuple):
+    """One MG arm of the ablation (``--ablation``): its three knobs."""
+
+    alpha1: float
+    alpha2: float
+    beta: int
+
+
 def configs(method: str, knob):
-    """``(MGConfig, MethodConfig)`` of one arm."""
+    """``(MGConfig, MethodConfig)`` of one arm; MG's knob is alpha2 (alpha1 1, beta 3) or an ablation :class:`Arm`."""
     from mirrorgrad_jax.train import MethodConfig, MGConfig
 
     if method == "plain":
         return MGConfig(enabled=False), MethodConfig()
+    if method == "mg" and isinstance(knob, Arm):
+        return MGConfig(enabled=True, alpha1=knob.alpha1, alpha2=knob.alpha2, beta=knob.beta), MethodConfig()
     if method == "mg":
         return MGConfig(enabled=True, alpha1=1.0, alpha2=knob, beta=MG_BETA), MethodConfig()
     fields = {"sam": {"rho": knob}, "asam": {"rho": knob, "eta": 0.01}, "gnp": {"alpha": knob, "radius": 0.05}}[method]
@@ -89,7 +126,12 @@ def configs(method: str, knob):
 
 
 def run_one(model: str, dataset_name: str, method: str, knob, seed: int, budget: int) -> dict:
-    """Trains one arm for exactly ``budget_of(method, budget)`` epochs (patience = epochs: no early stop)."""
+    """Trains one arm for exactly ``budget_of(method, budget)`` epochs (patience = epochs: no early stop).
+
+    An ablation arm (``knob`` an :class:`Arm`) is written with ``"study": "ablation"``, its
+    ``alpha1``, ``alpha2`` and ``beta``, and ``knob`` None, so that the comparison, which
+    keys MG's rows by ``knob``, never takes it for one of its own.
+    """
     import jax
 
     from mirrorgrad_jax.data import load_dataset
@@ -105,14 +147,16 @@ def run_one(model: str, dataset_name: str, method: str, knob, seed: int, budget:
     result = train(cls, build_config(cls, {}), dataset, cfg, mg, method=method_config, log=None)
     hist = result.history
     device = jax.devices()[0]
-    return {
+    row = {
         "model": model,
         "dataset": dataset_name,
         "method": method,
-        "knob": knob,
+        "knob": None if isinstance(knob, Arm) else knob,
         "seed": seed,
         "budget": budget,
         "epochs": epochs,
+        "learning_rate": cfg.learning_rate,
+        "optimizer": cfg.optimizer,
         "curves": {
             "loss": [round(h["loss"], 4) for h in hist],
             "valid": {m: [h["valid"][m] for h in hist] for m in KEPT_METRICS},
@@ -124,6 +168,14 @@ def run_one(model: str, dataset_name: str, method: str, knob, seed: int, budget:
         "jax": jax.__version__,
         "date": datetime.date.today().isoformat(),
     }
+    if isinstance(knob, Arm):
+        row.update(study="ablation", alpha1=knob.alpha1, alpha2=knob.alpha2, beta=knob.beta)
+    return row
+
+
+def is_comparison(row: dict) -> bool:
+    """Whether a row belongs to the method comparison (every row but the ablation's ``"study": "ablation"`` ones)."""
+    return row.get("study", "comparison") == "comparison"
 
 
 def selection(row: dict, epochs: int):
@@ -150,6 +202,7 @@ def chosen_knobs(done: list[dict], model: str, dataset: str, budget: int) -> dic
 
     Ties go to the value listed first.
     """
+    done = [r for r in done if is_comparison(r)]
     out = {}
     for method, (_, values) in KNOBS.items():
         rows = {r["knob"]: r for r in done if (r["model"], r["dataset"], r["method"], r["seed"], r["budget"]) == (model, dataset, method, FIRST_SEED, budget)}
@@ -162,6 +215,7 @@ def chosen_knobs(done: list[dict], model: str, dataset: str, budget: int) -> dic
 
 def pending_runs(done: list[dict], models: list[str], datasets: list[str], seeds: int, budget: int) -> list[tuple]:
     """(model, dataset, method, knob, seed) still to run: first every knob on the first seed, then the chosen knob on the others."""
+    done = [r for r in done if is_comparison(r)]
     have = {(r["model"], r["dataset"], r["method"], r["knob"], r["seed"], r["budget"]) for r in done}
     todo = []
     for dataset in datasets:
@@ -184,14 +238,22 @@ def run_pending(todo: list[tuple], args, started: float) -> None:
         if args.stop_after is not None and time.perf_counter() - started > args.stop_after:
             print(f"--stop-after {args.stop_after}s reached: {model} {dataset} {method} and later left for next time", file=sys.stderr, flush=True)
             return
+        label = arm_label(method, knob)
         try:
             row = run_one(model, dataset, method, knob, seed, args.budget)
         except Exception as error:  # noqa: BLE001 (one broken run must not end the others; nothing is written for it)
-            print(f"{model} {dataset} {method}={knob} seed={seed} FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            print(f"{model} {dataset} {label} seed={seed} FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             continue
         append_run(args.runs, row)
-        best = selection(row, args.budget)
-        print(f"{model} {dataset} {method}={knob} seed={seed}: best valid epoch {best.best_epoch}, test {METRIC} {best.test[METRIC]:.4f} ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
+        best = selection(row, row["epochs"] if isinstance(knob, Arm) else args.budget)
+        print(f"{model} {dataset} {label} seed={seed}: best valid epoch {best.best_epoch}, test {METRIC} {best.test[METRIC]:.4f} ({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
+
+
+def arm_label(method: str, knob) -> str:
+    """``sam=0.05``, or ``mg alpha1=1 alpha2=0.2 beta=5`` for an ablation arm (progress lines)."""
+    if isinstance(knob, Arm):
+        return f"{method} alpha1={knob.alpha1:g} alpha2={knob.alpha2:g} beta={knob.beta}"
+    return f"{method}={knob}"
 
 
 # ---------------------------------------------------------------- summary
@@ -199,6 +261,7 @@ def run_pending(todo: list[tuple], args, started: float) -> None:
 
 def cell_rows(done: list[dict], model: str, dataset: str, budget: int) -> dict:
     """method -> {seed: row} at the chosen knob."""
+    done = [r for r in done if is_comparison(r)]
     chosen = chosen_knobs(done, model, dataset, budget)
     out = {}
     for method in KNOBS:
@@ -260,8 +323,19 @@ def cell_table(done: list[dict], model: str, dataset: str, budget: int) -> list[
     return lines
 
 
-def render(done: list[dict], args, command: str) -> str:
-    keys = sorted({(r["model"], r["dataset"]) for r in done if r["budget"] == args.budget})
+def render(done: list[dict], args, command: str, figure_names: dict | None = None) -> str:
+    """The summary: the comparison's cells, then the ablation's section when there is one (``figure_names``: its figures)."""
+    models = getattr(args, "models_list", None) or sorted({r["model"] for r in done})
+    datasets = getattr(args, "datasets_list", None) or sorted({r["dataset"] for r in done})
+    ablation = ablation_cells(done, models, datasets, args.budget, getattr(args, "ablation_axes", ()))
+    # A cell the ablation alone has touched (its plain runs, nothing else of the comparison) is left to its section.
+    own = {(m, d) for m, d, runs, _ in ablation if any(r.get("study") == "ablation" for seeds in runs.values() for r in seeds.values())}
+    done = [r for r in done if is_comparison(r)]
+    methods = {}
+    for r in done:
+        if r["budget"] == args.budget:
+            methods.setdefault((r["model"], r["dataset"]), set()).add(r["method"])
+    keys = sorted(k for k, m in methods.items() if k not in own or m - {"plain"})
     seconds = sum(r["seconds"] for r in done)
     text = [
         "# MG among the flat-minima methods",
@@ -281,7 +355,391 @@ def render(done: list[dict], args, command: str) -> str:
     ]
     for model, dataset in keys:
         text += [f"## {model} on {dataset}", "", *cell_table(done, model, dataset, args.budget), ""]
+    if ablation:
+        text += ablation_section(ablation, args.budget, figure_names or {})
     return "\n".join(text)
+
+
+# ---------------------------------------------------------------- ablation (issue 28)
+
+#: ``--ablation`` axes, in the order they run: each moves one of MG's knobs away from alpha1 1, beta 3.
+ABLATION_VALUES = {
+    "alpha2": (0.05, 0.1, 0.2, 0.3, 0.5),  # at alpha1 1, beta 3
+    "beta": (1, 2, 3, 5, 10),  # at alpha1 1, alpha2 BETA_AXIS_ALPHA2
+    "alpha1": (0.5, 1.0, 2.0),  # at beta 3 and the alpha2 chosen on the alpha2 axis
+}
+#: alpha1 of the alpha2 and beta axes (the released value).
+ABLATION_ALPHA1 = 1.0
+#: alpha2 of the beta axis: fixed at the accuracy table's and the patience sweep's MG arm, so that the beta axis
+#: does not wait for the alpha2 axis and can run alone (``--ablation beta``).
+BETA_AXIS_ALPHA2 = 0.2
+#: The learning rate of rows written before ``run_one`` recorded it: TrainConfig's default, which every run here used.
+UNRECORDED_LEARNING_RATE = 1e-3
+#: Figure style per axis: marker, colour, the knob's symbol on the points.
+AXIS_STYLE = {"alpha2": ("o", "tab:blue", "α2"), "alpha1": ("s", "tab:orange", "α1"), "beta": ("^", "tab:green", "β")}
+#: Where the labels of close points go, in turn (points, from the marker).
+LABEL_OFFSETS = ((4, 7), (4, -13), (4, 19), (4, -25), (4, 31))
+
+
+def parse_ablation(text: str) -> tuple[str, ...]:
+    """``"beta,alpha2"`` -> the axes named, in run order (alpha2, beta, alpha1).
+
+    Raises:
+      ValueError: no axis named, or one that is not an axis (the message names it and the choices).
+    """
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"name at least one axis ({', '.join(ABLATION_VALUES)}, comma-separated)")
+    for name in names:
+        if name not in ABLATION_VALUES:
+            raise ValueError(f"unknown axis {name!r} (choose from {', '.join(ABLATION_VALUES)}, comma-separated)")
+    return tuple(axis for axis in ABLATION_VALUES if axis in names)
+
+
+def implicit_penalty(alpha1: float, alpha2: float, learning_rate: float) -> float:
+    """MG's implicit gradient-norm penalty ``alpha1 alpha2 lr / (2 (alpha1 - alpha2))`` (the spec's section 2).
+
+    The derivation is one mirror iteration under plain SGD, to second order in the
+    learning rate; beta does not enter it (beta sets how often a mirror iteration
+    happens, not what one does).
+
+    Raises:
+      ValueError: unless ``alpha1 > alpha2 > 0`` (at ``alpha1 = alpha2`` the formula divides by zero).
+    """
+    if not alpha1 > alpha2 > 0:
+        raise ValueError(f"the implicit penalty needs alpha1 > alpha2 > 0, got alpha1 {alpha1:g} and alpha2 {alpha2:g}")
+    return alpha1 * alpha2 * learning_rate / (2.0 * (alpha1 - alpha2))
+
+
+def learning_rate_of(row: dict) -> float:
+    """The learning rate a row trained with (:data:`UNRECORDED_LEARNING_RATE` for rows that predate recording it)."""
+    return row.get("learning_rate", UNRECORDED_LEARNING_RATE)
+
+
+def ablation_runs(done: list[dict], model: str, dataset: str, budget: int) -> dict:
+    """One cell's runs for the ablation: :class:`Arm` (None for plain) -> {seed: row}.
+
+    Besides the ablation's own rows, the comparison's plain rows are the reference and its
+    MG rows (alpha1 1, beta 3, alpha2 its knob) are the ablation arms with those settings:
+    the same training, so neither is run twice.
+    """
+    out: dict = {}
+    for r in done:
+        if (r["model"], r["dataset"], r["budget"]) != (model, dataset, budget):
+            continue
+        if r.get("study") == "ablation":
+            key = Arm(r["alpha1"], r["alpha2"], r["beta"])
+        elif is_comparison(r) and r["method"] == "plain":
+            key = None
+        elif is_comparison(r) and r["method"] == "mg":
+            key = Arm(ABLATION_ALPHA1, r["knob"], MG_BETA)
+        else:
+            continue
+        out.setdefault(key, {}).setdefault(r["seed"], r)
+    return out
+
+
+def chosen_alpha2(runs: dict) -> float | None:
+    """The alpha2 axis's value whose first-seed run has the best validation METRIC (the "none" selection over its epochs).
+
+    None until every alpha2 of the axis has run on the first seed; ties go to the smaller alpha2.
+    """
+    values = ABLATION_VALUES["alpha2"]
+    firsts = [runs.get(Arm(ABLATION_ALPHA1, a, MG_BETA), {}).get(FIRST_SEED) for a in values]
+    if any(r is None for r in firsts):
+        return None
+    scores = [selection(r, r["epochs"]).valid[METRIC] for r in firsts]
+    return values[max(range(len(values)), key=lambda i: (scores[i], -i))]
+
+
+def axis_arms(axis: str, chosen: float | None) -> list[tuple[float, Arm | str]]:
+    """``(value, Arm)`` for each value of one axis, or ``(value, why it does not run)``.
+
+    The alpha1 axis runs at beta 3 and the alpha2 chosen on the alpha2 axis (``chosen``);
+    before that choice exists, or where ``alpha1 <= alpha2`` (which MGConfig refuses: the
+    mirror iteration no longer descends and the penalty's denominator is zero or negative),
+    a value gets its reason instead of an arm.
+    """
+    out: list[tuple[float, Arm | str]] = []
+    for value in ABLATION_VALUES[axis]:
+        if axis == "alpha2":
+            out.append((value, Arm(ABLATION_ALPHA1, value, MG_BETA)))
+        elif axis == "beta":
+            out.append((value, Arm(ABLATION_ALPHA1, BETA_AXIS_ALPHA2, value)))
+        elif chosen is None:
+            out.append((value, f"waits for the alpha2 axis (its choice needs every alpha2 on seed {FIRST_SEED})"))
+        elif value <= chosen:
+            out.append((value, f"not run: alpha1 {value:g} <= alpha2 {chosen:g}, which MG refuses (no descent, penalty undefined)"))
+        else:
+            out.append((value, Arm(value, chosen, MG_BETA)))
+    return out
+
+
+def ablation_pending(done: list[dict], models: list[str], datasets: list[str], seeds: int, budget: int, axes: tuple[str, ...]) -> list[tuple]:
+    """(model, dataset, method, knob, seed) still to run for the ablation; ``knob`` is an :class:`Arm` for MG.
+
+    Per cell, the first seed's runs come first: plain (only where the comparison has not run
+    it), then each axis's arms (an arm two axes share runs once), then the other seeds. The
+    alpha1 axis's arms appear once the alpha2 axis has run on the first seed (the caller
+    asks again after each round); naming alpha1 without alpha2 still runs the alpha2 arms
+    on the first seed, which its choice needs.
+    """
+    todo = []
+    for dataset in datasets:
+        for model in models:
+            runs = ablation_runs(done, model, dataset, budget)
+            chosen = chosen_alpha2(runs)
+            arms = [arm for axis in axes for _, arm in axis_arms(axis, chosen) if isinstance(arm, Arm)]
+            choice_basis = [arm for _, arm in axis_arms("alpha2", None)] if "alpha1" in axes else []
+            for seed in range(FIRST_SEED, FIRST_SEED + seeds):
+                wanted = [None, *(choice_basis if seed == FIRST_SEED else []), *arms]
+                for arm in dict.fromkeys(wanted):
+                    if seed not in runs.get(arm, {}):
+                        todo.append((model, dataset, "plain", None, seed) if arm is None else (model, dataset, "mg", arm, seed))
+    return todo
+
+
+def own_axes(runs: dict) -> tuple[str, ...]:
+    """The axes an ablation row exists for beyond the arms they share (beta 3; alpha2 0.2; alpha1 1)."""
+    rows = [r for seeds in runs.values() for r in seeds.values() if r.get("study") == "ablation"]
+    found = {
+        "alpha2": any(r["alpha1"] == ABLATION_ALPHA1 and r["beta"] == MG_BETA and r["alpha2"] != BETA_AXIS_ALPHA2 for r in rows),
+        "beta": any(r["beta"] != MG_BETA for r in rows),
+        "alpha1": any(r["alpha1"] != ABLATION_ALPHA1 for r in rows),
+    }
+    return tuple(axis for axis in ABLATION_VALUES if found[axis])
+
+
+def ablation_points(runs: dict, axes: tuple[str, ...]) -> list[dict]:
+    """One dict per axis value: its arm (or the note saying why there is none), the "none" test METRIC per
+    seed, the paired difference against plain (None without a shared seed), the best epochs, the penalty."""
+    plain = {s: selection(r, r["epochs"]).test[METRIC] for s, r in runs.get(None, {}).items()}
+    plain_lrs = sorted({learning_rate_of(r) for r in runs.get(None, {}).values()})
+    chosen = chosen_alpha2(runs)
+    points = []
+    for axis in axes:
+        for value, arm in axis_arms(axis, chosen):
+            seeds = runs.get(arm, {}) if isinstance(arm, Arm) else {}
+            picks = {s: selection(r, r["epochs"]) for s, r in sorted(seeds.items())}
+            test = {s: p.test[METRIC] for s, p in picks.items()}
+            lrs = sorted({learning_rate_of(r) for r in seeds.values()}) or plain_lrs or [UNRECORDED_LEARNING_RATE]
+            points.append({
+                "axis": axis,
+                "value": value,
+                "arm": arm if isinstance(arm, Arm) else None,
+                "note": None if isinstance(arm, Arm) else arm,
+                "test": test,
+                "difference": paired_difference(plain, test) if set(plain) & set(test) else None,
+                "best_epochs": [p.best_epoch for p in picks.values()],
+                "epochs": max((r["epochs"] for r in seeds.values()), default=None),
+                "learning_rates": lrs,
+                "penalty": implicit_penalty(arm.alpha1, arm.alpha2, lrs[0]) if isinstance(arm, Arm) else None,
+            })  # fmt: skip
+    return points
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (SciPy's, ties at their mean rank); None for fewer than 3 pairs or a constant side."""
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    from scipy.stats import spearmanr  # SciPy comes with JAX
+
+    return float(spearmanr(xs, ys).statistic)
+
+
+ABLATION_COLUMNS = (
+    ("axis", "the knob this row varies (plain: the reference every difference is taken against)"),
+    ("alpha1 / alpha2 / beta", "the arm's MG settings"),
+    ("implicit penalty", "alpha1 alpha2 lr / (2 (alpha1 - alpha2)), lr the run's learning rate (beta is not in it)"),
+    ("seeds", "runs finished"),
+    (f"test {METRIC} (none)", "at each run's best validation epoch over its whole budget, mean ± std over seeds"),
+    ("minus plain (paired)", "the arm minus plain on the same seed, mean ± std (seeds where the arm is above / seeds paired)"),
+    ("best epoch per seed", "each run's best validation epoch, 0-based, by seed, and the epochs it trained"),
+)
+
+
+def _penalty_text(point: dict) -> str:
+    if point["penalty"] is None:
+        return "-"
+    text = f"{point['penalty']:.2e}"
+    if len(point["learning_rates"]) > 1:
+        text += f" (learning rates differ across seeds: {', '.join(f'{lr:g}' for lr in point['learning_rates'])}; the first used)"
+    return text
+
+
+def ablation_table(runs: dict, axes: tuple[str, ...]) -> list[str]:
+    """One cell's ablation table, then the rank correlation of penalty and difference and any runs still improving."""
+    points = ablation_points(runs, axes)
+    plain = runs.get(None, {})
+    lines = markdown_table((
+        "axis", "alpha1", "alpha2", "beta", "implicit penalty", "seeds", f"test {METRIC} (none)", "minus plain (paired)",
+        "best epoch per seed",
+    ))  # fmt: skip
+    plain_values = [selection(r, r["epochs"]).test[METRIC] for r in plain.values()]
+    plain_epochs = max((r["epochs"] for r in plain.values()), default=0)
+    plain_best = ", ".join(str(selection(plain[s], plain[s]["epochs"]).best_epoch) for s in sorted(plain))
+    lines.append(markdown_row(["plain (reference)", "-", "-", "-", "0", len(plain), format_mean_std(plain_values), "-",
+                               f"{plain_best} of {plain_epochs}" if plain else "not run yet"]))  # fmt: skip
+    still = late_runs(plain, plain_epochs) if plain else []
+    late = [f"plain ({len(still)} of {len(plain)})"] if still else []
+    seen = set()
+    for p in points:
+        arm = p["arm"]
+        settings = [f"{arm.alpha1:g}", f"{arm.alpha2:g}", f"{arm.beta}"] if arm else (
+            [f"{p['value']:g}", "-", "-"] if p["axis"] == "alpha1" else ["-", "-", "-"]
+        )
+        if arm is None:
+            lines.append(markdown_row([p["axis"], *settings, "-", 0, p["note"], "-", "-"]))
+            continue
+        d = p["difference"]
+        lines.append(markdown_row([
+            p["axis"], *settings, _penalty_text(p), len(p["test"]),
+            format_mean_std(list(p["test"].values())) if p["test"] else "not run yet",
+            f"{d.mean:+.4f} ± {d.std:.4f} ({d.positive}/{d.n})" if d else "-",
+            f"{', '.join(map(str, p['best_epochs']))} of {p['epochs']}" if p["test"] else "-",
+        ]))  # fmt: skip
+        seeds = runs.get(arm, {})
+        still = late_runs(seeds, p["epochs"]) if seeds and arm not in seen else []
+        seen.add(arm)  # an arm two axes share is listed once
+        if still:
+            late.append(f"alpha1 {arm.alpha1:g} alpha2 {arm.alpha2:g} beta {arm.beta} ({len(still)} of {len(seeds)})")
+    ranked = {p["arm"]: p for p in points if p["axis"] in ("alpha2", "alpha1") and p["difference"] is not None}
+    rho = spearman([p["penalty"] for p in ranked.values()], [p["difference"].mean for p in ranked.values()])
+    if rho is not None:
+        lines += [
+            "",
+            (
+                f"Rank correlation (Spearman) of the implicit penalty with the mean difference over the {len(ranked)} "
+                f"alpha2 and alpha1 arms: {rho:+.2f} (+1: accuracy rises with the penalty at every step; beta arms "
+                "left out, they share one penalty)."
+            ),
+        ]
+    if late:
+        lines += [
+            "",
+            f"**Still improving at the end of the budget** (best validation epoch in its last {LATE_FRACTION:.0%}): {', '.join(late)}.",
+        ]
+    return lines
+
+
+def ablation_cells(done: list[dict], models: list[str], datasets: list[str], budget: int, axes: tuple[str, ...]) -> list[tuple]:
+    """``(model, dataset, runs, axes shown)`` of every cell the ablation section covers.
+
+    A cell is covered when it has ablation rows, or when ``axes`` were asked for and it has
+    any run; it shows the axes asked for and every axis it has rows of its own for.
+    """
+    out = []
+    for dataset in datasets:
+        for model in models:
+            runs = ablation_runs(done, model, dataset, budget)
+            own = own_axes(runs)
+            if own or (axes and runs):
+                out.append((model, dataset, runs, tuple(a for a in ABLATION_VALUES if a in own or a in axes)))
+    return out
+
+
+def ablation_section(cells: list[tuple], budget: int, figure_names: dict) -> list[str]:
+    """The ablation's markdown: protocol, what the columns mean, one table per cell (``figure_names``: cell -> figure path)."""
+    rows = [r for _, _, runs, _ in cells for seeds in runs.values() for r in seeds.values() if r.get("study") == "ablation"]
+    text = [
+        "## MG ablations: alpha2, beta, alpha1",
+        "",
+        (
+            f"Protocol: as MG's arm above, each arm trains {2 * budget} epochs with no early stopping and reports test "
+            f"{METRIC} at its best validation epoch over all of them (\"none\"), paired by seed with plain (the comparison's "
+            f"plain runs, reused; trained here only where the comparison has none). Axes: alpha2 in "
+            f"{{{', '.join(f'{v:g}' for v in ABLATION_VALUES['alpha2'])}}} at alpha1 1, beta 3; beta in "
+            f"{{{', '.join(map(str, ABLATION_VALUES['beta']))}}} at alpha1 1, alpha2 {BETA_AXIS_ALPHA2:g}; alpha1 in "
+            f"{{{', '.join(f'{v:g}' for v in ABLATION_VALUES['alpha1'])}}} at beta 3 and the alpha2 with the best validation "
+            f"{METRIC} on seed {FIRST_SEED} along the alpha2 axis (so it runs after that axis; values with alpha1 <= alpha2 are "
+            "not run: MG needs alpha1 > alpha2). Arms the comparison already trained with the same settings (MG alpha1 1, "
+            "beta 3, its alpha2 values) are read from its rows.  "
+        ),
+        (
+            "The implicit penalty is the spec's second-order reading of one mirror iteration under plain SGD (section 2); "
+            "beta is not in it (beta sets how often a mirror batch comes: the reference restarts the count every epoch, "
+            "so batch 0 of every epoch mirrors), and these runs use Adam with MG on the gradient, as the reference does, "
+            "where the formula gives the knobs' scale rather than a penalty Adam is shown to apply. The alpha1 axis also "
+            "changes the net step of a mirror batch, (alpha1 - alpha2) lr.  "
+        ),
+        (
+            f"Ablation runs by device (reused comparison runs counted above): {device_counts(rows) or 'none yet'}; "
+            f"{sum(r['seconds'] for r in rows) / 3600:.1f} h of training and evaluation recorded.  "
+        ),
+        "",
+        "Columns:",
+        "",
+        *(f"- {name}: {meaning}" for name, meaning in ABLATION_COLUMNS),
+        "",
+    ]
+    for model, dataset, runs, axes in cells:
+        text += [f"### {model} on {dataset}", ""]
+        if "alpha1" in axes:
+            chosen = chosen_alpha2(runs)
+            text += [
+                f"alpha1 axis at alpha2 {chosen:g}, chosen on seed {FIRST_SEED}'s validation {METRIC} along the alpha2 axis."
+                if chosen is not None
+                else f"alpha1 axis: waits for every alpha2 of the alpha2 axis on seed {FIRST_SEED}.",
+                "",
+            ]
+        text += [*ablation_table(runs, axes), ""]
+        if (model, dataset) in figure_names:
+            text += [f"Figure: `{figure_names[(model, dataset)]}`", ""]
+    return text
+
+
+def plot_ablation(runs: dict, axes: tuple[str, ...], title: str, path: str) -> bool:
+    """Test METRIC ("none") minus plain, paired by seed (mean, error bars the seeds' std), against the implicit penalty.
+
+    Log x axis; one marker per axis. The beta arms share one penalty (beta is not in the
+    formula), so their markers are spread a few percent around it to stay apart. Returns
+    False (and writes nothing) when no arm has a seed paired with plain yet.
+    """
+    points = [p for p in ablation_points(runs, axes) if p["difference"] is not None]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    ax.axhline(0.0, color="k", lw=0.8, label="plain (the reference)")
+    chosen = chosen_alpha2(runs)
+    labels = {
+        "alpha2": "alpha2 axis (alpha1 1, beta 3)",
+        "alpha1": f"alpha1 axis (beta 3, alpha2 {chosen:g} chosen on validation)" if chosen is not None else "alpha1 axis",
+        "beta": f"beta axis (alpha1 1, alpha2 {BETA_AXIS_ALPHA2:g}); beta is not in the penalty: spread around it",
+    }
+    for axis in ("alpha2", "alpha1", "beta"):
+        drawn = sorted((p for p in points if p["axis"] == axis), key=lambda p: p["value"])
+        if not drawn:
+            continue
+        marker, color, symbol = AXIS_STYLE[axis]
+        xs = [p["penalty"] for p in drawn]
+        if axis == "beta":
+            xs = [x * 1.08 ** (i - (len(xs) - 1) / 2) for i, x in enumerate(xs)]
+        ys = [p["difference"].mean for p in drawn]
+        ax.errorbar(
+            xs, ys, yerr=[p["difference"].std for p in drawn], marker=marker, color=color, capsize=3, ms=6,
+            ls="none" if axis == "beta" else "-", lw=1.0, label=labels[axis],
+        )  # fmt: skip
+        for i, (x, y, p) in enumerate(zip(xs, ys, drawn)):
+            # the beta and alpha1 arms sit close together: their labels take turns above and below
+            offset = (5, 6) if axis == "alpha2" else LABEL_OFFSETS[i % len(LABEL_OFFSETS)]
+            ax.annotate(f"{symbol}={p['value']:g}", (x, y), textcoords="offset points", xytext=offset, fontsize=8, color=color)
+    ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.2)  # room for the labels
+    ax.set_xlabel("implicit penalty  alpha1 · alpha2 · lr / (2 (alpha1 − alpha2))  (log scale)")
+    ax.set_ylabel(f"test {METRIC} (none) minus plain, paired by seed")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------- timing
@@ -328,12 +786,27 @@ def main(argv=None):
     parser.add_argument("--timing", action="store_true", help="time the methods side by side instead (first model and dataset)")
     parser.add_argument("--epochs", type=int, default=4, help="--timing: epochs per method and round")
     parser.add_argument("--rounds", type=int, default=2, help="--timing: round-robin rounds")
+    parser.add_argument(
+        "--ablation", metavar="AXES", default=None,
+        help="train MG's ablation instead of the comparison: any of alpha2, beta, alpha1, comma-separated (see Usage)",
+    )  # fmt: skip
+    parser.add_argument("--figures", default=None, help="folder for the ablation's figures (default: figures/ next to --out)")
     parser.add_argument("--_shard", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.budget < 2 or args.seeds < 1:
         parser.error("--budget must be >= 2 and --seeds >= 1")
+    args.ablation_axes = ()
+    if args.ablation is not None:
+        try:
+            args.ablation_axes = parse_ablation(args.ablation)
+            if args.timing:
+                raise ValueError("times the comparison's methods; leave out --timing to run the ablation")
+        except ValueError as error:
+            print(f"flat_minima.py: error: --ablation: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
     models = [m for m in args.models.split(",") if m]
     datasets = [d for d in args.datasets.split(",") if d]
+    args.models_list, args.datasets_list = models, datasets
     tokens = argv if argv is not None else sys.argv[1:]
     if args.timing:
         if args.epochs < 2 or args.rounds < 1:
@@ -349,14 +822,23 @@ def main(argv=None):
         return
     started = time.perf_counter()
     if not args.summarise_only:
-        while True:  # the chosen knobs unlock the other seeds' runs
-            todo = pending_runs(read_runs(args.runs), models, datasets, args.seeds, args.budget)
+        previous = None
+        while True:  # the chosen knobs unlock the other seeds' runs (and the ablation's alpha1 axis)
+            done = read_runs(args.runs)
+            if args.ablation_axes:
+                todo = ablation_pending(done, models, datasets, args.seeds, args.budget, args.ablation_axes)
+            else:
+                todo = pending_runs(done, models, datasets, args.seeds, args.budget)
             if not todo:
                 break
             if args._shard:
                 index, count = (int(x) for x in args._shard.split("/"))
                 run_pending(todo[index::count], args, started)
                 return
+            if todo == previous:  # nothing finished last round: every pending run failed (reported above)
+                print(f"{len(todo)} runs still pending after failing; stopping", file=sys.stderr, flush=True)
+                break
+            previous = todo
             print(f"{len(todo)} runs pending", file=sys.stderr, flush=True)
             if args.workers > 1:
                 run_workers(os.path.abspath(__file__), _without(tokens, "--workers", "--out"), args.workers)
@@ -365,7 +847,15 @@ def main(argv=None):
             if args.stop_after is not None and time.perf_counter() - started > args.stop_after:
                 break
     done = [r for r in read_runs(args.runs) if r["model"] in models and r["dataset"] in datasets]
-    text = render(done, args, command_as_run("flat_minima.py", tokens))
+    figure_names = {}
+    if args.out or args.figures:
+        folder = args.figures or os.path.join(os.path.dirname(args.out), "figures")
+        for model, dataset, runs, axes in ablation_cells(done, models, datasets, args.budget, args.ablation_axes):
+            path = os.path.join(folder, f"flat_minima_ablation_{model}_{dataset}.png")
+            title = f"{model} on {dataset}: MG ablation, {2 * args.budget} epochs, no early stop"
+            if plot_ablation(runs, axes, title, path):
+                figure_names[(model, dataset)] = os.path.relpath(path, os.path.dirname(os.path.abspath(args.out))) if args.out else path
+    text = render(done, args, command_as_run("flat_minima.py", tokens), figure_names)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

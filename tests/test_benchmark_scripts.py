@@ -341,3 +341,159 @@ def test_flat_minima_says_when_runs_were_still_improving_at_the_end_of_their_win
     assert "sam within" not in table and "| 2 of 3 |" in table
     assert fm.late_runs({999: _fm_row("sam", 0.1, 999, rising, rising)}, 3) == [999]
     assert fm.late_runs({999: _fm_row("sam", 0.1, 999, peaked, peaked)}, 3) == []
+
+
+def _fm_ablation_row(alpha1, alpha2, beta, seed, valid, test, budget=3, **extra):
+    """A row as ``flat_minima.py --ablation`` writes it: MG trained 2 x budget epochs, its knobs in their own fields."""
+    row = _fm_row("mg", None, seed, valid, test, budget=budget)
+    row.update(study="ablation", alpha1=alpha1, alpha2=alpha2, beta=beta, **extra)
+    return row
+
+
+def test_flat_minima_ablation_grid_runs_every_arm_once_first_seed_first():
+    fm = _load("flat_minima")
+    todo = fm.ablation_pending([], ["bprmf"], ["d"], 2, 3, ("alpha2", "beta", "alpha1"))
+    got = [(method, None if knob is None else tuple(knob), seed) for model, dataset, method, knob, seed in todo]
+    # The issue's grid, written out: alpha2 at alpha1 1 and beta 3; beta at alpha1 1 and alpha2 0.2, whose beta 3
+    # is the alpha2 axis's 0.2 arm (one run, not two). alpha1 waits for the alpha2 axis's choice.
+    arms = {(1.0, a, 3) for a in (0.05, 0.1, 0.2, 0.3, 0.5)} | {(1.0, 0.2, b) for b in (1, 2, 3, 5, 10)}
+    assert len(arms) == 9
+    assert len(got) == len(set(got)) == 2 * (1 + 9)
+    assert set(got) == {("plain", None, s) for s in (999, 1000)} | {("mg", arm, s) for arm in arms for s in (999, 1000)}
+    assert got[0] == ("plain", None, 999) and [s for *_, s in got] == sorted(s for *_, s in got)
+    # Naming alpha1 alone still trains the alpha2 axis, on the first seed only (its choice needs them).
+    alone = [(t[2], t[3], t[4]) for t in fm.ablation_pending([], ["bprmf"], ["d"], 2, 3, ("alpha1",))]
+    assert sorted(alone, key=str) == sorted(
+        [("plain", None, 999), ("plain", None, 1000)] + [("mg", (1.0, a, 3), 999) for a in (0.05, 0.1, 0.2, 0.3, 0.5)], key=str
+    )
+    mg, _ = fm.configs("mg", fm.Arm(2.0, 0.5, 1))
+    assert (mg.enabled, mg.alpha1, mg.alpha2, mg.beta) == (True, 2.0, 0.5, 1)
+
+
+def test_flat_minima_ablation_resumes_and_reuses_the_comparisons_runs(tmp_path):
+    fm = _load("flat_minima")
+    path = str(tmp_path / "runs.jsonl")
+    flat, rising = [0.3] * 6, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    fm.append_run(path, _fm_row("plain", None, 999, flat, flat))  # the comparison's plain run: the reference
+    for alpha2 in (0.1, 0.2, 0.3):  # the comparison's MG runs are the arms alpha1 1, beta 3 at its alpha2 values
+        fm.append_run(path, _fm_row("mg", alpha2, 999, flat, flat))
+    fm.append_run(path, _fm_ablation_row(1.0, 0.2, 5, 999, flat, flat))
+    fm.append_run(path, _fm_ablation_row(1.0, 0.05, 3, 999, flat, flat, budget=4))  # another budget: another grid
+    fm.append_run(path, _fm_ablation_row(1.0, 0.1, 10, 999, rising, rising))  # would win the comparison's choice if it were read as its own
+    done = fm.read_runs(path)
+    todo = fm.ablation_pending(done, ["bprmf"], ["d"], 1, 3, ("alpha2", "beta"))
+    assert sorted((t[2], t[3]) for t in todo) == sorted(
+        [("mg", (1.0, 0.05, 3)), ("mg", (1.0, 0.5, 3))] + [("mg", (1.0, 0.2, b)) for b in (1, 2, 10)]
+    )
+    # ... and the comparison reads its rows as before: the ablation's are not its own.
+    comparison = [r for r in done if "study" not in r]
+    assert fm.pending_runs(done, ["bprmf"], ["d"], 2, 3) == fm.pending_runs(comparison, ["bprmf"], ["d"], 2, 3)
+    assert fm.chosen_knobs(done, "bprmf", "d", 3)["mg"] == fm.chosen_knobs(comparison, "bprmf", "d", 3)["mg"] == 0.1
+    assert fm.cell_rows(done, "bprmf", "d", 3) == fm.cell_rows(comparison, "bprmf", "d", 3)
+
+
+def test_flat_minima_ablation_alpha1_axis_uses_the_alpha2_chosen_on_the_first_seeds_validation():
+    fm = _load("flat_minima")
+    low, high = [0.1] * 6, [0.5] * 6
+    late_peak = [0.2, 0.2, 0.2, 0.2, 0.2, 0.7]  # best only in epoch 5: inside MG's 2 x 3 epochs, outside the first 3
+
+    def rows_choosing(best):
+        rows = [_fm_row("plain", None, s, low, low) for s in (999, 1000)]
+        for a in (0.05, 0.1, 0.2, 0.3, 0.5):
+            # best: highest on validation; 0.1: highest on test (not what chooses); 0.05 ties 0.2 below the best
+            rows.append(_fm_ablation_row(1.0, a, 3, 999, late_peak if a == best else [0.3] * 6, high if a == 0.1 else low))
+        rows.append(_fm_ablation_row(1.0, 0.05, 3, 1000, [0.9] * 6, high))  # another seed does not choose
+        return rows
+
+    rows = rows_choosing(0.3)
+    assert fm.chosen_alpha2(fm.ablation_runs(rows, "bprmf", "d", 3)) == 0.3
+    todo = fm.ablation_pending(rows, ["bprmf"], ["d"], 2, 3, ("alpha1",))
+    # alpha1 0.5 and 2 on both seeds; alpha1 1 is the alpha2 axis's 0.3 arm, already run on seed 999
+    assert sorted(t[3] for t in todo) == [(0.5, 0.3, 3), (0.5, 0.3, 3), (1.0, 0.3, 3), (2.0, 0.3, 3), (2.0, 0.3, 3)]
+    # Chosen 0.5: alpha1 0.5 <= alpha2 0.5 is not run, and the table says why.
+    rows = rows_choosing(0.5)
+    runs = fm.ablation_runs(rows, "bprmf", "d", 3)
+    assert [t[3] for t in fm.ablation_pending(rows, ["bprmf"], ["d"], 1, 3, ("alpha1",))] == [(2.0, 0.5, 3)]
+    table = "\n".join(fm.ablation_table(runs, ("alpha1",)))
+    assert "| alpha1 | 0.5 | - | - | - | 0 | not run: alpha1 0.5 <= alpha2 0.5" in table
+    # Every alpha2 tied on validation: the smallest.
+    tied = [_fm_ablation_row(1.0, a, 3, 999, [0.3] * 6, [0.3] * 6) for a in (0.5, 0.3, 0.2, 0.1, 0.05)]
+    assert fm.chosen_alpha2(fm.ablation_runs(tied, "bprmf", "d", 3)) == 0.05
+    assert fm.chosen_alpha2(fm.ablation_runs(tied[:4], "bprmf", "d", 3)) is None  # 0.05 not run yet: no choice
+
+
+def test_flat_minima_ablation_penalty_and_rank_correlation_by_hand():
+    fm = _load("flat_minima")
+    assert fm.implicit_penalty(1.0, 0.2, 1e-3) == pytest.approx(1.25e-4)  # 1 * 0.2 * 1e-3 / (2 * 0.8)
+    assert fm.implicit_penalty(2.0, 0.5, 1e-3) == pytest.approx(1e-3 / 3)  # 2 * 0.5 * 1e-3 / (2 * 1.5)
+    assert fm.implicit_penalty(0.5, 0.2, 0.01) == pytest.approx(1 / 600)  # 0.5 * 0.2 * 0.01 / (2 * 0.3)
+    for alpha1 in (0.5, 0.3):
+        with pytest.raises(ValueError, match="alpha1 > alpha2"):
+            fm.implicit_penalty(alpha1, 0.5, 1e-3)
+    assert fm.spearman([1.0, 2.0, 3.0], [0.3, 0.2, 0.1]) == pytest.approx(-1.0)
+    assert fm.spearman([1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 7.0, 7.0]) == pytest.approx(2 / 5**0.5)  # tied ranks 1.5, 3.5
+    assert fm.spearman([1.0, 2.0], [1.0, 2.0]) is None and fm.spearman([1.0, 2.0, 3.0], [4.0, 4.0, 4.0]) is None
+    # The table takes each arm's learning rate from its rows (1e-3 for rows from before it was recorded).
+    flat = [0.3] * 6
+    rows = [_fm_row("plain", None, 999, flat, flat), _fm_row("mg", 0.1, 999, flat, flat)]
+    rows.append(_fm_ablation_row(1.0, 0.2, 3, 999, flat, flat, learning_rate=0.01))
+    table = "\n".join(fm.ablation_table(fm.ablation_runs(rows, "bprmf", "d", 3), ("alpha2",)))
+    assert "| alpha2 | 1 | 0.1 | 3 | 5.56e-05 | 1 |" in table  # 0.1e-3 / 1.8
+    assert "| alpha2 | 1 | 0.2 | 3 | 1.25e-03 | 1 |" in table  # 0.2 * 0.01 / 1.6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ablation", "beta,gamma"], "--ablation: unknown axis 'gamma' (choose from alpha2, beta, alpha1, comma-separated)"),
+        (["--ablation", ","], "--ablation: name at least one axis"),
+        (["--ablation", "beta", "--timing"], "--ablation: times the comparison's methods; leave out --timing"),
+    ],
+)
+def test_flat_minima_ablation_mistakes_stop_in_one_line_before_anything_runs(args, message, tmp_path, capsys):
+    fm = _load("flat_minima")
+    runs = tmp_path / "runs.jsonl"
+    with pytest.raises(SystemExit) as stop:
+        fm.main([*args, "--models", "bprmf", "--runs", str(runs), "--out", str(tmp_path / "out.md")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("flat_minima.py: error: ") and message in err, err
+    assert not runs.exists() and not (tmp_path / "out.md").exists()
+
+
+def test_flat_minima_ablation_summary_and_figure_are_written(tmp_path):
+    fm = _load("flat_minima")
+    path = str(tmp_path / "runs.jsonl")
+    flat, rising = [0.3] * 6, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    for seed, test in ((999, 0.30), (1000, 0.28)):
+        fm.append_run(path, _fm_row("plain", None, seed, flat, [test] * 6))
+        # beta 5: best validation in epoch 5, whose test is 0.02 and 0.04 above plain's
+        fm.append_run(path, _fm_ablation_row(1.0, 0.2, 5, seed, rising, [0.0] * 5 + [test + 0.02 * (seed - 998)]))
+        fm.append_run(path, _fm_ablation_row(1.0, 0.2, 3, seed, flat, [test - 0.01] * 6))
+    out = tmp_path / "report" / "flat_minima.md"
+    out.parent.mkdir()
+    fm.main(["--summarise-only", "--models", "bprmf", "--datasets", "d", "--budget", "3", "--runs", path, "--out", str(out)])
+    text = out.read_text()
+    assert "\n## bprmf on d\n" not in text  # the comparison has nothing here but the plain runs it shares
+    section = text[text.index("## MG ablations"):]
+    assert "### bprmf on d" in section and "- implicit penalty: " in section
+    assert "| plain (reference) | - | - | - | 0 | 2 | 0.2900 ± 0.0141 | - | 0, 0 of 6 |" in section
+    beta5 = [line for line in section.splitlines() if line.startswith("| beta | 1 | 0.2 | 5 |")]
+    assert beta5 == ["| beta | 1 | 0.2 | 5 | 1.25e-04 | 2 | 0.3200 ± 0.0000 | +0.0300 ± 0.0141 (2/2) | 5, 5 of 6 |"]
+    assert "| beta | 1 | 0.2 | 3 | 1.25e-04 | 2 | 0.2800 ± 0.0141 | -0.0100 ± 0.0000 (0/2) | 0, 0 of 6 |" in section
+    assert "alpha2 | 1 | 0.05" not in section  # the alpha2 axis has no run of its own: only the beta axis is shown
+    assert "Still improving at the end of the budget** (best validation epoch in its last 5%): alpha1 1 alpha2 0.2 beta 5 (2 of 2)" in section
+    figure = tmp_path / "report" / "figures" / "flat_minima_ablation_bprmf_d.png"
+    assert "Figure: `figures/flat_minima_ablation_bprmf_d.png`" in section
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flat_minima_ablation_run_writes_its_knobs_and_learning_rate():
+    """One real training run, 2 epochs of BPR-MF on synthetic-small at beta 1 (every batch mirrors)."""
+    fm = _load("flat_minima")
+    row = fm.run_one("bprmf", "synthetic-small", "mg", fm.Arm(2.0, 0.5, 1), 999, 1)
+    assert (row["study"], row["alpha1"], row["alpha2"], row["beta"], row["knob"], row["method"]) == ("ablation", 2.0, 0.5, 1, None, "mg")
+    assert (row["epochs"], row["learning_rate"], row["optimizer"]) == (2, 1e-3, "adam")
+    assert len(row["curves"]["valid"]["recall@20"]) == 2
+    assert not fm.is_comparison(row) and fm.is_comparison(_fm_row("mg", 0.2, 999, [0.3] * 6, [0.3] * 6))
+    assert set(fm.ablation_runs([json.loads(json.dumps(row))], "bprmf", "synthetic-small", 1)) == {(2.0, 0.5, 1)}
