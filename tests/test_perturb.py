@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import numpy as np
 import pytest
 
@@ -9,10 +12,13 @@ from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.analysis.perturb import (
     apply_perturbation,
     CAMPAIGN_FRACTION,
+    CAMPAIGN_MAGNITUDE,
     campaign_shift,
+    check_level,
     gaussian_noise,
     missing_modality,
     PERTURBATIONS,
+    shuffle_items,
     swap_with_random_items,
 )
 
@@ -191,7 +197,184 @@ def test_apply_perturbation_levels_mean_what_the_docs_say(dataset):
     missing = apply_perturbation(dataset, "missing", 0.3, seed=1)  # all modalities, zero fill
     gone = np.all(missing.features["image"] == 0, axis=1)
     assert gone.sum() == 30 and np.array_equal(gone, np.all(missing.features["text"] == 0, axis=1))
-    with pytest.raises(ValueError, match="unknown perturbation 'blur'; available: noise, swap, campaign, missing"):
+    with pytest.raises(ValueError, match="unknown perturbation 'blur'; available: noise, swap, campaign, missing, campaign-items, missing-mean, shuffle"):
         apply_perturbation(dataset, "blur", 1.0, seed=0)
     with pytest.raises(ValueError, match="unknown modality 'audio'"):
         apply_perturbation(dataset, "noise", 1.0, seed=0, modality="audio")
+
+
+# ---------------------------------------------------------------------------------------
+# The kinds of the extreme-shift study: campaign-items, missing-mean, shuffle.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Six items whose image rows are [2i, 2i + 1] (all distinct), a constant text modality."""
+    ds = make_synthetic(num_users=12, num_items=6, interactions_per_user=4, min_interactions=3, modalities={"image": 2, "text": 1}, seed=0)
+    image = np.arange(12, dtype=np.float32).reshape(6, 2)
+    return dataclasses.replace(ds, features={"image": image, "text": np.full((6, 1), 7.0, np.float32)})
+
+
+def _row_ids(image: np.ndarray) -> list[int]:
+    """Which original item each row of a tiny image matrix is (row [2i, 2i + 1] is item i)."""
+    assert np.all(image[:, 1] == image[:, 0] + 1) and np.all(image[:, 0] % 2 == 0)
+    return (image[:, 0] // 2).astype(int).tolist()
+
+
+def test_shuffle_of_every_item_gives_each_another_items_row_and_keeps_every_row_once(tiny):
+    for seed in range(20):
+        out = apply_perturbation(tiny, "shuffle", 1.0, seed=seed, modality="image")
+        ids = _row_ids(out.features["image"])
+        assert sorted(ids) == list(range(6)), ids  # a permutation: no row lost or doubled
+        assert all(ids[i] != i for i in range(6)), ids  # nobody keeps its own row
+        assert out.features["text"].tobytes() == tiny.features["text"].tobytes()
+
+
+def test_shuffle_of_two_items_exchanges_them_and_a_share_moves_only_its_items(tiny):
+    feats = dict(tiny.features)
+    out = shuffle_items(feats, "image", 2 / 6, rng=3)  # two items: the only derangement swaps them
+    a, b = out.items.tolist()
+    ids = _row_ids(out.features["image"])
+    assert ids[a] == b and ids[b] == a and out.sources.tolist() == [b, a]
+    assert [ids[i] for i in range(6) if i not in (a, b)] == [i for i in range(6) if i not in (a, b)]
+    half = shuffle_items(feats, ("image", "text"), 0.5, rng=4)
+    ids = _row_ids(half.features["image"])
+    assert len(half.items) == 3 and sorted(ids[i] for i in half.items) == half.items.tolist()
+    assert all(ids[i] != i for i in half.items) and all(ids[i] == i for i in range(6) if i not in half.items)
+    assert [ids[i] for i in half.items] == half.sources.tolist()
+
+
+def test_shuffle_draws_every_derangement_alike():
+    # Three items have two derangements, (1, 2, 0) and (2, 0, 1). Over 2000 seeds each is
+    # drawn Binomial(2000, 1/2) times: std 22.4; 5 std of slack (112) makes a false alarm
+    # about 1 in 2 million, while a method that always picked one would be off by 1000.
+    feats = {"x": np.arange(3, dtype=np.float32)[:, None]}
+    counts = {}
+    for seed in range(2000):
+        key = tuple(shuffle_items(feats, "x", 1.0, rng=seed).sources.tolist())
+        counts[key] = counts.get(key, 0) + 1
+    assert set(counts) == {(1, 2, 0), (2, 0, 1)}
+    assert abs(counts[(1, 2, 0)] - 1000) < 112, counts
+
+
+def test_swap_of_every_item_draws_sources_with_replacement(tiny):
+    # What separates swap from shuffle at level 1: rows may repeat and vanish (never its own).
+    repeated = 0
+    for seed in range(20):
+        ids = _row_ids(apply_perturbation(tiny, "swap", 1.0, seed=seed, modality="image").features["image"])
+        assert all(ids[i] != i for i in range(6))
+        repeated += len(set(ids)) < 6
+    # A draw is a permutation with chance 265/5^6 = 0.017; 20 seeds all permutations: ~1e-35.
+    assert repeated > 0
+
+
+def test_shuffle_of_exactly_one_item_is_refused(tiny):
+    with pytest.raises(ValueError, match="affects one item"):
+        shuffle_items(dict(tiny.features), "image", 1 / 6, rng=0)
+    with pytest.raises(ValueError, match="shuffle level 0.15 affects exactly one of 6 items"):
+        apply_perturbation(tiny, "shuffle", 0.15, seed=0)
+    assert check_level("shuffle", 0.15) == 0.15  # without the catalogue's size it cannot tell
+
+
+def test_missing_mean_fills_with_the_mean_vector_of_the_items_that_keep_theirs(tiny):
+    every = apply_perturbation(tiny, "missing-mean", 1.0, seed=0, modality="image")
+    # Rows [2i, 2i + 1], i = 0..5: the mean row is [5, 6] (all items missing: mean over all).
+    assert every.features["image"].tolist() == [[5.0, 6.0]] * 6
+    zero = apply_perturbation(tiny, "missing", 1.0, seed=0, modality="image")
+    assert zero.features["image"].tolist() == [[0.0, 0.0]] * 6
+    half = apply_perturbation(tiny, "missing-mean", 0.5, seed=2, modality="image")
+    moved = [i for i in range(6) if half.features["image"][i].tolist() != tiny.features["image"][i].tolist()]
+    kept = [i for i in range(6) if i not in moved]
+    assert len(moved) == 3
+    expected = [sum(2 * i for i in kept) / 3, sum(2 * i + 1 for i in kept) / 3]
+    for i in moved:
+        np.testing.assert_allclose(half.features["image"][i], expected, rtol=1e-6)  # float32 storage of a mean of 3 small ints
+    assert half.features["text"].tobytes() == tiny.features["text"].tobytes()
+
+
+def test_campaign_items_shifts_the_given_share_by_one_mean_row_norm(dataset):
+    for share in (0.2, 0.5, 1.0):
+        out = apply_perturbation(dataset, "campaign-items", share, seed=5, modality="image")
+        delta = out.features["image"].astype(np.float64) - dataset.features["image"]
+        moved = np.flatnonzero(np.any(delta != 0, axis=1))
+        assert len(moved) == round(share * dataset.num_items)
+        # One shared vector, as long as the average image row (float32 storage: 1e-5 relative).
+        np.testing.assert_allclose(delta[moved], np.broadcast_to(delta[moved[0]], delta[moved].shape), atol=1e-5)
+        mean_norm = np.linalg.norm(dataset.features["image"].astype(np.float64), axis=1).mean()
+        np.testing.assert_allclose(np.linalg.norm(delta[moved[0]]), CAMPAIGN_MAGNITUDE * mean_norm, rtol=1e-5)
+        assert out.features["text"].tobytes() == dataset.features["text"].tobytes()
+    assert CAMPAIGN_MAGNITUDE == 1.0  # the documented size: a banner as long as the average row
+
+
+def _old_kind_by_hand(features, kind, level, seed, names):
+    """The first four kinds written out again from their documented draws, in numpy."""
+    rng = np.random.default_rng(seed)
+    out = {k: np.array(v, dtype=np.float32) for k, v in features.items()}
+    n = next(iter(out.values())).shape[0]
+
+    def items_of(fraction):
+        count = round(fraction * n)
+        return np.arange(n) if count == n else np.sort(rng.choice(n, size=count, replace=False))
+
+    if kind == "noise":
+        items = items_of(1.0)
+        for name in names:
+            std = out[name].astype(np.float64).std(axis=0)
+            out[name][items] = (out[name][items] + rng.standard_normal((len(items), out[name].shape[1])) * (level * std)).astype(np.float32)
+    elif kind == "swap":
+        items = items_of(level)
+        sources = rng.integers(0, n - 1, size=len(items))
+        sources = sources + (sources >= items)
+        for name in names:
+            out[name][items] = np.asarray(features[name], dtype=np.float32)[sources]
+    elif kind == "campaign":
+        items = items_of(CAMPAIGN_FRACTION)
+        for name in names:
+            direction = rng.standard_normal(out[name].shape[1])
+            direction /= np.linalg.norm(direction)
+            shift = level * np.linalg.norm(out[name].astype(np.float64), axis=1).mean() * direction
+            out[name][items] = (out[name][items] + shift).astype(np.float32)
+    else:
+        items = items_of(level)
+        for name in names:
+            out[name][items] = 0.0
+    return out
+
+
+@pytest.mark.parametrize(("kind", "level"), [("noise", 0.5), ("noise", 8.0), ("swap", 0.3), ("swap", 1.0), ("campaign", 2.0), ("missing", 0.4)])
+@pytest.mark.parametrize("modality", [None, "text"])
+def test_the_first_four_kinds_draw_exactly_as_before(dataset, kind, level, modality):
+    names = tuple(dataset.features) if modality is None else (modality,)
+    for seed in (0, 17):
+        got = apply_perturbation(dataset, kind, level, seed=seed, modality=modality)
+        want = _old_kind_by_hand(dataset.features, kind, level, seed, names)
+        for name in dataset.features:
+            assert got.features[name].tobytes() == want[name].tobytes(), (kind, level, seed, name)
+
+
+@pytest.mark.parametrize(
+    ("kind", "level", "message"),
+    [
+        ("noise", -1.0, "noise level must be a finite number >= 0"),
+        ("noise", float("inf"), "noise level must be a finite number >= 0"),
+        ("campaign", float("nan"), "campaign level must be a finite number >= 0"),
+        ("campaign-items", 1.5, r"campaign-items level is a fraction of items and must be in \[0, 1\]"),
+        ("missing-mean", -0.2, r"must be in \[0, 1\]"),
+        ("shuffle", float("nan"), r"must be in \[0, 1\]"),
+        ("blur", 1.0, "unknown perturbation 'blur'"),
+    ],
+)
+def test_levels_out_of_range_are_refused_before_anything_is_drawn(dataset, kind, level, message):
+    with pytest.raises(ValueError, match=message):
+        check_level(kind, level)
+    with pytest.raises(ValueError, match=message):
+        apply_perturbation(dataset, kind, level, seed=0)
+
+
+def test_every_kind_accepts_the_extreme_ladder():
+    ladder = {"noise": (0.5, 1, 2, 4, 8), "campaign-items": (0.2, 0.5, 1), "missing": (1,), "missing-mean": (1,), "shuffle": (1,)}
+    for kind, levels in ladder.items():
+        assert [check_level(kind, level, num_items=120) for level in levels] == [float(v) for v in levels]
+    assert set(PERTURBATIONS) == {"noise", "swap", "campaign", "missing", "campaign-items", "missing-mean", "shuffle"}
+    assert list(itertools.islice(PERTURBATIONS, 4)) == ["noise", "swap", "campaign", "missing"]  # old order kept first

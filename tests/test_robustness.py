@@ -1,4 +1,5 @@
-"""Robustness tooling: trained states evaluate as in the trainer, retention curves, the comparison and its CLI."""
+"""Robustness tooling: trained states evaluate as in the trainer, retention curves, the comparison and its CLI
+(MG arms, and training methods under the extreme shifts of issue 28)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import numpy as np
 import pytest
 
 from mirrorgrad_jax.analysis import comparison
+from mirrorgrad_jax.analysis import shifts as shift_study
+from mirrorgrad_jax.cli import main
 from mirrorgrad_jax.cli import robustness as robustness_cli
 from mirrorgrad_jax.analysis.comparison import compare_runs, load_trained_state, train_and_measure
 from mirrorgrad_jax.data import load_dataset
 from mirrorgrad_jax.models import BPRMF, VBPR, BPRMFConfig, VBPRConfig
 from mirrorgrad_jax.analysis.perturb import PERTURBATIONS
 from mirrorgrad_jax.analysis.plots import plot_robustness
-from mirrorgrad_jax.analysis.robustness import evaluate_params, robustness_curve, summarise
+from mirrorgrad_jax.analysis.robustness import SHIFT_PRESETS, evaluate_params, robustness_curve, summarise
 from mirrorgrad_jax.errors import ConfigError
-from mirrorgrad_jax.train import MGConfig, TrainConfig
+from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig
 
 CONFIG = VBPRConfig(embedding_size=8)
 TRAIN = TrainConfig(epochs=2, batch_size=128, learning_rate=1e-2, valid_metric="recall@20", patience=5, seed=5)
@@ -152,3 +155,157 @@ def test_cli_defaults_are_small_and_the_robustness_command_runs(tmp_path, capsys
     assert _png(tmp_path / "robustness.png") and (tmp_path / "robustness.md").read_text().count("| MG update | 1 |") == 1
     report = json.loads((tmp_path / "robustness.json").read_text())
     assert report["numbers"]["no MG"]["campaign 0"] == [1.0] and len(report["train"]["MG update"]) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Training methods side by side, and shifts to the extreme (issue 28).
+# ---------------------------------------------------------------------------------------
+
+
+def test_robustness_command_trains_each_method_and_measures_extreme_shifts(tmp_path, capsys):
+    """The real thing, tiny: two methods trained for one epoch, then three kinds of shift.
+    (lambda_max per method is checked with stand-in training below, which keeps this test short.)"""
+    out_dir = tmp_path / "rob"
+    status = main([
+        "robustness", "--dataset", "synthetic-small", "--methods", "plain,sam", "--sam-rho", "0.1", "--epochs", "1",
+        "--batch-size", "512", "--set", "embedding_size=8", "--levels", "noise=0,8", "--levels", "missing-mean,shuffle=1",
+        "--modality", "missing-mean,shuffle=image", "--out-dir", str(out_dir),
+    ])  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    # The trainer's own account of what each run trained with.
+    assert "MG off" in out and "SAM (rho=0.1)" in out
+    assert "| plain | 1 |" in out and "| SAM | 1 |" in out
+    report = json.loads((out_dir / "robustness.json").read_text())
+    assert report["methods"]["SAM"]["method"]["name"] == "sam" and report["methods"]["SAM"]["method"]["rho"] == 0.1
+    assert report["methods"]["plain"]["method"]["name"] == "none" and report["methods"]["plain"]["mg"]["enabled"] is False
+    assert [(s["kind"], s["levels"], s["modality"]) for s in report["shifts"]] == [
+        ("noise", [0.0, 8.0], None), ("missing-mean", [1.0], ["image"]), ("shuffle", [1.0], ["image"]),
+    ]  # fmt: skip
+    for label in ("plain", "SAM"):
+        numbers = report["numbers"][label]
+        assert numbers["noise 0"] == [1.0]  # level 0: the clean ranking, exactly
+        assert all(np.isfinite(numbers[c][0]) for c in ("noise 8", "missing-mean 1", "shuffle 1"))
+        assert {c["kind"] for c in report["curves"][label]} == {"noise", "missing-mean", "shuffle"}
+        assert len(report["train"][label]) == 1
+    assert _png(out_dir / "robustness.png")
+
+
+def _fake_trainers(monkeypatch, trained, calls):
+    """Training stands in: every label gets the `trained` fixture's state; the settings are recorded."""
+
+    def fake_methods(model_cls, model_config, dataset, train_configs, methods, **kwargs):
+        calls.append(dict(methods))
+        return {label: [trained.state] * len(train_configs) for label in methods}, {label: [trained.result] * len(train_configs) for label in methods}
+
+    def no_arms(*args, **kwargs):
+        raise AssertionError("MG arms trained although --methods was given")
+
+    monkeypatch.setattr(shift_study, "train_methods", fake_methods)
+    monkeypatch.setattr(comparison, "train_arms", no_arms)
+
+
+def test_every_method_gets_its_knobs_and_the_extreme_ladder_is_one_option(tmp_path, monkeypatch, trained):
+    calls = []
+    _fake_trainers(monkeypatch, trained, calls)
+    out_dir = tmp_path / "rob"
+    status = main([
+        "robustness", "--dataset", "synthetic-small", "--methods", "plain,mg,sam,asam,gnp", "--alpha2", "0.3",
+        "--sam-rho", "0.1", "--asam-rho", "1.0", "--asam-eta", "0.02", "--gnp-alpha", "0.8", "--gnp-radius", "0.07",
+        "--set", "embedding_size=8",
+        "--shifts", "extreme", "--levels", "noise=0,8", "--modality", "shuffle=image", "--out-dir", str(out_dir), "--quiet",
+    ])  # fmt: skip
+    assert status == 0
+    (methods,) = calls
+    assert list(methods) == ["plain", "MG", "SAM", "ASAM", "GNP"]
+    defaults = MethodConfig()
+    expected = {
+        "plain": (False, "none", {}),
+        "MG": (True, "none", {}),
+        "SAM": (False, "sam", {"rho": 0.1}),
+        "ASAM": (False, "asam", {"rho": 1.0, "eta": 0.02}),
+        "GNP": (False, "gnp", {"alpha": 0.8, "radius": 0.07}),
+    }
+    for label, (mg_on, name, knobs) in expected.items():
+        mg, method = methods[label]
+        assert (mg.enabled, method.name) == (mg_on, name)
+        for field in ("rho", "eta", "alpha", "radius"):  # a knob a method does not read stays at its default
+            assert getattr(method, field) == knobs.get(field, getattr(defaults, field)), (label, field)
+    assert (methods["MG"][0].alpha1, methods["MG"][0].alpha2, methods["MG"][0].beta, methods["MG"][0].apply_to) == (1.0, 0.3, 3, "gradient")
+    report = json.loads((out_dir / "robustness.json").read_text())
+    # The extreme ladder of the issue: noise up to 8 (overridden here), a campaign on 20/50/100 % of
+    # the items, a modality replaced by zeros, by its mean, by other items' rows.
+    assert [(s["kind"], s["levels"], s["modality"]) for s in report["shifts"]] == [
+        ("noise", [0.0, 8.0], None), ("campaign-items", [0.2, 0.5, 1.0], None), ("missing", [0.2, 0.5, 1.0], None),
+        ("missing-mean", [0.2, 0.5, 1.0], None), ("shuffle", [0.2, 0.5, 1.0], ["image"]),
+    ]  # fmt: skip
+    table = (out_dir / "robustness.md").read_text()
+    assert "methods: MG alpha1=1 alpha2=0.3 beta=3; SAM rho=0.1; ASAM rho=1 eta=0.02; GNP alpha=0.8 radius=0.07," in table
+    assert "- shuffle (image): level = " in table
+    # One state stands in for all five: their retention columns agree, and level 0 is exact.
+    numbers = report["numbers"]
+    assert all(numbers[label]["shuffle 1"] == numbers["plain"]["shuffle 1"] for label in methods)
+    assert all(numbers[label]["noise 0"] == [1.0] for label in methods)
+    assert _png(out_dir / "robustness.png")
+
+
+def test_flatness_command_takes_methods_and_the_old_rho_still_names_the_sharpness_radius(tmp_path, monkeypatch, trained):
+    calls = []
+    _fake_trainers(monkeypatch, trained, calls)
+    status = main([
+        "flatness", "--dataset", "synthetic-small", "--methods", "plain,gnp", "--set", "embedding_size=8", "--rho", "0.1",
+        "--iterations", "2", "--directions", "1", "--flatness-batches", "1", "--robustness", "--kinds", "missing",
+        "--levels", "1", "--out-dir", str(tmp_path), "--quiet",
+    ])  # fmt: skip
+    assert status == 0
+    report = json.loads((tmp_path / "flatness.json").read_text())
+    assert report["sharpness_rho"] == 0.1 and "sharpness SAM (rho=0.1)" in report["numbers"]["GNP"]
+    (lambda_plain,), (lambda_gnp,) = report["numbers"]["plain"]["lambda_max"], report["numbers"]["GNP"]["lambda_max"]
+    assert np.isfinite(lambda_plain) and lambda_plain > 0 and lambda_gnp == lambda_plain  # the same state twice
+    assert "| GNP | 1 |" in (tmp_path / "flatness.md").read_text()
+    assert [(s["kind"], s["levels"]) for s in report["shifts"]] == [("missing", [1.0])]
+    assert _png(tmp_path / "flatness.png")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "plain,adam"], "--methods: unknown method(s) ['adam']; allowed: plain, mg, sam, asam, gnp"),
+        (["--methods", "sam,sam"], "--methods lists a method twice"),
+        (["--arms", "none", "--methods", "sam"], "--arms and --methods both choose what is trained"),
+        (["--methods", "asam", "--rho", "0.1"], "give SAM's and ASAM's ascent radii as --sam-rho and --asam-rho"),
+        (["--methods", "plain,mg", "--sam-rho", "0.1"], "--sam-rho is a knob of sam, and --methods has no sam"),
+        (["--methods", "sam", "--asam-rho", "1"], "--asam-rho is a knob of asam, and --methods has no asam"),
+        (["--sam-rho", "0.1"], "--sam-rho is a knob of a training method: give --methods"),
+        (["--methods", "gnp", "--gnp-alpha", "2"], "MethodConfig.alpha must be a finite number in [0, 1], got 2.0"),
+        (["--sharpness-rho", "0.1", "--rho", "0.2"], "are one setting"),
+        (["--levels", "noise=-1"], "noise level must be a finite number >= 0, got -1"),
+        (["--levels", "shuffle=0.5,1.5"], "shuffle level is a fraction of items and must be in [0, 1], got 1.5"),
+        (["--levels", "0.5,1,2", "--kinds", "swap"], "swap level is a fraction of items and must be in [0, 1], got 2"),
+        (["--levels", "noise=big"], "--levels: noise level 'big' is not a number"),
+        (["--levels", "blur=1"], "unknown perturbation 'blur'"),
+        (["--levels", "noise="], "--levels expects VALUES or KIND=VALUES"),
+        (["--levels", "1", "--levels", "2"], "a list for every kind was already given"),
+        (["--kinds", "noise", "--levels", "shuffle=1"], "--levels names shuffle, which --kinds noise leaves out"),
+        (["--shifts", "wild"], "--shifts: unknown preset 'wild'; allowed: default, extreme"),
+        (["--modality", "shuffle=audio", "--kinds", "shuffle"], "has no modality ['audio']; available: image, text"),
+        (["--levels", "shuffle=0.01"], "shuffle level 0.01 affects exactly one of 120 items"),
+    ],
+)
+def test_a_wrong_method_or_level_is_one_line_exit_2_and_nothing_is_written(argv, message, tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although an option was wrong")
+
+    monkeypatch.setattr(shift_study, "train_methods", no_training)
+    monkeypatch.setattr(comparison, "train_arms", no_training)
+    out_dir = tmp_path / "never"
+    assert main(["robustness", "--dataset", "synthetic-small", "--quiet", "--out-dir", str(out_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mirrorgrad robustness: error: "), err
+    assert message in err, err
+    assert not out_dir.exists()
+
+
+def test_the_help_names_every_kind_and_preset():
+    assert robustness_cli.KINDS_HELP == ", ".join(PERTURBATIONS)
+    assert robustness_cli.PRESETS_HELP == ", ".join(SHIFT_PRESETS)

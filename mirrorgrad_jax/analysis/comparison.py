@@ -33,7 +33,7 @@ from mirrorgrad_jax.analysis.flatness import LossSlice, hessian_top_eigenvalue, 
 from mirrorgrad_jax.analysis.perturb import PERTURBATIONS
 from mirrorgrad_jax.analysis.plots import plot_comparison
 from mirrorgrad_jax.analysis.robustness import DEFAULT_METRICS, StateEvaluator, metric_cutoffs, perturbation_rows, summarise
-from mirrorgrad_jax.train import MGConfig, TensorBoardRun, TrainConfig, TrainResult, load_trained_model, resolved_model_config, train, trained_state
+from mirrorgrad_jax.train import MethodConfig, MGConfig, TensorBoardRun, TrainConfig, TrainResult, load_trained_model, resolved_model_config, train, trained_state
 
 __all__ = [
     "Comparison",
@@ -100,6 +100,7 @@ def train_and_measure(
     train_config: TrainConfig = TrainConfig(),
     mg: MGConfig = MGConfig(),
     *,
+    method: MethodConfig = MethodConfig(),
     checkpoint_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
     events: TensorBoardRun | None = None,
@@ -112,6 +113,8 @@ def train_and_measure(
       dataset: the data.
       train_config: trainer settings.
       mg: Mirror Gradient settings.
+      method: another training method (SAM, ASAM, the gradient-norm penalty) with MG off;
+        the default trains plainly or with MG, as ``mg`` says.
       checkpoint_dir: where the trainer keeps ``best.ckpt``/``last.ckpt``; ``None``
         uses a temporary folder that is removed afterwards.
       log: progress printer (``None`` for silence).
@@ -126,7 +129,7 @@ def train_and_measure(
     """
 
     def run(folder: str) -> TrainedRun:
-        result = train(model_cls, model_config, dataset, train_config, mg, checkpoint_dir=folder, log=log, events=events)
+        result = train(model_cls, model_config, dataset, train_config, mg, method=method, checkpoint_dir=folder, log=log, events=events)
         best = os.path.join(folder, "best.ckpt")
         if not os.path.exists(best):
             raise RuntimeError(f"training stopped before any epoch finished ({result.stop_reason}); there is nothing to measure")

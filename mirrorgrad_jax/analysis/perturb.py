@@ -16,8 +16,22 @@ seed), so one seed gives one perturbation.
 * :func:`swap_with_random_items`: adjustment (a), a listing shows another item's content.
 * :func:`campaign_shift`: adjustment (b), one shared "banner" direction added to items.
 * :func:`missing_modality`: a modality is missing for some items (zero or mean fill).
-* :func:`apply_perturbation`: one of the above by name and level, on a whole
-  :class:`~mirrorgrad_jax.data.RecDataset`.
+* :func:`shuffle_items`: a modality shuffled among items: every affected item shows a
+  different affected item's row, each row used once (a derangement).
+* :func:`apply_perturbation`: one of the above by name (``kind``) and ``level``, on a whole
+  :class:`~mirrorgrad_jax.data.RecDataset`; :func:`check_level` checks a level before.
+
+Every shift of the robustness study is one ``(kind, level)``:
+
+* Gaussian noise of any strength: ``("noise", sigma)``;
+* a campaign of fixed size (:data:`CAMPAIGN_MAGNITUDE`) on a growing share of items:
+  ``("campaign-items", share)``; a growing campaign on :data:`CAMPAIGN_FRACTION` of them:
+  ``("campaign", magnitude)``;
+* a modality replaced at inference, for every item (level 1) or a share of them, by
+  zeros ``("missing", 1.0)``, by its mean vector ``("missing-mean", 1.0)``, or by another
+  item's vector: ``("shuffle", 1.0)`` (a permutation without fixed points, so the set of
+  rows is kept) or ``("swap", 1.0)`` (sources drawn with replacement: some rows appear
+  several times, others vanish).
 
 Example::
 
@@ -36,25 +50,39 @@ from mirrorgrad_jax.data import RecDataset
 
 __all__ = [
     "CAMPAIGN_FRACTION",
+    "CAMPAIGN_MAGNITUDE",
+    "FRACTION_KINDS",
     "PERTURBATIONS",
     "PerturbResult",
     "apply_perturbation",
     "campaign_shift",
+    "check_level",
     "gaussian_noise",
     "missing_modality",
+    "shuffle_items",
     "swap_with_random_items",
 ]
 
-#: Share of items a campaign adjusts in :func:`apply_perturbation` (its level is the magnitude).
+#: Share of items a ``"campaign"`` adjusts in :func:`apply_perturbation` (its level is the magnitude).
 CAMPAIGN_FRACTION = 0.2
+
+#: Size of the shift of a ``"campaign-items"`` in :func:`apply_perturbation` (its level is the
+#: share of items), in units of the mean feature-row norm: a banner as long as the average row.
+CAMPAIGN_MAGNITUDE = 1.0
 
 #: What ``level`` means for each ``kind`` of :func:`apply_perturbation`.
 PERTURBATIONS: Mapping[str, str] = {
     "noise": "sigma: Gaussian noise std in units of each feature dimension's std, on every item",
-    "swap": "fraction of items whose features are replaced by another random item's",
+    "swap": "fraction of items whose features are replaced by another random item's (sources drawn with replacement)",
     "campaign": f"magnitude of a shared shift, in units of the mean feature-row norm, on {CAMPAIGN_FRACTION:.0%} of items",
     "missing": "fraction of items whose features are missing (zero-filled)",
+    "campaign-items": f"fraction of items given a shared shift of {CAMPAIGN_MAGNITUDE:g} mean feature-row norm",
+    "missing-mean": "fraction of items whose features are missing (filled with the mean of the items that keep theirs)",
+    "shuffle": "fraction of items whose features are shuffled among themselves, none keeping its own row",
 }
+
+#: The kinds whose level is a fraction of items, in [0, 1]; the others take any finite level >= 0.
+FRACTION_KINDS = ("swap", "missing", "campaign-items", "missing-mean", "shuffle")
 
 Features = Mapping[str, np.ndarray]
 RngLike = np.random.Generator | int
@@ -314,6 +342,101 @@ def missing_modality(
     return PerturbResult(out, items, names)
 
 
+def _derangement(count: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random permutation of ``range(count)`` without fixed points (``count`` != 1).
+
+    Rejection sampling: a random permutation has no fixed point with probability close to
+    ``1/e``, so about e draws are needed on average, whatever ``count`` is.
+    """
+    positions = np.arange(count)
+    while True:
+        order = rng.permutation(count)
+        if not np.any(order == positions):
+            return order
+
+
+def shuffle_items(
+    features: Features,
+    modality: str | Sequence[str],
+    fraction: float,
+    *,
+    rng: RngLike,
+) -> PerturbResult:
+    """A modality shuffled among items: each affected item shows a DIFFERENT affected item's row.
+
+    The affected items' original rows are permuted among them by a uniformly random
+    permutation without fixed points: every affected item receives another affected
+    item's row (never its own), and every affected row is received by exactly one item.
+    Unlike :func:`swap_with_random_items`, whose sources are drawn with replacement, the
+    set of rows stays the same (no row is duplicated or lost), so only the pairing of
+    items and features is broken. With ``fraction`` 1 this is the shuffled modality: every
+    item shows another item's vector. With several modalities, an item takes all of them
+    from the same source. Two items whose rows are equal make a change invisible.
+
+    Args:
+      features: modality -> ``(num_items, D)`` array.
+      modality: the modality (or modalities) shuffled.
+      fraction: share of items affected, in [0, 1]; ``round(fraction * num_items)`` must
+        not be 1 (one item cannot receive another affected item's row).
+      rng: generator or seed. Items are drawn first, then the permutation.
+
+    Returns:
+      A :class:`PerturbResult` whose ``sources`` holds the item whose row each entry of
+      ``items`` received (a permutation of ``items`` without fixed points).
+
+    Raises:
+      ValueError: unknown modality, ``fraction`` outside [0, 1], or exactly one affected item.
+    """
+    fraction = _check_fraction(fraction)
+    names = _check_modalities(features, modality)
+    out, num_items = _copy_features(features)
+    rng = np.random.default_rng(rng)
+    items = _choose_items(num_items, fraction, rng)
+    if len(items) == 1:
+        raise ValueError(
+            f"shuffling {fraction:g} of {num_items} items affects one item, which has no other affected item to take a row from; "
+            "use a larger fraction (or 'swap')"
+        )
+    sources = items[_derangement(len(items), rng)]
+    for name in names:
+        out[name][items] = np.asarray(features[name], dtype=np.float32)[sources]
+    return PerturbResult(out, items, names, sources)
+
+
+def check_level(kind: str, level: float, num_items: int | None = None) -> float:
+    """``level`` as a float if it is a valid level of ``kind`` (see :data:`PERTURBATIONS`).
+
+    Fraction kinds (:data:`FRACTION_KINDS`) take a share of items in [0, 1]; ``"noise"``
+    and ``"campaign"`` any finite number >= 0. With ``num_items``, a ``"shuffle"`` that
+    would affect exactly one item is refused too (see :func:`shuffle_items`).
+
+    Args:
+      kind: a key of :data:`PERTURBATIONS`.
+      level: the level to check.
+      num_items: the catalogue's size, when known.
+
+    Returns:
+      ``float(level)``.
+
+    Raises:
+      ValueError: an unknown kind, or a level out of the kind's range.
+    """
+    if kind not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {kind!r}; available: {', '.join(PERTURBATIONS)}")
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise ValueError(f"{kind} level must be a number, got {level!r}") from None
+    if kind in FRACTION_KINDS:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{kind} level is a fraction of items and must be in [0, 1], got {value:g}")
+        if kind == "shuffle" and num_items is not None and round(value * num_items) == 1:
+            raise ValueError(f"shuffle level {value:g} affects exactly one of {num_items} items, which has no other affected item to take a row from")
+    elif not (np.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{kind} level must be a finite number >= 0, got {value:g}")
+    return value
+
+
 def apply_perturbation(
     dataset: RecDataset,
     kind: str,
@@ -328,17 +451,28 @@ def apply_perturbation(
 
     * ``"noise"``: ``sigma`` of :func:`gaussian_noise` on every item (0.5 = noise with
       half the spread of the features themselves).
-    * ``"swap"``: ``fraction`` of items of :func:`swap_with_random_items`, in [0, 1].
+    * ``"swap"``: ``fraction`` of items of :func:`swap_with_random_items`, in [0, 1]
+      (each gets another item's row, drawn with replacement).
     * ``"campaign"``: ``magnitude`` of :func:`campaign_shift` (1.0 = a shift as long as
       the average feature row) on :data:`CAMPAIGN_FRACTION` of the items.
     * ``"missing"``: ``fraction`` of items of :func:`missing_modality` (zero fill).
+    * ``"campaign-items"``: ``fraction`` of items of :func:`campaign_shift`, at magnitude
+      :data:`CAMPAIGN_MAGNITUDE`.
+    * ``"missing-mean"``: ``fraction`` of items of :func:`missing_modality` (mean fill: the
+      mean of the items that keep their features; at 1.0 the mean of all items).
+    * ``"shuffle"``: ``fraction`` of items of :func:`shuffle_items` (a permutation among
+      the affected items, none keeping its own row).
 
-    Level 0 leaves the features unchanged for every kind.
+    Level 0 leaves the features unchanged for every kind. Level 1.0 of ``"missing"``,
+    ``"missing-mean"`` and ``"shuffle"`` replaces a modality for every item by zeros, by
+    its mean vector, or by another item's vector. The four kinds that existed first
+    (``noise``, ``swap``, ``campaign``, ``missing``) draw exactly as they always did: one
+    seed gives the same features as before the others were added.
 
     Args:
       dataset: the clean dataset.
-      kind: ``"noise"``, ``"swap"``, ``"campaign"`` or ``"missing"``.
-      level: see above.
+      kind: a key of :data:`PERTURBATIONS`.
+      level: see above (:func:`check_level`).
       seed: seeds the perturbation.
       modality: the perturbed modality (or modalities); ``None`` = all of them.
 
@@ -352,6 +486,7 @@ def apply_perturbation(
         raise ValueError(f"unknown perturbation {kind!r}; available: {', '.join(PERTURBATIONS)}")
     if not dataset.features:
         raise ValueError(f"dataset {dataset.name!r} has no item features to perturb")
+    level = check_level(kind, level, dataset.num_items)
     features = dict(dataset.features)
     names = _check_modalities(features, modality)
     rng = np.random.default_rng(seed)
@@ -361,6 +496,12 @@ def apply_perturbation(
         result = swap_with_random_items(features, names, level, rng=rng)
     elif kind == "campaign":
         result = campaign_shift(features, names, CAMPAIGN_FRACTION, level, rng=rng)
-    else:
+    elif kind == "missing":
         result = missing_modality(features, names, level, fill="zero", rng=rng)
-    return dataclasses.replace(dataset, name=f"{dataset.name}~{kind}{float(level):g}", features=result.features)
+    elif kind == "campaign-items":
+        result = campaign_shift(features, names, level, CAMPAIGN_MAGNITUDE, rng=rng)
+    elif kind == "missing-mean":
+        result = missing_modality(features, names, level, fill="mean", rng=rng)
+    else:
+        result = shuffle_items(features, names, level, rng=rng)
+    return dataclasses.replace(dataset, name=f"{dataset.name}~{kind}{level:g}", features=result.features)

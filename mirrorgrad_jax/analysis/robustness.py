@@ -8,7 +8,9 @@ checkpoint keeps, such as the training cache of stale-evaluation models):
 * :func:`evaluate_params`: rank with a trained state on a (possibly perturbed)
   dataset; constants derived from features are rebuilt from the given features;
 * :func:`robustness_curve` / :func:`summarise`: the metric retention (perturbed /
-  clean) over perturbation levels and seeds.
+  clean) over perturbation levels and seeds;
+* :class:`Shift` / :data:`SHIFT_PRESETS`: a kind of perturbation with levels (and
+  modalities) of its own, e.g. the ``"extreme"`` ladder of issue 28.
 
 Stale-evaluation models (SLMRec, MMGCN, GRCN, DualGNN, MVGAE with ``stale_eval``) rank
 with the representation cached by their last training forward. On the clean data
@@ -18,8 +20,10 @@ representation is recomputed from the perturbed features with the trained parame
 and retention is measured against the same recomputation on the clean features (level
 0 gives exactly 1; staleness is not counted as instability).
 
-The MG-off/on comparison (training arms, one table and one figure) is in
-:mod:`mirrorgrad_jax.analysis.comparison`, the figures in :mod:`mirrorgrad_jax.analysis.plots`.
+The MG-off/on comparison (training arms, one table and one figure for levels shared by
+every kind) is in :mod:`mirrorgrad_jax.analysis.comparison`, training methods side by side
+under :class:`Shift` ladders in :mod:`mirrorgrad_jax.analysis.shifts`, the figures in
+:mod:`mirrorgrad_jax.analysis.plots`.
 
 Example::
 
@@ -42,10 +46,19 @@ from mirrorgrad_jax.errors import CheckpointError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator
 from mirrorgrad_jax.analysis.flatness import check_params_fit
 from mirrorgrad_jax.models import CHECKPOINTED, check_ready_to_rank
-from mirrorgrad_jax.analysis.perturb import PERTURBATIONS, apply_perturbation
+from mirrorgrad_jax.analysis.perturb import FRACTION_KINDS, PERTURBATIONS, apply_perturbation, check_level
 from mirrorgrad_jax.train.trained import fit_trained_state
 
-__all__ = ["DEFAULT_METRICS", "evaluate_params", "metric_cutoffs", "robustness_curve", "summarise"]
+__all__ = [
+    "DEFAULT_LEVELS",
+    "DEFAULT_METRICS",
+    "SHIFT_PRESETS",
+    "Shift",
+    "evaluate_params",
+    "metric_cutoffs",
+    "robustness_curve",
+    "summarise",
+]
 
 DEFAULT_METRICS = ("recall@20", "ndcg@20")
 
@@ -267,3 +280,63 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Shifts with levels of their own, and training methods side by side.
+# ---------------------------------------------------------------------------------------
+
+#: Levels a kind is measured at when none are given: the strengths of the first study for
+#: ``noise`` and ``campaign``, a fifth, half and all of the items for the fraction kinds.
+DEFAULT_LEVELS: Mapping[str, tuple[float, ...]] = {
+    kind: (0.2, 0.5, 1.0) if kind in FRACTION_KINDS else (0.5, 1.0, 2.0) for kind in PERTURBATIONS
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shift:
+    """One perturbation kind measured at several levels, on some modalities.
+
+    Attributes:
+      kind: a key of :data:`~mirrorgrad_jax.analysis.perturb.PERTURBATIONS`.
+      levels: its levels (:func:`~mirrorgrad_jax.analysis.perturb.check_level`), in the
+        order they are measured.
+      modality: the perturbed modalities; ``None`` = all of them.
+    """
+
+    kind: str
+    levels: tuple[float, ...]
+    modality: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PERTURBATIONS:
+            raise ValueError(f"unknown perturbation {self.kind!r}; available: {', '.join(PERTURBATIONS)}")
+        levels = tuple(check_level(self.kind, level) for level in self.levels)
+        if not levels:
+            raise ValueError(f"no levels given for {self.kind!r}")
+        object.__setattr__(self, "levels", levels)
+        if self.modality is not None:
+            modality = (self.modality,) if isinstance(self.modality, str) else tuple(self.modality)
+            object.__setattr__(self, "modality", modality or None)
+
+    def describe(self) -> str:
+        """``"shuffle (image): level = fraction of items ..."``: what the kind's level means, and where."""
+        where = f" ({', '.join(self.modality)})" if self.modality else ""
+        return f"{self.kind}{where}: level = {PERTURBATIONS[self.kind]}"
+
+
+#: Named ladders of shifts. ``"extreme"`` is the study of shifts to the extreme: Gaussian
+#: noise up to 8 feature stds; a campaign of one mean row norm on 20, 50 and 100 % of the
+#: items; and a modality replaced, on the same shares of items, by zeros, by its mean
+#: vector, or by other items' vectors (a shuffle). ``"default"`` is what the robustness
+#: command measures without options.
+SHIFT_PRESETS: Mapping[str, tuple[Shift, ...]] = {
+    "default": (Shift("noise", (0.5, 1.0, 2.0)), Shift("campaign", (0.5, 1.0, 2.0))),
+    "extreme": (
+        Shift("noise", (0.5, 1.0, 2.0, 4.0, 8.0)),
+        Shift("campaign-items", (0.2, 0.5, 1.0)),
+        Shift("missing", (0.2, 0.5, 1.0)),
+        Shift("missing-mean", (0.2, 0.5, 1.0)),
+        Shift("shuffle", (0.2, 0.5, 1.0)),
+    ),
+}
