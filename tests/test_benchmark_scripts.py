@@ -225,7 +225,7 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 
 @needs_bash
 def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
-    """benchmarks/device_run.sh as a GPU session runs it, here on the CPU with a 2-epoch budget.
+    """benchmarks/device_run.sh as a GPU session runs it, here on the CPU with a 2-epoch budget on synthetic-small.
 
     The patience phase must set aside the recorded runs of the cells named in
     PATIENCE_RERUN, train what is pending, and bring back exactly the runs it made.
@@ -240,7 +240,7 @@ def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
         "PHASES": "patience",
         "WORKERS": "1",
         "PATIENCE_MODELS": "lightgcn",
-        "PATIENCE_DATASETS": "synthetic",
+        "PATIENCE_DATASETS": "synthetic-small",
         "PATIENCE_BUDGETS": "lightgcn=2",
         "PATIENCE_RERUN": "vbpr:synthetic",
         "JAX_PLATFORMS": "cpu",
@@ -253,9 +253,9 @@ def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
     assert f"{len(recorded) - len(rerun)} recorded runs kept; rerun here: ['vbpr:synthetic']" in proc.stdout
     new = [json.loads(line) for line in open(out / "patience_new.jsonl")]
     assert sorted((r["alpha2"] is not None, r["seed"]) for r in new) == sorted((mg, s) for mg in (False, True) for s in (999, 1000, 1001))
-    assert all(r["model"] == "lightgcn" and r["dataset"] == "synthetic" and r["budget"] == 2 for r in new)
+    assert all(r["model"] == "lightgcn" and r["dataset"] == "synthetic-small" and r["budget"] == 2 for r in new)
     assert all(len(r["curves"]["valid"]["recall@20"]) == 2 for r in new)
-    assert "| lightgcn | synthetic | 2 |" in (out / "patience.md").read_text()
+    assert "| lightgcn | synthetic-small | 2 |" in (out / "patience.md").read_text()
 
 
 @needs_bash
