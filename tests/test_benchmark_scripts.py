@@ -497,3 +497,12 @@ def test_flat_minima_ablation_run_writes_its_knobs_and_learning_rate():
     assert len(row["curves"]["valid"]["recall@20"]) == 2
     assert not fm.is_comparison(row) and fm.is_comparison(_fm_row("mg", 0.2, 999, [0.3] * 6, [0.3] * 6))
     assert set(fm.ablation_runs([json.loads(json.dumps(row))], "bprmf", "synthetic-small", 1)) == {(2.0, 0.5, 1)}
+
+
+def test_results_readme_indexes_every_committed_result_file():
+    """benchmarks/results/README.md names every result file (what it answers and how it is made)."""
+    folder = os.path.join(ROOT, "benchmarks", "results")
+    index = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+    files = [f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)) and f != "README.md"]
+    assert len(files) > 20  # the folder is really read
+    assert [f for f in sorted(files) if f"`{f}`" not in index] == []
