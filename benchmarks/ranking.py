@@ -18,7 +18,14 @@ parameters; ``--models``): one full validation pass of :class:`RankingEvaluator`
 (one program looping over evenly sized blocks, the forward pass hoisted out of the loop
 by XLA), with the ranked lists compared.
 
+Third part (``--splits``): what the trainer runs after every epoch, the validation AND test
+ranking with the same parameters, as two :class:`RankingEvaluator` programs (as before
+:class:`~mirrorgrad_jax.evaluation.SplitEvaluators`) and as one program holding both
+splits: the first call of each (compilation included, in a fresh jit) and then the
+steady-state pass, timed in turn, with both splits' metrics compared for equality.
+
 Usage: python benchmarks/ranking.py [--repeats 10] [--models vbpr,bm3,freedom] [--out benchmarks/results/ranking.md]
+       python benchmarks/ranking.py --splits --models freedom,lgmrec,smore --repeats 6
 """
 
 from __future__ import annotations
@@ -191,20 +198,84 @@ def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
     return lines + [""]
 
 
+def run_splits(models: list[str], repeats: int, graph: str) -> list[str]:
+    """Valid + test after an epoch: two evaluator programs against one :class:`SplitEvaluators` program."""
+    from flax import nnx
+
+    from mirrorgrad_jax.evaluation import RankingEvaluator, SplitEvaluators
+    from mirrorgrad_jax.models import build_config, get_model
+
+    dataset = baby_dataset(graph)
+    lines = [
+        f"### Valid and test after an epoch: two programs or one (Baby graph, {dataset.num_items:,} items, random features)",
+        "",
+        *markdown_table((
+            "model", "first call, two programs (s)", "first call, one program (s)",
+            "pass, two programs (wall / CPU, s)", "pass, one program (wall / CPU, s)", "one / two (wall)", "same metrics",
+        )),  # fmt: skip
+    ]
+
+    def evaluators():
+        return [RankingEvaluator(dataset.num_items, dataset.train, split) for split in (dataset.valid, dataset.test)]
+
+    for name in models:
+        cls = get_model(name)
+        model = cls(dataset, build_config(cls, {}), rngs=nnx.Rngs(params=999))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def scores_fn(state, users, graphdef=graphdef):
+            return nnx.merge(graphdef, *state, copy=True).scores(users)
+
+        state = (params, rest)
+        separate, joint = evaluators(), SplitEvaluators(*evaluators())
+        variants = {
+            "two": lambda: tuple(e.evaluate(scores_fn, state) for e in separate),
+            "one": lambda: joint.evaluate(scores_fn, state),
+        }
+        first, outs = {}, {}
+        for k, f in variants.items():
+            t = time.perf_counter()
+            outs[k] = f()
+            first[k] = time.perf_counter() - t
+        wall = {k: [] for k in variants}
+        cpu = {k: [] for k in variants}
+        for _ in range(repeats):
+            for k, f in variants.items():
+                c, t = time.process_time(), time.perf_counter()
+                f()
+                wall[k].append(time.perf_counter() - t)
+                cpu[k].append(time.process_time() - c)
+        med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
+        lines.append(markdown_row((
+            name, f"{first['two']:.2f}", f"{first['one']:.2f}",
+            f"{med['two'][0]:.2f} / {med['two'][1]:.2f}", f"{med['one'][0]:.2f} / {med['one'][1]:.2f}",
+            f"{med['one'][0] / med['two'][0]:.2f}", "yes" if outs["two"] == outs["one"] else "NO",
+        )))  # fmt: skip
+    return lines + [""]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--models", default="vbpr,bm3,freedom", help="real models for the evaluator pass ('' to skip)")
     parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
+    parser.add_argument("--splits", action="store_true", help="only the third part: valid + test as two programs or one")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    has_graph = os.path.exists(os.path.join(args.graph, "baby.inter"))
+    if args.splits and not (args.models and has_graph):
+        parser.error(f"--splits needs --models and the Baby graph (no baby.inter in {args.graph})")
     load_before = os.getloadavg()
-    lines = run(64, args.repeats) + run(128, args.repeats)
-    if args.models and os.path.exists(os.path.join(args.graph, "baby.inter")):
-        lines += run_models(args.models.split(","), max(2, args.repeats // 3), args.graph)
+    if args.splits:
+        lines = run_splits(args.models.split(","), args.repeats, args.graph)
+    else:
+        lines = run(64, args.repeats) + run(128, args.repeats)
+        if args.models and has_graph:
+            lines += run_models(args.models.split(","), max(2, args.repeats // 3), args.graph)
     load_after = os.getloadavg()
+    splits_flag = " --splits" if args.splits else ""
     header = [
-        *report_header(f"python benchmarks/ranking.py --repeats {args.repeats} --models {args.models}"),
+        *report_header(f"python benchmarks/ranking.py{splits_flag} --repeats {args.repeats} --models {args.models}"),
         f"Noise: {load_note(load_before, load_after)}; CPU time is all threads' time.",
         "",
     ]

@@ -506,3 +506,14 @@ def test_results_readme_indexes_every_committed_result_file():
     files = [f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)) and f != "README.md"]
     assert len(files) > 20  # the folder is really read
     assert [f for f in sorted(files) if f"`{f}`" not in index] == []
+
+
+@pytest.mark.parametrize("argv", [["--splits", "--models", ""], ["--splits", "--graph", "/nonexistent/baby-graph"]])
+def test_ranking_splits_needs_models_and_the_graph(argv, tmp_path, capsys):
+    ranking = _load("ranking")
+    out = tmp_path / "report.md"
+    with pytest.raises(SystemExit) as exit_info:
+        ranking.main([*argv, "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--splits needs --models and the Baby graph" in capsys.readouterr().err
+    assert not out.exists()
