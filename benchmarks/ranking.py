@@ -100,6 +100,23 @@ def parts(u, items, train, targets):
     return {"score matmul": matmul, "matmul + mask": mask, "matmul + mask + top_k": topk}
 
 
+def time_in_turn(variants: dict, repeats: int) -> tuple[dict, dict]:
+    """Wall and process-CPU seconds of each variant, ``repeats`` rounds calling each in turn.
+
+    In turn, so a shared machine's changing load falls on every variant alike. Returns
+    ``(wall, cpu)``: name -> the list of its times.
+    """
+    wall: dict = {name: [] for name in variants}
+    cpu: dict = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, call in variants.items():
+            c, t = time.process_time(), time.perf_counter()
+            call()
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    return wall, cpu
+
+
 def run(width: int, repeats: int) -> list[str]:
     rng = np.random.default_rng(0)
     u = jnp.asarray(rng.standard_normal((BLOCK, width), dtype=np.float32))
@@ -118,14 +135,7 @@ def run(width: int, repeats: int) -> list[str]:
     jitted = {name: jax.jit(fn) for name, fn in variants.items()}
     outs = {name: jax.block_until_ready(fn(*args)) for name, fn in jitted.items()}
     ref_top, ref_hits = (np.asarray(a) for a in outs["block, previous (label matrix)"])
-    wall = {n: [] for n in jitted}
-    cpu = {n: [] for n in jitted}
-    for _ in range(repeats):
-        for name, fn in jitted.items():
-            c, t = time.process_time(), time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            wall[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
+    wall, cpu = time_in_turn({name: (lambda fn=fn: jax.block_until_ready(fn(*args))) for name, fn in jitted.items()}, repeats)
     lines = [
         f"### {BLOCK:,} users x {ITEMS:,} items, {width}-d vectors, top {K}",
         "",
@@ -182,14 +192,7 @@ def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
             "now": lambda: evaluator.top_k(scores_fn, state),
         }
         outs = {k: f() for k, f in variants.items()}
-        wall = {k: [] for k in variants}
-        cpu = {k: [] for k in variants}
-        for _ in range(repeats):
-            for k, f in variants.items():
-                c, t = time.process_time(), time.perf_counter()
-                f()
-                wall[k].append(time.perf_counter() - t)
-                cpu[k].append(time.process_time() - c)
+        wall, cpu = time_in_turn(variants, repeats)
         med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
         lines.append(markdown_row((
             name, f"{med['previous'][0]:.2f} / {med['previous'][1]:.2f}", f"{med['now'][0]:.2f} / {med['now'][1]:.2f}",
@@ -237,14 +240,7 @@ def run_splits(models: list[str], repeats: int, graph: str) -> list[str]:
             t = time.perf_counter()
             outs[k] = f()
             first[k] = time.perf_counter() - t
-        wall = {k: [] for k in variants}
-        cpu = {k: [] for k in variants}
-        for _ in range(repeats):
-            for k, f in variants.items():
-                c, t = time.process_time(), time.perf_counter()
-                f()
-                wall[k].append(time.perf_counter() - t)
-                cpu[k].append(time.process_time() - c)
+        wall, cpu = time_in_turn(variants, repeats)
         med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
         lines.append(markdown_row((
             name, f"{first['two']:.2f}", f"{first['one']:.2f}",
