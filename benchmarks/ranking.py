@@ -161,11 +161,24 @@ def previous_evaluator_pass(evaluator, scores_fn, state, block: int):
     return np.concatenate(jax.device_get(outs))[:n]
 
 
-def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
+def untrained_scorer(name: str, dataset):
+    """``(scores_fn, state)`` of registered model ``name`` built untrained (seed 999) on ``dataset``."""
     from flax import nnx
 
-    from mirrorgrad_jax.evaluation import RankingEvaluator
     from mirrorgrad_jax.models import build_config, get_model
+
+    cls = get_model(name)
+    model = cls(dataset, build_config(cls, {}), rngs=nnx.Rngs(params=999))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def scores_fn(state, users):
+        return nnx.merge(graphdef, *state, copy=True).scores(users)
+
+    return scores_fn, (params, rest)
+
+
+def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
+    from mirrorgrad_jax.evaluation import RankingEvaluator
 
     dataset = baby_dataset(graph)
     # No train items masked here: the comparison is about the forward pass per block.
@@ -179,14 +192,7 @@ def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
         )),  # fmt: skip
     ]
     for name in models:
-        cls = get_model(name)
-        model = cls(dataset, build_config(cls, {}), rngs=nnx.Rngs(params=999))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def scores_fn(state, users, graphdef=graphdef):
-            return nnx.merge(graphdef, *state, copy=True).scores(users)
-
-        state = (params, rest)
+        scores_fn, state = untrained_scorer(name, dataset)
         variants = {
             "previous": lambda: previous_evaluator_pass(evaluator, scores_fn, state, 4096),
             "now": lambda: evaluator.top_k(scores_fn, state),
@@ -203,10 +209,7 @@ def run_models(models: list[str], repeats: int, graph: str) -> list[str]:
 
 def run_splits(models: list[str], repeats: int, graph: str) -> list[str]:
     """Valid + test after an epoch: two evaluator programs against one :class:`SplitEvaluators` program."""
-    from flax import nnx
-
     from mirrorgrad_jax.evaluation import RankingEvaluator, SplitEvaluators
-    from mirrorgrad_jax.models import build_config, get_model
 
     dataset = baby_dataset(graph)
     lines = [
@@ -222,14 +225,7 @@ def run_splits(models: list[str], repeats: int, graph: str) -> list[str]:
         return [RankingEvaluator(dataset.num_items, dataset.train, split) for split in (dataset.valid, dataset.test)]
 
     for name in models:
-        cls = get_model(name)
-        model = cls(dataset, build_config(cls, {}), rngs=nnx.Rngs(params=999))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def scores_fn(state, users, graphdef=graphdef):
-            return nnx.merge(graphdef, *state, copy=True).scores(users)
-
-        state = (params, rest)
+        scores_fn, state = untrained_scorer(name, dataset)
         separate, joint = evaluators(), SplitEvaluators(*evaluators())
         variants = {
             "two": lambda: tuple(e.evaluate(scores_fn, state) for e in separate),

@@ -34,9 +34,9 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-from flax import nnx
 
-from mirrorgrad_jax.analysis.comparison import Comparison, compare_runs, train_and_measure
+# The package's own table cell and parameter filter, shared with the MG-off/on comparison.
+from mirrorgrad_jax.analysis.comparison import Comparison, _cell, _params_of, compare_runs, train_and_measure
 from mirrorgrad_jax.analysis.plots import contour_levels, draw_robustness, draw_slice_2d, draw_slices_1d, save_figure
 from mirrorgrad_jax.analysis.flatness import loss_slice_2d, model_train_loss
 from mirrorgrad_jax.analysis.perturb import check_level
@@ -105,26 +105,12 @@ def train_methods(
     return states, results
 
 
-def _cell(values: Sequence[float], fmt: str) -> str:
-    """``mean`` or ``mean ± std`` of the finite values; ``n/a`` when there is none."""
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "n/a"
-    if len(finite) == 1:
-        return format(finite[0], fmt)
-    return f"{format(statistics.fmean(finite), fmt)} ± {format(statistics.stdev(finite), fmt)}"
-
-
 def _column_format(name: str, metrics: Sequence[str]) -> str:
     if name in metrics:
         return ".4f"
     if name == "lambda_max":
         return ".4g"
     return ".3g" if name.startswith("sharpness") else ".3f"
-
-
-def _params_of(state: Any) -> Any:
-    return nnx.filter_state(state, nnx.Param) if isinstance(state, nnx.State) else state
 
 
 def compare_shifts(
