@@ -8,6 +8,8 @@ Beside the models:
 * :mod:`.interface`: :class:`Recommender` and the variable types a model holds;
 * :mod:`.registry`: names to classes (:func:`get_model`), configs from mappings;
 * :mod:`.inputs`: a model's modality tables and edges, read from a dataset;
+* :mod:`.edge_dropout`: the full user-item graph with a per-epoch edge sample of it
+  (:class:`EdgeDropoutGraphs`, FREEDOM's and MMGCF's);
 * :mod:`.kernels`, :mod:`.losses`, :mod:`.initializers`: the numerical pieces models share.
 
 Adding a model is one file here (a config made with
@@ -26,6 +28,7 @@ from mirrorgrad_jax.models.interface import (
     TrainingSetup,
     check_ready_to_rank,
 )
+from mirrorgrad_jax.models.edge_dropout import EdgeDropoutGraphs
 from mirrorgrad_jax.models.kernels import dense, pairwise_scores
 from mirrorgrad_jax.models.registry import available_models, build_config, get_model, register
 from mirrorgrad_jax.models.bm3 import BM3, BM3Config
@@ -67,6 +70,7 @@ __all__ = [
     "DRAGONConfig",
     "DualGNN",
     "DualGNNConfig",
+    "EdgeDropoutGraphs",
     "EpochSample",
     "FREEDOM",
     "FREEDOMConfig",

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, UnitInterval, config_class
@@ -60,12 +59,11 @@ from mirrorgrad_jax.graph import (
     knn_item_graph,
     knn_propagate,
     layer_mean_propagate,
-    normalized_bipartite_adjacency,
-    sample_edges_degree_sensitive,
 )
+from mirrorgrad_jax.models.edge_dropout import EdgeDropoutGraphs
 from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
-from mirrorgrad_jax.models.inputs import edges_to_sample, image_and_text_features, modality_role_constraints, require_knn_k
-from mirrorgrad_jax.models.interface import Constant, EpochSample, Recommender
+from mirrorgrad_jax.models.inputs import image_and_text_features, modality_role_constraints, require_knn_k
+from mirrorgrad_jax.models.interface import Constant, Recommender
 from mirrorgrad_jax.models.kernels import dense
 from mirrorgrad_jax.models.losses import bpr_log_likelihood
 from mirrorgrad_jax.models.registry import register
@@ -105,7 +103,7 @@ class FREEDOMConfig:
 
 
 @register
-class FREEDOM(Recommender):
+class FREEDOM(EdgeDropoutGraphs, Recommender):
     """Frozen multimodal item graph + degree-sensitive edge pruning; see the module docstring."""
 
     name = "freedom"
@@ -138,32 +136,9 @@ class FREEDOM(Recommender):
         self.mm_order = Constant(jnp.asarray(knn_column_order(mm_idx)))
 
         # Full A_sym (evaluation) and the per-epoch sampled graph (training).
-        full = normalized_bipartite_adjacency(dataset.train, dataset.num_users, dataset.num_items)
-        self.full_rows, self.full_cols, self.full_values = (Constant(jnp.asarray(a)) for a in full[:3])
-        pairs, self.num_kept_edges = edges_to_sample(dataset.train, config.dropout, "FREEDOM")
-        self.train_pairs = Constant(jnp.asarray(pairs, jnp.int32))
-        # The reference has no sampled graph before the first pre_epoch; one is drawn here so
-        # that the model is usable (and has its final shapes) straight after construction.
-        seed = int(jax.random.randint(rngs.params(), (), 0, np.iinfo(np.int32).max))
-        self.pre_epoch(np.random.default_rng(seed))
+        self.init_edge_dropout_graphs(dataset, "FREEDOM", rngs)
 
     # -- graphs ---------------------------------------------------------------------
-
-    def pre_epoch(self, rng: np.random.Generator) -> None:
-        """Draws this epoch's pruned, re-normalised user-item graph (same shapes every epoch)."""
-        if self.config.dropout <= 0.0:
-            rows, cols, values = self.full_rows[...], self.full_cols[...], self.full_values[...]
-        else:
-            pairs = np.asarray(self.train_pairs[...])
-            adj = sample_edges_degree_sensitive(pairs, self.num_users, self.num_items, self.num_kept_edges, rng)
-            rows, cols, values = (jnp.asarray(a) for a in adj[:3])
-        self.masked_rows, self.masked_cols, self.masked_values = EpochSample(rows), EpochSample(cols), EpochSample(values)
-
-    def _full_adjacency(self) -> CooAdjacency:
-        return CooAdjacency(self.full_rows[...], self.full_cols[...], self.full_values[...], self.num_users + self.num_items)
-
-    def _masked_adjacency(self) -> CooAdjacency:
-        return CooAdjacency(self.masked_rows[...], self.masked_cols[...], self.masked_values[...], self.num_users + self.num_items)
 
     # -- forward --------------------------------------------------------------------
 
@@ -186,7 +161,7 @@ class FREEDOM(Recommender):
 
     def loss(self, batch, key):
         users, pos, neg = batch[0], batch[1], batch[2]
-        all_users, all_items = self.forward(self._masked_adjacency())
+        all_users, all_items = self.forward(self.masked_adjacency())
         u = all_users[users]
         bpr = -bpr_log_likelihood(jnp.sum(u * all_items[pos], -1), jnp.sum(u * all_items[neg], -1))
         modal = 0.0
@@ -197,5 +172,5 @@ class FREEDOM(Recommender):
         return bpr + self.config.reg_weight * modal
 
     def scores(self, users):
-        all_users, all_items = self.forward(self._full_adjacency())
+        all_users, all_items = self.forward(self.full_adjacency())
         return all_users[users] @ all_items.T

@@ -85,15 +85,14 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+from mirrorgrad_jax.models.edge_dropout import EdgeDropoutGraphs
 from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
 from mirrorgrad_jax.models.inputs import (
-    edges_to_sample,
     image_and_text_features,
     modality_role_constraints,
 )
-from mirrorgrad_jax.models.interface import Constant, EpochSample, Recommender
+from mirrorgrad_jax.models.interface import Constant, Recommender
 from mirrorgrad_jax.models.kernels import dense, rownorm
 from mirrorgrad_jax.models.losses import bpr_log_likelihood
 from mirrorgrad_jax.models.registry import register
@@ -109,8 +108,6 @@ from mirrorgrad_jax.config import (
 from mirrorgrad_jax.graph import (
     CooAdjacency,
     layer_mean_propagate,
-    normalized_bipartite_adjacency,
-    sample_edges_degree_sensitive,
 )
 
 __all__ = ["MMGCF", "MMGCFConfig"]
@@ -160,7 +157,7 @@ class MMGCFConfig:
 
 
 @register
-class MMGCF(Recommender):
+class MMGCF(EdgeDropoutGraphs, Recommender):
     """LightGCN IDs late-fused with projected frozen item features; see the module docstring."""
 
     name = "mmgcf"
@@ -193,14 +190,7 @@ class MMGCF(Recommender):
                 self._linear("all_concat", rngs, d + m * f, d)
 
         # Full A_sym (ranking) and the per-epoch sampled graph (training).
-        full = normalized_bipartite_adjacency(dataset.train, dataset.num_users, dataset.num_items)
-        self.full_rows, self.full_cols, self.full_values = (Constant(jnp.asarray(a)) for a in full[:3])
-        pairs, self.num_kept_edges = edges_to_sample(dataset.train, config.dropout, "MMGCF")
-        self.train_pairs = Constant(jnp.asarray(pairs, jnp.int32))
-        # The reference has no sampled graph before its first pre_epoch_processing; one is
-        # drawn here so that the model is usable, with its final shapes, straight away.
-        seed = int(jax.random.randint(rngs.params(), (), 0, np.iinfo(np.int32).max))
-        self.pre_epoch(np.random.default_rng(seed))
+        self.init_edge_dropout_graphs(dataset, "MMGCF", rngs)
 
     def _linear(self, name: str, rngs: nnx.Rngs, fan_in: int, fan_out: int) -> None:
         w, b = torch_linear_default(rngs.params(), fan_in, fan_out)
@@ -211,24 +201,6 @@ class MMGCF(Recommender):
         return dense(x, getattr(self, f"{name}_w")[...]) + getattr(self, f"{name}_b")[...]
 
     # -- graphs ---------------------------------------------------------------------
-
-    def pre_epoch(self, rng: np.random.Generator) -> None:
-        """Draws this epoch's degree-sensitive edge sample, re-normalised (same shapes every epoch)."""
-        if self.config.dropout <= 0.0:
-            rows, cols, values = self.full_rows[...], self.full_cols[...], self.full_values[...]
-        else:
-            pairs = np.asarray(self.train_pairs[...])
-            adj = sample_edges_degree_sensitive(pairs, self.num_users, self.num_items, self.num_kept_edges, rng)
-            rows, cols, values = (jnp.asarray(a) for a in adj[:3])
-        self.masked_rows, self.masked_cols, self.masked_values = EpochSample(rows), EpochSample(cols), EpochSample(values)
-
-    def full_adjacency(self) -> CooAdjacency:
-        """``A_sym`` over all distinct train pairs (ranking)."""
-        return CooAdjacency(self.full_rows[...], self.full_cols[...], self.full_values[...], self.num_users + self.num_items)
-
-    def masked_adjacency(self) -> CooAdjacency:
-        """This epoch's sampled, re-normalised graph (training)."""
-        return CooAdjacency(self.masked_rows[...], self.masked_cols[...], self.masked_values[...], self.num_users + self.num_items)
 
     # -- forward --------------------------------------------------------------------
 

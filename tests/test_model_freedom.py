@@ -107,7 +107,7 @@ def test_training_forward_on_the_pruned_graph_by_hand(hand):
     mm = _dense(np.repeat(np.arange(4), model.mm_idx.shape[1]), np.asarray(model.mm_idx[...]).ravel(), np.asarray(model.mm_val[...]).ravel(), 4)
     e_u, e_i = np.asarray(model.users[...], np.float64), np.asarray(model.items[...], np.float64)
     users, items = _dense_forward(a, e_u, e_i, mm)
-    got_u, got_i = model.forward(model._masked_adjacency())
+    got_u, got_i = model.forward(model.masked_adjacency())
     # float32 propagation of O(1) numbers: 1e-5 relative is ample.
     np.testing.assert_allclose(got_u, users, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_i, items, rtol=1e-5, atol=1e-6)
