@@ -7,12 +7,14 @@ right: a slip would silently rerun, skip or mislabel published numbers.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -497,6 +499,19 @@ def test_flat_minima_ablation_run_writes_its_knobs_and_learning_rate():
     assert len(row["curves"]["valid"]["recall@20"]) == 2
     assert not fm.is_comparison(row) and fm.is_comparison(_fm_row("mg", 0.2, 999, [0.3] * 6, [0.3] * 6))
     assert set(fm.ablation_runs([json.loads(json.dumps(row))], "bprmf", "synthetic-small", 1)) == {(2.0, 0.5, 1)}
+
+
+def test_flat_minima_progress_line_reads_plain_over_the_window_its_study_compares(tmp_path, monkeypatch, capsys):
+    """Plain peaks at epoch 1 within the budget (3) and at epoch 5 over its whole 6 epochs: the
+    comparison's line shows equal epochs (the first 3), the ablation's the whole run, as its summary reads it."""
+    fm = _load("flat_minima")
+    valid = [0.1, 0.5, 0.2, 0.3, 0.4, 0.6]
+    monkeypatch.setattr(fm, "run_one", lambda model, dataset, method, knob, seed, budget: _fm_row(method, knob, seed, valid, valid, budget))
+    for axes, window, best in (((), 3, 1), (("beta",), 6, 5)):
+        args = argparse.Namespace(stop_after=None, runs=tmp_path / f"runs{len(axes)}.jsonl", budget=3, ablation_axes=axes)
+        fm.run_pending([("bprmf", "d", "plain", None, 999)], args, time.perf_counter())
+        line = capsys.readouterr().err.strip()
+        assert f"best valid epoch {best} of the first {window}, test recall@20 {valid[best]:.4f}" in line, line
 
 
 def test_results_readme_indexes_every_committed_result_file():
