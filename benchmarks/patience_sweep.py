@@ -468,6 +468,10 @@ def main(argv=None):
         parser.error("--budget must be >= 2")
     if not 0 < args.alpha2 < 1:
         parser.error("--alpha2 must be in (0, 1) (MG needs alpha1 = 1 > alpha2 > 0)")
+    if args.notes and not os.path.isfile(args.notes):
+        # Checked before any run: the summary reads it only after the whole grid has trained.
+        print(f"patience_sweep.py: error: --notes {args.notes}: no such file", file=sys.stderr)
+        raise SystemExit(2)
     try:
         budgets = parse_budgets(args.budgets, args.budget)
     except ValueError as error:

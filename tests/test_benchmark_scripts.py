@@ -329,6 +329,17 @@ def test_logdir_without_the_writer_stops_a_benchmark_in_one_line_before_it_runs(
     assert not (tmp_path / "tb").exists() and not runs.exists()
 
 
+def test_patience_sweep_with_a_missing_notes_file_stops_in_one_line_before_it_runs(tmp_path, capsys):
+    sweep = _load("patience_sweep")
+    runs, out = tmp_path / "runs.jsonl", tmp_path / "sweep.md"
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["--models", "bprmf", "--datasets", "synthetic-small", "--runs", str(runs), "--out", str(out), "--notes", str(tmp_path / "notes.md")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err == f"patience_sweep.py: error: --notes {tmp_path / 'notes.md'}: no such file", err
+    assert not runs.exists() and not out.exists()
+
+
 def test_flat_minima_says_when_runs_were_still_improving_at_the_end_of_their_window():
     fm = _load("flat_minima")
     rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
