@@ -50,8 +50,10 @@ Graphs, built once at init (never rebuilt):
   as in MMRec's files; every item of the dataset gets a row here.
 
 Loss (one batch ``(u, i+, i-)``, with ``U_b`` and ``I_b`` the DISTINCT users and items of
-the batch, ``torch.unique``; held here at fixed sizes as the sorted batch ids with a mask
-of first occurrences):
+the batch, ``torch.unique``; held here at fixed sizes with a mask of the real slots: the
+sorted batch ids, or, when the catalogue has fewer users (items) than the batch has rows
+(``2B`` item slots), the distinct ids packed into ``U`` (``I``) slots, which makes the
+``|I_b| x I`` and ``|U_b| x |I_b|`` blocks below several times smaller on small datasets):
 
 * pseudo-labels, per modality ``m`` in ``(s, v, t)``: ``P_m = softmax_rows(cos(h_m[I_b], h_m))``
   (``|I_b| x I``, temperature 1, no gradient); the "multimodal" positives of ``m`` are the
@@ -557,14 +559,26 @@ def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
     return jnp.zeros(x.shape, bool).at[(*[i[..., None] for i in lead], idx)].set(True)
 
 
-def _distinct(ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``torch.unique(ids)`` at a fixed size: ``ids`` sorted, and the mask of the first occurrence of each id.
+def _distinct(ids: jax.Array, capacity: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """``torch.unique(ids)`` at a fixed size: the distinct ids ascending, and the mask of the real slots.
 
-    The slots masked out repeat an id already present; the means over distinct ids read
-    the True slots only.
+    ``capacity`` (static) bounds how many distinct ids there can be: the number of users or
+    items, when that is smaller than ``len(ids)``. Without it (or when it is not smaller),
+    the answer has ``len(ids)`` slots: ``ids`` sorted, True at the first occurrence of each
+    id, False on the repeats. With it, the distinct ids are packed into the first slots of
+    ``capacity`` and the rest (True only where some id is missing from the batch) repeat
+    the smallest id with a False mask. The means over distinct ids read the True slots
+    only, so both give the same loss; the packed form makes the ``(slots, I)`` and
+    ``(users, items)`` blocks of the loss up to ``2 B / I`` times smaller when the
+    catalogue is smaller than the batch.
     """
     ordered = jnp.sort(ids)
-    return ordered, jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+    first = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
+    if capacity is None or capacity >= ids.shape[0]:
+        return ordered, first
+    slot = jnp.where(first, jnp.cumsum(first) - 1, capacity)  # out of range for the repeats: dropped
+    packed = jnp.full((capacity,), ordered[0], ordered.dtype).at[slot].set(ordered, mode="drop")
+    return packed, jnp.arange(capacity) < jnp.sum(first)
 
 
 # ---------------------------------------------------------------------------------------
@@ -660,8 +674,8 @@ class DAMRS(Recommender):
         """The unweighted parts of the loss: ``bpr`` (denoised), ``neighbour`` (mean of 3) and ``kl``."""
         users, pos, neg = batch[0], batch[1], batch[2]
         all_users, all_items, h_t, h_v, h_s = self.forward()
-        user_ids, user_mask = _distinct(users)
-        item_ids, item_mask = _distinct(jnp.concatenate([pos, neg]))
+        user_ids, user_mask = _distinct(users, self.num_users)
+        item_ids, item_mask = _distinct(jnp.concatenate([pos, neg]), self.num_items)
 
         # The three modalities side by side, in the reference's order of its three calls:
         # (s, v, t), each with its two others (t, v), (t, s), (v, s).

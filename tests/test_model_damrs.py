@@ -367,6 +367,41 @@ def test_every_loss_term_by_hand(hand_model, hand_outputs):
     np.testing.assert_allclose(float(loss), total, rtol=1e-5)
 
 
+# The same shape, with user 1 and item 3 absent: the packed distinct sets have empty slots.
+SPARSE_BATCH = np.array([[0, 0, 2, 2, 0], [1, 0, 2, 2, 0], [0, 1, 1, 0, 2]])
+
+
+@pytest.mark.parametrize(
+    ("ids", "capacity", "slots"),
+    [
+        ([3, 1, 3, 0, 1], None, 5),  # unpacked: the sorted ids, the repeats masked
+        ([3, 1, 3, 0, 1], 9, 5),  # capacity above the length: unpacked
+        ([3, 1, 3, 0, 1], 4, 4),  # packed, one empty slot (id 2 absent)
+        ([2, 1, 0, 1, 2, 0], 3, 3),  # packed, every id present
+        ([5, 5, 5], 2, 2),  # one distinct id
+    ],
+)
+def test_distinct_holds_torch_uniques_ids_in_fixed_slots(ids, capacity, slots):
+    from mirrorgrad_jax.models.damrs import _distinct
+
+    got, mask = _distinct(jnp.asarray(ids), capacity)
+    assert got.shape == mask.shape == (slots,)
+    np.testing.assert_array_equal(np.asarray(got)[np.asarray(mask)], np.unique(ids))
+    if capacity is not None and capacity < len(ids):
+        assert not np.asarray(mask)[np.unique(ids).size :].any()  # the real slots come first
+
+
+def test_loss_terms_by_hand_when_ids_are_missing_from_the_batch(hand_model):
+    # 3 users and 4 items in 5 rows: the distinct sets are packed into 3 and 4 slots, and here
+    # one of each is empty. The terms still average over the distinct ids only (np.unique).
+    ds, model = hand_model
+    expected = _hand_terms(model, ds, SPARSE_BATCH)
+    terms, loss, _, _, _ = _outputs(model, jnp.asarray(SPARSE_BATCH, jnp.int32))
+    for name in ("bpr", "neighbour", "kl"):  # the tolerance of test_every_loss_term_by_hand
+        np.testing.assert_allclose(float(terms[name]), expected[name], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(float(loss), expected["bpr"] + 0.5 * expected["neighbour"] + 2.0 * expected["kl"], rtol=1e-5)
+
+
 def test_options_negative_mean_pseudo_positives_and_temperature(hand_model, hand_outputs):
     # One model with the three changed (one compilation): the hand terms with all three match
     # it, and each change alone moves the hand terms, so ignoring any of them would fail.
