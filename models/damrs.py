@@ -552,11 +552,9 @@ def consistent_knn_graphs(image, text, knn_k: int = 10, *, chunk_size: int = 204
     return tuple(_row_normalised(rows, np.asarray(idx)[slots].astype(np.int64), ones, num_items) for idx in (idx_v, idx_t))
 
 
-def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
-    """The positions of ``jax.lax.top_k(x, k)`` along the last axis, as a boolean mask of ``x``'s shape."""
-    idx = jax.lax.top_k(x, k)[1]
-    lead = jnp.indices(idx.shape[:-1], sparse=True)
-    return jnp.zeros(x.shape, bool).at[(*[i[..., None] for i in lead], idx)].set(True)
+def _top_k_indices(x: jax.Array, k: int) -> jax.Array:
+    """``jax.lax.top_k(x, k)``'s positions along the last axis (ties to the lower position)."""
+    return jax.lax.top_k(x, k)[1]
 
 
 def _distinct(ids: jax.Array, capacity: int | None = None) -> tuple[jax.Array, jax.Array]:
@@ -641,20 +639,26 @@ class DAMRS(Recommender):
     # -- loss -----------------------------------------------------------------------
 
     def pseudo_labels(self, own: jax.Array, other_a: jax.Array, other_b: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``generate_pesudo_labels(other_a, other_b, own)`` as masks over the items: the multimodal and the single-modality positives.
+        """``generate_pesudo_labels(other_a, other_b, own)``: the multimodal and the single-modality positives.
 
-        Arrays ``(..., R, I)``; each mask holds ``pseudo_positives`` True per row: the top of
-        ``other_a + other_b + own + own``, then the top of ``own`` with those set to 0.
+        Arrays ``(..., R, I)``; returns two ``(..., R, pseudo_positives)`` arrays of item
+        positions (distinct within a row): the top of ``other_a + other_b + own + own``,
+        then the top of ``own`` with those set to 0. Positions rather than ``(R, I)`` masks:
+        the loss gathers the few entries it sums instead of masking whole rows.
         """
-        mm = _top_k_mask(other_a + other_b + own + own, self.config.pseudo_positives)
-        return mm, _top_k_mask(jnp.where(mm, 0.0, own), self.config.pseudo_positives)
+        k = self.config.pseudo_positives
+        mm = _top_k_indices(other_a + other_b + own + own, k)
+        return mm, _top_k_indices(jnp.put_along_axis(own, mm, 0.0, axis=-1, inplace=False), k)
 
     def _neighbour_discrimination(self, mm: jax.Array, single: jax.Array, cosine: jax.Array, mask: jax.Array) -> jax.Array:
-        """Per leading index, the mean over the real rows of ``-log(mm / all + 1e-9) - log(single / (all - mm) + 1e-9)``."""
+        """Per leading index, the mean over the real rows of ``-log(mm / all + 1e-9) - log(single / (all - mm) + 1e-9)``.
+
+        ``mm`` and ``single`` are the positions :meth:`pseudo_labels` returns.
+        """
         e = jnp.exp(cosine / self.config.temperature)
         total = jnp.sum(e, axis=-1)
-        mm_score = jnp.sum(jnp.where(mm, e, 0.0), axis=-1)
-        single_score = jnp.sum(jnp.where(single, e, 0.0), axis=-1)
+        mm_score = jnp.sum(jnp.take_along_axis(e, mm, axis=-1), axis=-1)
+        single_score = jnp.sum(jnp.take_along_axis(e, single, axis=-1), axis=-1)
         loss = -jnp.log(mm_score / total + _LOG_EPS) - jnp.log(single_score / (total - mm_score) + _LOG_EPS)
         return jnp.sum(jnp.where(mask, loss, 0.0), axis=-1) / jnp.sum(mask)
 
