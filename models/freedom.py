@@ -61,7 +61,7 @@ from mirrorgrad_jax.graph import (
     layer_mean_propagate,
 )
 from mirrorgrad_jax.models.edge_dropout import EdgeDropoutGraphs
-from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.initializers import add_feature_projection, xavier_uniform
 from mirrorgrad_jax.models.inputs import image_and_text_features, modality_role_constraints, require_knn_k
 from mirrorgrad_jax.models.interface import Constant, Recommender
 from mirrorgrad_jax.models.kernels import dense
@@ -121,10 +121,7 @@ class FREEDOM(EdgeDropoutGraphs, Recommender):
         self.modalities = tuple(role for role in ("text", "image") if role in feats)
         for role in self.modalities:
             table = feats[role]
-            w, b = torch_linear_default(rngs.params(), table.shape[1], d)
-            setattr(self, f"{role}_emb", nnx.Param(jnp.asarray(table)))
-            setattr(self, f"{role}_trs_w", nnx.Param(w))
-            setattr(self, f"{role}_trs_b", nnx.Param(b))
+            add_feature_projection(self, role, table, d, rngs.params())
 
         # Frozen item-item graph from the raw features.
         weights = {"image": config.mm_image_weight, "text": 1.0 - config.mm_image_weight} if len(feats) == 2 else {r: 1.0 for r in feats}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-__all__ = ["torch_linear_default", "xavier_normal", "xavier_uniform"]
+__all__ = ["add_feature_projection", "torch_linear_default", "xavier_normal", "xavier_uniform"]
 
 # torch's xavier initialisers on an (n, d) table: U(+-sqrt(6/(n+d))) and N(0, 2/(n+d)),
 # symmetric in n and d. jax's glorot_normal truncates, so the normal one is spelled out.
@@ -24,3 +25,18 @@ def torch_linear_default(key: jax.Array, fan_in: int, fan_out: int) -> tuple[jax
     # One draw for weight and bias (same distribution): one random kernel to compile.
     both = jax.random.uniform(key, (fan_in + 1, fan_out), jnp.float32, -bound, bound)
     return both[:fan_in], both[fan_in]
+
+
+def add_feature_projection(module: nnx.Module, role: str, table: np.ndarray, out_dim: int, key: jax.Array) -> None:
+    """Give ``module`` a trainable feature table and its linear projection, named after ``role``.
+
+    Sets ``{role}_emb`` (``table`` as a trainable ``nnx.Param``: the reference's
+    ``nn.Embedding.from_pretrained(table, freeze=False)``) and ``{role}_trs_w`` (``(F, out_dim)``)
+    / ``{role}_trs_b`` (``(out_dim,)``), an ``nn.Linear(F, out_dim)`` with torch's default
+    init drawn from ``key`` (:func:`torch_linear_default`). Apply it as
+    ``emb @ trs_w + trs_b``.
+    """
+    w, b = torch_linear_default(key, table.shape[1], out_dim)
+    setattr(module, f"{role}_emb", nnx.Param(jnp.asarray(table)))
+    setattr(module, f"{role}_trs_w", nnx.Param(w))
+    setattr(module, f"{role}_trs_b", nnx.Param(b))

@@ -99,7 +99,7 @@ from mirrorgrad_jax.graph import (
     normalize_knn_values,
     self_loop_row_normalized_adjacency,
 )
-from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.initializers import add_feature_projection, xavier_uniform
 from mirrorgrad_jax.models.inputs import image_and_text_features, modality_role_constraints, require_knn_k
 from mirrorgrad_jax.models.interface import Constant, Recommender, TrainingCache
 from mirrorgrad_jax.models.kernels import dense, rownorm
@@ -168,10 +168,7 @@ class ItemGraphLearner(nnx.Module):
         self.modalities = tuple(role for role in ("image", "text") if role in feats)
         for role in self.modalities:
             table = feats[role]
-            w, b = torch_linear_default(rngs.params(), table.shape[1], config.feat_embed_dim)
-            setattr(self, f"{role}_emb", nnx.Param(jnp.asarray(table)))
-            setattr(self, f"{role}_trs_w", nnx.Param(w))
-            setattr(self, f"{role}_trs_b", nnx.Param(b))
+            add_feature_projection(self, role, table, config.feat_embed_dim, rngs.params())
             idx, val = knn_item_graph(table, config.knn_k, chunk_size=config.knn_chunk_size, values="cosine")
             setattr(self, f"{role}_knn_idx", Constant(jnp.asarray(idx, jnp.int32)))
             setattr(self, f"{role}_knn_val", Constant(jnp.asarray(val, jnp.float32)))

@@ -65,7 +65,7 @@ from mirrorgrad_jax.graph import (
     layer_mean_propagate,
     summed_bipartite_adjacency,
 )
-from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.initializers import add_feature_projection, torch_linear_default, xavier_uniform
 from mirrorgrad_jax.models.inputs import image_and_text_features, image_and_text_roles, modality_role_constraints, require_knn_k
 from mirrorgrad_jax.models.interface import Constant, Recommender
 from mirrorgrad_jax.models.kernels import dense
@@ -138,10 +138,7 @@ class MGCN(Recommender):
         self.items = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_items, d)))
         for role in ("image", "text"):
             table = feats[role]
-            w, b = torch_linear_default(rngs.params(), table.shape[1], d)
-            setattr(self, f"{role}_emb", nnx.Param(jnp.asarray(table)))
-            setattr(self, f"{role}_trs_w", nnx.Param(w))
-            setattr(self, f"{role}_trs_b", nnx.Param(b))
+            add_feature_projection(self, role, table, d, rngs.params())
             idx, val = knn_item_graph(table, config.knn_k, chunk_size=config.knn_chunk_size, values="cosine")
             setattr(self, f"{role}_knn_idx", Constant(jnp.asarray(idx, jnp.int32)))
             setattr(self, f"{role}_knn_val", Constant(jnp.asarray(val, jnp.float32)))

@@ -104,7 +104,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.initializers import add_feature_projection, xavier_uniform
 from mirrorgrad_jax.models.inputs import (
     image_and_text_features,
     image_and_text_roles,
@@ -354,10 +354,7 @@ class PGL(Recommender):
         self.user_text = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_users, d)))
         for role in ("image", "text"):
             table = feats[role]
-            w, b = torch_linear_default(rngs.params(), table.shape[1], d)
-            setattr(self, f"{role}_emb", nnx.Param(jnp.asarray(table)))
-            setattr(self, f"{role}_trs_w", nnx.Param(w))
-            setattr(self, f"{role}_trs_b", nnx.Param(b))
+            add_feature_projection(self, role, table, d, rngs.params())
 
         # Frozen item-item graph from the raw features (FREEDOM's).
         w = config.mm_image_weight

@@ -114,7 +114,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from mirrorgrad_jax.models.initializers import torch_linear_default, xavier_uniform
+from mirrorgrad_jax.models.initializers import add_feature_projection, torch_linear_default, xavier_uniform
 from mirrorgrad_jax.models.inputs import (
     image_and_text_features,
     image_and_text_roles,
@@ -287,10 +287,7 @@ class SMORE(Recommender):
         for role, k in (("image", config.image_knn_k), ("text", config.text_knn_k)):
             table = feats[role]
             # freeze=False in the reference: the raw table is trained (through the projection).
-            setattr(self, f"{role}_emb", nnx.Param(jnp.asarray(table)))
-            w, b = torch_linear_default(rngs.params(), table.shape[1], d)
-            setattr(self, f"{role}_trs_w", nnx.Param(w))
-            setattr(self, f"{role}_trs_b", nnx.Param(b))
+            add_feature_projection(self, role, table, d, rngs.params())
             # From the RAW table, once: never rebuilt from the trained one.
             idx, val = knn_item_graph(table, k, chunk_size=config.knn_chunk_size, values="cosine")
             graphs[role] = (np.asarray(idx), np.asarray(val))
