@@ -437,3 +437,18 @@ def test_the_reference_process_does_not_see_this_repositorys_models_package(vs, 
     assert env["HOME"] == "/h"
     assert os.path.isfile(os.path.join(vs.REPOSITORY_ROOT, "models", "__init__.py"))
     assert vs.reference_env({}, str(tmp_path / "mmrec"))["PYTHONPATH"] == str(tmp_path / "mmrec" / "src")
+
+
+def test_our_arms_count_the_cpu_time_of_the_trainers_rankings(vs, tiny, monkeypatch):
+    # The CPU table splits each of our epochs into train and eval by this count. It read 0
+    # after train() moved to ranking both splits in one SplitEvaluators call, until the
+    # wrapper followed it: one trained epoch must add the CPU time of its rankings.
+    from mirrorgrad_jax.evaluation import SplitEvaluators
+    from mirrorgrad_jax.models import BPRMF, BPRMFConfig
+    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
+
+    monkeypatch.setattr(SplitEvaluators, "evaluate", SplitEvaluators.evaluate)  # restored afterwards
+    state = {"eval_cpu": 0.0}
+    vs.count_evaluation_cpu(state)
+    train(BPRMF, BPRMFConfig(embedding_size=4), tiny, TrainConfig(epochs=1, batch_size=64), MGConfig(enabled=False), log=None)
+    assert state["eval_cpu"] > 0.0
