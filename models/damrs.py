@@ -557,22 +557,22 @@ def _top_k_indices(x: jax.Array, k: int) -> jax.Array:
     return jax.lax.top_k(x, k)[1]
 
 
-def _distinct(ids: jax.Array, capacity: int | None = None) -> tuple[jax.Array, jax.Array]:
+def _distinct(ids: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
     """``torch.unique(ids)`` at a fixed size: the distinct ids ascending, and the mask of the real slots.
 
     ``capacity`` (static) bounds how many distinct ids there can be: the number of users or
-    items, when that is smaller than ``len(ids)``. Without it (or when it is not smaller),
-    the answer has ``len(ids)`` slots: ``ids`` sorted, True at the first occurrence of each
-    id, False on the repeats. With it, the distinct ids are packed into the first slots of
-    ``capacity`` and the rest (True only where some id is missing from the batch) repeat
-    the smallest id with a False mask. The means over distinct ids read the True slots
+    items. When it is not smaller than ``len(ids)``, the answer has ``len(ids)`` slots:
+    ``ids`` sorted, True at the first occurrence of each id, False on the repeats. When it
+    is, the distinct ids are packed into the first of ``capacity`` slots, and the slots left
+    over (there are some only when an id is missing from the batch) repeat the smallest id
+    with a False mask. The means over distinct ids read the True slots
     only, so both give the same loss; the packed form makes the ``(slots, I)`` and
     ``(users, items)`` blocks of the loss up to ``2 B / I`` times smaller when the
     catalogue is smaller than the batch.
     """
     ordered = jnp.sort(ids)
     first = jnp.concatenate([jnp.ones((1,), bool), ordered[1:] != ordered[:-1]])
-    if capacity is None or capacity >= ids.shape[0]:
+    if capacity >= ids.shape[0]:
         return ordered, first
     slot = jnp.where(first, jnp.cumsum(first) - 1, capacity)  # out of range for the repeats: dropped
     packed = jnp.full((capacity,), ordered[0], ordered.dtype).at[slot].set(ordered, mode="drop")

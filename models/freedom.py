@@ -120,8 +120,7 @@ class FREEDOM(EdgeDropoutGraphs, Recommender):
         self.items = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_items, d)))
         self.modalities = tuple(role for role in ("text", "image") if role in feats)
         for role in self.modalities:
-            table = feats[role]
-            add_feature_projection(self, role, table, d, rngs.params())
+            add_feature_projection(self, role, feats[role], d, rngs.params())
 
         # Frozen item-item graph from the raw features.
         weights = {"image": config.mm_image_weight, "text": 1.0 - config.mm_image_weight} if len(feats) == 2 else {r: 1.0 for r in feats}

@@ -353,8 +353,7 @@ class PGL(Recommender):
         self.user_image = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_users, d)))
         self.user_text = nnx.Param(xavier_uniform(rngs.params(), (dataset.num_users, d)))
         for role in ("image", "text"):
-            table = feats[role]
-            add_feature_projection(self, role, table, d, rngs.params())
+            add_feature_projection(self, role, feats[role], d, rngs.params())
 
         # Frozen item-item graph from the raw features (FREEDOM's).
         w = config.mm_image_weight

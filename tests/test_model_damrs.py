@@ -374,8 +374,8 @@ SPARSE_BATCH = np.array([[0, 0, 2, 2, 0], [1, 0, 2, 2, 0], [0, 1, 1, 0, 2]])
 @pytest.mark.parametrize(
     ("ids", "capacity", "slots"),
     [
-        ([3, 1, 3, 0, 1], None, 5),  # unpacked: the sorted ids, the repeats masked
-        ([3, 1, 3, 0, 1], 9, 5),  # capacity above the length: unpacked
+        ([3, 1, 3, 0, 1], 5, 5),  # capacity equal to the length: the sorted ids, the repeats masked
+        ([3, 1, 3, 0, 1], 9, 5),  # capacity above the length: the same
         ([3, 1, 3, 0, 1], 4, 4),  # packed, one empty slot (id 2 absent)
         ([2, 1, 0, 1, 2, 0], 3, 3),  # packed, every id present
         ([5, 5, 5], 2, 2),  # one distinct id
@@ -387,7 +387,7 @@ def test_distinct_holds_torch_uniques_ids_in_fixed_slots(ids, capacity, slots):
     got, mask = _distinct(jnp.asarray(ids), capacity)
     assert got.shape == mask.shape == (slots,)
     np.testing.assert_array_equal(np.asarray(got)[np.asarray(mask)], np.unique(ids))
-    if capacity is not None and capacity < len(ids):
+    if capacity < len(ids):
         assert not np.asarray(mask)[np.unique(ids).size :].any()  # the real slots come first
 
 
