@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -360,6 +361,17 @@ def test_evaluate_of_a_checkpoint_from_before_fingerprints_says_the_data_was_not
     out = capsys.readouterr().out
     (note,) = [line for line in out.splitlines() if line.startswith("data: ")]
     assert "NOT verified" in note and "could not be verified" in note and "synthetic-small" in note
+
+
+def test_evaluate_reads_a_checkpoint_without_orbax_warnings(capsys, caplog):
+    # orbax logs through absl into Python logging. Reading the array metadata through a
+    # Checkpointer made it warn, on every read, about a step file a composite save never
+    # writes inside ``arrays/``; nothing is wrong with such a checkpoint, so nothing may say so.
+    with caplog.at_level(logging.WARNING):
+        assert main(["evaluate", PINNED_CHECKPOINT]) == 0
+    assert "recall@20" in capsys.readouterr().out
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in warned if "CHECKPOINT_METADATA" in m or "etadata file" in m], warned
 
 
 def test_resume_ignores_where_the_data_was_read_but_not_what_it_is(tmp_path, monkeypatch, capsys):

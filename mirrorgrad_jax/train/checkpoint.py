@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 from typing import Any, Mapping, NamedTuple
 
@@ -221,7 +222,10 @@ def _stored_arrays(folder: str) -> dict[str, dict[str, Any]]:
     """Group -> name -> orbax array metadata (``.shape``, ``.dtype``) of a checkpoint's arrays; nothing is allocated."""
     ocp = _orbax()
     try:
-        stored = ocp.Checkpointer(ocp.StandardCheckpointHandler()).metadata(os.path.join(folder, "arrays"))
+        # The handler reads the item's own metadata. A Checkpointer would also look for its
+        # step file inside ``arrays/``, where a composite save never writes one, and log a
+        # warning about it on every read.
+        stored = ocp.StandardCheckpointHandler().metadata(pathlib.Path(folder) / "arrays")
     except Exception as err:
         raise CheckpointError(f"{folder}: cannot read the array metadata ({type(err).__name__}: {err})") from None
     stored = getattr(stored, "item_metadata", stored)
