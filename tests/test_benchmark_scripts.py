@@ -461,6 +461,7 @@ def test_flat_minima_ablation_penalty_and_rank_correlation_by_hand():
         (["--ablation", "beta,gamma"], "--ablation: unknown axis 'gamma' (choose from alpha2, beta, alpha1, comma-separated)"),
         (["--ablation", ","], "--ablation: name at least one axis"),
         (["--ablation", "beta", "--timing"], "--ablation: times the comparison's methods; leave out --timing"),
+        (["--timing", "--datasets", "baby-graph", "--graph", "no-such-folder"], "--datasets baby-graph: no baby.inter in no-such-folder"),
     ],
 )
 def test_flat_minima_ablation_mistakes_stop_in_one_line_before_anything_runs(args, message, tmp_path, capsys):
@@ -472,6 +473,41 @@ def test_flat_minima_ablation_mistakes_stop_in_one_line_before_anything_runs(arg
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("flat_minima.py: error: ") and message in err, err
     assert not runs.exists() and not (tmp_path / "out.md").exists()
+
+
+def test_flat_minima_ideal_cost_counts_the_mirror_batches_of_an_epoch_by_hand():
+    fm = _load("flat_minima")
+    # batches 0, 3, 6, ... of an epoch mirror: 58 batches -> 20 mirrored; 6 -> 2; 7 -> 3; 1 -> 1
+    assert fm.ideal_cost("mg", 58) == pytest.approx(1 + 20 / 58, rel=1e-12)
+    assert fm.ideal_cost("mg", 6) == pytest.approx(4 / 3, rel=1e-12)
+    assert fm.ideal_cost("mg", 7) == pytest.approx(1 + 3 / 7, rel=1e-12)
+    assert fm.ideal_cost("mg", 1) == 2.0
+    assert [fm.ideal_cost(m, 58) for m in ("plain", "sam", "asam", "gnp")] == [1.0, 2.0, 2.0, 2.0]
+
+
+def test_flat_minima_timing_on_a_baby_graph_folder_writes_every_method_against_its_ideal(tmp_path, capsys):
+    """``--timing --datasets baby-graph --graph DIR`` as the Usage shows it, on a tiny hand-made ``baby.inter``."""
+    fm = _load("flat_minima")
+    graph = tmp_path / "graph"
+    graph.mkdir()
+    rows = [(u, (u + k) % 30, 0) for u in range(30) for k in range(4)] + [(u, (u + 5 + x) % 30, 1 + x) for u in range(30) for x in (0, 1)]
+    (graph / "baby.inter").write_text("userID\titemID\tx_label\n" + "".join(f"{u}\t{i}\t{x}\n" for u, i, x in rows))
+    out = tmp_path / "timing.md"
+    fm.main(["--timing", "--models", "bprmf", "--datasets", "baby-graph", "--graph", str(graph),
+             "--epochs", "2", "--rounds", "1", "--out", str(out)])  # fmt: skip
+    text = out.read_text()
+    assert "## Epoch time side by side: bprmf on baby-graph" in text
+    assert "1 batches of 2048 an epoch" in text and "mirrors 1 of them" in text  # 120 train rows: one batch
+    table = {line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert set(table) == {"method", "plain", "mg", "sam", "asam", "gnp"}
+    # one batch, and it mirrors: MG's ideal is two gradient evaluations, as the two-pass methods'
+    assert {m: table[m][3] for m in ("plain", "mg", "sam", "asam", "gnp")} == {
+        "plain": "1.00", "mg": "2.00", "sam": "2.00", "asam": "2.00", "gnp": "2.00"}  # fmt: skip
+    for method in ("mg", "sam", "asam", "gnp"):
+        seconds, ratio, ideal, over = (float(x) for x in table[method][1:])
+        # ratio and ratio / ideal are each rounded to 2 decimals (0.005), and ideal >= 1
+        assert seconds > 0 and over == pytest.approx(ratio / ideal, abs=0.0101)
+    assert text.strip() in capsys.readouterr().out
 
 
 def test_flat_minima_ablation_summary_and_figure_are_written(tmp_path):
