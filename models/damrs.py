@@ -156,6 +156,8 @@ from mirrorgrad_jax.graph import (
     layer_mean_propagate,
     normalized_bipartite_adjacency,
     propagate,
+    torch_cpu_topk,
+    torch_cpu_topk_sparse,
 )
 
 __all__ = ["DAMRS", "DAMRSConfig", "build_behaviour_graph", "consistent_knn_graphs", "torch_cpu_topk"]
@@ -205,161 +207,6 @@ class DAMRSConfig:
     knn_chunk_size: PositiveInt = 2048
 
     constraints = modality_role_constraints("DA-MRS", both=True)
-
-
-# ---------------------------------------------------------------------------------------
-# torch.topk on the CPU, for the ties of the behaviour graph.
-# ---------------------------------------------------------------------------------------
-# torch's CPU kernel fills a vector of (value, index) pairs in index order and selects with
-# libstdc++: std::partial_sort when 64 k <= n, else std::nth_element, both with the
-# comparator "x.value > y.value". The functions below follow libstdc++'s algorithms step by
-# step on a Python list of such pairs; which of several equal values ends in front depends
-# only on these steps.
-
-
-def _greater(x: tuple[float, int], y: tuple[float, int]) -> bool:
-    return x[0] > y[0]
-
-
-def _adjust_heap(a: list, first: int, hole: int, length: int, value: tuple[float, int]) -> None:
-    """libstdc++ ``__adjust_heap`` on ``a[first:first + length]``, then ``__push_heap``."""
-    top = hole
-    child = hole
-    while child < (length - 1) // 2:
-        child = 2 * (child + 1)
-        if _greater(a[first + child], a[first + child - 1]):
-            child -= 1
-        a[first + hole] = a[first + child]
-        hole = child
-    if length % 2 == 0 and child == (length - 2) // 2:
-        child = 2 * (child + 1)
-        a[first + hole] = a[first + child - 1]
-        hole = child - 1
-    parent = (hole - 1) // 2
-    while hole > top and _greater(a[first + parent], value):
-        a[first + hole] = a[first + parent]
-        hole = parent
-        parent = (hole - 1) // 2
-    a[first + hole] = value
-
-
-def _heap_select(a: list, first: int, middle: int, last: int) -> None:
-    """libstdc++ ``__heap_select``: the "largest" ``middle - first`` pairs end in ``a[first:middle]``."""
-    length = middle - first
-    if length >= 2:
-        parent = (length - 2) // 2
-        while True:
-            _adjust_heap(a, first, parent, length, a[first + parent])
-            if parent == 0:
-                break
-            parent -= 1
-    for i in range(middle, last):
-        if _greater(a[i], a[first]):
-            value = a[i]
-            a[i] = a[first]
-            _adjust_heap(a, first, 0, length, value)
-
-
-def _nth_element(a: list, nth: int) -> None:
-    """libstdc++ ``std::nth_element`` (``__introselect``) on the whole list."""
-    first, last = 0, len(a)
-    if first == last or nth == last:
-        return
-    depth = 2 * ((last - first).bit_length() - 1)
-    while last - first > 3:
-        if depth == 0:
-            _heap_select(a, first, nth + 1, last)
-            a[first], a[nth] = a[nth], a[first]
-            return
-        depth -= 1
-        # __unguarded_partition_pivot: median of (first + 1, mid, last - 1) moved to first.
-        mid = first + (last - first) // 2
-        x, y, z = first + 1, mid, last - 1
-        if _greater(a[x], a[y]):
-            pick = y if _greater(a[y], a[z]) else z if _greater(a[x], a[z]) else x
-        else:
-            pick = x if _greater(a[x], a[z]) else z if _greater(a[y], a[z]) else y
-        a[first], a[pick] = a[pick], a[first]
-        lo, hi = first + 1, last
-        while True:
-            while _greater(a[lo], a[first]):
-                lo += 1
-            hi -= 1
-            while _greater(a[first], a[hi]):
-                hi -= 1
-            if not lo < hi:
-                break
-            a[lo], a[hi] = a[hi], a[lo]
-            lo += 1
-        if lo <= nth:
-            first = lo
-        else:
-            last = lo
-    # __insertion_sort on what is left.
-    for i in range(first + 1, last):
-        value = a[i]
-        if _greater(value, a[first]):
-            a[first + 1 : i + 1] = a[first:i]
-            a[first] = value
-        else:
-            j = i
-            while _greater(value, a[j - 1]):
-                a[j] = a[j - 1]
-                j -= 1
-            a[j] = value
-
-
-def torch_cpu_topk(values, k: int) -> list[int]:
-    """The indices ``torch.topk(torch.tensor(values), k)`` returns on the CPU, as a set in list form.
-
-    A transcription of torch's CPU kernel over libstdc++: ``(value, index)`` pairs in index
-    order, then ``std::partial_sort`` when ``64 k <= n`` and ``std::nth_element`` otherwise,
-    comparing values only. The result differs from "lowest index first" exactly when
-    values tie at the ``k``-th place. Values must not be NaN.
-
-    Args:
-      values: a 1-D sequence of ``n`` numbers.
-      k: ``0 <= k <= n``.
-
-    Returns:
-      The ``k`` selected indices, sorted ascending (the order inside torch's answer is not
-      needed: the behaviour graph is a set of pairs).
-
-    Examples:
-      >>> torch_cpu_topk([2.0, 2.0, 3.0, 2.0, 2.0], 2)  # torch keeps index 4 among the tied 2's
-      [2, 4]
-    """
-    pairs = [(float(v), j) for j, v in enumerate(values)]
-    if not 0 <= k <= len(pairs):
-        raise ValueError(f"k must be in 0..{len(pairs)}, got {k}")
-    if k == 0:
-        return []
-    if 64 * k <= len(pairs):
-        _heap_select(pairs, 0, k, len(pairs))
-    else:
-        _nth_element(pairs, k - 1)
-    return sorted(j for _, j in pairs[:k])
-
-
-def _torch_cpu_topk_sparse(cols: np.ndarray, vals: np.ndarray, n: int, k: int) -> list[int]:
-    """:func:`torch_cpu_topk` of a row of length ``n`` that is 0 except ``vals > 0`` at ``cols`` (ascending).
-
-    On the heap-selection path only the first ``k`` positions and the non-zero entries
-    after them matter: a later 0 never beats the heap's smallest element (all values are
-    >= 0), so the zeros are skipped without changing a step. The introselect path
-    (``n < 64 k``, small rows) runs on the dense row.
-    """
-    if 64 * k > n:
-        row = np.zeros(n)
-        row[cols] = vals
-        return torch_cpu_topk(row, k)
-    head = dict.fromkeys(range(k), 0.0)
-    for c, v in zip(cols.tolist(), vals.tolist()):
-        if c < k:
-            head[c] = float(v)
-    pairs = [(v, j) for j, v in head.items()] + [(float(v), c) for c, v in zip(cols.tolist(), vals.tolist()) if c >= k]
-    _heap_select(pairs, 0, k, len(pairs))
-    return sorted(j for _, j in pairs[:k])
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,7 +307,7 @@ def build_behaviour_graph(
         for i in tied.tolist():
             lo, hi = starts[i], starts[i + 1]
             by_col = np.argsort(cols[lo:hi], kind="stable")
-            chosen = _torch_cpu_topk_sparse(cols[lo:hi][by_col], counts[lo:hi][by_col], num_items, topk)
+            chosen = torch_cpu_topk_sparse(cols[lo:hi][by_col], counts[lo:hi][by_col], num_items, topk)
             keep[lo:hi] = np.isin(cols[lo:hi], chosen)
     rows, cols, counts = rows[keep], cols[keep], counts[keep]
     order = np.lexsort((cols, rows))

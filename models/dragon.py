@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.config import NonNegativeFloat, NonNegativeInt, PositiveInt, UnitInterval, config_class
-from mirrorgrad_jax.graph import combine_knn, knn_item_graph, knn_propagate
+from mirrorgrad_jax.graph import UserGraphTies, combine_knn, knn_item_graph, knn_propagate
 from mirrorgrad_jax.models.inputs import require_knn_k
 from mirrorgrad_jax.models.interface import Constant, TrainingCache
 from mirrorgrad_jax.models.registry import register
@@ -65,6 +65,9 @@ class DRAGONConfig:
     num_user_neighbours: k of the per-epoch user-graph sample (40, a code constant).
     stale_eval: False (the MG reference: recompute for ranking) or True (upstream MMRec:
       rank with the representation cached by the last training forward).
+    user_graph_ties: the order of users tied on their co-occurrence count when the user
+      graph is built from the train pairs: ``"lowest_id"`` (default) or ``"torch_cpu"``
+      (MMRec's preprocessing script's order), as in :class:`~models.dualgnn.DualGNNConfig`.
     """
 
     embedding_size: PositiveInt = 64
@@ -75,6 +78,7 @@ class DRAGONConfig:
     aggr_mode: AggrMode = "add"
     num_user_neighbours: PositiveInt = 40
     stale_eval: bool = False
+    user_graph_ties: UserGraphTies = "lowest_id"
 
 
 def multimodal_knn_graph(features, modalities, k: int, image_weight: float) -> tuple[jax.Array, jax.Array]:

@@ -49,8 +49,10 @@ against the reference's 0.0729-0.0762 over three) is therefore not a difference 
 model: it is chance (three runs against three separate completely with probability 0.1) or
 the input user graph. :func:`~mirrorgrad_jax.graph.build_user_graph` breaks equal
 co-occurrence counts by user id, MMRec's preprocessing in ``torch.topk``'s order, so the 40
-neighbours DualGNN reads can differ (on a 1,500-user synthetic set, for 1,409 users); a
-folder that carries MMRec's ``user_graph_dict.npy`` is read as it is.
+neighbours DualGNN reads can differ (on a 1,500-user synthetic set, for 1,409 users);
+``user_graph_ties="torch_cpu"`` builds the lists in torch's order instead (equal to the
+script's on MovieLens-100K and a 300-user synthetic set, every user). A folder that carries
+MMRec's ``user_graph_dict.npy`` is read as it is.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from flax import nnx
 from mirrorgrad_jax.config import NonNegativeFloat, PositiveInt, config_class
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.graph import (
+    UserGraphTies,
     bipartite_edges,
     build_user_graph,
     pack_user_graph,
@@ -195,13 +198,14 @@ class UserNeighbourSampler:
 
     Uses ``dataset.user_graph`` (the reference's ``user_graph_dict.npy``) when present and
     otherwise builds it from the train pairs with
-    :func:`~mirrorgrad_jax.graph.build_user_graph`; packed once to width ``k``.
+    :func:`~mirrorgrad_jax.graph.build_user_graph` (its ``ties`` order for users tied on
+    their count); packed once to width ``k``.
     """
 
-    def __init__(self, dataset, k: int):
+    def __init__(self, dataset, k: int, ties: str = "lowest_id"):
         graph = dataset.user_graph
         if graph is None:
-            graph = build_user_graph(dataset.train, dataset.num_users)
+            graph = build_user_graph(dataset.train, dataset.num_users, ties=ties)
         self.num_users, self.k = int(dataset.num_users), int(k)
         self.packed = pack_user_graph(graph, self.num_users, self.k)
 
@@ -241,6 +245,11 @@ class DualGNNConfig:
       (``w0 v + w1 t``).
     stale_eval: rank with the representation cached by the last training forward
       (True, reference) or recompute it (False).
+    user_graph_ties: when the dataset carries no ``user_graph_dict.npy`` and the user
+      graph is built from the train pairs, the order of users tied on their co-occurrence
+      count: ``"lowest_id"`` (default) or ``"torch_cpu"``, the order MMRec's
+      ``dualgnn-gen-u-u-matrix.py`` leaves them in (torch's CPU ``topk``; the same lists as
+      the script, checked on MovieLens-100K). The model reads the first 40 of each list.
     """
 
     embedding_size: PositiveInt = 64
@@ -249,6 +258,7 @@ class DualGNNConfig:
     num_user_neighbours: PositiveInt = 40
     user_fusion: UserFusion = "aliased"
     stale_eval: bool = True
+    user_graph_ties: UserGraphTies = "lowest_id"
 
 
 def check_modalities(name: str, dataset) -> tuple[str, ...]:
@@ -281,7 +291,7 @@ class DualGraphRecommender(Recommender):
         senders, receivers = sorted_bipartite_edges(dataset.train, self.num_users)
         self.senders, self.receivers = Constant(jnp.asarray(senders)), Constant(jnp.asarray(receivers))
         self.edge_norm = Constant(compiled_edge_norm(senders, receivers, num_nodes))
-        self._user_sampler = UserNeighbourSampler(dataset, config.num_user_neighbours)
+        self._user_sampler = UserNeighbourSampler(dataset, config.num_user_neighbours, config.user_graph_ties)
         idx, weights = self._user_sampler.sample(initial_sample_rng(rngs))
         self.user_nbr_idx, self.user_nbr_weights = EpochSample(idx), EpochSample(weights)
 

@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 from mirrorgrad_jax.graph import (
+    torch_cpu_topk,
+    torch_cpu_topk_order,
+    torch_cpu_topk_order_sparse,
     CooAdjacency,
     UserNeighbourLists,
     bipartite_edges,
@@ -599,6 +602,73 @@ def test_build_user_graph_matches_double_loop(max_neighbours, pair_budget):
         np.testing.assert_array_equal(got[user][1], want[user][1])
         assert got[user][1].dtype == np.float32
     assert len(got[8][0]) == 0
+
+
+def _torch_script_user_graph(train, num_users, max_neighbours):
+    """MMRec's ``dualgnn-gen-u-u-matrix.py`` written out densely: the (U, U) count matrix, then
+    ``torch.topk(row, min(n_u, max_neighbours))`` per user, with torch's CPU order from
+    :func:`torch_cpu_topk_order` (itself checked against recorded torch answers below)."""
+    items = [set() for _ in range(num_users)]
+    for u, i in train:
+        items[int(u)].add(int(i))
+    counts = np.zeros((num_users, num_users), np.float32)
+    for a, b in itertools.combinations(range(num_users), 2):
+        counts[a, b] = counts[b, a] = len(items[a] & items[b])
+    graph = {}
+    for u in range(num_users):
+        order = torch_cpu_topk_order(counts[u].tolist(), min(int((counts[u] > 0).sum()), max_neighbours))
+        graph[u] = (order, counts[u][order])
+    return graph
+
+
+@pytest.mark.parametrize("max_neighbours", [200, 4])
+def test_build_user_graph_torch_cpu_ties_follow_the_script_row_by_row(max_neighbours):
+    rng = np.random.default_rng(8)
+    num_users = 70  # small counts on 6 items: many ties; 64 * 4 <= 70 takes the heap path
+    train = np.stack([rng.integers(0, num_users - 1, 300), rng.integers(0, 6, 300)], axis=1)
+    got = build_user_graph(train, num_users, max_neighbours, ties="torch_cpu")
+    want = _torch_script_user_graph(train, num_users, max_neighbours)
+    lowest = build_user_graph(train, num_users, max_neighbours)
+    for user in range(num_users):
+        np.testing.assert_array_equal(got[user][0], want[user][0])
+        np.testing.assert_array_equal(got[user][1], want[user][1])
+    assert len(got[num_users - 1][0]) == 0  # the last user has no interactions
+    # the tie order is not the default's on these data
+    assert sum(not np.array_equal(got[u][0], lowest[u][0]) for u in range(num_users)) > num_users // 2
+    with pytest.raises(ValueError, match="ties must be 'lowest_id' or 'torch_cpu', got 'random'"):
+        build_user_graph(train, num_users, ties="random")
+
+
+# torch.topk(torch.tensor(row), k).indices on the CPU (sorted=True), recorded with torch 2.13.0
+# (rows are 0 except at the listed positions): the order torch leaves tied values in. Both of
+# its paths: std::partial_sort when 64 k <= n; std::nth_element, then std::sort of the first
+# k - 1, otherwise (the n = 100, k = 50 row sorts more than 16 pairs: the introsort loop).
+RECORDED_TORCH_ORDER = [
+    (17, 3, {6: 4, 11: 4, 14: 3, 16: 4}, [16, 6, 11]),
+    (40, 8, {9: 4, 16: 2, 19: 2, 22: 4, 28: 3, 29: 2, 32: 1, 38: 1}, [22, 9, 28, 29, 16, 19, 32, 38]),
+    (129, 6, {26: 1, 35: 3, 42: 1, 49: 2, 66: 3, 100: 4}, [100, 66, 35, 49, 26, 42]),
+    (100, 10, {6: 3, 7: 2, 18: 4, 22: 3, 26: 1, 30: 3, 31: 1, 33: 1, 35: 3, 38: 2, 39: 1, 40: 3, 42: 3, 46: 3, 47: 2,
+               55: 2, 57: 4, 76: 1, 78: 1, 83: 3, 85: 1, 86: 3, 89: 3, 91: 1}, [57, 18, 42, 89, 86, 83, 46, 22, 6, 35]),
+    (100, 50, {3: 2, 4: 3, 6: 1, 9: 2, 10: 3, 11: 2, 12: 1, 13: 2, 20: 2, 21: 3, 23: 3, 24: 2, 26: 1, 30: 2, 31: 1,
+               32: 3, 33: 3, 35: 2, 36: 3, 37: 2, 39: 2, 40: 3, 46: 3, 50: 3, 52: 3, 53: 1, 54: 2, 55: 3, 57: 1, 63: 1,
+               64: 2, 65: 3, 66: 3, 67: 3, 69: 2, 71: 1, 74: 3, 79: 2, 80: 3, 83: 3, 87: 3, 88: 1, 89: 3, 90: 2, 92: 2,
+               94: 3, 96: 3, 97: 2, 98: 1, 99: 3},
+     [99, 10, 4, 50, 21, 23, 32, 33, 36, 40, 46, 52, 65, 66, 67, 74, 80, 83, 87, 89, 55, 94, 96, 92, 20, 35, 90, 37, 24,
+      39, 54, 13, 79, 64, 30, 3, 11, 9, 97, 69, 63, 57, 12, 71, 53, 6, 26, 31, 88, 98]),
+    (1000, 5, {0: 1, 190: 2, 203: 1, 240: 2, 424: 1, 439: 1, 537: 2, 670: 1, 774: 1, 834: 1, 895: 2, 955: 2}, [240, 190, 895, 955, 537]),
+    (1000, 3, {49: 1, 160: 2, 173: 1, 199: 2, 225: 1, 254: 1, 344: 2, 474: 2, 680: 2, 743: 2, 761: 2, 971: 2, 999: 1}, [344, 160, 199]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("n, k, nonzero, expected", RECORDED_TORCH_ORDER, ids=[f"n{c[0]}-k{c[1]}" for c in RECORDED_TORCH_ORDER])
+def test_torch_cpu_topk_order_reproduces_recorded_torch_answers(n, k, nonzero, expected):
+    row = np.zeros(n)
+    row[list(nonzero)] = list(nonzero.values())
+    assert torch_cpu_topk_order(row, k) == expected
+    assert sorted(range(n), key=lambda j: (-row[j], j))[:k] != expected  # "lowest index first" answers otherwise
+    assert torch_cpu_topk(row, k) == sorted(expected)  # the same selection, as a set
+    cols = np.asarray(sorted(nonzero))
+    assert torch_cpu_topk_order_sparse(cols, row[cols], n, k) == expected
 
 
 def test_built_user_graph_feeds_the_sampler():

@@ -15,13 +15,13 @@ from mirrorgrad_jax.models import Constant
 from mirrorgrad_jax.models.damrs import (
     DAMRS,
     DAMRSConfig,
-    _torch_cpu_topk_sparse,
     build_behaviour_graph,
     consistent_knn_graphs,
     torch_cpu_topk,
 )
 
 from mirrorgrad_jax.data import RecDataset, make_synthetic
+from mirrorgrad_jax.graph import torch_cpu_topk_sparse
 from mirrorgrad_jax.errors import UserInputError
 
 D = 8
@@ -125,7 +125,7 @@ def test_torch_cpu_topk_reproduces_recorded_torch_answers(n, k, nonzero, expecte
     assert torch_cpu_topk(row, k) == expected
     assert _lowest_id_topk(row.tolist(), k) != expected
     cols = np.asarray(sorted(nonzero))
-    assert _torch_cpu_topk_sparse(cols, row[cols], n, k) == expected  # the builder's shortcut
+    assert torch_cpu_topk_sparse(cols, row[cols], n, k) == expected  # the builder's shortcut
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from mirrorgrad_jax.data import RecDataset, make_synthetic
+from mirrorgrad_jax.graph import build_user_graph
 from mirrorgrad_jax.models.dualgnn import DualGNN, DualGNNConfig
 from helpers import check_stale_eval, random_batch
 from helpers import jit_representation as _representation
@@ -136,6 +137,19 @@ def test_pre_epoch_resamples_user_graph_with_fixed_shapes(tiny):
     assert not np.array_equal(idx0, idx1)  # padding of short neighbour lists is re-drawn
     sums = w1.sum(1)
     assert np.allclose(sums[sums > 0], 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("ties", ["lowest_id", "torch_cpu"])
+def test_user_graph_ties_option_reaches_the_built_graph(tiny, ties):
+    """``user_graph_ties`` picks the order of the lists the model packs (the first 40 it samples from)."""
+    model = _model(tiny, user_graph_ties=ties)
+    built = build_user_graph(tiny.train, tiny.num_users, ties=ties)
+    packed = model._user_sampler.packed
+    for user in range(tiny.num_users):
+        n = int(packed.lengths[user])
+        np.testing.assert_array_equal(packed.idx[user, :n], built[user][0][:40])
+    other = build_user_graph(tiny.train, tiny.num_users, ties="torch_cpu" if ties == "lowest_id" else "lowest_id")
+    assert any(not np.array_equal(packed.idx[u, : int(packed.lengths[u])], other[u][0][:40]) for u in range(tiny.num_users))
 
 
 def test_fusion_weights_start_as_a_softmax(tiny):

@@ -8,7 +8,9 @@ One module per kind of graph, each importing only :mod:`.coo` and :mod:`.propaga
 * :mod:`.bipartite`: user-item adjacencies and PyG-style edge lists with their aggregations;
 * :mod:`.edge_sampling`: the per-epoch degree-sensitive edge sample (FREEDOM, LayerGCN);
 * :mod:`.knn`: item-item kNN neighbour lists (cosine, learnable, shrunk);
-* :mod:`.user_graph`: the user-user co-occurrence graph (DualGNN, DRAGON).
+* :mod:`.user_graph`: the user-user co-occurrence graph (DualGNN, DRAGON);
+* :mod:`.torch_topk`: ``torch.topk`` as torch's CPU kernel answers it, ties included, for
+  graphs the reference's preprocessing built with it (imports nothing of the package).
 
 Host-side builders take and return numpy arrays; everything used inside a training step
 is a pure ``jax.numpy`` function. Every name is importable from this package.
@@ -37,10 +39,12 @@ from mirrorgrad_jax.graph.knn import (
     normalize_knn_values,
 )
 from mirrorgrad_jax.graph.propagation import column_order, layer_mean_propagate, propagate
-from mirrorgrad_jax.graph.user_graph import UserNeighbourLists, build_user_graph, pack_user_graph, sample_user_neighbours
+from mirrorgrad_jax.graph.torch_topk import torch_cpu_topk, torch_cpu_topk_order, torch_cpu_topk_order_sparse, torch_cpu_topk_sparse
+from mirrorgrad_jax.graph.user_graph import UserGraphTies, UserNeighbourLists, build_user_graph, pack_user_graph, sample_user_neighbours
 
 __all__ = [
     "CooAdjacency",
+    "UserGraphTies",
     "UserNeighbourLists",
     "bipartite_edges",
     "build_user_graph",
@@ -66,4 +70,8 @@ __all__ = [
     "self_loop_row_normalized_adjacency",
     "summed_bipartite_adjacency",
     "symmetric_edge_norm",
+    "torch_cpu_topk",
+    "torch_cpu_topk_order",
+    "torch_cpu_topk_order_sparse",
+    "torch_cpu_topk_sparse",
 ]
