@@ -1,6 +1,7 @@
 """Graphs as flat edge arrays, built on the host and propagated inside ``jit``.
 
-One module per kind of graph, each importing only :mod:`.coo` and :mod:`.propagation`:
+One module per kind of graph, each importing only :mod:`.coo`, :mod:`.propagation` and
+:mod:`.torch_topk`:
 
 * :mod:`.coo`: the :class:`CooAdjacency` type (rows, cols, values sorted by row);
 * :mod:`.propagation`: :func:`propagate`, ``A @ x`` as one primitive with a CSR kernel on
