@@ -109,6 +109,19 @@ def _nth_element(a: list, nth: int) -> None:
     _insertion_sort(a, first, last)
 
 
+def _selected(values: Sequence[float], k: int) -> tuple[list, int, bool]:
+    """torch's selection step: ``(pairs, k, heap)`` with the selected pairs in ``pairs[:k]``; ``heap`` names the path taken."""
+    pairs, k = [(float(v), j) for j, v in enumerate(values)], int(k)
+    if not 0 <= k <= len(pairs):
+        raise ValueError(f"k must be in 0..{len(pairs)}, got {k}")
+    heap = 64 * k <= len(pairs)
+    if k and heap:
+        _heap_select(pairs, 0, k, len(pairs))
+    elif k:
+        _nth_element(pairs, k - 1)
+    return pairs, k, heap
+
+
 def torch_cpu_topk(values: Sequence[float], k: int) -> list[int]:
     """The indices ``torch.topk(torch.tensor(values), k)`` returns on the CPU, as a set in list form.
 
@@ -129,15 +142,7 @@ def torch_cpu_topk(values: Sequence[float], k: int) -> list[int]:
       >>> torch_cpu_topk([2.0, 2.0, 3.0, 2.0, 2.0], 2)  # torch keeps index 4 among the tied 2's
       [2, 4]
     """
-    pairs, k = [(float(v), j) for j, v in enumerate(values)], int(k)
-    if not 0 <= k <= len(pairs):
-        raise ValueError(f"k must be in 0..{len(pairs)}, got {k}")
-    if k == 0:
-        return []
-    if 64 * k <= len(pairs):
-        _heap_select(pairs, 0, k, len(pairs))
-    else:
-        _nth_element(pairs, k - 1)
+    pairs, k, _ = _selected(values, k)
     return sorted(j for _, j in pairs[:k])
 
 
@@ -242,16 +247,10 @@ def torch_cpu_topk_order(values: Sequence[float], k: int) -> list[int]:
       >>> torch_cpu_topk_order([1.0, 1.0, 1.0, 2.0], 4)  # torch puts the tied 1's as 2, 0, 1
       [3, 2, 0, 1]
     """
-    pairs, k = [(float(v), j) for j, v in enumerate(values)], int(k)
-    if not 0 <= k <= len(pairs):
-        raise ValueError(f"k must be in 0..{len(pairs)}, got {k}")
-    if k == 0:
-        return []
-    if 64 * k <= len(pairs):
-        _heap_select(pairs, 0, k, len(pairs))
+    pairs, k, heap = _selected(values, k)
+    if k and heap:
         _sort_heap(pairs, 0, k)
-    else:
-        _nth_element(pairs, k - 1)
+    elif k:
         _sort(pairs, 0, k - 1)
     return [j for _, j in pairs[:k]]
 

@@ -89,6 +89,11 @@ def _top_co_occurring_users(
         out_a.append(a[keep] + u0)
         out_b.append(b[keep])
         out_c.append(c[keep])
+    return _joined(out_a, out_b, out_c)
+
+
+def _joined(out_a: list, out_b: list, out_c: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-block ``(rows, neighbours, counts)`` pieces concatenated (int64 empties when there are none)."""
     if not out_a:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
@@ -167,10 +172,7 @@ def _torch_ordered(a: np.ndarray, b: np.ndarray, c: np.ndarray, num_users: int, 
         out_a.append(np.full(len(order), user, np.int64))
         out_b.append(cols[position])
         out_c.append(counts[position])
-    if not out_a:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_c)
+    return _joined(out_a, out_b, out_c)
 
 
 def pack_user_graph(
