@@ -155,21 +155,31 @@ def _sparse_head(cols: np.ndarray, vals: np.ndarray, k: int) -> list:
     return [(v, j) for j, v in head.items()] + [(float(v), c) for c, v in zip(cols.tolist(), vals.tolist()) if c >= k]
 
 
-def torch_cpu_topk_sparse(cols: np.ndarray, vals: np.ndarray, n: int, k: int) -> list[int]:
-    """:func:`torch_cpu_topk` of a row of length ``n`` that is 0 except ``vals > 0`` at ``cols`` (ascending).
+def _sparse_selected(cols: np.ndarray, vals: np.ndarray, n: int, k: int) -> tuple[list, int, bool]:
+    """:func:`_selected` of a row of length ``n`` that is 0 except ``vals > 0`` at ``cols`` (ascending).
 
     On the heap-selection path only the first ``k`` positions and the non-zero entries
     after them matter: a later 0 never beats the heap's smallest element (all values are
     >= 0), so the zeros are skipped without changing a step. The introselect path
-    (``n < 64 k``, small rows) runs on the dense row.
+    (``n < 64 k``, small rows) and ``k = 0`` run on the dense row.
     """
     n, k = int(n), int(k)
-    if 64 * k > n:
+    if k == 0 or 64 * k > n:
         row = np.zeros(n)
         row[cols] = vals
-        return torch_cpu_topk(row, k)
+        return _selected(row, k)
     pairs = _sparse_head(cols, vals, k)
     _heap_select(pairs, 0, k, len(pairs))
+    return pairs, k, True
+
+
+def torch_cpu_topk_sparse(cols: np.ndarray, vals: np.ndarray, n: int, k: int) -> list[int]:
+    """:func:`torch_cpu_topk` of a row of length ``n`` that is 0 except ``vals > 0`` at ``cols`` (ascending).
+
+    The same answer without building the row where torch's heap path allows it
+    (:func:`_sparse_selected`).
+    """
+    pairs, k, _ = _sparse_selected(cols, vals, n, k)
     return sorted(j for _, j in pairs[:k])
 
 
@@ -228,6 +238,15 @@ def _sort(a: list, first: int, last: int) -> None:
         _insertion_sort(a, first, last)
 
 
+def _in_torch_order(pairs: list, k: int, heap: bool) -> list[int]:
+    """The indices of a selection (:func:`_selected`), sorted as torch sorts them for ``sorted=True``."""
+    if k and heap:
+        _sort_heap(pairs, 0, k)
+    elif k:
+        _sort(pairs, 0, k - 1)
+    return [j for _, j in pairs[:k]]
+
+
 def torch_cpu_topk_order(values: Sequence[float], k: int) -> list[int]:
     """The indices ``torch.topk(torch.tensor(values), k)`` returns on the CPU, in its order.
 
@@ -247,29 +266,13 @@ def torch_cpu_topk_order(values: Sequence[float], k: int) -> list[int]:
       >>> torch_cpu_topk_order([1.0, 1.0, 1.0, 2.0], 4)  # torch puts the tied 1's as 2, 0, 1
       [3, 2, 0, 1]
     """
-    pairs, k, heap = _selected(values, k)
-    if k and heap:
-        _sort_heap(pairs, 0, k)
-    elif k:
-        _sort(pairs, 0, k - 1)
-    return [j for _, j in pairs[:k]]
+    return _in_torch_order(*_selected(values, k))
 
 
 def torch_cpu_topk_order_sparse(cols: np.ndarray, vals: np.ndarray, n: int, k: int) -> list[int]:
     """:func:`torch_cpu_topk_order` of a row of length ``n`` that is 0 except ``vals > 0`` at ``cols`` (ascending).
 
-    The heap-selection path skips the zeros after the first ``k`` positions, as
-    :func:`torch_cpu_topk_sparse` does (a later 0 never enters the heap, so no step changes);
-    small rows (``n < 64 k``) run on the dense row.
+    The same answer without building the row where torch's heap path allows it
+    (:func:`_sparse_selected`).
     """
-    n, k = int(n), int(k)
-    if 64 * k > n:
-        row = np.zeros(n)
-        row[cols] = vals
-        return torch_cpu_topk_order(row, k)
-    if k == 0:
-        return []
-    pairs = _sparse_head(cols, vals, k)
-    _heap_select(pairs, 0, k, len(pairs))
-    _sort_heap(pairs, 0, k)
-    return [j for _, j in pairs[:k]]
+    return _in_torch_order(*_sparse_selected(cols, vals, n, k))
