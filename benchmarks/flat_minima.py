@@ -763,15 +763,25 @@ def plot_ablation(runs: dict, axes: tuple[str, ...], title: str, path: str) -> b
 BABY_GRAPH = "baby-graph"  # --timing's name for the Baby-scale graph with random features (--graph)
 
 
+def mirror_batches(batches: int, beta: int = MG_BETA) -> int:
+    """How many of an epoch's ``batches`` batches MG mirrors, by the trainer's own schedule.
+
+    The reference schedule (:func:`~mirrorgrad_jax.optim.is_mirror_batch`) restarts the
+    index every epoch and mirrors batches 0, beta, 2 beta, ...: ``ceil(batches / beta)``.
+    """
+    from mirrorgrad_jax.optim import is_mirror_batch
+
+    return sum(bool(is_mirror_batch(b, beta, steps_per_epoch=batches)) for b in range(batches))
+
+
 def ideal_cost(method: str, batches: int, beta: int = MG_BETA) -> float:
     """Gradient evaluations per batch of one epoch of ``batches`` batches, relative to plain's.
 
-    MG mirrors batches 0, beta, 2 beta, ... of every epoch (the index restarts each epoch), so
-    ``ceil(batches / beta)`` of them take a second gradient; SAM, ASAM and GNP take two on
-    every batch.
+    MG's mirror batches (:func:`mirror_batches`) take a second gradient; SAM, ASAM and GNP
+    take two on every batch.
     """
     if method == "mg":
-        return 1.0 + math.ceil(batches / beta) / batches
+        return 1.0 + mirror_batches(batches, beta) / batches
     return COST[method]
 
 
@@ -808,7 +818,7 @@ def timing(model: str, dataset_name: str, epochs: int, rounds: int, graph: str =
     plain = statistics.median(times["plain"])
     lines = [
         f"{batches} batches of {cfg.batch_size} an epoch; each method's {epochs - 1} timed epochs (of {epochs}) "
-        f"x {rounds} rounds, round-robin; MG at beta {MG_BETA} mirrors {math.ceil(batches / MG_BETA)} of them.",
+        f"x {rounds} rounds, round-robin; MG at beta {MG_BETA} mirrors {mirror_batches(batches)} of them.",
         "",
         *markdown_table(("method", "median epoch (s)", "/ plain", "ideal", "/ ideal")),
     ]
