@@ -54,7 +54,6 @@ def measure(model: str, mg: bool, epochs: int, folder: str, logdir: str | None =
     import time
 
     import jax
-    import numpy as np
 
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.train import MGConfig, TensorBoardRun, TrainConfig, train
@@ -81,7 +80,7 @@ def measure(model: str, mg: bool, epochs: int, folder: str, logdir: str | None =
         "eval_s": statistics.median(eval_times[1:]) if len(eval_times) > 1 else eval_times[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
-        "batches": int(np.ceil(len(dataset.train) / cfg.batch_size)),
+        "batches": cfg.steps_per_epoch(len(dataset.train)),
     }
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import statistics
 import sys
@@ -809,7 +808,7 @@ def timing(model: str, dataset_name: str, epochs: int, rounds: int, graph: str =
     knob = {"plain": None, "mg": 0.2, "sam": 0.05, "asam": 0.5, "gnp": 0.5}
     times: dict = {m: [] for m in KNOBS}
     cfg = TrainConfig(epochs=epochs, patience=epochs, valid_metric=METRIC, seed=FIRST_SEED)
-    batches = math.ceil(len(dataset.train) / cfg.batch_size)
+    batches = cfg.steps_per_epoch(len(dataset.train))
     for _ in range(rounds):
         for method in KNOBS:
             mg, method_config = configs(method, knob[method])

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import sys
@@ -121,7 +120,7 @@ def measure(model: str, data: str, mesh_label: str, batches: int, eval_blocks: i
     t0 = time.perf_counter()
     net = cls(dataset, build_config(cls, SETTINGS[model]), rngs=nnx.Rngs(params=cfg.seed))
     build_s = time.perf_counter() - t0
-    steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
+    steps_per_epoch = cfg.steps_per_epoch(len(dataset.train))
     tx = build_optimizer(cfg, mg, steps_per_epoch)
     engine = _Engine(net, tx, mg, cfg, placement)
     params, opt_state = engine.params, engine.init_opt_state(tx)

@@ -135,3 +135,17 @@ def test_train_config_declarations(values, message):
 def test_yaml_reads_numbers_as_people_write_them(text, value):
     loaded = load_yaml(f"x: {text}")["x"]
     assert loaded == value and type(loaded) is type(value)
+
+
+@pytest.mark.parametrize(
+    "rows, batch, batches",
+    [(0, 4, 0), (1, 4, 1), (8, 4, 2), (9, 4, 3), (2048, 2048, 1), (2049, 2048, 2)],
+)
+def test_steps_per_epoch_keeps_the_last_smaller_batch(rows, batches, batch):
+    # Counted by hand: full batches plus one for any remainder.
+    assert TrainConfig(batch_size=batch).steps_per_epoch(rows) == batches
+
+
+def test_steps_per_epoch_refuses_a_negative_row_count():
+    with pytest.raises(ValueError, match="num_train must be >= 0"):
+        TrainConfig().steps_per_epoch(-1)

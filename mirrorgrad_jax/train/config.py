@@ -179,6 +179,19 @@ class TrainConfig:
         factor, period = self.lr_schedule
         return self.learning_rate * factor ** (epoch / period)
 
+    def steps_per_epoch(self, num_train: int) -> int:
+        """Batches in one epoch over ``num_train`` training rows: ``ceil(num_train / batch_size)``.
+
+        The last, smaller batch is kept, as the reference's data loader keeps it. This count
+        fixes the learning-rate schedule's step length and which batches Mirror Gradient mirrors.
+
+        Raises:
+          ValueError: ``num_train`` is negative.
+        """
+        if num_train < 0:
+            raise ValueError(f"num_train must be >= 0, got {num_train}")
+        return -(-num_train // self.batch_size)
+
 
 def fit_topk(cfg: TrainConfig, num_items: int) -> tuple[TrainConfig, str | None]:
     """``cfg`` with the ranking cut-offs a catalogue of ``num_items`` items can rank, and a note of what was dropped.

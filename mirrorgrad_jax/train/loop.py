@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any, Callable
@@ -248,7 +247,7 @@ def train(
     if not model_cls.trainable:
         return _evaluate_untrained(model_cls, model, mg, meta, splits, best_path, say, placement, events)
 
-    steps_per_epoch = math.ceil(len(dataset.train) / cfg.batch_size)
+    steps_per_epoch = cfg.steps_per_epoch(len(dataset.train))
     # With PyTorch >= 2.0's semantics a first-batch model's learner is skipped on the other
     # batches (its own optimizer state, left alone); with 1.13's it just gets zero gradients.
     skippable = bool(model_cls.first_batch_params) and cfg.zero_grad == "none"
