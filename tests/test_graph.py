@@ -41,6 +41,7 @@ from mirrorgrad_jax.graph import (
     segment_mean,
     segment_softmax,
     symmetric_edge_norm,
+    top_k_positions,
 )
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -679,3 +680,66 @@ def test_built_user_graph_feeds_the_sampler():
     assert set(idx[1]) == {0, 2}
     np.testing.assert_allclose(weights[:3].sum(1), 1.0, **TOL)
     np.testing.assert_array_equal(weights[3], 0.0)  # user 3 shares no item
+
+
+# ---------------------------------------------------------------------------------------
+# top_k_positions: lax.top_k's positions through the blocks' maxima.
+
+
+def _stable_top_k(x: np.ndarray, k: int) -> np.ndarray:
+    """Descending by value, ties to the lower position: a stable sort of the negated row."""
+    return np.argsort(-x, axis=-1, kind="stable")[..., :k]
+
+
+def test_top_k_positions_keeps_a_tie_in_a_later_block_out_by_position():
+    # 40 entries in blocks of 2; the value 7 at 3, 10, 11 and 30. The top 2 by hand: 3 and
+    # 10 (ties to the lower position), though block 15 (30, 31) ties block 5 (10, 11).
+    x = np.zeros(40, np.float32)
+    x[[3, 10, 11, 30]] = 7.0
+    assert top_k_positions(jnp.asarray(x), 2, block=2).tolist() == [3, 10]
+    assert top_k_positions(jnp.asarray(x), 4, block=2).tolist() == [3, 10, 11, 30]
+
+
+def test_top_k_positions_reads_the_tail_that_no_block_covers():
+    # 42 entries in blocks of 4: ten blocks (0-39) and a tail (40, 41) outside every block.
+    x = np.zeros(42, np.float32)
+    x[[3, 41]] = [7.0, 9.0]
+    x[40] = 7.0
+    assert top_k_positions(jnp.asarray(x), 2, block=4).tolist() == [41, 3]
+    assert top_k_positions(jnp.asarray(x), 3, block=3).tolist() == [41, 3, 40]  # 14 blocks, no tail
+
+
+@pytest.mark.parametrize(
+    "shape, k, block, levels",
+    [
+        ((5, 1000), 10, 16, 3),  # 62 blocks (>= 4k: the blocked path) and a tail of 8
+        ((2, 3, 257), 4, 8, 2),  # three leading axes' worth of rows, tail of 1, two values only
+        ((6, 160), 10, 4, 50),  # exactly 4k blocks, no tail
+        ((6, 159), 10, 4, 50),  # 39 blocks < 4k: lax.top_k directly
+        ((64,), 1, 1, 1000),  # one row, blocks of one entry
+        ((4, 300), 300, 1, 5),  # k = n
+    ],
+)
+def test_top_k_positions_equal_a_stable_sort_with_ties_and_tails(shape, k, block, levels):
+    rng = np.random.default_rng(sum(shape) + k + block)
+    x = rng.integers(0, levels, size=shape).astype(np.float32)  # few values: many ties
+    got = np.asarray(jax.jit(lambda a: top_k_positions(a, k, block=block))(jnp.asarray(x)))
+    assert got.dtype == np.int32 and got.shape == shape[:-1] + (k,)
+    np.testing.assert_array_equal(got, _stable_top_k(x, k))
+    np.testing.assert_array_equal(got, np.asarray(jax.lax.top_k(jnp.asarray(x), k)[1]))
+
+
+def test_top_k_positions_on_integers_and_infinities():
+    rng = np.random.default_rng(3)
+    ints = rng.integers(-5, 5, size=(3, 500)).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(top_k_positions(jnp.asarray(ints), 7, block=8)), _stable_top_k(ints, 7))
+    floats = rng.standard_normal((3, 500)).astype(np.float32)
+    floats[0, :450] = -np.inf  # blocks whose maximum is -inf, and a row with only 50 finite values
+    floats[1, [17, 400]] = np.inf
+    np.testing.assert_array_equal(np.asarray(top_k_positions(jnp.asarray(floats), 7, block=8)), _stable_top_k(floats, 7))
+
+
+@pytest.mark.parametrize("k, block, message", [(0, 16, "k must be in"), (11, 16, "k must be in"), (3, 0, "block must be")])
+def test_top_k_positions_refuses_k_or_block_out_of_range(k, block, message):
+    with pytest.raises(ValueError, match=message):
+        top_k_positions(jnp.zeros((2, 10)), k, block=block)

@@ -11,7 +11,9 @@ One module per kind of graph, each importing only :mod:`.coo`, :mod:`.propagatio
 * :mod:`.knn`: item-item kNN neighbour lists (cosine, learnable, shrunk);
 * :mod:`.user_graph`: the user-user co-occurrence graph (DualGNN, DRAGON);
 * :mod:`.torch_topk`: ``torch.topk`` as torch's CPU kernel answers it, ties included, for
-  graphs the reference's preprocessing built with it (imports nothing of the package).
+  graphs the reference's preprocessing built with it (imports nothing of the package);
+* :mod:`.block_topk`: ``lax.top_k``'s positions through the blocks' maxima, faster on the
+  CPU for long rows already in memory (imports nothing of the package).
 
 Host-side builders take and return numpy arrays; everything used inside a training step
 is a pure ``jax.numpy`` function. Every name is importable from this package.
@@ -27,6 +29,7 @@ from mirrorgrad_jax.graph.bipartite import (
     summed_bipartite_adjacency,
     symmetric_edge_norm,
 )
+from mirrorgrad_jax.graph.block_topk import top_k_positions
 from mirrorgrad_jax.graph.coo import CooAdjacency
 from mirrorgrad_jax.graph.edge_sampling import kept_edge_count, sample_edges_degree_sensitive
 from mirrorgrad_jax.graph.knn import (
@@ -71,6 +74,7 @@ __all__ = [
     "self_loop_row_normalized_adjacency",
     "summed_bipartite_adjacency",
     "symmetric_edge_norm",
+    "top_k_positions",
     "torch_cpu_topk",
     "torch_cpu_topk_order",
     "torch_cpu_topk_order_sparse",
