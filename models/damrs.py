@@ -156,6 +156,7 @@ from mirrorgrad_jax.graph import (
     layer_mean_propagate,
     normalized_bipartite_adjacency,
     propagate,
+    top_k_positions,
     torch_cpu_topk,
     torch_cpu_topk_sparse,
 )
@@ -399,11 +400,6 @@ def consistent_knn_graphs(image, text, knn_k: int = 10, *, chunk_size: int = 204
     return tuple(_row_normalised(rows, np.asarray(idx)[slots].astype(np.int64), ones, num_items) for idx in (idx_v, idx_t))
 
 
-def _top_k_indices(x: jax.Array, k: int) -> jax.Array:
-    """``jax.lax.top_k(x, k)``'s positions along the last axis (ties to the lower position)."""
-    return jax.lax.top_k(x, k)[1]
-
-
 def _distinct(ids: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
     """``torch.unique(ids)`` at a fixed size: the distinct ids ascending, and the mask of the real slots.
 
@@ -494,8 +490,13 @@ class DAMRS(Recommender):
         the loss gathers the few entries it sums instead of masking whole rows.
         """
         k = self.config.pseudo_positives
-        mm = _top_k_indices(other_a + other_b + own + own, k)
-        return mm, _top_k_indices(jnp.put_along_axis(own, mm, 0.0, axis=-1, inplace=False), k)
+        # Both are lax.top_k's positions (ties to the lower item). The second reads the
+        # scatter's output, an array already in memory, where the block pre-selection of
+        # top_k_positions is faster on the CPU; the first reads a sum XLA would otherwise fuse
+        # into lax.top_k's one reader, and split across three readers it costs more
+        # (benchmarks/topk_selection.py).
+        mm = jax.lax.top_k(other_a + other_b + own + own, k)[1]
+        return mm, top_k_positions(jnp.put_along_axis(own, mm, 0.0, axis=-1, inplace=False), k)
 
     def _neighbour_discrimination(self, mm: jax.Array, single: jax.Array, cosine: jax.Array, mask: jax.Array) -> jax.Array:
         """Per leading index, the mean over the real rows of ``-log(mm / all + 1e-9) - log(single / (all - mm) + 1e-9)``.

@@ -488,10 +488,7 @@ def test_flat_minima_ideal_cost_counts_the_mirror_batches_of_an_epoch_by_hand():
 def test_flat_minima_timing_on_a_baby_graph_folder_writes_every_method_against_its_ideal(tmp_path, capsys):
     """``--timing --datasets baby-graph --graph DIR`` as the Usage shows it, on a tiny hand-made ``baby.inter``."""
     fm = _load("flat_minima")
-    graph = tmp_path / "graph"
-    graph.mkdir()
-    rows = [(u, (u + k) % 30, 0) for u in range(30) for k in range(4)] + [(u, (u + 5 + x) % 30, 1 + x) for u in range(30) for x in (0, 1)]
-    (graph / "baby.inter").write_text("userID\titemID\tx_label\n" + "".join(f"{u}\t{i}\t{x}\n" for u, i, x in rows))
+    graph = _tiny_baby_graph(tmp_path / "graph")
     out = tmp_path / "timing.md"
     fm.main(["--timing", "--models", "bprmf", "--datasets", "baby-graph", "--graph", str(graph),
              "--epochs", "2", "--rounds", "1", "--out", str(out)])  # fmt: skip
@@ -579,3 +576,47 @@ def test_ranking_splits_needs_models_and_the_graph(argv, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--splits needs --models and the Baby graph" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _tiny_baby_graph(folder):
+    """A hand-made ``baby.inter`` (30 users x 30 items, 120 train rows) in ``folder``."""
+    folder.mkdir()
+    rows = [(u, (u + k) % 30, 0) for u in range(30) for k in range(4)] + [(u, (u + 5 + x) % 30, 1 + x) for u in range(30) for x in (0, 1)]
+    (folder / "baby.inter").write_text("userID\titemID\tx_label\n" + "".join(f"{u}\t{i}\t{x}\n" for u, i, x in rows))
+    return folder
+
+
+def test_topk_selection_times_both_parts_and_checks_every_variant_equal(tmp_path, capsys):
+    """As the Usage shows it, on small rows and a tiny hand-made Baby graph."""
+    ts = _load("topk_selection")
+    graph = _tiny_baby_graph(tmp_path / "graph")
+    out = tmp_path / "topk.md"
+    ts.main(["--rows", "16", "--items", "700", "--blocks", "8,16", "--repeats", "1", "--graph", str(graph), "--out", str(out)])
+    text = out.read_text()
+    tables = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    names = [row[0] for row in tables]
+    assert names.count("lax.top_k") == 2 and names.count("top_k_positions, blocks of 16") == 2  # in memory, fused
+    assert {"both lax.top_k (before)", "as shipped", "both top_k_positions"} <= set(names)
+    ratios = {row[0]: float(row[2]) for row in tables if row[0] in ("lax.top_k", "both lax.top_k (before)")}
+    assert ratios == {"lax.top_k": 1.0, "both lax.top_k (before)": 1.0}  # each table's reference is 1.00
+    assert "120 pairs of the Baby graph, 30 users x 30 items; losses and gradients bit-equal" in text
+    assert "--graph " + str(graph) in text and text.strip() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--parts", "selection,sorting"], "--parts takes selection, damrs; got 'selection,sorting'"),
+        (["--parts", "selection", "--blocks", "8,x"], "--blocks takes comma-separated whole numbers"),
+        (["--parts", "selection", "--k", "0"], "--k between 1 and --items"),
+        (["--parts", "damrs", "--graph", "no-such-folder"], "no baby.inter in no-such-folder"),
+    ],
+)
+def test_topk_selection_mistakes_stop_in_one_line(args, message, tmp_path, capsys):
+    ts = _load("topk_selection")
+    out = tmp_path / "topk.md"
+    with pytest.raises(SystemExit) as stop:
+        ts.main([*args, "--out", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)

@@ -461,3 +461,20 @@ def test_yaml_is_mmrecs_grid():
     assert grid["behaviour_topk"] == 2 and grid["behaviour_min_common_users"] == 2
     assert config["train"]["valid_metric"] == "recall@20" and config["train"]["learning_rate"] == [0.001]
     assert config["mg"] == {"alpha1": 1.0, "alpha2": [0.1, 0.2, 0.3], "beta": 3}
+
+
+def test_pseudo_labels_over_a_long_catalogue_are_the_stable_argsorts(hand_model):
+    """700 items and 10 positives: the single-modality labels take top_k_positions' block path."""
+    _, model = hand_model
+    k = 10
+    rng = np.random.default_rng(11)
+    # Probabilities on a coarse grid, so rows hold many ties (they go to the lower item).
+    own, a, b = (np.round(rng.dirichlet(np.ones(700), size=(2, 6)), 3).astype(np.float32) for _ in range(3))
+    config = dataclasses.replace(model.config, pseudo_positives=k)
+    mm, single = DAMRS.pseudo_labels(type("Stand-in", (), {"config": config})(), jnp.asarray(own), jnp.asarray(a), jnp.asarray(b))
+    # The reference's two torch.topk calls, as numpy stable sorts (ties: the lower item).
+    want_mm = np.argsort(-(a + b + own + own), axis=-1, kind="stable")[..., :k]
+    masked = own.copy()
+    np.put_along_axis(masked, want_mm, 0.0, axis=-1)
+    np.testing.assert_array_equal(np.asarray(mm), want_mm)
+    np.testing.assert_array_equal(np.asarray(single), np.argsort(-masked, axis=-1, kind="stable")[..., :k])
