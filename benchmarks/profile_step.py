@@ -23,7 +23,12 @@ the ops of a training epoch sum to about its wall time. Times are summed over th
 than the wall time). The first epoch (with compilation) is included in the sums, which are
 divided by the number of epochs.
 
-Usage: python benchmarks/profile_step.py --model slmrec [--mg] [--epochs 2] [--top 15] [--out FILE]
+``--method sam|asam|gnp`` profiles a two-pass flat-minima method instead (its knobs by
+``--method-options``, e.g. ``rho=0.5``; the trainer's defaults otherwise), so that two
+methods' epochs can be compared op by op.
+
+Usage: python benchmarks/profile_step.py --model slmrec [--mg | --method asam [--method-options rho=0.5]]
+       [--epochs 2] [--top 15] [--out FILE]
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ CONTAINERS = {"while", "conditional", "call"}
 ASYNC_KINDS = {"dot", "custom-call"}
 # Idle stretches inside one execution shorter than this are charged to an op (charge_idle_gaps).
 MAX_GAP_S = 0.2
-# The trainer's jitted training programs (trainer._Engine); every other program is evaluation or setup.
-TRAIN_PROGRAMS = {f"jit_{name}" for name in ("scan_normal", "scan_blocks", "normal", "mirror", "first_normal", "first_mirror")}
+# The trainer's jitted training programs, named after the functions jitted (the engine's epoch
+# scans, and the single steps of make_train_steps: the last batches of an epoch, first-batch
+# steps); every other program is evaluation or setup.
+TRAIN_PROGRAMS = {f"jit_{name}" for name in ("scan_normal", "scan_blocks", "normal", "mirrored", "perturbed")}
 _NAME = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*")
 _OPCODE = re.compile(r"\s*([\w\-]+)\(")
 
@@ -225,10 +232,20 @@ def _value(text: str):
         return text
 
 
+def _pairs(parser, flag: str, text: str) -> list[list[str]]:
+    """``key=value[,key=value]`` as ``[[key, value], ...]``; anything else stops with one line."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        parser.error(f"{flag} takes key=value[,key=value], got {text!r}")
+    return pairs
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--mg", action="store_true", help="train with Mirror Gradient (alpha2 0.2, beta 3)")
+    parser.add_argument("--method", choices=("sam", "asam", "gnp"), default=None, help="train with this two-pass method instead")
+    parser.add_argument("--method-options", default="", help="the method's knobs, key=value[,key=value] (MethodConfig's fields)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--settings", default="", help="model options, key=value[,key=value]")
@@ -239,9 +256,12 @@ def main(argv=None) -> None:
         parser.error(f"the Baby graph is not at {args.graph} (no baby.inter; --graph)")
     if args.epochs < 1 or args.top < 1:
         parser.error("--epochs and --top must be at least 1")
-    pairs = [item.split("=", 1) for item in args.settings.split(",") if item]
-    if any(len(pair) != 2 for pair in pairs):
-        parser.error(f"--settings takes key=value[,key=value], got {args.settings!r}")
+    pairs = _pairs(parser, "--settings", args.settings)
+    method_pairs = _pairs(parser, "--method-options", args.method_options)
+    if args.mg and args.method:
+        parser.error(f"--mg and --method {args.method} are two training methods: name one")
+    if method_pairs and not args.method:
+        parser.error("--method-options needs --method")
     work = tempfile.mkdtemp(prefix="mg-profile-")
     dump, trace = os.path.join(work, "hlo"), os.path.join(work, "trace")
     # Before jax starts its backend: the flags are read once, then.
@@ -249,20 +269,21 @@ def main(argv=None) -> None:
     import jax
 
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.train import MGConfig, TrainConfig, train
+    from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig, train
 
     try:
         try:
             cls = get_model(args.model)
             config = build_config(cls, {k: _value(v) for k, v in pairs})
-        except ValueError as err:  # UserInputError / ConfigError among them
+            method = MethodConfig(name=args.method, **{k: _value(v) for k, v in method_pairs}) if args.method else MethodConfig()
+        except (ValueError, TypeError) as err:  # UserInputError / ConfigError among them; TypeError: an unknown knob
             parser.error(str(err).strip("'\""))
         dataset = baby_dataset(args.graph)
         load_before = os.getloadavg()
         with jax.profiler.trace(trace):
             result = train(
                 cls, config, dataset, TrainConfig(epochs=args.epochs, patience=1000, seed=999),
-                MGConfig(enabled=args.mg, alpha2=0.2, beta=3), log=None,
+                MGConfig(enabled=args.mg, alpha2=0.2, beta=3), method=method, log=None,
             )  # fmt: skip
         modules = parse_hlo_dump(dump)
         body = report(charge_idle_gaps(thunk_events(trace), modules), modules, args.epochs, args.top)
@@ -271,11 +292,14 @@ def main(argv=None) -> None:
     load_after = os.getloadavg()
     train_s = [round(h["train_s"], 2) for h in result.history]
     eval_s = [round(h["eval_s"] / 2, 2) for h in result.history]
+    arm = " with MG" if args.mg else f" with {args.method.upper()}{' (' + args.method_options + ')' if args.method_options else ''}" if args.method else ""
+    flags = " --mg" if args.mg else f" --method {args.method}" if args.method else ""
+    flags += f" --method-options {args.method_options}" if args.method_options else ""
     header = [
-        f"### {args.model}{' with MG' if args.mg else ''}: where the CPU time goes",
+        f"### {args.model}{arm}: where the CPU time goes",
         "",
         *report_header(
-            f"python benchmarks/profile_step.py --model {args.model}{' --mg' if args.mg else ''} --epochs {args.epochs}"
+            f"python benchmarks/profile_step.py --model {args.model}{flags} --epochs {args.epochs}"
             f"{' --settings ' + args.settings if args.settings else ''}"
         ),
         f"Noise: {load_note(load_before, load_after)}  ",

@@ -200,6 +200,10 @@ def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
         (["--model", "slmrec", "--settings", "n_layers"], "--settings takes key=value"),
         (["--model", "nosuch"], "unknown model 'nosuch'"),
         (["--model", "slmrec", "--settings", "n_layers=-1"], "n_layers must be an integer >= 0"),
+        (["--model", "slmrec", "--mg", "--method", "sam"], "--mg and --method sam are two training methods: name one"),
+        (["--model", "slmrec", "--method-options", "rho=0.5"], "--method-options needs --method"),
+        (["--model", "slmrec", "--method", "asam", "--method-options", "rho"], "--method-options takes key=value"),
+        (["--model", "slmrec", "--method", "asam", "--method-options", "rho=-1"], "MethodConfig.rho must be"),
     ],
 )
 def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -220,6 +224,35 @@ def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
     assert list(scratch.iterdir()) == []  # the dump / trace folder is removed
+
+
+def test_profile_step_counts_every_training_program_the_trainer_compiles_as_training():
+    """The single steps are jitted under their functions' names: each must be in TRAIN_PROGRAMS."""
+    import optax
+
+    from mirrorgrad_jax.optim.steps import make_train_steps
+
+    prof = _load("profile_step")
+    loss = lambda params, batch, key: params["w"] ** 2  # noqa: E731
+    names = set()
+    for kind in ({}, {"mirror": False}, {"mirror": False, "perturbed_pass": True}):
+        steps = make_train_steps(loss, optax.sgd(0.1), **kind)
+        names |= {f"jit_{steps.normal.__name__}", f"jit_{steps.mirror.__name__}"}
+    assert names == {"jit_normal", "jit_mirrored", "jit_perturbed"} and names <= prof.TRAIN_PROGRAMS
+
+
+def test_profile_step_profiles_a_two_pass_method_as_its_usage_shows(tmp_path, capsys):
+    """``--method asam --method-options rho=0.5`` on a tiny hand-made Baby graph, one epoch."""
+    prof = _load("profile_step")
+    out = tmp_path / "profile.md"
+    prof.main(["--model", "bprmf", "--method", "asam", "--method-options", "rho=0.5", "--epochs", "1",
+               "--graph", str(_tiny_baby_graph(tmp_path / "graph")), "--out", str(out)])  # fmt: skip
+    text = out.read_text()
+    assert text.lstrip().startswith("### bprmf with ASAM (rho=0.5): where the CPU time goes")
+    assert "--model bprmf --method asam --method-options rho=0.5 --epochs 1`" in text
+    # the training program ran and its ops were charged to the model's and the optimizer's lines
+    assert "| jit_perturbed |" in text and "(train) |" in text  # one batch: the single two-pass step
+    assert text.strip() in capsys.readouterr().out
 
 
 needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
