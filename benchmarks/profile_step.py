@@ -1,7 +1,8 @@
 """Where a model's training epoch and evaluation pass go on the CPU, op by op, from XLA's own profile.
 
 Trains ``--model`` for ``--epochs`` epochs on the Baby-scale data of ``epoch_time.py`` (the
-real interaction graph, random image 4,096-d and text 384-d features) under
+real interaction graph, random image 4,096-d and text 384-d features), or on ``--dataset``
+(any name ``mirrorgrad train --dataset`` takes, e.g. ``movielens-100k``), under
 ``jax.profiler.trace``, with XLA's optimised HLO dumped beside it. XLA's CPU runtime
 records one event per executed thunk (a fusion, a matmul, a scatter, ...) with its HLO
 name; the dump maps each name to the JAX operation and the line of Python that emitted it
@@ -28,7 +29,7 @@ divided by the number of epochs.
 methods' epochs can be compared op by op.
 
 Usage: python benchmarks/profile_step.py --model slmrec [--mg | --method asam [--method-options rho=0.5]]
-       [--epochs 2] [--top 15] [--out FILE]
+       [--dataset movielens-100k] [--epochs 2] [--top 15] [--out FILE]
 """
 
 from __future__ import annotations
@@ -250,10 +251,11 @@ def main(argv=None) -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--settings", default="", help="model options, key=value[,key=value]")
     parser.add_argument("--graph", default=DEFAULT_GRAPH, help="folder holding baby.inter")
+    parser.add_argument("--dataset", default=None, help="profile on this dataset (a name mirrorgrad train takes) instead of the Baby graph")
     parser.add_argument("--out", default=None, help="append the markdown report here")
     args = parser.parse_args(argv)
-    if not os.path.exists(os.path.join(args.graph, "baby.inter")):
-        parser.error(f"the Baby graph is not at {args.graph} (no baby.inter; --graph)")
+    if args.dataset is None and not os.path.exists(os.path.join(args.graph, "baby.inter")):
+        parser.error(f"the Baby graph is not at {args.graph} (no baby.inter; --graph, or --dataset NAME)")
     if args.epochs < 1 or args.top < 1:
         parser.error("--epochs and --top must be at least 1")
     pairs = _pairs(parser, "--settings", args.settings)
@@ -278,7 +280,15 @@ def main(argv=None) -> None:
             method = MethodConfig(name=args.method, **{k: _value(v) for k, v in method_pairs}) if args.method else MethodConfig()
         except (ValueError, TypeError) as err:  # UserInputError / ConfigError among them; TypeError: an unknown knob
             parser.error(str(err).strip("'\""))
-        dataset = baby_dataset(args.graph)
+        if args.dataset is None:
+            dataset = baby_dataset(args.graph)
+        else:
+            from mirrorgrad_jax.data import load_dataset
+
+            try:
+                dataset = load_dataset(args.dataset, verbose=False)
+            except ValueError as err:  # an unknown or malformed dataset name (UserInputError)
+                parser.error(str(err).strip("'\""))
         load_before = os.getloadavg()
         with jax.profiler.trace(trace):
             result = train(
@@ -296,10 +306,11 @@ def main(argv=None) -> None:
     flags = " --mg" if args.mg else f" --method {args.method}" if args.method else ""
     flags += f" --method-options {args.method_options}" if args.method_options else ""
     header = [
-        f"### {args.model}{arm}: where the CPU time goes",
+        f"### {args.model}{arm}{' on ' + args.dataset if args.dataset else ''}: where the CPU time goes",
         "",
         *report_header(
-            f"python benchmarks/profile_step.py --model {args.model}{flags} --epochs {args.epochs}"
+            f"python benchmarks/profile_step.py --model {args.model}{flags}"
+            f"{' --dataset ' + args.dataset if args.dataset else ''} --epochs {args.epochs}"
             f"{' --settings ' + args.settings if args.settings else ''}"
         ),
         f"Noise: {load_note(load_before, load_after)}  ",

@@ -204,6 +204,7 @@ def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
         (["--model", "slmrec", "--method-options", "rho=0.5"], "--method-options needs --method"),
         (["--model", "slmrec", "--method", "asam", "--method-options", "rho"], "--method-options takes key=value"),
         (["--model", "slmrec", "--method", "asam", "--method-options", "rho=-1"], "MethodConfig.rho must be"),
+        (["--model", "slmrec", "--dataset", "nosuch"], "unknown dataset 'nosuch'"),
     ],
 )
 def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -242,13 +243,17 @@ def test_profile_step_counts_every_training_program_the_trainer_compiles_as_trai
 
 
 def test_profile_step_profiles_a_two_pass_method_as_its_usage_shows(tmp_path, capsys):
-    """``--method asam --method-options rho=0.5`` on a tiny hand-made Baby graph, one epoch."""
+    """``--method asam --method-options rho=0.5`` on a tiny hand-made Baby graph, then ``--dataset synthetic-small``; one epoch each."""
     prof = _load("profile_step")
     out = tmp_path / "profile.md"
     prof.main(["--model", "bprmf", "--method", "asam", "--method-options", "rho=0.5", "--epochs", "1",
                "--graph", str(_tiny_baby_graph(tmp_path / "graph")), "--out", str(out)])  # fmt: skip
     text = out.read_text()
     assert text.lstrip().startswith("### bprmf with ASAM (rho=0.5): where the CPU time goes")
+    prof.main(["--model", "bprmf", "--dataset", "synthetic-small", "--epochs", "1", "--graph", "no-such-folder", "--out", str(out)])
+    added = out.read_text()[len(text) :]
+    assert added.lstrip().startswith("### bprmf on synthetic-small: where the CPU time goes")
+    assert "--model bprmf --dataset synthetic-small --epochs 1`" in added and "| jit_normal |" in added and "(train) |" in added
     assert "--model bprmf --method asam --method-options rho=0.5 --epochs 1`" in text
     # the training program ran and its ops were charged to the model's and the optimizer's lines
     assert "| jit_perturbed |" in text and "(train) |" in text  # one batch: the single two-pass step
