@@ -18,6 +18,35 @@ packaged config in ``configs/``, its specific tests and a row in the docs' model
 the model contract test (``tests/test_model_contract.py``) covers the rest.
 """
 
+import os as _os
+import sys as _sys
+import warnings as _warnings
+
+
+def _checkout_mismatch(models_dir: str, package_dir: str) -> str | None:
+    """Why ``models_dir`` (this package) and ``package_dir`` (``mirrorgrad_jax``) are two copies of the project, or None.
+
+    They belong together when the models sit inside the package (an installed wheel) or
+    beside it (a checkout: ``models/`` next to ``mirrorgrad_jax/``), links resolved. An
+    editable install maps ``mirrorgrad_jax.models`` to its own checkout's ``models/``
+    whatever ``sys.path`` says, so ``PYTHONPATH=<another checkout>`` runs that checkout's
+    library with the installed checkout's models: the mix this names.
+    """
+    here = _os.path.realpath(models_dir)
+    package = _os.path.realpath(package_dir)
+    if here in (_os.path.realpath(_os.path.join(package, "models")), _os.path.realpath(_os.path.join(package, "..", "models"))):
+        return None
+    return (
+        f"mirrorgrad_jax.models is loaded from {here} but mirrorgrad_jax from {package}: two copies of the "
+        f"project are mixed (an editable install maps mirrorgrad_jax.models to its own checkout); link "
+        f"{_os.path.join(package, 'models')} to ../models, or install the checkout you mean to run"
+    )
+
+
+_mixed = _checkout_mismatch(_os.path.dirname(__file__), _os.path.dirname(_sys.modules["mirrorgrad_jax"].__file__))
+if _mixed:
+    _warnings.warn(_mixed, RuntimeWarning, stacklevel=2)
+
 from mirrorgrad_jax.models.interface import (
     CHECKPOINTED,
     Constant,

@@ -9,6 +9,7 @@ The check reads every import statement, those inside functions included.
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 import tomllib
 
@@ -151,3 +152,40 @@ def test_the_docs_show_these_floors():
     rows = [line.split("|")[1:3] for line in (ROOT / "docs" / "layout.md").read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
     shown = [(int(n), tuple(u.strip(" `") for u in units.split(","))) for n, units in rows]
     assert shown == list(enumerate(FLOORS))
+
+
+def test_models_beside_or_inside_their_package_are_one_checkout_and_another_checkouts_are_named(tmp_path):
+    from mirrorgrad_jax.models import _checkout_mismatch
+
+    inside = tmp_path / "wheel" / "mirrorgrad_jax"
+    (inside / "models").mkdir(parents=True)
+    assert _checkout_mismatch(str(inside / "models"), str(inside)) is None  # an installed wheel
+    checkout = tmp_path / "checkout"
+    (checkout / "mirrorgrad_jax").mkdir(parents=True)
+    (checkout / "models").mkdir()
+    assert _checkout_mismatch(str(checkout / "models"), str(checkout / "mirrorgrad_jax")) is None  # a checkout
+    (checkout / "mirrorgrad_jax" / "models").symlink_to("../models")  # the worktree recipe's link
+    assert _checkout_mismatch(str(checkout / "mirrorgrad_jax" / "models"), str(checkout / "mirrorgrad_jax")) is None
+    other = tmp_path / "other" / "mirrorgrad_jax"
+    other.mkdir(parents=True)
+    message = _checkout_mismatch(str(checkout / "models"), str(other))
+    assert message is not None and "\n" not in message
+    assert f"loaded from {checkout / 'models'} but mirrorgrad_jax from {other}: two copies" in message
+
+
+def test_a_library_from_another_checkout_with_the_installed_models_warns_in_one_line(tmp_path):
+    """PYTHONPATH=<a copy> with an editable install: the benchmark-worktree hazard, caught at import."""
+    import shutil
+    import subprocess
+    import sys
+
+    import mirrorgrad_jax.models
+
+    if os.path.realpath(os.path.dirname(mirrorgrad_jax.models.__file__)) != os.path.realpath(ROOT / "models"):
+        pytest.skip("needs the editable install, which maps mirrorgrad_jax.models to this checkout's models/")
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "mirrorgrad_jax", copy / "mirrorgrad_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    done = subprocess.run([sys.executable, "-c", "import mirrorgrad_jax.models"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeWarning: mirrorgrad_jax.models is loaded from" in done.stderr and "two copies of the project are mixed" in done.stderr
