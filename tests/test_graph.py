@@ -743,3 +743,14 @@ def test_top_k_positions_on_integers_and_infinities():
 def test_top_k_positions_refuses_k_or_block_out_of_range(k, block, message):
     with pytest.raises(ValueError, match=message):
         top_k_positions(jnp.zeros((2, 10)), k, block=block)
+
+
+def test_top_k_positions_selects_through_blocks_only_on_the_cpu():
+    """Lowered for a GPU or TPU (without one here: jax.export), the program is lax.top_k alone."""
+    from jax import export
+
+    program = jax.jit(lambda a: top_k_positions(a, 5))
+    x = jnp.zeros((4, 1000))
+    lowered = {platform: export.export(program, platforms=[platform])(x).mlir_module() for platform in ("cpu", "cuda", "tpu")}
+    assert "reduce_window" in lowered["cpu"]
+    assert "reduce_window" not in lowered["cuda"] and "reduce_window" not in lowered["tpu"]

@@ -36,8 +36,8 @@ def top_k_positions(x: jax.Array, k: int, *, block: int = DEFAULT_BLOCK) -> jax.
 
     Descending by value, ties toward the lower position, exactly as ``lax.top_k`` returns
     them (see the module docstring for why the block pre-selection gives the same answer).
-    Rows shorter than ``4 * k`` blocks, where there is little to save, go to ``lax.top_k``
-    directly.
+    The pre-selection runs on the CPU; on other backends, and for rows shorter than
+    ``4 * k`` blocks, where there is little to save, this is ``lax.top_k`` itself.
 
     Args:
       x: ``(..., n)`` array (float or int) without NaN (``lax.top_k``'s order for NaN is not
@@ -62,9 +62,17 @@ def top_k_positions(x: jax.Array, k: int, *, block: int = DEFAULT_BLOCK) -> jax.
         raise ValueError(f"k must be in [1, {n}] (the row length), got {k}")
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
-    blocks = n // block
-    if blocks < 4 * k:
+    if n // block < 4 * k:
         return jax.lax.top_k(x, k)[1]
+    # The block pre-selection is for XLA's CPU top_k; other backends have their own
+    # kernels, not measured here, and keep lax.top_k. Decided when the program is lowered.
+    return jax.lax.platform_dependent(x, cpu=lambda a: _blocked(a, k, block), default=lambda a: jax.lax.top_k(a, k)[1])
+
+
+def _blocked(x: jax.Array, k: int, block: int) -> jax.Array:
+    """:func:`top_k_positions` through the blocks' maxima (at least ``4 k`` blocks)."""
+    n = x.shape[-1]
+    blocks = n // block
     rows = x.reshape(-1, n)
     # The blocks' maxima as a strided window: reshaping a row that ``block`` does not divide
     # would first copy all but its tail.
