@@ -729,7 +729,7 @@ def test_top_k_positions_equal_a_stable_sort_with_ties_and_tails(shape, k, block
     np.testing.assert_array_equal(got, np.asarray(jax.lax.top_k(jnp.asarray(x), k)[1]))
 
 
-def test_top_k_positions_on_integers_and_infinities():
+def test_top_k_positions_on_integers_booleans_and_infinities():
     rng = np.random.default_rng(3)
     ints = rng.integers(-5, 5, size=(3, 500)).astype(np.int32)
     np.testing.assert_array_equal(np.asarray(top_k_positions(jnp.asarray(ints), 7, block=8)), _stable_top_k(ints, 7))
@@ -737,6 +737,8 @@ def test_top_k_positions_on_integers_and_infinities():
     floats[0, :450] = -np.inf  # blocks whose maximum is -inf, and a row with only 50 finite values
     floats[1, [17, 400]] = np.inf
     np.testing.assert_array_equal(np.asarray(top_k_positions(jnp.asarray(floats), 7, block=8)), _stable_top_k(floats, 7))
+    flags = rng.random((3, 500)) < 0.01  # booleans: the few True first, then False by position
+    np.testing.assert_array_equal(np.asarray(top_k_positions(jnp.asarray(flags), 7, block=8)), _stable_top_k(flags.astype(np.int8), 7))
 
 
 @pytest.mark.parametrize("k, block, message", [(0, 16, "k must be in"), (11, 16, "k must be in"), (3, 0, "block must be")])

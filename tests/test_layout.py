@@ -184,7 +184,8 @@ def test_a_library_from_another_checkout_with_the_installed_models_warns_in_one_
     if os.path.realpath(os.path.dirname(mirrorgrad_jax.models.__file__)) != os.path.realpath(ROOT / "models"):
         pytest.skip("needs the editable install, which maps mirrorgrad_jax.models to this checkout's models/")
     copy = tmp_path / "copy"
-    shutil.copytree(ROOT / "mirrorgrad_jax", copy / "mirrorgrad_jax", ignore=shutil.ignore_patterns("__pycache__"))
+    # Without the worktree recipe's models link, which copytree would copy as a real folder.
+    shutil.copytree(ROOT / "mirrorgrad_jax", copy / "mirrorgrad_jax", ignore=shutil.ignore_patterns("__pycache__", "models"))
     env = {**os.environ, "PYTHONPATH": str(copy)}
     done = subprocess.run([sys.executable, "-c", "import mirrorgrad_jax.models"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -1,10 +1,10 @@
 """Exact top-k positions along long rows, found through the blocks' maxima (faster than ``lax.top_k`` on XLA's CPU).
 
-XLA's CPU ``top_k`` is slow next to a plain reduction: on 3 x 4,096 rows of 7,050 floats (DA-MRS's pseudo-label
-selection on the Baby catalogue) one ``top_k(x, 10)`` takes longer than ten passes of ``max``
-over the same array. :func:`top_k_positions` therefore splits each row into blocks of
-``block`` entries, takes every block's maximum (one fused reduction), keeps the ``k`` blocks
-with the largest maxima, and runs ``top_k`` on those ``k * block`` candidates plus the
+XLA's CPU ``top_k`` is slow next to a plain reduction over the same array (DA-MRS's
+pseudo-label selection on the Baby catalogue, the top 10 of 3 x 4,096 rows of 7,050 floats,
+was among the most expensive ops of its step). :func:`top_k_positions` therefore splits each
+row into blocks of ``block`` entries, takes every block's maximum (one fused reduction), keeps
+the ``k`` blocks with the largest maxima, and runs ``top_k`` on those ``k * block`` candidates plus the
 leftover tail of the row. The answer is :func:`jax.lax.top_k`'s, positions and order alike:
 
 * every entry ``e`` of the row's top ``k`` lies in a kept block. Say it lies in block ``B``.
@@ -40,7 +40,7 @@ def top_k_positions(x: jax.Array, k: int, *, block: int = DEFAULT_BLOCK) -> jax.
     ``4 * k`` blocks, where there is little to save, this is ``lax.top_k`` itself.
 
     Args:
-      x: ``(..., n)`` array (float or int) without NaN (``lax.top_k``'s order for NaN is not
+      x: ``(..., n)`` array (float, int or bool) without NaN (``lax.top_k``'s order for NaN is not
         reproduced).
       k: how many positions per row, ``1 <= k <= n``.
       block: entries per block (> 0).
@@ -91,7 +91,9 @@ def _blocked(x: jax.Array, k: int, block: int) -> jax.Array:
 
 
 def _lowest(dtype) -> jax.Array:
-    """The window reduction's start value: -inf for floats, the smallest integer for ints."""
+    """The window reduction's start value: -inf for floats, False for booleans, the smallest integer for ints."""
     if jnp.issubdtype(dtype, jnp.floating):
         return jnp.array(-jnp.inf, dtype)
+    if jnp.issubdtype(dtype, jnp.bool_):
+        return jnp.array(False)
     return jnp.array(jnp.iinfo(dtype).min, dtype)
