@@ -270,6 +270,7 @@ def main(argv=None) -> None:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text".strip()
     import jax
 
+    from mirrorgrad_jax.errors import UserInputError
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig, train
 
@@ -280,21 +281,26 @@ def main(argv=None) -> None:
             method = MethodConfig(name=args.method, **{k: _value(v) for k, v in method_pairs}) if args.method else MethodConfig()
         except (ValueError, TypeError) as err:  # UserInputError / ConfigError among them; TypeError: an unknown knob
             parser.error(str(err).strip("'\""))
-        if args.dataset is None:
-            dataset = baby_dataset(args.graph)
-        else:
-            from mirrorgrad_jax.data import load_dataset
+        unread = sorted(set(method.inert_fields()) & {k for k, _ in method_pairs})
+        if unread:
+            parser.error(f"--method-options: {args.method} does not read {', '.join(unread)}")
+        try:
+            if args.dataset is None:
+                dataset = baby_dataset(args.graph)
+            else:
+                from mirrorgrad_jax.data import load_dataset
 
-            try:
                 dataset = load_dataset(args.dataset, verbose=False)
-            except ValueError as err:  # an unknown or malformed dataset name (UserInputError)
-                parser.error(str(err).strip("'\""))
-        load_before = os.getloadavg()
-        with jax.profiler.trace(trace):
-            result = train(
-                cls, config, dataset, TrainConfig(epochs=args.epochs, patience=1000, seed=999),
-                MGConfig(enabled=args.mg, alpha2=0.2, beta=3), method=method, log=None,
-            )  # fmt: skip
+            load_before = os.getloadavg()
+            with jax.profiler.trace(trace):
+                result = train(
+                    cls, config, dataset, TrainConfig(epochs=args.epochs, patience=1000, seed=999),
+                    MGConfig(enabled=args.mg, alpha2=0.2, beta=3), method=method, log=None,
+                )  # fmt: skip
+        except UserInputError as err:  # a dataset the model cannot take, a setting it refuses, an unknown dataset name
+            parser.error(str(err).strip("'\""))
+        except RuntimeError as err:  # MovieLens-100K not cached and no network: the library says what to do
+            parser.error(str(err))
         modules = parse_hlo_dump(dump)
         body = report(charge_idle_gaps(thunk_events(trace), modules), modules, args.epochs, args.top)
     finally:
@@ -311,7 +317,7 @@ def main(argv=None) -> None:
         *report_header(
             f"python benchmarks/profile_step.py --model {args.model}{flags}"
             f"{' --dataset ' + args.dataset if args.dataset else ''} --epochs {args.epochs}"
-            f"{' --settings ' + args.settings if args.settings else ''}"
+            f"{' --top ' + str(args.top) if args.top != 15 else ''}{' --settings ' + args.settings if args.settings else ''}"
         ),
         f"Noise: {load_note(load_before, load_after)}  ",
         f"Train seconds per epoch (wall, the first with compilation, under the profiler): {train_s}; one evaluation pass: {eval_s}",

@@ -205,6 +205,8 @@ def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
         (["--model", "slmrec", "--method", "asam", "--method-options", "rho"], "--method-options takes key=value"),
         (["--model", "slmrec", "--method", "asam", "--method-options", "rho=-1"], "MethodConfig.rho must be"),
         (["--model", "slmrec", "--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+        (["--model", "slmrec", "--method", "sam", "--method-options", "eta=0.5"], "--method-options: sam does not read eta"),
+        (["--model", "vbpr", "--dataset", "{featureless}"], "VBPR needs item features, but dataset 'baby' has none"),
     ],
 )
 def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -216,7 +218,8 @@ def test_profile_step_reports_user_mistakes_in_one_line(tmp_path, monkeypatch, c
     scratch.mkdir()
     monkeypatch.setattr(prof.tempfile, "tempdir", str(scratch))
     monkeypatch.setenv("XLA_FLAGS", "")
-    argv = [a.format(missing=str(tmp_path / "none")) for a in args]
+    featureless = _tiny_baby_graph(tmp_path / "featureless")  # an MMRec folder with interactions only
+    argv = [a.format(missing=str(tmp_path / "none"), featureless=str(featureless)) for a in args]
     if "--graph" not in argv:
         argv += ["--graph", str(graph)]
     with pytest.raises(SystemExit) as exit_info:
@@ -625,7 +628,12 @@ def _tiny_baby_graph(folder):
 
 
 def test_topk_selection_times_both_parts_and_checks_every_variant_equal(tmp_path, capsys):
-    """As the Usage shows it, on small rows and a tiny hand-made Baby graph."""
+    """As the Usage shows it, on small rows and a tiny hand-made Baby graph.
+
+    The selection part's 700 items take the block path; the tiny graph's 30 items do not (under
+    4 k blocks), so its DA-MRS part checks the plumbing only. The pseudo-labels on the block
+    path are checked against stable argsorts in test_model_damrs.py.
+    """
     ts = _load("topk_selection")
     graph = _tiny_baby_graph(tmp_path / "graph")
     out = tmp_path / "topk.md"
