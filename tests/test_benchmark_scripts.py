@@ -666,3 +666,63 @@ def test_topk_selection_mistakes_stop_in_one_line(args, message, tmp_path, capsy
     assert stop.value.code == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_subnormals_counts_every_array_once_and_xla_cpu_flushes_subnormals_to_zero():
+    """``y = jit(x * 1e-20)`` then ``y * 1e-20`` on host values [1e-40, 2e-40, 0, 1], by hand.
+
+    The input keeps its two subnormals (numpy made them). XLA's CPU backend computes with
+    subnormals flushed to zero, on input and output, so the first product is [0, 0, 0, 1e-20]
+    (three zeros) and the second [0, 0, 0, 0] (1e-40 flushed). That flushing is what
+    ``subnormals.md``'s reading rests on: a backend that kept subnormals fails here. The
+    call's output is counted inside it, once.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sub = _load("subnormals")
+    inner = jax.jit(lambda y: y * jnp.float32(1e-20))
+    x = jnp.asarray(np.array([1e-40, 2e-40, 0.0, 1.0], np.float32))
+    counts, outs = sub.count_values(lambda v: inner(v) * jnp.float32(1e-20), x)
+    assert counts["the parameters"] == [4, 1, 2, 1]  # values, zeros, subnormals, arrays
+    assert counts["every array the program produces"] == [8, 7, 0, 2]
+    assert counts["the gradient"] == [4, 4, 0, 1]
+    assert float(jnp.sum(jnp.abs(outs[0]))) == 0.0
+
+
+def test_subnormals_censuses_lightgcn_at_both_ascent_points_as_its_usage_shows(tmp_path, capsys):
+    """On a tiny hand-made Baby graph: one row per point and kind, the sparse products among them."""
+    sub = _load("subnormals")
+    graph = _tiny_baby_graph(tmp_path / "graph")
+    out = tmp_path / "census.md"
+    sub.main(["--model", "lightgcn", "--points", "sam:0.5,asam:0.5", "--graph", str(graph), "--out", str(out)])
+    text = out.read_text()
+    rows = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[0] for r in rows[::5]] == ["w (no ascent)", "SAM rho 0.5", "ASAM rho 0.5"]
+    kinds = ["the parameters", "every array the program produces", "sparse products: dense operand", "sparse products: output", "the gradient"]
+    assert [r[2] for r in rows[:5]] == kinds and len(rows) == 15
+    distance = {r[0]: float(r[1]) for r in rows}
+    assert distance["w (no ascent)"] == 0 and distance["SAM rho 0.5"] == pytest.approx(0.5, rel=1e-3)  # SAM moves rho exactly
+    assert 0 < distance["ASAM rho 0.5"] < 0.5  # its step scales with |w| + eta, small here
+    assert "at the initial parameters" in text and text.strip() in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--points", "sam:0"], "--points takes method:radius pairs"),
+        (["--points", "gnp:0.5"], "--points takes method:radius pairs"),
+        (["--method-options", "rho=0.5"], "--method-options needs --method sam, asam or gnp"),
+        (["--epochs", "-1"], "--epochs must be 0 or more"),
+        (["--graph", "no-such-folder"], "the Baby graph is not at no-such-folder"),
+    ],
+)
+def test_subnormals_mistakes_stop_in_one_line(args, message, tmp_path, capsys):
+    sub = _load("subnormals")
+    out = tmp_path / "census.md"
+    with pytest.raises(SystemExit) as stop:
+        sub.main(["--model", "lightgcn", *args, "--out", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
