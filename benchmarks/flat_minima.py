@@ -12,6 +12,11 @@ afterwards, so a method's effect is not mixed with when early stopping happens t
   train ``--budget`` epochs; plain and MG train twice as long, so each is also read at equal
   gradient evaluations: plain within ``2 B`` epochs, MG within ``2 B / (1 + 1/3)`` (its cost per
   epoch at beta 3), the two-pass methods within ``B``. "Equal epochs" reads every method within ``B``.
+* Figures: the summary (``--out``) draws each comparison cell as curves
+  (``figures/flat_minima_<model>_<dataset>.png`` next to ``--out``, or ``--figures``): the
+  test recall@20 at the best validation epoch so far, mean and spread over the seeds,
+  against epochs and against gradient evaluations, so both columns of the table can be read
+  off one picture.
 * Wall time: ``--timing`` trains each method a few epochs in turn, round-robin, in one sitting
   on one model and dataset, and reports each epoch's median time over plain's (the first epoch,
   which compiles, is left out). Ideal: MG ``1 + ceil(n / beta) / n`` for an epoch of ``n``
@@ -367,11 +372,91 @@ def render(done: list[dict], args, command: str, figure_names: dict | None = Non
         ),
         "",
     ]
+    comparison_figures = getattr(args, "comparison_figures", {}) or {}
     for model, dataset in keys:
         text += [f"## {model} on {dataset}", "", *cell_table(done, model, dataset, args.budget), ""]
+        if (model, dataset) in comparison_figures:
+            text += [f"Figure: `{comparison_figures[(model, dataset)]}`", ""]
     if ablation:
         text += ablation_section(ablation, args.budget, figure_names or {})
     return "\n".join(text)
+
+
+# ---------------------------------------------------------------- the comparison's figure
+
+#: Line colour per method in the comparison's figure.
+METHOD_COLORS = {"plain": "k", "mg": "tab:blue", "sam": "tab:orange", "asam": "tab:green", "gnp": "tab:red"}
+
+
+def selection_curve(row: dict) -> list[float]:
+    """Test METRIC at the "none" selection within the first ``t`` epochs, for every ``t`` (index ``t - 1``).
+
+    One pass of the trainer's own rule (:class:`~mirrorgrad_jax.evaluation.EarlyStopping`:
+    strict improvement of the value rounded to 4 decimals), so entry ``t - 1`` equals
+    ``selection(row, t).test[METRIC]``.
+    """
+    from mirrorgrad_jax.evaluation import EarlyStopping
+
+    valid, test = row["curves"]["valid"][METRIC], row["curves"]["test"][METRIC]
+    stopper = EarlyStopping(metric=METRIC, patience=len(valid))
+    out, current = [], test[0]
+    for epoch, value in enumerate(valid):
+        if stopper.update(value, epoch):
+            current = test[epoch]
+        out.append(current)
+    return out
+
+
+def plot_comparison(cells: dict, chosen: dict, budget: int, title: str, path: str) -> bool:
+    """The cell's methods as curves: test METRIC at the best validation epoch so far, mean over seeds (band: std).
+
+    Left, against epochs: the table's "equal epochs" column reads every curve at the
+    dotted line (``budget``). Right, against gradient evaluations in plain epochs (epochs x
+    :data:`COST`), cut at ``2 budget``: the "equal gradient evaluations" column reads every
+    curve at that right edge. Each method at its chosen knob. The y axis starts at 85% of the
+    lowest final mean, where the methods' differences show. Returns False (and writes nothing) when the cell has no runs.
+    """
+    if not any(cells.values()):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    finals, tops = [], []
+    for method, runs in cells.items():
+        if not runs:
+            continue
+        curves = [selection_curve(r) for r in runs.values()]
+        n = min(len(c) for c in curves)
+        values = np.array([c[:n] for c in curves])
+        mean, std = values.mean(0), values.std(0)
+        finals.append(mean[-1])
+        tops.append(float((mean + std).max()))
+        epochs = np.arange(1, n + 1)
+        name, _ = KNOBS[method]
+        label = method if name is None else f"{method} ({name} {chosen[method]:g})"
+        for ax, xs in ((axes[0], epochs), (axes[1], epochs * COST[method])):
+            ax.plot(xs, mean, color=METHOD_COLORS[method], lw=1.3, label=f"{label}, {len(runs)} seeds")
+            ax.fill_between(xs, mean - std, mean + std, color=METHOD_COLORS[method], alpha=0.15, lw=0)
+    # The methods differ at the top, by a few thousandths: the first epochs' climb is cut off.
+    axes[0].set_ylim(0.85 * min(finals), max(tops) + 0.1 * (max(tops) - 0.85 * min(finals)))
+    axes[0].set_xlabel("epochs")
+    axes[1].set_xlabel("gradient evaluations, in plain epochs (epochs x cost per batch)")
+    axes[0].axvline(budget, color="grey", ls=":", lw=1)
+    axes[1].set_xlim(0, 2 * budget)
+    axes[0].set_ylabel(f"test {METRIC} at the best validation epoch so far")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------- ablation (issue 28)
@@ -849,7 +934,7 @@ def main(argv=None):
         "--ablation", metavar="AXES", default=None,
         help="train MG's ablation instead of the comparison: any of alpha2, beta, alpha1, comma-separated (see Usage)",
     )  # fmt: skip
-    parser.add_argument("--figures", default=None, help="folder for the ablation's figures (default: figures/ next to --out)")
+    parser.add_argument("--figures", default=None, help="folder for the figures (default: figures/ next to --out)")
     parser.add_argument("--_shard", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.budget < 2 or args.seeds < 1:
@@ -910,13 +995,25 @@ def main(argv=None):
                 break
     done = [r for r in read_runs(args.runs) if r["model"] in models and r["dataset"] in datasets]
     figure_names = {}
+    args.comparison_figures = {}
     if args.out or args.figures:
         folder = args.figures or os.path.join(os.path.dirname(args.out), "figures")
+
+        def shown(path):
+            return os.path.relpath(path, os.path.dirname(os.path.abspath(args.out))) if args.out else path
+
+        for model, dataset in sorted({(r["model"], r["dataset"]) for r in done if is_comparison(r) and r["budget"] == args.budget}):
+            cells = cell_rows(done, model, dataset, args.budget)
+            if set(cells) - {"plain"}:
+                path = os.path.join(folder, f"flat_minima_{model}_{dataset}.png")
+                title = f"{model} on {dataset}: the methods at equal epochs and at equal gradient evaluations, no early stop"
+                if plot_comparison(cells, chosen_knobs(done, model, dataset, args.budget), args.budget, title, path):
+                    args.comparison_figures[(model, dataset)] = shown(path)
         for model, dataset, runs, axes in ablation_cells(done, models, datasets, args.budget, args.ablation_axes):
             path = os.path.join(folder, f"flat_minima_ablation_{model}_{dataset}.png")
             title = f"{model} on {dataset}: MG ablation, {2 * args.budget} epochs, no early stop"
             if plot_ablation(runs, axes, title, path):
-                figure_names[(model, dataset)] = os.path.relpath(path, os.path.dirname(os.path.abspath(args.out))) if args.out else path
+                figure_names[(model, dataset)] = shown(path)
     text = render(done, args, command_as_run("flat_minima.py", tokens), figure_names)
     print(text)
     if args.out:

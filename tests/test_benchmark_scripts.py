@@ -575,6 +575,36 @@ def test_flat_minima_ablation_summary_and_figure_are_written(tmp_path):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_flat_minima_selection_curve_is_the_none_selection_of_every_prefix():
+    """Entry t - 1 equals ``selection(row, t)``: ties (by 4 decimals) keep the earlier epoch, as the trainer."""
+    fm = _load("flat_minima")
+    valid = [0.1, 0.3, 0.30004, 0.2, 0.5, 0.5]  # 0.30004 rounds to 0.3: not an improvement
+    test = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
+    row = _fm_row("plain", None, 999, valid, test)
+    assert fm.selection_curve(row) == [0.01, 0.02, 0.02, 0.02, 0.05, 0.05]
+    assert fm.selection_curve(row) == [fm.selection(row, t).test["recall@20"] for t in range(1, 7)]
+
+
+def test_flat_minima_summary_draws_each_comparison_cell(tmp_path):
+    """A cell with a method beside plain gets its figure, named under its table; a plain-only cell none."""
+    fm = _load("flat_minima")
+    path = str(tmp_path / "runs.jsonl")
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    for seed in (999, 1000):
+        fm.append_run(path, _fm_row("plain", None, seed, rising, rising))
+        fm.append_run(path, {**_fm_row("plain", None, seed, rising, rising), "dataset": "e"})  # plain only: no figure
+        for rho in (0.01, 0.05, 0.1) if seed == 999 else (0.01,):
+            fm.append_run(path, _fm_row("sam", rho, seed, rising, [x - 0.05 for x in rising]))
+    out = tmp_path / "report" / "flat_minima.md"
+    out.parent.mkdir()
+    fm.main(["--summarise-only", "--models", "bprmf", "--datasets", "d,e", "--budget", "3", "--runs", path, "--out", str(out)])
+    text = out.read_text()
+    cell = text[text.index("## bprmf on d"):]
+    assert cell.index("| sam | rho 0.01 | 2 |") < cell.index("Figure: `figures/flat_minima_bprmf_d.png`")
+    assert (tmp_path / "report" / "figures" / "flat_minima_bprmf_d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "report" / "figures" / "flat_minima_bprmf_e.png").exists()
+
+
 def test_flat_minima_ablation_run_writes_its_knobs_and_learning_rate():
     """One real training run, 2 epochs of BPR-MF on synthetic-small at beta 1 (every batch mirrors)."""
     fm = _load("flat_minima")
