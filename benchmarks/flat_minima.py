@@ -10,8 +10,11 @@ afterwards, so a method's effect is not mixed with when early stopping happens t
   {0.1, 0.5, 1.0} (eta 0.01), the gradient-norm penalty's alpha in {0.3, 0.5, 0.8} (radius 0.05).
 * Equal compute: the two-pass methods (SAM, ASAM, GNP: two gradient evaluations a batch)
   train ``--budget`` epochs; plain and MG train twice as long, so each is also read at equal
-  gradient evaluations: plain within ``2 B`` epochs, MG within ``2 B / (1 + 1/3)`` (its cost per
-  epoch at beta 3), the two-pass methods within ``B``. "Equal epochs" reads every method within ``B``.
+  gradient evaluations: plain within ``2 B`` epochs, MG within ``2 B / (1 + ceil(n / 3) / n)``
+  (its cost per batch at beta 3 for an epoch of ``n`` batches, as the schedule mirrors batches
+  0, 3, 6, ... of every epoch: 182 epochs for ``B = 125`` on synthetic's 16 batches, 185 on
+  MovieLens-100K's 40), the two-pass methods within ``B``. "Equal epochs" reads every method
+  within ``B``. Each run records its ``batches``; older rows get them counted from the dataset.
 * Figures: the summary (``--out``) draws each comparison cell as curves
   (``figures/flat_minima_<model>_<dataset>.png`` next to ``--out``, or ``--figures``): the
   test recall@20 at the best validation epoch so far, mean and spread over the seeds,
@@ -168,6 +171,7 @@ def run_one(model: str, dataset_name: str, method: str, knob, seed: int, budget:
         "seed": seed,
         "budget": budget,
         "epochs": epochs,
+        "batches": cfg.steps_per_epoch(len(dataset.train)),
         "learning_rate": cfg.learning_rate,
         "optimizer": cfg.optimizer,
         "curves": {
@@ -202,9 +206,33 @@ def selection(row: dict, epochs: int):
     return sweep_patience(history, METRIC, [None])[None]
 
 
-def equal_compute_epochs(method: str, budget: int) -> int:
-    """Epochs of ``method`` that cost what ``budget`` epochs of a two-pass method cost."""
-    return max(1, round(2 * budget / COST[method]))
+def equal_compute_epochs(method: str, budget: int, batches: int | None = None) -> int:
+    """Epochs of ``method`` that cost what ``budget`` epochs of a two-pass method cost.
+
+    ``batches``: the epoch's batch count, which sets MG's exact cost (:func:`ideal_cost`:
+    ``1 + ceil(batches / beta) / batches``); without it MG's average ``1 + 1/beta`` is used.
+    """
+    cost = ideal_cost(method, batches) if batches else COST[method]
+    return max(1, round(2 * budget / cost))
+
+
+def batches_per_epoch(rows) -> int | None:
+    """Batches per epoch of a cell's runs: as :func:`run_one` records it, else counted from the dataset (None if it cannot be loaded)."""
+    rows = list(rows)
+    for row in rows:
+        if row.get("batches"):
+            return int(row["batches"])
+    if not rows:
+        return None
+    from mirrorgrad_jax.data import load_dataset
+    from mirrorgrad_jax.train import TrainConfig
+
+    name = rows[0]["dataset"]
+    try:
+        dataset = _DATASETS.setdefault(name, load_dataset(name, verbose=False))
+    except (ValueError, RuntimeError, OSError):  # not a dataset this machine can load: MG's average cost
+        return None
+    return TrainConfig().steps_per_epoch(len(dataset.train))
 
 
 # ---------------------------------------------------------------- the grid
@@ -309,6 +337,7 @@ def cell_table(done: list[dict], model: str, dataset: str, budget: int) -> list[
     chosen = chosen_knobs(done, model, dataset, budget)
     cells = cell_rows(done, model, dataset, budget)
     plain = cells.get("plain", {})
+    batches = batches_per_epoch(r for runs in cells.values() for r in runs.values())
     lines = markdown_table((
         "method", "knob (chosen on seed 999)", "seeds", f"test {METRIC}, equal epochs ({budget})", "minus plain (paired)",
         f"test {METRIC}, equal gradient evaluations", "minus plain (paired)", "best epoch, equal epochs (max)",
@@ -318,7 +347,7 @@ def cell_table(done: list[dict], model: str, dataset: str, budget: int) -> list[
         name, _ = KNOBS[method]
         knob = "-" if name is None else f"{name} {chosen[method]}"
         cols = [method, knob, len(runs)]
-        for epochs_of in (lambda m: budget, lambda m: equal_compute_epochs(m, budget)):
+        for epochs_of in (lambda m: budget, lambda m: equal_compute_epochs(m, budget, batches)):
             values = {s: selection(r, epochs_of(method)).test[METRIC] for s, r in runs.items()}
             base = {s: selection(r, epochs_of("plain")).test[METRIC] for s, r in plain.items()}
             cols.append(format_mean_std(list(values.values())) if values else "n/a")
@@ -329,10 +358,18 @@ def cell_table(done: list[dict], model: str, dataset: str, budget: int) -> list[
                 cols.append("-")
         cols.append(f"{max(selection(r, budget).best_epoch for r in runs.values())} of {budget}" if runs else "-")
         lines.append(markdown_row(cols))
-        for epochs in sorted({budget, equal_compute_epochs(method, budget)}):
+        for epochs in sorted({budget, equal_compute_epochs(method, budget, batches)}):
             seeds = late_runs(runs, epochs)
             if seeds:
                 late.append(f"{method} within {epochs} ({len(seeds)} of {len(runs)})")
+    mg_cost = ideal_cost("mg", batches) if batches else COST["mg"]
+    epoch_note = f"{batches} batches an epoch, {mirror_batches(batches)} of them mirrored" if batches else "batch count unknown: MG's average"
+    lines += [
+        "",
+        f"Equal gradient evaluations here: plain within {equal_compute_epochs('plain', budget, batches)} epochs, MG within "
+        f"{equal_compute_epochs('mg', budget, batches)} ({epoch_note}: {mg_cost:.3f} gradient evaluations a batch), "
+        f"the two-pass methods within {budget}.",
+    ]
     if late:
         lines += [
             "",
@@ -365,8 +402,8 @@ def render(done: list[dict], args, command: str, figure_names: dict | None = Non
             f"Protocol: fixed budgets, no early stopping; the reported test {METRIC} is at the best validation epoch "
             f"(the patience replay's \"none\"). Two-pass methods train {args.budget} epochs, plain and MG {2 * args.budget}; "
             f"\"equal epochs\" reads every method within {args.budget} epochs, \"equal gradient evaluations\" plain within "
-            f"{2 * args.budget}, MG within {equal_compute_epochs('mg', args.budget)} (beta 3) and the two-pass methods within "
-            f"{args.budget}. Knobs chosen on validation with seed {FIRST_SEED}. What an epoch of each costs is measured "
+            f"{2 * args.budget}, MG within {2 * args.budget} divided by its cost per batch at beta 3 (1 + ceil(n / 3) / n "
+            f"for an epoch of n batches; each cell names its window) and the two-pass methods within {args.budget}. Knobs chosen on validation with seed {FIRST_SEED}. What an epoch of each costs is measured "
             "side by side (`--timing`), in the section below when present: these runs ran one after another on a "
             "shared machine, so their times are not compared.  "
         ),
@@ -407,12 +444,12 @@ def selection_curve(row: dict) -> list[float]:
     return out
 
 
-def plot_comparison(cells: dict, chosen: dict, budget: int, title: str, path: str) -> bool:
+def plot_comparison(cells: dict, chosen: dict, budget: int, title: str, path: str, batches: int | None = None) -> bool:
     """The cell's methods as curves: test METRIC at the best validation epoch so far, mean over seeds (band: std).
 
     Left, against epochs: the table's "equal epochs" column reads every curve at the
     dotted line (``budget``). Right, against gradient evaluations in plain epochs (epochs x
-    :data:`COST`), cut at ``2 budget``: the "equal gradient evaluations" column reads every
+    :func:`ideal_cost` for an epoch of ``batches`` batches), cut at ``2 budget``: the "equal gradient evaluations" column reads every
     curve at that right edge. Each method at its chosen knob. The y axis starts at 85% of the
     lowest final mean, where the methods' differences show. Returns False (and writes nothing) when the cell has no runs.
     """
@@ -438,7 +475,8 @@ def plot_comparison(cells: dict, chosen: dict, budget: int, title: str, path: st
         epochs = np.arange(1, n + 1)
         name, _ = KNOBS[method]
         label = method if name is None else f"{method} ({name} {chosen[method]:g})"
-        for ax, xs in ((axes[0], epochs), (axes[1], epochs * COST[method])):
+        cost = ideal_cost(method, batches) if batches else COST[method]
+        for ax, xs in ((axes[0], epochs), (axes[1], epochs * cost)):
             ax.plot(xs, mean, color=METHOD_COLORS[method], lw=1.3, label=f"{label}, {len(runs)} seeds")
             ax.fill_between(xs, mean - std, mean + std, color=METHOD_COLORS[method], alpha=0.15, lw=0)
     # The methods differ at the top, by a few thousandths: the first epochs' climb is cut off.
@@ -1007,7 +1045,8 @@ def main(argv=None):
             if set(cells) - {"plain"}:
                 path = os.path.join(folder, f"flat_minima_{model}_{dataset}.png")
                 title = f"{model} on {dataset}: the methods at equal epochs and at equal gradient evaluations, no early stop"
-                if plot_comparison(cells, chosen_knobs(done, model, dataset, args.budget), args.budget, title, path):
+                batches = batches_per_epoch(r for runs in cells.values() for r in runs.values())
+                if plot_comparison(cells, chosen_knobs(done, model, dataset, args.budget), args.budget, title, path, batches):
                     args.comparison_figures[(model, dataset)] = shown(path)
         for model, dataset, runs, axes in ablation_cells(done, models, datasets, args.budget, args.ablation_axes):
             path = os.path.join(folder, f"flat_minima_ablation_{model}_{dataset}.png")

@@ -335,8 +335,12 @@ def test_flat_minima_chooses_knobs_on_the_first_seeds_validation_then_runs_the_o
     # Chosen on validation within the budget (3 epochs: 0.3 beats 0.3 by order, not 0.9 test).
     assert fm.chosen_knobs(done, "bprmf", "d", 3)["sam"] == 0.01
     assert ("bprmf", "d", "sam", 0.01, 1000) in fm.pending_runs(done, ["bprmf"], ["d"], 2, 3)
-    # Equal compute: plain twice the two-pass budget, MG at 4/3 gradient evaluations a batch.
+    # Equal compute: plain twice the two-pass budget, MG at 4/3 gradient evaluations a batch on average,
+    # exactly 1 + ceil(n / 3) / n for an epoch of n batches: 16 batches mirror 0, 3, ..., 15 (6), so
+    # 60 / 1.375 = 43.6 -> 44 epochs; 3 batches mirror batch 0 only, 1 + 1/3 -> 45.
     assert (fm.equal_compute_epochs("plain", 30), fm.equal_compute_epochs("mg", 30), fm.equal_compute_epochs("sam", 30)) == (60, 45, 30)
+    assert (fm.equal_compute_epochs("mg", 30, 16), fm.equal_compute_epochs("mg", 30, 3), fm.equal_compute_epochs("sam", 30, 16)) == (44, 45, 30)
+    assert fm.batches_per_epoch([{**_fm_row("mg", 0.1, 999, rising, rising), "batches": 16}]) == 16
     # The "none" selection reads only the first epochs asked for.
     assert fm.selection(_fm_row("plain", None, 999, rising, rising), 3).best_epoch == 2
 
