@@ -211,3 +211,17 @@ def test_a_knob_the_method_does_not_read_is_collapsed_in_a_grid(tmp_path, capsys
     assert main(["train", "--config", str(config), "--results", str(tmp_path / "r.json")]) == 0
     assert len(json.loads((tmp_path / "r.json").read_text())["runs"]) == 1
     assert "the method grid over radius [0.05, 0.1] cannot change a run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["sam", "asam", "gnp", "gnp_alpha0"])
+def test_a_zero_gradient_moves_nowhere_instead_of_making_nan(method):
+    """At a stationary point ``g = 0``: no ascent (``g / ||g||`` would be 0/0), so the second gradient is
+    taken at ``w`` itself and the step is the inner optimizer's on a zero gradient: SGD's, exactly 0."""
+    build = {**OURS, "gnp_alpha0": lambda inner: gradient_norm_penalty(inner, 0.0, RADIUS)}[method]
+    params = {"a": jnp.zeros(3), "b": jnp.asarray([0.0, 0.0])}
+    loss = lambda p: jnp.sum(p["a"] ** 2) + jnp.sum(p["b"] ** 4)  # noqa: E731
+    tx = build(optax.sgd(0.1))
+    seen = []
+    updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params, grad_fn=lambda p: (seen.append(p), jax.grad(loss)(p))[1])
+    for leaf in jax.tree.leaves(seen[0]) + jax.tree.leaves(updates):
+        np.testing.assert_array_equal(np.asarray(leaf), 0.0)  # finite, and exactly where it was

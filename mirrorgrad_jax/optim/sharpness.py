@@ -47,6 +47,28 @@ def _require_grad_fn(name: str, grad_fn: GradFn | None, params: Any) -> None:
         raise ValueError(f"{name} needs params: update(grads, state, params, grad_fn=...)")
 
 
+def _over_norm(tree: Any, norm: jax.Array) -> Any:
+    """``tree / norm`` leaf by leaf, and zeros where ``norm`` is 0 (a zero gradient: no ascent, not 0/0 = NaN).
+
+    Where ``norm > 0`` the result is the plain quotient, bit for bit.
+    """
+    return jax.tree.map(lambda x: jnp.where(norm > 0, x / norm, jnp.zeros_like(x)), tree)
+
+
+def _safe_normalize() -> optax.GradientTransformation:
+    """``optax.contrib.normalize`` (``g / ||g||``, the global norm), with a zero gradient left at zero.
+
+    Its state is ``optax.contrib.normalize``'s, so SAM's state, and checkpoints of it, keep
+    their structure; for a nonzero gradient the output is the same bits.
+    """
+
+    def update(updates, state, params=None):
+        del params
+        return _over_norm(updates, optax.tree.norm(updates)), state
+
+    return optax.GradientTransformation(optax.contrib.normalize().init, update)
+
+
 def adaptive_ascent(rho: float, eta: float = 0.01) -> optax.GradientTransformation:
     """ASAM's adversarial step as an optax "optimizer" for ``optax.contrib.sam``'s ``adv_optimizer`` slot.
 
@@ -60,7 +82,8 @@ def adaptive_ascent(rho: float, eta: float = 0.01) -> optax.GradientTransformati
         scale = jax.tree.map(lambda p: jnp.abs(p) + jnp.asarray(eta, p.dtype), params)
         scaled = jax.tree.map(lambda t, g: t * g, scale, updates)
         norm = optax.tree.norm(scaled)
-        return jax.tree.map(lambda t, s: -rho * t * s / norm, scale, scaled), state
+        # -rho t s / ||s|| in this order (the same bits as ever); a zero gradient: no ascent, not 0/0.
+        return jax.tree.map(lambda t, s: jnp.where(norm > 0, -rho * t * s / norm, jnp.zeros_like(s)), scale, scaled), state
 
     return optax.GradientTransformation(lambda _params: optax.EmptyState(), update)
 
@@ -102,7 +125,7 @@ def sam(inner: optax.GradientTransformation, rho: float = 0.05, *, batch_axis_na
     """
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
-    return _two_pass_sam("sam", inner, optax.chain(optax.contrib.normalize(), optax.sgd(rho)), batch_axis_name)
+    return _two_pass_sam("sam", inner, optax.chain(_safe_normalize(), optax.sgd(rho)), batch_axis_name)
 
 
 def asam(
@@ -151,9 +174,10 @@ def gradient_norm_penalty(
 
     def update_fn(updates, state, params=None, *, grad_fn: GradFn | None = None, **extra):
         _require_grad_fn("gradient_norm_penalty", grad_fn, params)
-        norm = optax.tree.norm(updates)
-        # r * (g / ||g||), in optax.contrib.sam's order of operations (so alpha = 1 is SAM to the bit).
-        moved = jax.tree.map(lambda p, g: p + (radius * (g / norm)).astype(p.dtype), params, updates)
+        # r * (g / ||g||), in optax.contrib.sam's order of operations (so alpha = 1 is SAM to the bit);
+        # a zero gradient moves nowhere.
+        unit = _over_norm(updates, optax.tree.norm(updates))
+        moved = jax.tree.map(lambda p, u: p + (radius * u).astype(p.dtype), params, unit)
         perturbed = grad_fn(moved)
         if batch_axis_name is not None:
             perturbed = jax.lax.pmean(perturbed, axis_name=batch_axis_name)
