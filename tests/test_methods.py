@@ -103,6 +103,11 @@ def test_extra_arguments_reach_the_inner_optimizer(method):
     loss = lambda p: jnp.sum(p["a"] ** 2) + jnp.sum(p["b"] ** 2)  # noqa: E731
     updates, new_state = tx.update(jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss), skip=True)
     assert not np.any(np.asarray(updates["a"])) and np.all(np.asarray(updates["b"]) != 0)
+    # The partition's state: inside SAMState for SAM and ASAM, the penalty's own state for GNP.
+    parts = lambda st: st if isinstance(st, dict) else st.opt_state  # noqa: E731
+    before, after = parts(state), parts(new_state)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before["group"]), jax.tree.leaves(after["group"])))
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(before["others"]), jax.tree.leaves(after["others"])))
     with pytest.raises(ValueError, match="grad_fn"):
         tx.update(jax.grad(loss)(params), state, params)
 
@@ -154,15 +159,21 @@ def small():
 
 
 @pytest.mark.parametrize("method", ["sam", "asam", "gnp"])
-def test_the_trainer_runs_each_method_through_the_command_line(method, tmp_path):
+def test_the_trainer_runs_each_method_through_the_command_line(method, tmp_path, capsys):
+    """SAM with a knob it does not read (GNP's alpha) is told so in one note; ASAM gets its own default radius."""
     results = tmp_path / "r.json"
+    # SAM's run is not --quiet, so that its note is printed
+    extra = ["--gnp-alpha", "0.3"] if method == "sam" else ["--quiet"]
     argv = ["train", "--model", "bprmf", "--dataset", "synthetic-small", "--method", method, "--epochs", "3", "--batch-size", "455",
-            "--lr", "5e-3", "--valid-metric", "recall@20", "--quiet", "--results", str(results), "--set", "embedding_size=16"]  # fmt: skip
+            "--lr", "5e-3", "--valid-metric", "recall@20", *extra, "--results", str(results), "--set", "embedding_size=16"]  # fmt: skip
     assert main(argv) == 0
     run = json.loads(results.read_text())["runs"][0]
     assert run["method"]["name"] == method and run["mg"]["enabled"] is False
+    assert run["method"]["rho"] == {"sam": 0.05, "asam": 0.5, "gnp": 0.05}[method]  # Foret's and Kwon's radii, recorded resolved
     losses = [h["loss"] for h in run["seeds"][0]["history"]]
     assert losses[-1] < losses[0]
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == (["note: the method setting alpha=0.3 cannot change the run: sam does not read it"] if method == "sam" else [])
 
 
 def test_sam_with_first_batch_parameters_and_a_stale_cache_resumes_bit_identically(small, tmp_path):
@@ -174,7 +185,9 @@ def test_sam_with_first_batch_parameters_and_a_stale_cache_resumes_bit_identical
     off = MGConfig(enabled=False)
     whole = train(LATTICE, config, small, cfg, off, method=method, log=None)
     train(LATTICE, config, small, cfg, off, method=method, checkpoint_dir=tmp_path, stop_after_epochs=1, log=None)
-    resumed = train(LATTICE, config, small, cfg, off, method=method, checkpoint_dir=tmp_path, resume=True, log=None)
+    # A knob SAM does not read (the penalty's alpha), or MG's with MG off, is the same run: it resumes.
+    unread = (MGConfig(enabled=False, alpha2=0.3), MethodConfig(name="sam", rho=0.05, alpha=0.9))
+    resumed = train(LATTICE, config, small, cfg, unread[0], method=unread[1], checkpoint_dir=tmp_path, resume=True, log=None)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     assert resumed.test_at_best == whole.test_at_best
     # The checkpoint says which method wrote it: a plain run cannot resume from it.
@@ -225,3 +238,19 @@ def test_a_zero_gradient_moves_nowhere_instead_of_making_nan(method):
     updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params, grad_fn=lambda p: (seen.append(p), jax.grad(loss)(p))[1])
     for leaf in jax.tree.leaves(seen[0]) + jax.tree.leaves(updates):
         np.testing.assert_array_equal(np.asarray(leaf), 0.0)  # finite, and exactly where it was
+
+
+@pytest.mark.parametrize("method", sorted(OURS))
+def test_the_ascent_uses_the_global_norm_over_every_leaf(method):
+    """The point a method asks the second gradient at, for params split in two leaves, is the flat
+    vector's point split the same way: one norm over all parameters, not one per leaf (which the
+    one-array literal loops above could not tell apart)."""
+    w = jnp.asarray([0.3, -1.2, 2.0, 0.0, 0.7], jnp.float32)
+    g = jnp.asarray([1.0, 0.5, -2.0, 3.0, 0.25], jnp.float32)
+    points = []
+    for params, grads in ((w, g), ({"a": w[:2], "b": w[2:]}, {"a": g[:2], "b": g[2:]})):
+        tx = OURS[method](optax.sgd(0.1))
+        tx.update(grads, tx.init(params), params, grad_fn=lambda p, gg=grads: (points.append(p), gg)[1])
+    flat, split = points
+    np.testing.assert_allclose(np.concatenate([split["a"], split["b"]]), flat, rtol=1e-6)  # float32 sums in another order
+    assert not np.allclose(flat, w)  # it did move

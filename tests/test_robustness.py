@@ -290,6 +290,8 @@ def test_flatness_command_takes_methods_and_the_old_rho_still_names_the_sharpnes
         (["--shifts", "wild"], "--shifts: unknown preset 'wild'; allowed: default, extreme"),
         (["--modality", "shuffle=audio", "--kinds", "shuffle"], "has no modality ['audio']; available: image, text"),
         (["--levels", "shuffle=0.01"], "shuffle level 0.01 affects exactly one of 120 items"),
+        (["--seeds", "0"], "--seeds must be at least 1, got 0"),
+        (["--perturb-seeds", "0"], "--perturb-seeds must be at least 1, got 0"),
     ],
 )
 def test_a_wrong_method_or_level_is_one_line_exit_2_and_nothing_is_written(argv, message, tmp_path, monkeypatch, capsys):

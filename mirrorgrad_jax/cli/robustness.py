@@ -78,7 +78,7 @@ def _add_common_arguments(p: argparse.ArgumentParser, out_dir: str) -> None:
     p.add_argument("--alpha2", type=float, default=0.2, help="MG alpha2 (default 0.2)")
     p.add_argument("--beta", type=int, default=3, help="MG interval beta (default 3)")
     p.add_argument("--sam-rho", type=float, metavar="VALUE", help="SAM's ascent radius (mirrorgrad train --method sam --rho; default 0.05)")
-    p.add_argument("--asam-rho", type=float, metavar="VALUE", help="ASAM's ascent radius (mirrorgrad train --method asam --rho; default 0.05)")
+    p.add_argument("--asam-rho", type=float, metavar="VALUE", help="ASAM's ascent radius (mirrorgrad train --method asam --rho; default 0.5, Kwon et al.'s: relative to each weight)")
     p.add_argument("--asam-eta", type=float, metavar="VALUE", help="ASAM's floor added to |w| (default 0.01)")
     p.add_argument("--gnp-alpha", type=float, metavar="VALUE", help="the gradient-norm penalty's weight, in [0, 1] (default 0.5)")
     p.add_argument("--gnp-radius", type=float, metavar="VALUE", help="the gradient-norm penalty's finite-difference step (default 0.05)")
@@ -353,6 +353,9 @@ def _train(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, tuple[An
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.train import TrainConfig
 
+    for flag, value in (("--seeds", args.seeds), ("--perturb-seeds", args.perturb_seeds)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
     methods = _method_configs(args)
     shifts = _shifts(args)
     rho = _sharpness_rho(args)

@@ -2,9 +2,10 @@
 
 Values come from a YAML config (``--config FILE`` or a model name for its packaged
 reference config; lists are grids), then from flags (comma-separated values are grids).
-``--method`` picks what the run trains with: plain, mg (Mirror Gradient, the default),
-sam, asam or gnp (the gradient-norm penalty), each at two gradient evaluations a batch
-except mg (``1 + 1/beta``).
+``--method`` picks what the run trains with: plain (one gradient evaluation a batch), mg
+(Mirror Gradient, the default: a second evaluation on batches 0, beta, 2 beta, ... of every
+epoch, ``1 + ceil(n / beta) / n`` a batch for an epoch of ``n`` batches), or sam, asam or gnp
+(the gradient-norm penalty), two evaluations on every batch.
 The best combination is selected on the VALIDATION split (``--select-on test``
 reproduces the reference's habit of selecting on test, and says so).
 

@@ -58,6 +58,10 @@ class MGConfig:
 METHODS = ("plain", "mg", "sam", "asam", "gnp")
 
 
+#: Each two-pass method's ascent radius when ``MethodConfig.rho`` is not given.
+DEFAULT_RHO = {"sam": 0.05, "asam": 0.5}
+
+
 @config_class
 class MethodConfig:
     """A flat-minima method other than Mirror Gradient (which :class:`MGConfig` configures).
@@ -68,7 +72,10 @@ class MethodConfig:
       name: ``"none"`` (plain training, or MG when ``MGConfig.enabled``), ``"sam"``,
         ``"asam"`` or ``"gnp"`` (the gradient-norm penalty). With any of the last three,
         MG must be off.
-      rho: the ascent radius of SAM (0.05, Foret et al.'s default) and ASAM.
+      rho: the ascent radius of SAM and ASAM; unset, each method's own default: SAM 0.05
+        (Foret et al.'s), ASAM 0.5 (Kwon et al.'s, whose radius is relative to each weight;
+        :func:`~mirrorgrad_jax.optim.asam`'s default too). Stored resolved, so a recorded
+        config always names the radius it trained with.
       eta: ASAM's floor added to ``|w|`` (0.01, Kwon et al.'s).
       alpha: the gradient-norm penalty's weight of the perturbed gradient, in [0, 1]
         (0.5; 1 is SAM with ``rho = radius``).
@@ -76,10 +83,14 @@ class MethodConfig:
     """
 
     name: Literal["none", "sam", "asam", "gnp"] = "none"
-    rho: PositiveFloat = 0.05
+    rho: PositiveFloat | None = None
     eta: NonNegativeFloat = 0.01
     alpha: UnitInterval = 0.5
     radius: PositiveFloat = 0.05
+
+    def __post_init__(self) -> None:
+        if self.rho is None:  # the method's own default (a frozen dataclass: normalised in place once)
+            object.__setattr__(self, "rho", DEFAULT_RHO.get(self.name, DEFAULT_RHO["sam"]))
 
     def inert_fields(self) -> tuple[str, ...]:
         """The knobs the selected method does not read."""
@@ -112,9 +123,10 @@ class TrainConfig:
       weight_decay: coupled L2 added to the gradient inside the optimizer (0; SLMRec 1e-4).
       lr_schedule: ``(s, T)``: per-epoch learning rate ``lr * s ** (epoch / T)`` ((1.0, 50): constant;
         LATTICE and MGCN use (0.96, 50)).
-      clip_grad_norm: clip the last gradient of each batch to this global norm, as the
-        reference trainer (on a mirror batch only the mirror step); ``None`` (the
-        reference's default) does not clip.
+      clip_grad_norm: clip the gradient the optimizer steps with to this global norm, as the
+        reference trainer: on a mirror batch only the mirror step's, under SAM and ASAM the
+        perturbed point's, under the gradient-norm penalty the combined gradient; ``None``
+        (the reference's default) does not clip.
       valid_metric: early-stopping metric such as ``recall@20``, its cutoff one of
         ``topk``; the MG reference uses ``recall@5`` (upstream MMRec ``recall@20``).
       patience: stop after ``patience + 1`` consecutive non-improving epochs (20).

@@ -36,7 +36,11 @@ class EpochEngine:
 
     With ``perturbed``, ``tx`` is a two-pass method in opaque mode (SAM, ASAM, the
     gradient-norm penalty): every step hands it the gradient of the same batch at the point
-    it asks for, so every batch is alike and an epoch is one scan.
+    it asks for, so every batch is alike and an epoch is one scan. The last training forward
+    of such a step is its second pass, at the perturbed point: the cache a step leaves
+    (LATTICE's item graph for the rest of the epoch, a stale-evaluation model's
+    representations) is computed there, at ``w + e``, as a PyTorch SAM loop whose second
+    forward runs at the perturbed weights would leave it (:func:`~mirrorgrad_jax.optim.make_train_steps`).
 
     With a :class:`~mirrorgrad_jax.devices.Placement`, parameters, cache and constants
     are placed on its mesh, every jitted step returns parameters, optimizer state and

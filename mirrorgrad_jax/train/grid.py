@@ -108,6 +108,14 @@ def _without_inert_repeats(plans: list[_Plan], grids: dict[str, dict[str, Any]],
     for section, axis in sorted(collapsed):
         why = "with MG off" if section == "mg" else "with the method that reads other knobs"
         say(f"note: the {section} grid over {axis} {as_grid(grids[section][axis])} cannot change a run {why}; each combination is trained once")
+    # A single value given for a knob that no run reads (--method sam --gnp-alpha 0.3, --no-mg --alpha2 0.3).
+    for section in ("mg", "method"):
+        given = {k for plan in kept for k in (plan.mg_values if section == "mg" else plan.method_values)}
+        for axis in sorted(given - {k for s, k in collapsed if s == section}):
+            if all(axis in (plan.mg if section == "mg" else plan.method).inert_fields() for plan in kept):
+                first = kept[0].mg_values if section == "mg" else kept[0].method_values
+                why = "MG is off" if section == "mg" else f"{kept[0].method.name} does not read it"
+                say(f"note: the {section} setting {axis}={first.get(axis)} cannot change the run: {why}")
     return kept
 
 

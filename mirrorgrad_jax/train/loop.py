@@ -88,9 +88,25 @@ def _fingerprint(dataset: RecDataset) -> dict[str, Any]:
 _RESUME_IGNORES = ("layout", "dataset_source")
 
 
+def _live_settings(key: str, values: Any) -> Any:
+    """The ``mg`` or ``method`` settings of a run's metadata without the knobs it does not read (others unchanged).
+
+    A SAM run does not read the gradient-norm penalty's ``alpha``, nor a run with MG off
+    MG's ``alpha2``: a different value of such a knob is the same run, and resumes.
+    """
+    if key not in ("mg", "method") or not isinstance(values, dict):
+        return values
+    try:
+        inert = set((MGConfig if key == "mg" else MethodConfig)(**values).inert_fields())
+    except (TypeError, ValueError):  # settings this version cannot read: compared as they are
+        return values
+    return {k: v for k, v in values.items() if k not in inert}
+
+
 def _same_for_resume(key: str, saved: Any, current: Any) -> bool:
     if key == "dataset" and isinstance(saved, dict) and isinstance(current, dict) and "splits_sha256" not in saved:
         current = {k: v for k, v in current.items() if k in saved}  # a checkpoint from before the split hash
+    saved, current = _live_settings(key, saved), _live_settings(key, current)
     return json.dumps(saved, sort_keys=True, default=str) == json.dumps(current, sort_keys=True, default=str)
 
 
