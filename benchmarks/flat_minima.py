@@ -990,6 +990,8 @@ def main(argv=None):
     datasets = [d for d in args.datasets.split(",") if d]
     args.models_list, args.datasets_list = models, datasets
     tokens = argv if argv is not None else sys.argv[1:]
+    if not args.summarise_only:  # before anything trains: a typo would otherwise fail every run
+        _check_names(models, datasets, timing=args.timing)
     if args.timing:
         if args.epochs < 2 or args.rounds < 1:
             parser.error("--timing needs --epochs >= 2 and --rounds >= 1")
@@ -1058,6 +1060,29 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+
+
+def _check_names(models: list[str], datasets: list[str], *, timing: bool) -> None:
+    """Every model registered and every dataset a name or folder :func:`~mirrorgrad_jax.data.load_dataset` takes; else one line, exit 2."""
+    from mirrorgrad_jax.data.catalog import DATASETS
+    from mirrorgrad_jax.errors import UserInputError
+    from mirrorgrad_jax.models import get_model
+
+    def stop(message: str) -> None:
+        print(f"flat_minima.py: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    if not models or not datasets:
+        stop("--models and --datasets each need at least one name")
+    for model in models:
+        try:
+            get_model(model)
+        except (UserInputError, ValueError, KeyError) as error:
+            stop(f"--models: {str(error).strip(chr(39))}")
+    known = set(DATASETS) - {"<folder>"} | {"ml-100k"} | ({BABY_GRAPH} if timing else set())
+    for dataset in datasets:
+        if dataset not in known and not dataset.startswith("large:") and not os.path.isdir(dataset):
+            stop(f"--datasets: unknown dataset {dataset!r} (a name among {', '.join(sorted(known))}, or an MMRec folder)")
 
 
 def _without(tokens: list[str], *names: str) -> list[str]:

@@ -507,13 +507,16 @@ def test_flat_minima_ablation_penalty_and_rank_correlation_by_hand():
         (["--ablation", ","], "--ablation: name at least one axis"),
         (["--ablation", "beta", "--timing"], "--ablation: times the comparison's methods; leave out --timing"),
         (["--timing", "--datasets", "baby-graph", "--graph", "no-such-folder"], "--datasets baby-graph: no baby.inter in no-such-folder"),
+        (["--models", "bprmf,nosuch"], "--models: unknown model 'nosuch'; available: bm3, bprmf"),
+        (["--timing", "--models", "nosuch"], "--models: unknown model 'nosuch'"),
+        (["--datasets", "synthetic,nosuch"], "--datasets: unknown dataset 'nosuch' (a name among"),
     ],
 )
 def test_flat_minima_ablation_mistakes_stop_in_one_line_before_anything_runs(args, message, tmp_path, capsys):
     fm = _load("flat_minima")
     runs = tmp_path / "runs.jsonl"
     with pytest.raises(SystemExit) as stop:
-        fm.main([*args, "--models", "bprmf", "--runs", str(runs), "--out", str(tmp_path / "out.md")])
+        fm.main(["--models", "bprmf", *args, "--runs", str(runs), "--out", str(tmp_path / "out.md")])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("flat_minima.py: error: ") and message in err, err
