@@ -726,6 +726,13 @@ def test_subnormals_counts_every_array_once_and_xla_cpu_flushes_subnormals_to_ze
     assert counts["every array the program produces"] == [8, 7, 0, 2]
     assert counts["the gradient"] == [4, 4, 0, 1]
     assert float(jnp.sum(jnp.abs(outs[0]))) == 0.0
+    # The graph models' sparse product too reads subnormal inputs as zero: no slow path to take.
+    from mirrorgrad_jax.graph import CooAdjacency
+    from mirrorgrad_jax.graph.propagation import propagate
+
+    adj = CooAdjacency(jnp.asarray([0, 0, 1], jnp.int32), jnp.asarray([0, 1, 1], jnp.int32), jnp.ones(3, jnp.float32), 2)
+    tiny = jnp.asarray(np.full((2, 3), 1e-39, np.float32))
+    assert float(tiny[0, 0]) > 0 and not np.any(np.asarray(propagate(adj, tiny)))
 
 
 def test_subnormals_censuses_lightgcn_at_both_ascent_points_as_its_usage_shows(tmp_path, capsys):
