@@ -52,6 +52,7 @@ with the reference's Python, which has no JAX.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import os
@@ -449,7 +450,8 @@ def reference_export(reference: str, data_root: str, model: str, steps: int, bat
         "steps": len(batches),
         "learning_rate": float(config["learning_rate"]),
         "learner": str(config["learner"]).lower(),
-        "weight_decay": float(eval(config["weight_decay"]) if isinstance(config["weight_decay"], str) else (config["weight_decay"] or 0.0)),
+        # The reference evaluates a string weight_decay; a number literal is all its configs hold, read without eval.
+        "weight_decay": float(ast.literal_eval(config["weight_decay"]) if isinstance(config["weight_decay"], str) else (config["weight_decay"] or 0.0)),
         "clip_grad_norm": config["clip_grad_norm"],
         "mg": MG_SETTINGS,
         "dtype": str(next(net.parameters()).dtype),

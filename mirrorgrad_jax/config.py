@@ -74,8 +74,16 @@ def load_yaml(text: str) -> Any:
 
 
 def parse_scalar(text: str) -> Any:
-    """One command-line value (``--lr 1e-4``, ``--set reg_weight=1e-4``) as YAML with numbers fixed."""
-    return load_yaml(text)
+    """One command-line value (``--lr 1e-4``, ``--set reg_weight=1e-4``) as YAML with numbers fixed.
+
+    Raises:
+      ConfigError: text that is not a YAML value (``[1`` with no closing bracket).
+    """
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"cannot read {text!r} as a value ({problem})") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -108,12 +108,18 @@ def test_a_third_modality_plays_the_image_role_with_a_warning():
     assert model.image_emb.shape == (20, 6) and model.text_emb.shape == (20, 8)
 
 
+def test_a_value_that_is_not_yaml_is_one_line(capsys):
+    _one_line_error(capsys, main(["train", "--model", "bprmf", "--dataset", "synthetic-small", "--set", "embedding_size=[1"]), "cannot read '[1' as a value")
+
+
 def test_malformed_inter_file_is_one_line(tmp_path, capsys):
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "bad.inter").write_text("userID\titemID\tx_label\n0\t1\t0\n1\tx\t0\n")
     line = _one_line_error(capsys, main(["train", "--dataset", str(folder), "--epochs", "1"]), "bad.inter", "line 3")
     assert "itemID='x'" in line
+    (folder / "bad.inter").write_bytes(b"userID\titemID\tx_label\n0\t1\t0\n1\t\xff\t0\n")
+    _one_line_error(capsys, main(["train", "--dataset", str(folder), "--epochs", "1"]), "bad.inter is not UTF-8 text")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -550,9 +551,11 @@ def test_dataset_pickles_and_stays_read_only():
 def test_mmrec_user_graph_is_read_without_unpickling_code(tmp_path):
     # MMRec's generator stores lists of numpy numbers; the restricted reader admits them.
     folder = write_folder(tmp_path / "toy")
-    graph = {0: [[np.int64(1), 2], [np.float64(2.0), 1.0]], 1: [[0], [2.0]], 2: [[], []]}
+    # User 1's lists are numpy arrays: pickled as numpy does, an empty (0,) array filled from the file.
+    graph = {0: [[np.int64(1), 2], [np.float64(2.0), 1.0]], 1: [np.array([0]), np.array([2.0])], 2: [[], []]}
     np.save(folder / "user_graph_dict.npy", np.array(graph, dtype=object), allow_pickle=True)
     ds = load_mmrec(folder)
+    np.testing.assert_array_equal(ds.user_graph[1][0], [0])
     np.testing.assert_array_equal(ds.user_graph[0][0], [1, 2])
     np.testing.assert_array_equal(ds.user_graph[0][1], [2.0, 1.0])
     assert len(ds.user_graph[2][0]) == 0
@@ -567,6 +570,33 @@ def test_mmrec_user_graph_is_read_without_unpickling_code(tmp_path):
         np.testing.assert_array_equal(again.user_graph[u][1], ds.user_graph[u][1])
 
 
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo should-never-run",))
+
+
+class _AllocatesFirst:
+    """What numpy's pickle looks like with the empty (0,) shape replaced by a huge one."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (10**13,), b"b"))
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [(_RunsCode(), "refused to load posix.system"), (_AllocatesFirst(), "refused an array of shape (10000000000000,)")],
+)
+def test_a_crafted_user_graph_is_refused_before_it_runs_or_allocates(payload, message, tmp_path):
+    folder = write_folder(tmp_path / "toy")
+    np.save(folder / "user_graph_dict.npy", np.array({0: payload}, dtype=object), allow_pickle=True)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_mmrec(folder)
+
+
 def test_written_user_graph_round_trips_without_pickles(tmp_path):
     ds = load_mmrec(write_folder(tmp_path / "toy"))
     graph = {0: ([1], [3.0]), 1: ([0, 2], [3.0, 1.0]), 2: ([], [])}
@@ -577,3 +607,59 @@ def test_written_user_graph_round_trips_without_pickles(tmp_path):
     for u, (ids, weights) in graph.items():
         np.testing.assert_array_equal(back.user_graph[u][0], ids)
         np.testing.assert_array_equal(back.user_graph[u][1], weights)
+
+
+def _first_feature(folder: Path) -> Path:
+    return sorted(folder.glob("*_feat.npy"))[0]
+
+
+def _forge_header(path: Path) -> None:
+    """A 128-byte .npy whose header declares an 8 TB float32 array."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (2_000_000_000, 1000)})
+
+
+def _non_utf8(path: Path) -> None:
+    path.write_bytes(b"userID\titemID\tx_label\n0\t1\t0\n1\t\xff\t0\n")
+
+
+def _huge_id(path: Path) -> None:
+    path.write_text(path.read_text() + "4611686018427387904\t1\t5\t1\t0\n")  # userID itemID rating timestamp x_label
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda f: _forge_header(_first_feature(f)), "declares a float32 array of shape (2000000000, 1000)"),
+        (lambda f: np.save(_first_feature(f), np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True), "holds Python objects"),
+        (lambda f: _non_utf8(next(f.glob("*.inter"))), "is not UTF-8 text"),
+        (lambda f: _huge_id(next(f.glob("*.inter"))), "userID 4611686018427387904 at line 14 does not fit in int32"),
+    ],
+)
+def test_a_crafted_folder_is_one_clear_error_before_anything_large_is_allocated(spoil, message, tmp_path):
+    """Each of these made numpy allocate what the file declared (MemoryError) or raised a decode traceback."""
+    folder = write_folder(tmp_path / "toy")
+    spoil(folder)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        load_mmrec(folder)
+
+
+@pytest.mark.parametrize(
+    "graph, message",
+    [
+        ({math.inf: ([0], [1.0]), 1: ([0], [1.0]), 2: ([], [])}, "user key inf is not an integer"),
+        ({0: ([1], ["x"]), 1: ([0], [1.0]), 2: ([], [])}, "the neighbours or weights of user 0 are not flat numeric lists"),
+        ({0: ([[1], [0, 1]], [1.0]), 1: ([0], [1.0]), 2: ([], [])}, "the neighbours or weights of user 0 are not flat numeric lists"),
+    ],
+)
+def test_a_malformed_user_graph_is_a_dataset_error(graph, message):
+    from mirrorgrad_jax.data.dataset import check_user_graph
+
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        check_user_graph(graph, 3, "user_graph")
+
+
+def test_ids_far_beyond_the_row_count_are_refused_before_a_mask_is_allocated():
+    """An id of 1e12 among 4 rows cannot be contiguous; the id mask would take a terabyte."""
+    with pytest.raises(DatasetError, match=re.escape("the largest is 1000000000000 but there are only 4 rows")):
+        RecDataset.from_arrays("x", np.array([[0, 0], [10**12, 1]]), np.array([[0, 1]]), np.array([[0, 0]]), {}, verbose=False)

@@ -163,7 +163,7 @@ def check_user_graph(
     for key, value in user_graph.items():
         try:
             user = int(key)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a float key of inf
             raise DatasetError(f"{label}: user key {key!r} is not an integer") from None
         if not 0 <= user < num_users:
             raise DatasetError(f"{label}: user key {user} is outside 0..{num_users - 1}")
@@ -173,8 +173,11 @@ def check_user_graph(
             raise DatasetError(
                 f"{label}: the value of user {user} must be a pair (neighbour_ids, weights)"
             ) from None
-        neighbours = np.asarray(neighbours).reshape(-1)
-        weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+        try:
+            neighbours = np.asarray(neighbours).reshape(-1)
+            weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as err:  # ragged lists, text weights
+            raise DatasetError(f"{label}: the neighbours or weights of user {user} are not flat numeric lists ({err})") from None
         if len(neighbours) != len(weights):
             raise DatasetError(
                 f"{label}: user {user} has {len(neighbours)} neighbours but {len(weights)} weights"
@@ -338,6 +341,12 @@ class RecDataset:
             if count < largest:
                 raise DatasetError(
                     f"num_{kind}s={count} but the data has {kind} id {largest - 1}"
+                )
+            if count > len(everything):  # more ids than rows: some never occur (and a crafted id would allocate a huge mask)
+                raise DatasetError(
+                    f"{kind} ids that are not 0..n-1: the largest is {largest - 1} but there are only "
+                    f"{len(everything)} rows, so at least {count - len(everything)} of the ids 0..{count - 1} "
+                    "never occur; re-index the ids to be contiguous"
                 )
             missing = _missing_ids(everything[:, column], count)
             if missing:

@@ -94,8 +94,11 @@ def _locate_bad_value(path: Path, header: list[str], columns: list[int]) -> str:
 
 def _read_inter(path: Path) -> np.ndarray:
     """Reads (userID, itemID, x_label) as an (E, 3) int64 array in file order."""
-    with open(path, encoding="utf-8-sig") as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            header = handle.readline().rstrip("\r\n").split("\t")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path.name} is not UTF-8 text ({err.reason}: byte {err.object[err.start:err.start + 1]!r})") from None
     header = [column.strip() for column in header]
     missing = [column for column in _REQUIRED_COLUMNS if column not in header]
     if missing:
@@ -116,8 +119,11 @@ def _read_inter(path: Path) -> np.ndarray:
                 comments=None,
                 ndmin=2,
             )
-    except ValueError:
-        where = _locate_bad_value(path, header, columns)
+    except ValueError:  # UnicodeDecodeError among them
+        try:
+            where = _locate_bad_value(path, header, columns)
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{path.name} is not UTF-8 text ({err.reason}: byte {err.object[err.start:err.start + 1]!r} after the header)") from None
         raise DatasetError(
             f"{path.name}: userID, itemID and x_label must be non-negative integers ({where})"
         ) from None
@@ -130,6 +136,10 @@ def _read_inter(path: Path) -> np.ndarray:
                 f"{path.name}: {column} must be non-negative integers "
                 f"({int(negative.sum())} negative values, first at line {line})"
             )
+        too_large = table[:, col] > np.iinfo(np.int32).max  # ids index int32 tables; keys of id pairs must not overflow
+        if too_large.any():
+            line = int(np.argmax(too_large)) + 2
+            raise DatasetError(f"{path.name}: {column} {int(table[line - 2, col])} at line {line} does not fit in int32")
     return table
 
 
@@ -205,6 +215,7 @@ def load_mmrec(
     for modality, path in paths.items():
         if not path.is_file():
             raise DatasetError(f"feature file {path} for modality {modality!r} does not exist")
+        _check_npy_size(path)
         try:
             features[modality] = np.load(path, allow_pickle=False)
         except ValueError as err:
@@ -226,6 +237,29 @@ def load_mmrec(
     return with_source(dataset, str(folder.resolve()))
 
 
+def _check_npy_size(path: Path) -> None:
+    """Refuses a ``.npy`` file whose header declares more data than the file holds, before reading it.
+
+    A 16-byte file can declare a (2e9, 1000) array; ``np.load`` would try to allocate it first.
+    """
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                return  # format 3.0 (UTF-8 field names): np.load reads and checks it
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+        except (ValueError, OSError, EOFError) as err:
+            raise DatasetError(f"{path.name} is not a .npy file: {err}") from None
+        offset = handle.tell()
+    if dtype.hasobject:
+        raise DatasetError(f"{path.name} holds Python objects ({dtype}), not numbers; features must be a numeric array")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    available = path.stat().st_size - offset
+    if declared > available:
+        raise DatasetError(f"{path.name} declares a {dtype} array of shape {shape} ({declared:,} bytes) but holds {available:,}")
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickles only numpy arrays/scalars and builtin containers and numbers.
 
@@ -245,8 +279,21 @@ class _PlainDataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            return _empty_reconstruct(found) if name == "_reconstruct" else found
         raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays, numbers and plain containers are allowed")
+
+
+def _empty_reconstruct(reconstruct: Any) -> Any:
+    """numpy's ``_reconstruct`` admitted only as numpy itself pickles: an empty ``(0,)`` array whose
+    ``__setstate__`` then fills it from the file's own bytes, so a crafted shape cannot allocate."""
+
+    def checked(subtype, shape, dtype):
+        if tuple(shape) != (0,):
+            raise pickle.UnpicklingError(f"refused an array of shape {tuple(shape)} made before its data (numpy pickles (0,))")
+        return reconstruct(subtype, shape, dtype)
+
+    return checked
 
 
 def _read_pickled_user_graph(path: Path) -> Any:
@@ -262,7 +309,7 @@ def _read_pickled_user_graph(path: Path) -> Any:
             raise DatasetError(f"{path.name} holds a {dtype} array of shape {shape}; MMRec's user graph is a pickled dict")
         try:
             loaded = _PlainDataUnpickler(handle).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError, IndexError) as err:
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError, IndexError, MemoryError) as err:
             raise DatasetError(
                 f"{path.name} could not be read safely ({err}); convert it where you trust it with "
                 "mirrorgrad_jax.data.convert_user_graph, which writes user_graph.npz"
