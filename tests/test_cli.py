@@ -551,3 +551,27 @@ def test_no_progress_bars_when_the_output_is_not_a_terminal_and_none_with_quiet(
     assert main([*one_run, "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert "epoch   0" not in out and "%|" not in err, err
+
+
+_GOOD_RUN = {"model": "bprmf", "dataset": {"name": "synthetic-small", "num_users": 100, "num_items": 80},
+             "model_config": {}, "train_config": {"seed": 1}, "dataset_source": "synthetic-small"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dataset": "synthetic-small"}, "its run metadata's dataset is not a record of the training data"),
+        ({"dataset": {"name": "x", "num_items": 80}}, "its run metadata's dataset.num_users is not a positive whole number"),
+        ({"train_config": {"seed": "one"}}, "its run metadata's train_config.seed is not a whole number"),
+        ({"model_config": [1, 2]}, "its run metadata's model_config is not a mapping of settings"),
+        ({"model": 3}, "its run metadata's model is not a model name"),
+        ({"dataset_source": "large:scale=1000"}, "was trained on the generated dataset large:scale=1000; pass --dataset"),
+    ],
+)
+def test_a_checkpoint_with_malformed_run_metadata_is_one_line(change, message, tmp_path, capsys):
+    """A checkpoint from elsewhere: its metadata is checked before anything reads, builds or generates from it."""
+    from mirrorgrad_jax.train.checkpoint import save_checkpoint
+
+    path = tmp_path / "best.ckpt"
+    save_checkpoint(path, {"params": {"x": np.zeros(1, np.float32)}}, {"meta": {**_GOOD_RUN, **change}, "epoch": 0})
+    _one_line_error(capsys, main(["evaluate", str(path)]), message)

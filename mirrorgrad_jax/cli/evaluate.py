@@ -32,20 +32,24 @@ def run(args: argparse.Namespace) -> int:
     from mirrorgrad_jax.data import load_dataset
     from mirrorgrad_jax.errors import CheckpointError, ConfigError
     from mirrorgrad_jax.train.checkpoint import open_checkpoint
-    from mirrorgrad_jax.train.trained import evaluate_model, load_trained_model
+    from mirrorgrad_jax.train.trained import evaluate_model, load_trained_model, run_metadata
 
     wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in ("recall", "ndcg", "precision", "map")]
     if unknown or not wanted:
         raise ConfigError(f"--metrics: unknown metric(s) {unknown}; use recall, ndcg, precision, map")
     ckpt = open_checkpoint(args.checkpoint)  # the metadata; the arrays are read once, below
-    meta = ckpt.meta.get("meta")
-    if not isinstance(meta, dict) or "dataset" not in meta or "model" not in meta:
-        raise CheckpointError(f"{args.checkpoint} is not a trainer checkpoint (no run metadata)")
-    name = meta["dataset"].get("name", "?")
+    meta = run_metadata(ckpt.meta, args.checkpoint)
+    name = str(meta["dataset"].get("name", "?"))
     recorded = meta.get("dataset_source")
     if args.dataset:
         where = args.dataset
+    elif recorded and recorded.startswith("large"):
+        # Generated on demand, gigabytes at its scale: not on the word of a checkpoint's metadata alone.
+        raise CheckpointError(
+            f"{args.checkpoint} was trained on the generated dataset {recorded}; pass --dataset {recorded} to build it "
+            "(it is checked against the data the run trained on)"
+        )
     elif recorded:
         where = recorded
         if os.path.isabs(recorded) and not os.path.isdir(recorded):

@@ -278,9 +278,12 @@ def train(
         params, opt_state, saved = _resume(last_path, meta, model, params, opt_state, engine)
         engine.refresh_constants(model)
         engine.take_cache(model)
-        host_rng.bit_generator.state = saved["host_rng"]
-        progress = _Progress.from_checkpoint_meta(saved)
-        start_epoch = saved["epoch"] + 1
+        try:  # a last.ckpt written elsewhere: its bookkeeping is checked, not trusted
+            host_rng.bit_generator.state = saved["host_rng"]
+            progress = _Progress.from_checkpoint_meta(saved)
+            start_epoch = int(saved["epoch"]) + 1
+        except (KeyError, TypeError, ValueError) as err:
+            raise TrainingError(f"cannot resume from {last_path}: its progress record is malformed ({type(err).__name__}: {err})") from None
         say(f"resumed from {last_path} after epoch {saved['epoch']}")
     knobs = {"mg": f"alpha1={mg.alpha1:g}, alpha2={mg.alpha2:g}, beta={mg.beta}, {mg.apply_to}", "sam": f"rho={method.rho:g}",
              "asam": f"rho={method.rho:g}, eta={method.eta:g}", "gnp": f"alpha={method.alpha:g}, radius={method.radius:g}"}  # fmt: skip

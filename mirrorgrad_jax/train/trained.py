@@ -137,6 +137,45 @@ class TrainedModel:
 _FINGERPRINT_KEYS = ("num_users", "num_items", "train", "valid", "test", "features", "splits_sha256")
 
 
+def run_metadata(meta: Mapping[str, Any], where: Any) -> dict[str, Any]:
+    """A trainer checkpoint's run metadata (``meta["meta"]``), its structure checked before anything reads it.
+
+    A checkpoint may come from elsewhere: every field a reader uses is checked for its kind
+    here, so a malformed one is one :class:`CheckpointError` instead of a ``KeyError`` or
+    ``TypeError`` deep in a reader.
+
+    Raises:
+      CheckpointError: no run metadata, or a field of the wrong kind.
+    """
+    run = meta.get("meta") if isinstance(meta, Mapping) else None
+    if not isinstance(run, dict) or "model" not in run or "dataset" not in run:
+        raise CheckpointError(f"{where} is not a trainer checkpoint (no run metadata)")
+
+    def bad(field: str, wanted: str) -> CheckpointError:
+        return CheckpointError(f"{where}: its run metadata's {field} is not {wanted}")
+
+    if not isinstance(run["model"], str):
+        raise bad("model", "a model name")
+    trained_on = run["dataset"]
+    if not isinstance(trained_on, dict):
+        raise bad("dataset", "a record of the training data")
+    for key in ("num_users", "num_items"):
+        value = trained_on.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise bad(f"dataset.{key}", "a positive whole number")
+    if not isinstance(run.get("model_config", {}), dict):
+        raise bad("model_config", "a mapping of settings")
+    train_config = run.get("train_config", {})
+    if not isinstance(train_config, dict):
+        raise bad("train_config", "a mapping of settings")
+    seed = train_config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise bad("train_config.seed", "a whole number")
+    if not isinstance(run.get("dataset_source") or "", str):
+        raise bad("dataset_source", "a dataset name or folder")
+    return run
+
+
 def check_trained_on(run: Mapping[str, Any], dataset: RecDataset, path: str) -> bool:
     """Checks that ``dataset`` is the data a checkpoint's run trained on.
 
@@ -214,13 +253,11 @@ def load_trained_model(
     """
     ckpt = path if isinstance(path, CheckpointFile) else open_checkpoint(path)
     where = ckpt.path
-    run = ckpt.meta.get("meta")
-    if not isinstance(run, dict) or "model" not in run or "dataset" not in run:
-        raise CheckpointError(f"{where} is not a trainer checkpoint (no run metadata)")
+    run = run_metadata(ckpt.meta, where)
     verified = check_trained_on(run, dataset, where)
     try:
         model_cls = get_model(run["model"])
-        config = build_config(model_cls, {**run["model_config"], **dict(model_overrides or {})})
+        config = build_config(model_cls, {**run.get("model_config", {}), **dict(model_overrides or {})})
     except UserInputError as err:
         raise CheckpointError(f"{where}: {err}") from None
     seed = int(run.get("train_config", {}).get("seed", 0))
