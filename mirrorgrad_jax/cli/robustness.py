@@ -24,11 +24,13 @@ import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from mirrorgrad_jax.cli.flags import csv_list, key_values
 from mirrorgrad_jax.cli.train import _FLAGS as TRAIN_FLAGS
 from mirrorgrad_jax.cli.train import _set_method
+from mirrorgrad_jax.prepare.work import atomic_write
 from mirrorgrad_jax.errors import ConfigError, UserInputError
 
 __all__ = ["ARM_LABELS", "DEFAULT_ARMS", "DEFAULT_LR", "KINDS_HELP", "METHOD_KNOB_FLAGS", "METHOD_LABELS", "PRESETS_HELP", "register"]
@@ -422,8 +424,8 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
     print()
     print(title)
     print(comparison.table)
-    with open(os.path.join(args.out_dir, f"{name}.md"), "w") as f:
-        f.write(f"{title}\n\n{comparison.table}\n")
+    # Each report replaces its file whole (a stop mid-write leaves the previous one, not half of this one).
+    atomic_write(Path(args.out_dir) / f"{name}.md", lambda f: f.write(f"{title}\n\n{comparison.table}\n".encode()))
     report = {
         "command": name,
         "arguments": {k: v for k, v in vars(args).items() if k != "func"},
@@ -433,8 +435,7 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
         "train": {label: [r.to_dict() for r in rs] for label, rs in results.items()},
         **comparison.to_dict(),
     }
-    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    atomic_write(Path(args.out_dir) / f"{name}.json", lambda f: f.write(json.dumps(report, indent=1, default=str).encode()))
     print(f"\nfigure {figure}; table and JSON report in {args.out_dir} ({time.perf_counter() - started:.0f}s)")
     return 0
 
