@@ -192,6 +192,10 @@ def test_named_table_errors(tmp_path):
     (tmp_path / "bin.csv").write_bytes(b"user,item\n\xff\xfe,i1\n")
     with pytest.raises(DatasetError, match=r"bin.csv: not UTF-8"):
         read_interaction_table(tmp_path / "bin.csv")
+    # A quoted id with a tab would misalign the tab-separated id maps written later.
+    path.write_text('user,item\nu1,i1\n"u\t2",i1\n')
+    with pytest.raises(DatasetError, match=r"t.csv:3: the user id 'u\\t2' holds a tab or line break"):
+        read_interaction_table(path)
 
 
 def test_empty_after_k_core_is_an_error(tmp_path):

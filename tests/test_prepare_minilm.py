@@ -104,3 +104,24 @@ def test_movielens_text_encoder_by_name_points_at_the_encoder_factory():
     # The data floor never imports the encoder: asking for it by name says where it lives.
     with pytest.raises(ValueError, match=r"minilm_text_encoder\(\)"):
         load_movielens_100k(text_encoder="minilm", verbose=False)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"modules.json": "[{"}, "modules.json is not valid JSON"),
+        ({"modules.json": '{"a": 1}'}, "modules.json must hold a JSON list"),
+        ({"modules.json": "[1, 2]"}, "every module must be a JSON object"),
+        ({"modules.json": json.dumps([{"type": "x.Pooling", "path": "../../elsewhere"}])}, "leaves the model folder"),
+        ({"sentence_bert_config.json": '{"max_seq_length": "long"}'}, "max_seq_length must be a positive whole number"),
+    ],
+)
+def test_a_malformed_model_folder_file_is_one_dataset_error(files, message, tmp_path):
+    """A user's model folder: its JSON files are parsed strictly, and a module cannot point outside it."""
+    source = _model_or_skip()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (tmp_path / name).symlink_to(source / name)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        minilm.MiniLMEncoder(tmp_path)

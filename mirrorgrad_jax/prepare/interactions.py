@@ -153,6 +153,9 @@ class _Collector:
         if not user or not item or timestamp == "":
             self.missing += 1
             return
+        for what, raw in (("user", user), ("item", item)):
+            if any(ch in raw for ch in "\t\r\n"):  # the id maps are tab-separated lines: they would misalign
+                raise DatasetError(f"{path}:{line}: the {what} id {raw!r} holds a tab or line break")
         if self.ratings is not None:
             rating = (rating or "").strip()
             self.ratings.append(_parse_number(rating, "rating", path, line) if rating else math.nan)

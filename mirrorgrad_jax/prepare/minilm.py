@@ -153,6 +153,17 @@ def find_minilm_model(
 # ---------------------------------------------------------------------------------------
 
 
+
+def _read_json(path: Path, kind: type) -> Any:
+    """A model folder's JSON file, which must hold a ``kind`` (dict or list); else one DatasetError."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(value, kind):
+        raise DatasetError(f"{path} must hold a JSON {'object' if kind is dict else 'list'}, got {type(value).__name__}")
+    return value
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """The shape of a BERT encoder (the fields of Hugging Face's ``config.json``)."""
@@ -169,7 +180,7 @@ class BertConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> BertConfig:
         """Reads ``config.json``; refuses a model this port does not implement."""
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
+        config = _read_json(Path(path), dict)
         checks = {
             "model_type": ("bert",),
             "hidden_act": ("gelu",),
@@ -319,7 +330,9 @@ class MiniLMEncoder:
         config = BertConfig.from_json(self.model_dir / "config.json")
         self._check_pipeline()
         st_config = self.model_dir / "sentence_bert_config.json"
-        max_len = json.loads(st_config.read_text())["max_seq_length"] if st_config.is_file() else 512
+        max_len = _read_json(st_config, dict).get("max_seq_length", 512) if st_config.is_file() else 512
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise DatasetError(f"{st_config}: max_seq_length must be a positive whole number, got {max_len!r}")
         self.max_seq_length = int(min(max_len, config.max_position_embeddings))
         self.dim = config.hidden_size
 
@@ -347,13 +360,17 @@ class MiniLMEncoder:
     def _check_pipeline(self) -> None:
         """Reads modules.json / the pooling config: mean pooling, optional Normalize."""
         modules_file = self.model_dir / "modules.json"
-        modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+        modules = _read_json(modules_file, list) if modules_file.is_file() else []
+        if not all(isinstance(module, dict) for module in modules):
+            raise DatasetError(f"{modules_file}: every module must be a JSON object")
         kinds = [str(module.get("type", "")).rsplit(".", 1)[-1] for module in modules]
         self.normalize = "Normalize" in kinds
         for module in modules:
             if str(module.get("type", "")).endswith("Pooling"):
-                pooling_file = self.model_dir / module.get("path", "") / "config.json"
-                pooling = json.loads(pooling_file.read_text()) if pooling_file.is_file() else {}
+                pooling_file = (self.model_dir / str(module.get("path", "")) / "config.json").resolve()
+                if not pooling_file.is_relative_to(self.model_dir.resolve()):
+                    raise DatasetError(f"{modules_file}: the pooling module's path {module.get('path')!r} leaves the model folder")
+                pooling = _read_json(pooling_file, dict) if pooling_file.is_file() else {}
                 other = [
                     key
                     for key, on in pooling.items()
