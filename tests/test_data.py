@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -663,3 +664,39 @@ def test_ids_far_beyond_the_row_count_are_refused_before_a_mask_is_allocated():
     """An id of 1e12 among 4 rows cannot be contiguous; the id mask would take a terabyte."""
     with pytest.raises(DatasetError, match=re.escape("the largest is 1000000000000 but there are only 4 rows")):
         RecDataset.from_arrays("x", np.array([[0, 0], [10**12, 1]]), np.array([[0, 1]]), np.array([[0, 0]]), {}, verbose=False)
+
+
+def test_a_grouplens_item_id_that_is_not_a_number_names_its_line():
+    bad = FAKE_U_ITEM.replace("4|Usual Suspects", "x4|Usual Suspects")
+    with pytest.raises(DatasetError, match=re.escape("u.item line 4: the item id 'x4' is not a whole number")):
+        movielens.parse_grouplens(fake_u_data(), bad)
+
+
+def test_movielens_offline_is_one_line_at_the_command_line_and_still_a_runtime_error(tmp_path, monkeypatch, capsys):
+    """No network and no raw files: what to do, in one line and exit 2 (it was a RuntimeError traceback)."""
+    from mirrorgrad_jax.cli import main
+
+    def offline(raw_dir, timeout):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(movielens, "_download_grouplens", offline)
+    monkeypatch.setattr(movielens, "_download_recbole_wheel", offline)
+    with pytest.raises(RuntimeError, match="could not obtain MovieLens-100K"):  # what callers caught before
+        movielens.load_movielens_100k(tmp_path / "cache", verbose=False)
+    monkeypatch.setattr(movielens, "_default_cache_root", lambda: tmp_path / "root")
+    assert main(["train", "--model", "bprmf", "--dataset", "movielens-100k", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not obtain MovieLens-100K" in err[0] and "Offline, put u.data" in err[0]
+
+
+def test_a_damaged_movielens_cache_is_rebuilt_from_its_raw_files(tmp_path):
+    """build_info.json that is not JSON (a stop mid-write, a bad disk): rebuilt, not a traceback."""
+    cache = tmp_path / "cache"
+    (cache / "raw").mkdir(parents=True)
+    (cache / "raw" / "u.data").write_text(fake_u_data())
+    (cache / "raw" / "u.item").write_text(FAKE_U_ITEM)
+    first = movielens.load_movielens_100k(cache, verbose=False)
+    (cache / "build_info.json").write_text('{"format": ')
+    again = movielens.load_movielens_100k(cache, verbose=False)
+    np.testing.assert_array_equal(again.train, first.train)
+    assert json.loads((cache / "build_info.json").read_text())["format"]  # written whole again

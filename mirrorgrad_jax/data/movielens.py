@@ -57,6 +57,7 @@ from mirrorgrad_jax.data.mmrec import load_mmrec, write_mmrec
 
 __all__ = [
     "ML100K_GENRES",
+    "MovieLensUnavailable",
     "TextEncoder",
     "MovieLensRaw",
     "build_movielens",
@@ -111,6 +112,14 @@ class MovieLensRaw:
     source: str
 
 
+class MovieLensUnavailable(DatasetError, RuntimeError):
+    """MovieLens-100K could not be downloaded and no raw files are there: one line at the CLI.
+
+    A :class:`RuntimeError` still (what callers caught before), and a
+    :class:`~mirrorgrad_jax.data.DatasetError`, so the command line reports it in one line.
+    """
+
+
 # ---------------------------------------------------------------------------------------
 # Parsers (pure functions of the file contents, so they are testable offline).
 # ---------------------------------------------------------------------------------------
@@ -156,7 +165,10 @@ def parse_grouplens(u_data: str, u_item: str) -> MovieLensRaw:
                 f"u.item line {line_no} has {len(fields)} fields, expected "
                 f"{5 + len(ML100K_GENRES)}"
             )
-        item_ids.append(int(fields[0]))
+        try:
+            item_ids.append(int(fields[0]))
+        except ValueError:
+            raise DatasetError(f"u.item line {line_no}: the item id {fields[0]!r} is not a whole number") from None
         title = fields[1].strip()
         match = _TRAILING_YEAR.search(title)
         title_year = float(match.group(1)) if match else math.nan
@@ -465,7 +477,7 @@ def _fetch_raw(raw_dir: Path, verbose: bool) -> MovieLensRaw:
         raw = _read_raw(raw_dir)
         if raw is not None:
             return raw
-    raise RuntimeError(
+    raise MovieLensUnavailable(
         "could not obtain MovieLens-100K (" + "; ".join(errors) + "). Offline, put u.data "
         f"and u.item from {GROUPLENS_URL} into {raw_dir} and call again."
     )
@@ -493,7 +505,8 @@ def load_movielens_100k(
         ``"text"`` and ``"meta"``.
 
     Raises:
-        RuntimeError: if no source could be downloaded and no raw files are present.
+        MovieLensUnavailable: (a RuntimeError and a DatasetError) no source could be
+            downloaded and no raw files are present.
         ValueError: a ``text_encoder`` that is neither ``"tfidf"`` nor a named callable.
     """
     encoder_name = _check_text_encoder(text_encoder)
@@ -504,8 +517,11 @@ def load_movielens_100k(
     info_path = cache_dir / "build_info.json"
     expected = {"format": _CACHE_FORMAT, "text_encoder": encoder_name}
     if info_path.is_file() and (cache_dir / f"{DATASET_NAME}.inter").is_file():
-        info = json.loads(info_path.read_text())
-        if {key: info.get(key) for key in expected} == expected:
+        try:
+            info = json.loads(info_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            info = None  # a damaged cache: rebuilt from the raw files below
+        if isinstance(info, dict) and {key: info.get(key) for key in expected} == expected:
             return load_mmrec(cache_dir, DATASET_NAME, verbose=verbose)
 
     raw = _fetch_raw(cache_dir / "raw", verbose)
