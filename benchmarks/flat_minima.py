@@ -212,8 +212,7 @@ def equal_compute_epochs(method: str, budget: int, batches: int | None = None) -
     ``batches``: the epoch's batch count, which sets MG's exact cost (:func:`ideal_cost`:
     ``1 + ceil(batches / beta) / batches``); without it MG's average ``1 + 1/beta`` is used.
     """
-    cost = ideal_cost(method, batches) if batches else COST[method]
-    return max(1, round(2 * budget / cost))
+    return max(1, round(2 * budget / ideal_cost(method, batches)))
 
 
 def batches_per_epoch(rows) -> int | None:
@@ -362,7 +361,7 @@ def cell_table(done: list[dict], model: str, dataset: str, budget: int) -> list[
             seeds = late_runs(runs, epochs)
             if seeds:
                 late.append(f"{method} within {epochs} ({len(seeds)} of {len(runs)})")
-    mg_cost = ideal_cost("mg", batches) if batches else COST["mg"]
+    mg_cost = ideal_cost("mg", batches)
     epoch_note = f"{batches} batches an epoch, {mirror_batches(batches)} of them mirrored" if batches else "batch count unknown: MG's average"
     lines += [
         "",
@@ -475,8 +474,7 @@ def plot_comparison(cells: dict, chosen: dict, budget: int, title: str, path: st
         epochs = np.arange(1, n + 1)
         name, _ = KNOBS[method]
         label = method if name is None else f"{method} ({name} {chosen[method]:g})"
-        cost = ideal_cost(method, batches) if batches else COST[method]
-        for ax, xs in ((axes[0], epochs), (axes[1], epochs * cost)):
+        for ax, xs in ((axes[0], epochs), (axes[1], epochs * ideal_cost(method, batches))):
             ax.plot(xs, mean, color=METHOD_COLORS[method], lw=1.3, label=f"{label}, {len(runs)} seeds")
             ax.fill_between(xs, mean - std, mean + std, color=METHOD_COLORS[method], alpha=0.15, lw=0)
     # The methods differ at the top, by a few thousandths: the first epochs' climb is cut off.
@@ -896,13 +894,13 @@ def mirror_batches(batches: int, beta: int = MG_BETA) -> int:
     return sum(bool(is_mirror_batch(b, beta, steps_per_epoch=batches)) for b in range(batches))
 
 
-def ideal_cost(method: str, batches: int, beta: int = MG_BETA) -> float:
+def ideal_cost(method: str, batches: int | None, beta: int = MG_BETA) -> float:
     """Gradient evaluations per batch of one epoch of ``batches`` batches, relative to plain's.
 
     MG's mirror batches (:func:`mirror_batches`) take a second gradient; SAM, ASAM and GNP
-    take two on every batch.
+    take two on every batch. With ``batches`` unknown (None), MG's average ``1 + 1/beta``.
     """
-    if method == "mg":
+    if method == "mg" and batches:
         return 1.0 + mirror_batches(batches, beta) / batches
     return COST[method]
 
@@ -1064,7 +1062,7 @@ def main(argv=None):
 
 def _check_names(models: list[str], datasets: list[str], *, timing: bool) -> None:
     """Every model registered and every dataset a name or folder :func:`~mirrorgrad_jax.data.load_dataset` takes; else one line, exit 2."""
-    from mirrorgrad_jax.data.catalog import DATASETS
+    from mirrorgrad_jax.data.catalog import DATASETS, is_dataset
     from mirrorgrad_jax.errors import UserInputError
     from mirrorgrad_jax.models import get_model
 
@@ -1079,9 +1077,9 @@ def _check_names(models: list[str], datasets: list[str], *, timing: bool) -> Non
             get_model(model)
         except (UserInputError, ValueError, KeyError) as error:
             stop(f"--models: {str(error).strip(chr(39))}")
-    known = set(DATASETS) - {"<folder>"} | {"ml-100k"} | ({BABY_GRAPH} if timing else set())
+    known = set(DATASETS) - {"<folder>"} | ({BABY_GRAPH} if timing else set())
     for dataset in datasets:
-        if dataset not in known and not dataset.startswith("large:") and not os.path.isdir(dataset):
+        if not is_dataset(dataset) and not (timing and dataset == BABY_GRAPH):
             stop(f"--datasets: unknown dataset {dataset!r} (a name among {', '.join(sorted(known))}, or an MMRec folder)")
 
 

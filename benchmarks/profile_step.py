@@ -37,13 +37,12 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import re
 import shutil
 import tempfile
 
-from reporting import DEFAULT_GRAPH, baby_dataset, emit, load_note, markdown_row, markdown_table, report_header
+from reporting import DEFAULT_GRAPH, baby_dataset, emit, key_value_pairs, load_note, markdown_row, markdown_table, report_header, setting_value
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTAINERS = {"while", "conditional", "call"}
@@ -225,22 +224,6 @@ def report(events, modules, epochs: int, top: int) -> list[str]:
     return lines + [""]
 
 
-def _value(text: str):
-    """A ``--settings`` value: JSON (numbers, true / false) or else the plain string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _pairs(parser, flag: str, text: str) -> list[list[str]]:
-    """``key=value[,key=value]`` as ``[[key, value], ...]``; anything else stops with one line."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item]
-    if any(len(pair) != 2 for pair in pairs):
-        parser.error(f"{flag} takes key=value[,key=value], got {text!r}")
-    return pairs
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -258,8 +241,8 @@ def main(argv=None) -> None:
         parser.error(f"the Baby graph is not at {args.graph} (no baby.inter; --graph, or --dataset NAME)")
     if args.epochs < 1 or args.top < 1:
         parser.error("--epochs and --top must be at least 1")
-    pairs = _pairs(parser, "--settings", args.settings)
-    method_pairs = _pairs(parser, "--method-options", args.method_options)
+    pairs = key_value_pairs(parser, "--settings", args.settings)
+    method_pairs = key_value_pairs(parser, "--method-options", args.method_options)
     if args.mg and args.method:
         parser.error(f"--mg and --method {args.method} are two training methods: name one")
     if method_pairs and not args.method:
@@ -277,8 +260,8 @@ def main(argv=None) -> None:
     try:
         try:
             cls = get_model(args.model)
-            config = build_config(cls, {k: _value(v) for k, v in pairs})
-            method = MethodConfig(name=args.method, **{k: _value(v) for k, v in method_pairs}) if args.method else MethodConfig()
+            config = build_config(cls, {k: setting_value(v) for k, v in pairs})
+            method = MethodConfig(name=args.method, **{k: setting_value(v) for k, v in method_pairs}) if args.method else MethodConfig()
         except (ValueError, TypeError) as err:  # UserInputError / ConfigError among them; TypeError: an unknown knob
             parser.error(str(err).strip("'\""))
         unread = sorted(set(method.inert_fields()) & {k for k, _ in method_pairs})

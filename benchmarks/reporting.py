@@ -123,6 +123,22 @@ def command_as_run(script: str, argv: Iterable[str]) -> str:
     return " ".join(["python", f"benchmarks/{script}", *argv])
 
 
+def setting_value(text: str):
+    """A ``key=value`` option's value: JSON (numbers, true / false) or else the plain string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def key_value_pairs(parser, flag: str, text: str) -> list[list[str]]:
+    """``key=value[,key=value]`` as ``[[key, value], ...]``; anything else stops with one line."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 or not pair[0] for pair in pairs):
+        parser.error(f"{flag} takes key=value[,key=value], got {text!r}")
+    return pairs
+
+
 def markdown_row(cells: Iterable) -> str:
     """``| a | b | c |``: one row of a markdown table (each cell through ``str``)."""
     return "| " + " | ".join(str(cell) for cell in cells) + " |"

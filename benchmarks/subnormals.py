@@ -40,7 +40,7 @@ import tempfile
 
 import numpy as np
 
-from reporting import DEFAULT_GRAPH, baby_dataset, command_as_run, emit, markdown_table, report_header
+from reporting import DEFAULT_GRAPH, baby_dataset, command_as_run, emit, key_value_pairs, markdown_table, report_header, setting_value
 
 SPARSE_PRODUCT = "sparse_rows_product"
 METHODS = ("plain", "mg", "sam", "asam", "gnp")
@@ -141,16 +141,6 @@ def _parse_points(parser, text: str) -> list[tuple[str, float]]:
     return points
 
 
-def _value(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-
 def _trained_state(cls, config, dataset, args, pairs):
     """``--epochs`` of training with ``--method``; the best-validation trained state."""
     from mirrorgrad_jax.analysis.comparison import load_trained_state
@@ -180,12 +170,7 @@ def main(argv=None) -> None:
     if args.epochs < 0:
         parser.error("--epochs must be 0 or more")
     points = _parse_points(parser, args.points)
-    pairs = {}
-    for part in filter(None, args.method_options.split(",")):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            parser.error(f"--method-options takes key=value pairs; got {part!r}")
-        pairs[key] = _value(value)
+    pairs = {key: setting_value(value) for key, value in key_value_pairs(parser, "--method-options", args.method_options)}
     if pairs and args.method not in ("sam", "asam", "gnp"):
         parser.error("--method-options needs --method sam, asam or gnp")
     if args.dataset is None and not os.path.exists(os.path.join(args.graph, "baby.inter")):

@@ -20,7 +20,7 @@ from mirrorgrad_jax.data.large import make_large
 from mirrorgrad_jax.data.movielens import load_movielens_100k
 from mirrorgrad_jax.data.synthetic import SYNTHETIC_DEFAULT, make_synthetic
 
-__all__ = ["DATASETS", "load_dataset"]
+__all__ = ["DATASETS", "is_dataset", "load_dataset"]
 
 #: Name -> one-line description (``<folder>`` stands for any MMRec folder).
 DATASETS: Mapping[str, str] = types.MappingProxyType(
@@ -48,6 +48,11 @@ def load_dataset(name: str, *, verbose: bool = True) -> RecDataset:
     if os.path.isdir(name) and not _is_builtin(name):
         return load_mmrec(name, verbose=verbose)
     return with_source(_builtin(name, verbose), name)
+
+
+def is_dataset(name: str) -> bool:
+    """Whether :func:`load_dataset` would look ``name`` up: a built-in name or an existing folder (nothing is loaded)."""
+    return (_is_builtin(name) and name != "<folder>") or os.path.isdir(name)
 
 
 def _is_builtin(name: str) -> bool:

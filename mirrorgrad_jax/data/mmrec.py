@@ -92,13 +92,18 @@ def _locate_bad_value(path: Path, header: list[str], columns: list[int]) -> str:
     return "unknown location"
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError, where: str = "") -> DatasetError:
+    """The error for a text file with a byte that is not UTF-8, naming the byte."""
+    return DatasetError(f"{path.name} is not UTF-8 text ({err.reason}: byte {err.object[err.start:err.start + 1]!r}{where})")
+
+
 def _read_inter(path: Path) -> np.ndarray:
     """Reads (userID, itemID, x_label) as an (E, 3) int64 array in file order."""
     try:
         with open(path, encoding="utf-8-sig") as handle:
             header = handle.readline().rstrip("\r\n").split("\t")
     except UnicodeDecodeError as err:
-        raise DatasetError(f"{path.name} is not UTF-8 text ({err.reason}: byte {err.object[err.start:err.start + 1]!r})") from None
+        raise _not_utf8(path, err) from None
     header = [column.strip() for column in header]
     missing = [column for column in _REQUIRED_COLUMNS if column not in header]
     if missing:
@@ -123,7 +128,7 @@ def _read_inter(path: Path) -> np.ndarray:
         try:
             where = _locate_bad_value(path, header, columns)
         except UnicodeDecodeError as err:
-            raise DatasetError(f"{path.name} is not UTF-8 text ({err.reason}: byte {err.object[err.start:err.start + 1]!r} after the header)") from None
+            raise _not_utf8(path, err, " after the header") from None
         raise DatasetError(
             f"{path.name}: userID, itemID and x_label must be non-negative integers ({where})"
         ) from None
@@ -237,20 +242,24 @@ def load_mmrec(
     return with_source(dataset, str(folder.resolve()))
 
 
+def _npy_header(handle: Any, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a ``.npy`` file declares, from its header alone (the handle is left at the data)."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+    except (ValueError, OSError, EOFError) as err:
+        raise DatasetError(f"{path.name} is not a .npy file: {err}") from None
+    return shape, dtype
+
+
 def _check_npy_size(path: Path) -> None:
     """Refuses a ``.npy`` file whose header declares more data than the file holds, before reading it.
 
     A 16-byte file can declare a (2e9, 1000) array; ``np.load`` would try to allocate it first.
     """
     with open(path, "rb") as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version not in ((1, 0), (2, 0)):
-                return  # format 3.0 (UTF-8 field names): np.load reads and checks it
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(handle)
-        except (ValueError, OSError, EOFError) as err:
-            raise DatasetError(f"{path.name} is not a .npy file: {err}") from None
+        shape, dtype = _npy_header(handle, path)
         offset = handle.tell()
     if dtype.hasobject:
         raise DatasetError(f"{path.name} holds Python objects ({dtype}), not numbers; features must be a numeric array")
@@ -299,12 +308,7 @@ def _empty_reconstruct(reconstruct: Any) -> Any:
 def _read_pickled_user_graph(path: Path) -> Any:
     """MMRec's ``user_graph_dict.npy`` (an object .npy holding a pickled dict), read without running code."""
     with open(path, "rb") as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            header = np.lib.format.read_array_header_1_0(handle) if version == (1, 0) else np.lib.format.read_array_header_2_0(handle)
-        except ValueError as err:
-            raise DatasetError(f"{path.name} is not a .npy file: {err}") from None
-        shape, _, dtype = header
+        shape, dtype = _npy_header(handle, path)
         if dtype != np.dtype(object):
             raise DatasetError(f"{path.name} holds a {dtype} array of shape {shape}; MMRec's user graph is a pickled dict")
         try:

@@ -153,7 +153,6 @@ def find_minilm_model(
 # ---------------------------------------------------------------------------------------
 
 
-
 def _read_json(path: Path, kind: type) -> Any:
     """A model folder's JSON file, which must hold a ``kind`` (dict or list); else one DatasetError."""
     try:
@@ -163,6 +162,7 @@ def _read_json(path: Path, kind: type) -> Any:
     if not isinstance(value, kind):
         raise DatasetError(f"{path} must hold a JSON {'object' if kind is dict else 'list'}, got {type(value).__name__}")
     return value
+
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
