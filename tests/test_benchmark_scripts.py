@@ -282,9 +282,9 @@ def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
         "PYTHON": sys.executable,
         "PHASES": "patience",
         "WORKERS": "1",
-        "PATIENCE_MODELS": "lightgcn",
+        "PATIENCE_MODELS": "bprmf",
         "PATIENCE_DATASETS": "synthetic-small",
-        "PATIENCE_BUDGETS": "lightgcn=2",
+        "PATIENCE_BUDGETS": "bprmf=2",
         "PATIENCE_RERUN": "vbpr:synthetic",
         "JAX_PLATFORMS": "cpu",
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
@@ -296,9 +296,9 @@ def test_device_run_patience_phase_returns_only_its_new_runs(tmp_path):
     assert f"{len(recorded) - len(rerun)} recorded runs kept; rerun here: ['vbpr:synthetic']" in proc.stdout
     new = [json.loads(line) for line in open(out / "patience_new.jsonl")]
     assert sorted((r["alpha2"] is not None, r["seed"]) for r in new) == sorted((mg, s) for mg in (False, True) for s in (999, 1000, 1001))
-    assert all(r["model"] == "lightgcn" and r["dataset"] == "synthetic-small" and r["budget"] == 2 for r in new)
+    assert all(r["model"] == "bprmf" and r["dataset"] == "synthetic-small" and r["budget"] == 2 for r in new)
     assert all(len(r["curves"]["valid"]["recall@20"]) == 2 for r in new)
-    assert "| lightgcn | synthetic-small | 2 |" in (out / "patience.md").read_text()
+    assert "| bprmf | synthetic-small | 2 |" in (out / "patience.md").read_text()
 
 
 @needs_bash
