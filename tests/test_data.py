@@ -620,6 +620,13 @@ def _forge_header(path: Path) -> None:
         np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (2_000_000_000, 1000)})
 
 
+def _npy_version(path: Path, major: int) -> None:
+    """The same array with its header's version bytes set to ``major``.0 (numpy writes 1, 2 and 3)."""
+    data = bytearray(path.read_bytes())
+    data[6] = major  # after the magic string b"\x93NUMPY"
+    path.write_bytes(bytes(data))
+
+
 def _non_utf8(path: Path) -> None:
     path.write_bytes(b"userID\titemID\tx_label\n0\t1\t0\n1\t\xff\t0\n")
 
@@ -633,6 +640,7 @@ def _huge_id(path: Path) -> None:
     [
         (lambda f: _forge_header(_first_feature(f)), "declares a float32 array of shape (2000000000, 1000)"),
         (lambda f: np.save(_first_feature(f), np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True), "holds Python objects"),
+        (lambda f: _npy_version(_first_feature(f), 9), "is stored in .npy format 9.0, which numpy does not write (1.0, 2.0, 3.0)"),
         (lambda f: _non_utf8(next(f.glob("*.inter"))), "is not UTF-8 text"),
         (lambda f: _huge_id(next(f.glob("*.inter"))), "userID 4611686018427387904 at line 14 does not fit in int32"),
     ],
@@ -643,6 +651,19 @@ def test_a_crafted_folder_is_one_clear_error_before_anything_large_is_allocated(
     spoil(folder)
     with pytest.raises(DatasetError, match=re.escape(message)):
         load_mmrec(folder)
+
+
+def test_features_in_each_npy_format_numpy_writes_load_the_same(tmp_path):
+    """Format 3.0 (a UTF-8 header) is read as 2.0 is: the same numbers as the 1.0 file."""
+    folder = write_folder(tmp_path / "toy")
+    feature = _first_feature(folder)
+    expected = np.load(feature)
+    for version in ((2, 0), (3, 0)):
+        with open(feature, "wb") as handle:
+            np.lib.format.write_array(handle, expected, version=version)
+        assert feature.read_bytes()[6] == version[0]
+        modality = feature.name[: -len("_feat.npy")]
+        np.testing.assert_array_equal(load_mmrec(folder).features[modality], expected.astype(np.float32))  # loaded as float32
 
 
 @pytest.mark.parametrize(

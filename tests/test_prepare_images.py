@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import zipfile
 
 import jax
 import numpy as np
@@ -244,9 +246,6 @@ def test_decompression_bombs_and_oversized_images_are_one_clear_error(tmp_path, 
 
 def _npz_declaring(path, shape, dtype="<f4", payload=b"\0" * 64, extra=None):
     """An .npz whose member ``conv1.weight`` DECLARES ``shape`` but holds ``payload`` (compressed)."""
-    import io
-    import zipfile
-
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -267,6 +266,15 @@ def test_npz_weights_declaring_a_huge_array_are_refused_from_the_archive_metadat
     short = _npz_declaring(tmp_path / "short.npz", (64, 3, 7, 7))
     with pytest.raises(DatasetError, match=r"short.npz: conv1.weight declares shape \(64, 3, 7, 7\) float32 \(37632 bytes\) but the archive holds"):
         images.load_resnet(short)
+    # A member in a .npy format numpy never wrote.
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3, np.float32))
+    member = bytearray(buffer.getvalue())
+    member[6] = 9  # the format's major version, after b"\x93NUMPY"
+    with zipfile.ZipFile(tmp_path / "v9.npz", "w") as archive:
+        archive.writestr("conv1.weight.npy", bytes(member))
+    with pytest.raises(DatasetError, match=r"v9.npz: conv1.weight is stored in .npy format 9.0"):
+        images.load_resnet(tmp_path / "v9.npz")
     # Many members, each fine, too large together.
     many = random_resnet_weights()
     np.savez(tmp_path / "w.npz", **many)

@@ -242,15 +242,32 @@ def load_mmrec(
     return with_source(dataset, str(folder.resolve()))
 
 
-def _npy_header(handle: Any, path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype a ``.npy`` file declares, from its header alone (the handle is left at the data)."""
+def npy_header(handle: Any, where: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a ``.npy`` file (or ``.npz`` member) declares, from its header alone.
+
+    The handle is left at the first byte of the data. Shared by every reader of a ``.npy``
+    header in the package, so that each one sizes a file before ``np.load`` allocates it.
+
+    Args:
+      handle: a binary file object at the start of the ``.npy`` data.
+      where: names the file in messages.
+
+    Raises:
+      DatasetError: not a ``.npy`` file, or a format version numpy does not write (1.0, 2.0
+        and 3.0 are read; 3.0 differs from 2.0 only in its header's encoding, UTF-8 for
+        Latin-1, which is the same for the ASCII header of a numeric array).
+    """
     try:
         version = np.lib.format.read_magic(handle)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise DatasetError(f"{where} is stored in .npy format {version[0]}.{version[1]}, which numpy does not write (1.0, 2.0, 3.0)")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read_header(handle)
     except (ValueError, OSError, EOFError) as err:
-        raise DatasetError(f"{path.name} is not a .npy file: {err}") from None
-    return shape, dtype
+        if isinstance(err, DatasetError):
+            raise
+        raise DatasetError(f"{where} is not a .npy file: {err}") from None
+    return tuple(int(d) for d in shape), dtype
 
 
 def _check_npy_size(path: Path) -> None:
@@ -259,7 +276,7 @@ def _check_npy_size(path: Path) -> None:
     A 16-byte file can declare a (2e9, 1000) array; ``np.load`` would try to allocate it first.
     """
     with open(path, "rb") as handle:
-        shape, dtype = _npy_header(handle, path)
+        shape, dtype = npy_header(handle, path.name)
         offset = handle.tell()
     if dtype.hasobject:
         raise DatasetError(f"{path.name} holds Python objects ({dtype}), not numbers; features must be a numeric array")
@@ -308,7 +325,7 @@ def _empty_reconstruct(reconstruct: Any) -> Any:
 def _read_pickled_user_graph(path: Path) -> Any:
     """MMRec's ``user_graph_dict.npy`` (an object .npy holding a pickled dict), read without running code."""
     with open(path, "rb") as handle:
-        shape, dtype = _npy_header(handle, path)
+        shape, dtype = npy_header(handle, path.name)
         if dtype != np.dtype(object):
             raise DatasetError(f"{path.name} holds a {dtype} array of shape {shape}; MMRec's user graph is a pickled dict")
         try:

@@ -48,6 +48,7 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.data import DatasetError
+from mirrorgrad_jax.data.mmrec import npy_header
 
 __all__ = [
     "AMAZON_FEATURE_DIM",
@@ -389,13 +390,7 @@ def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
             for info in archive.infolist():
                 name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                    elif version == (2, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                    else:
-                        raise DatasetError(f"{path}: {name} is stored in .npy format {version}; save the weights with numpy's default")
+                    shape, dtype = npy_header(member, f"{path}: {name}")
                 if dtype.hasobject:
                     raise DatasetError(f"{path}: {name} holds Python objects, which are never unpickled")
                 nbytes = math.prod(shape) * dtype.itemsize
@@ -408,7 +403,7 @@ def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 if nbytes > info.file_size:
                     raise DatasetError(f"{path}: {described} but the archive holds only {info.file_size} bytes for it")
                 total += nbytes
-                out[name] = (tuple(int(d) for d in shape), dtype)
+                out[name] = (shape, dtype)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         if isinstance(err, DatasetError):
             raise
