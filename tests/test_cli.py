@@ -293,6 +293,7 @@ def test_a_valid_metric_beyond_the_catalogue_is_one_line(tmp_path, capsys):
         (["--model", "bprmf", "--set", "embedding_size=-1"], "BPRMFConfig.embedding_size"),
         (["--model", "bprmf", "--lr", "fast"], "TrainConfig.learning_rate"),
         (["--model", "bprmf", "--set", "no_such_option=1"], "unknown key(s) ['no_such_option']"),
+        (["--model", "bprmf", "--seeds", "0"], "--seeds must be at least 1, got 0"),
     ],
 )
 def test_names_and_config_are_checked_before_the_dataset_is_loaded(argv, fragment, monkeypatch, capsys):
@@ -575,3 +576,30 @@ def test_a_checkpoint_with_malformed_run_metadata_is_one_line(change, message, t
     path = tmp_path / "best.ckpt"
     save_checkpoint(path, {"params": {"x": np.zeros(1, np.float32)}}, {"meta": {**_GOOD_RUN, **change}, "epoch": 0})
     _one_line_error(capsys, main(["evaluate", str(path)]), message)
+
+
+# ---------------------------------------------------------------------------------------
+# `mirrorgrad demo` (what `make demo` runs).
+# ---------------------------------------------------------------------------------------
+
+
+def test_demo_prints_both_arms_and_mgs_relative_change_as_make_demo_runs_it(capsys):
+    """One seed and one epoch of ``make demo``'s command: a table a person reads, its change from its own rows."""
+    assert main(["demo", "--seeds", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "VBPR on synthetic, test metrics at the best-validation epoch, mean ± std over 1 seeds" in lines
+    rows = {line[:18].strip(): line[18:].split() for line in lines if line.startswith(("no MG", "MG (alpha2=0.2)", "relative change"))}
+    assert set(rows) == {"no MG", "MG (alpha2=0.2)", "relative change"}
+    # each arm row: four "mean ± std" cells; the change row: (MG - no MG) / no MG per metric
+    base, mg = (rows[arm][0::3] for arm in ("no MG", "MG (alpha2=0.2)"))
+    assert len(base) == len(mg) == len(rows["relative change"]) == 4
+    for b, g, change in zip(base, mg, rows["relative change"]):
+        assert 0 < float(b) <= 1 and 0 < float(g) <= 1
+        # the cells are rounded to 4 places (an error up to 1e-4 in g - b) and the change to 0.1%
+        assert abs(float(change.rstrip("%")) - 100 * (float(g) - float(b)) / float(b)) <= 100 * 1e-4 / float(b) + 0.05
+
+
+@pytest.mark.parametrize("argv, message", [(["--seeds", "0"], "--seeds must be at least 1, got 0"), (["--epochs", "-1"], "--epochs must be at least 1, got -1")])
+def test_demo_refuses_a_count_below_one_in_one_line(argv, message, capsys):
+    _one_line_error(capsys, main(["demo", *argv]), message)

@@ -69,9 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirrorgrad_jax.errors import ConfigError
+    from mirrorgrad_jax.cli.flags import check_at_least_one
 
-    if args.seeds < 1 or args.epochs < 1:
-        raise ConfigError(f"--seeds and --epochs must be >= 1, got {args.seeds} and {args.epochs}")
+    check_at_least_one(("--seeds", args.seeds), ("--epochs", args.epochs))
     run_demo(seeds=args.seeds, epochs=args.epochs)
     return 0

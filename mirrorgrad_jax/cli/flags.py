@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 from mirrorgrad_jax.config import parse_scalar
 from mirrorgrad_jax.errors import ConfigError
 
-__all__ = ["csv_list", "grid_value", "key_values"]
+__all__ = ["check_at_least_one", "csv_list", "grid_value", "key_values"]
 
 
 def grid_value(text: str) -> Any:
@@ -30,6 +30,17 @@ def key_values(items: Sequence[str] | None, flag: str = "--set") -> dict[str, An
             raise ConfigError(f"{flag} expects key=value, got {item!r}")
         out[key.strip()] = grid_value(value)
     return out
+
+
+def check_at_least_one(*flags: tuple[str, int]) -> None:
+    """Refuses counts below 1: ``check_at_least_one(("--seeds", args.seeds), ("--epochs", args.epochs))``.
+
+    Raises:
+      ConfigError: the first flag whose value is below 1, in one line.
+    """
+    for flag, value in flags:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
 
 
 def csv_list(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import csv_list, key_values
+from mirrorgrad_jax.cli.flags import check_at_least_one, csv_list, key_values
 from mirrorgrad_jax.cli.train import _FLAGS as TRAIN_FLAGS
 from mirrorgrad_jax.cli.train import _set_method
 from mirrorgrad_jax.prepare.work import atomic_write
@@ -355,9 +355,7 @@ def _train(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, tuple[An
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.train import TrainConfig
 
-    for flag, value in (("--seeds", args.seeds), ("--perturb-seeds", args.perturb_seeds)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    check_at_least_one(("--seeds", args.seeds), ("--perturb-seeds", args.perturb_seeds))
     methods = _method_configs(args)
     shifts = _shifts(args)
     rho = _sharpness_rho(args)

@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import grid_value, key_values
+from mirrorgrad_jax.cli.flags import check_at_least_one, grid_value, key_values
 from mirrorgrad_jax.errors import ConfigError, UserInputError
 
 __all__ = ["register", "run", "read_config"]
@@ -192,8 +192,7 @@ def run(args: argparse.Namespace) -> int:
     for key in ("mesh", "shard_tables", "device_budget_mb"):
         if getattr(args, key) is not None:
             sections["train"][key] = getattr(args, key)
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    check_at_least_one(("--seeds", args.seeds))
     if args.results and not os.path.isdir(os.path.dirname(os.path.abspath(args.results))):
         raise ConfigError(f"--results {args.results}: its folder does not exist")
     seeds = [args.seed + i for i in range(args.seeds)]
