@@ -21,16 +21,19 @@ from mirrorgrad_jax.train.checkpoint import flatten_arrays, load_checkpoint
 from mirrorgrad_jax.cli import main
 from mirrorgrad_jax.data import make_synthetic
 from mirrorgrad_jax.models import LATTICE, LATTICEConfig
-from mirrorgrad_jax.train import MGConfig, TrainConfig, train
+from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig, train
 
 
-@pytest.mark.parametrize("mg_enabled", [True, False])
-def test_lattice_graph_learner_is_skipped_except_on_the_first_batch_with_torch2_zero_grad(tmp_path, mg_enabled):
+@pytest.mark.parametrize("method", ["mg", "plain", "gnp"])
+def test_lattice_graph_learner_is_skipped_except_on_the_first_batch_with_torch2_zero_grad(tmp_path, method):
+    """With MG, without, and with a two-pass method (GNP: both passes of batch 0 take the first-batch loss)."""
     ds = make_synthetic(num_users=60, num_items=40, seed=30)
     config = LATTICEConfig(embedding_size=8, feat_embed_dim=8, knn_k=3)
     cfg = TrainConfig(epochs=2, batch_size=128, learning_rate=1e-2, valid_metric="recall@20", topk=(10, 20), seed=3, zero_grad="none")
+    mg_enabled = method == "mg"
     mg = MGConfig(enabled=mg_enabled, alpha2=0.2, beta=3)
-    result = train(LATTICE, config, ds, cfg, mg, checkpoint_dir=tmp_path, log=None)
+    two_pass = MethodConfig(name=method) if method == "gnp" else MethodConfig()
+    result = train(LATTICE, config, ds, cfg, mg, checkpoint_dir=tmp_path, log=None, method=two_pass)
     assert result.epochs_run == 2 and all(np.isfinite(h["loss"]) for h in result.history)
     arrays = load_checkpoint(tmp_path / "last.ckpt").arrays
     counts = {k: int(v) for k, v in arrays["opt_state"].items() if k.endswith("count") and ("first_batch" in k or "others" in k)}
