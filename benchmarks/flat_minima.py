@@ -28,7 +28,12 @@ afterwards, so a method's effect is not mixed with when early stopping happens t
   over its ideal (issue 28's goal: within 5%). ``--datasets baby-graph`` times on the
   Baby-scale graph (the real Amazon Baby interactions in ``--graph`` with seeded random
   features of the real shapes, as ``epoch_time.py``), where an epoch is long enough for the
-  fixed per-epoch costs not to hide the per-batch ones.
+  fixed per-epoch costs not to hide the per-batch ones. ``--timing --interleave`` builds each
+  method's compiled epoch once and runs ONE epoch of every method in turn (the order reversed
+  every other epoch), all on the same batches, so a drift of the machine's speed during the
+  sitting falls on every method alike instead of on the methods whose block it hits; it times
+  the trainer's epoch dispatch (``EpochEngine.run_epoch``) alone, the host's batch drawing and
+  the model's ``pre_epoch`` (the same for every method) left out.
 
 * Ablation (``--ablation AXES``, issue 28): MG's knobs one at a time instead of the
   comparison, each arm trained as MG's arm above (``2 B`` epochs, no early stop) on every
@@ -61,6 +66,7 @@ Usage:
       --out benchmarks/results/flat_minima.md
   python benchmarks/flat_minima.py --timing --models vbpr --datasets synthetic --epochs 4
   python benchmarks/flat_minima.py --timing --models freedom --datasets baby-graph --epochs 4
+  python benchmarks/flat_minima.py --timing --interleave --models lightgcn --datasets baby-graph --epochs 12
   python benchmarks/flat_minima.py --ablation alpha2,beta,alpha1 --models vbpr,lightgcn \
       --datasets synthetic --seeds 3 --budget 125 --out benchmarks/results/flat_minima.md
   python benchmarks/flat_minima.py --ablation beta --models freedom --datasets synthetic --budget 125
@@ -948,6 +954,72 @@ def timing(model: str, dataset_name: str, epochs: int, rounds: int, graph: str =
     return lines
 
 
+def interleaved_timing(model: str, dataset_name: str, epochs: int, graph: str = DEFAULT_GRAPH) -> list[str]:
+    """One epoch of each method in turn, ``epochs`` times, on the same batches; median epoch time / plain's.
+
+    Each method's model, optimizer and compiled epoch (the trainer's
+    :class:`~mirrorgrad_jax.train.engine.EpochEngine`) are built once, from the same seed;
+    every epoch draws one set of batches and each method trains one epoch on it, in the
+    order of ``KNOBS`` on even epochs and reversed on odd ones. Only ``run_epoch`` (until
+    its parameters are ready) is timed; the first epoch, which compiles, is left out.
+
+    Returns markdown lines as :func:`timing`, with each method's quartiles.
+    """
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from mirrorgrad_jax.data import epoch_batches
+    from mirrorgrad_jax.models import build_config, get_model
+    from mirrorgrad_jax.train import TrainConfig
+    from mirrorgrad_jax.train.engine import EpochEngine
+    from mirrorgrad_jax.train.optimizer import build_optimizer
+
+    dataset = timing_dataset(dataset_name, graph)
+    cls = get_model(model)
+    knob = {"plain": None, "mg": 0.2, "sam": 0.05, "asam": 0.5, "gnp": 0.5}
+    cfg = TrainConfig(epochs=epochs, patience=epochs, valid_metric=METRIC, seed=FIRST_SEED)
+    batches = cfg.steps_per_epoch(len(dataset.train))
+    arms = {}
+    for method in KNOBS:
+        mg, method_config = configs(method, knob[method])
+        net = cls(dataset, build_config(cls, {}), rngs=nnx.Rngs(params=FIRST_SEED))
+        tx = build_optimizer(cfg, mg, batches, method=method_config)
+        engine = EpochEngine(net, tx, mg, cfg, perturbed=COST[method] == 2.0)
+        arms[method] = {"net": net, "engine": engine, "state": (engine.params, engine.init_opt_state(tx)), "rng": np.random.default_rng(FIRST_SEED)}
+    rng = np.random.default_rng(FIRST_SEED)
+    times: dict = {m: [] for m in KNOBS}
+    for epoch in range(epochs):
+        drawn = epoch_batches(dataset, cfg.batch_size, rng, negatives=cls.uses_negatives)
+        full = None if drawn.full is None or len(drawn.full) == 0 else drawn.full
+        key = jax.random.fold_in(jax.random.key(FIRST_SEED), epoch)
+        for method in list(KNOBS) if epoch % 2 == 0 else list(KNOBS)[::-1]:
+            arm = arms[method]
+            arm["net"].pre_epoch(arm["rng"])
+            arm["engine"].refresh_constants(arm["net"])
+            params, opt_state = arm["state"]
+            start = time.perf_counter()
+            params, opt_state, _ = arm["engine"].run_epoch(params, opt_state, full, drawn.last, key, epoch * batches, batches)
+            jax.block_until_ready(params)
+            if epoch > 0:
+                times[method].append(time.perf_counter() - start)
+            arm["state"] = (params, opt_state)
+            nnx.update(arm["net"], arm["engine"].cache)
+    plain = statistics.median(times["plain"])
+    lines = [
+        f"{batches} batches of {cfg.batch_size} an epoch; {epochs - 1} timed epochs (of {epochs}) per method, one epoch of each "
+        f"method in turn on the same batches (the order reversed every other epoch); MG at beta {MG_BETA} mirrors "
+        f"{mirror_batches(batches)} of them. Timed: the trainer's epoch dispatch alone (no batch drawing, no pre_epoch).",
+        "",
+        *markdown_table(("method", "median epoch (s)", "quartiles (s)", "/ plain", "ideal", "/ ideal")),
+    ]
+    for method, values in times.items():
+        ratio, ideal = statistics.median(values) / plain, ideal_cost(method, batches)
+        q1, q3 = (float(np.percentile(values, q)) for q in (25, 75))
+        lines.append(markdown_row([method, f"{statistics.median(values):.3f}", f"{q1:.3f}-{q3:.3f}", f"{ratio:.2f}", f"{ideal:.2f}", f"{ratio / ideal:.2f}"]))
+    return lines
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -964,7 +1036,8 @@ def main(argv=None):
     parser.add_argument("--stop-after", type=float, default=None, help="start no new run after this many seconds")
     parser.add_argument("--timing", action="store_true", help="time the methods side by side instead (first model and dataset)")
     parser.add_argument("--epochs", type=int, default=4, help="--timing: epochs per method and round")
-    parser.add_argument("--rounds", type=int, default=2, help="--timing: round-robin rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="--timing: round-robin rounds (default 2; not with --interleave)")
+    parser.add_argument("--interleave", action="store_true", help="--timing: one epoch of each method in turn on the same batches")
     parser.add_argument("--graph", default=DEFAULT_GRAPH, help=f"--timing --datasets {BABY_GRAPH}: the folder holding baby.inter")
     parser.add_argument(
         "--ablation", metavar="AXES", default=None,
@@ -990,15 +1063,21 @@ def main(argv=None):
     tokens = argv if argv is not None else sys.argv[1:]
     if not args.summarise_only:  # before anything trains: a typo would otherwise fail every run
         _check_names(models, datasets, timing=args.timing)
+    if args.interleave and (not args.timing or args.rounds is not None):
+        print("flat_minima.py: error: --interleave times --timing's methods one epoch at a time: give --timing, and no --rounds", file=sys.stderr)
+        raise SystemExit(2)
     if args.timing:
+        args.rounds = 2 if args.rounds is None else args.rounds
         if args.epochs < 2 or args.rounds < 1:
             parser.error("--timing needs --epochs >= 2 and --rounds >= 1")
         if datasets[0] == BABY_GRAPH and not os.path.exists(os.path.join(args.graph, "baby.inter")):
             print(f"flat_minima.py: error: --datasets {BABY_GRAPH}: no baby.inter in {args.graph} (pass --graph)", file=sys.stderr)
             raise SystemExit(2)
         text = "\n".join([
-            f"## Epoch time side by side: {models[0]} on {datasets[0]}", "",
-            *report_header(command_as_run("flat_minima.py", tokens)), "", *timing(models[0], datasets[0], args.epochs, args.rounds, args.graph), "",
+            f"## Epoch time side by side{', interleaved' if args.interleave else ''}: {models[0]} on {datasets[0]}", "",
+            *report_header(command_as_run("flat_minima.py", tokens)), "",
+            *(interleaved_timing(models[0], datasets[0], args.epochs, args.graph) if args.interleave
+              else timing(models[0], datasets[0], args.epochs, args.rounds, args.graph)), "",
         ])  # fmt: skip
         print(text)
         if args.out:
