@@ -390,7 +390,35 @@ def test_resume_ignores_where_the_data_was_read_but_not_what_it_is(tmp_path, mon
     assert main([*argv, "--resume", "--dataset", str(tmp_path / "moved" / "data")]) == 0  # the same data, moved
     capsys.readouterr()
     line = _one_line_error(capsys, main([*argv, "--resume", "--dataset", str(tmp_path / "work" / "data")]), "cannot resume")
-    assert "its dataset differ" in line
+    assert "it was written with other settings (dataset.splits_sha256: " in line
+
+
+def test_resume_to_a_larger_epoch_cap_is_the_longer_run_and_a_changed_knob_is_named(tmp_path, capsys):
+    """The epoch cap only says where a run ends: 2 epochs, then ``--epochs 4 --resume``, is the 4-epoch run.
+
+    A knob the run reads (ASAM's radius) is not: the message names it with both values.
+    """
+    import json
+
+    def run(folder, epochs, *extra):
+        results = tmp_path / f"{folder}.json"
+        argv = ["train", "--model", "bprmf", "--dataset", "synthetic-small", "--method", "asam", "--rho", "0.05", "--batch-size", "256",
+                "--valid-metric", "recall@20", "--set", "embedding_size=8", "--patience", "10", "--quiet", "--epochs", str(epochs),
+                "--checkpoint-dir", str(tmp_path / folder), "--results", str(results), *extra]  # fmt: skip
+        code = main(argv)
+        return code, (json.loads(results.read_text())["runs"][0]["seeds"][0] if code == 0 else None)
+
+    _, whole = run("whole", 4)
+    _, first = run("split", 2)
+    code, resumed = run("split", 4, "--resume")
+    assert code == 0 and [h["loss"] for h in first["history"]] == [h["loss"] for h in whole["history"][:2]]
+    assert resumed["epochs_run"] == whole["epochs_run"] == 4
+    assert (resumed["best_epoch"], resumed["best_valid"], resumed["test_at_best"]) == (whole["best_epoch"], whole["best_valid"], whole["test_at_best"])
+    capsys.readouterr()
+    code = main(["train", "--model", "bprmf", "--dataset", "synthetic-small", "--method", "asam", "--batch-size", "256",
+                 "--valid-metric", "recall@20", "--set", "embedding_size=8", "--patience", "10", "--quiet", "--epochs", "4",
+                 "--checkpoint-dir", str(tmp_path / "split"), "--resume"])  # fmt: skip
+    _one_line_error(capsys, code, "cannot resume from", "it was written with other settings (method.rho: 0.05 there, 0.5 here)")
 
 
 class _CountingCheckpointer:

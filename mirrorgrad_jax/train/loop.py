@@ -89,11 +89,15 @@ _RESUME_IGNORES = ("layout", "dataset_source")
 
 
 def _live_settings(key: str, values: Any) -> Any:
-    """The ``mg`` or ``method`` settings of a run's metadata without the knobs it does not read (others unchanged).
+    """The settings of a run's metadata that decide its trajectory (others unchanged).
 
     A SAM run does not read the gradient-norm penalty's ``alpha``, nor a run with MG off
-    MG's ``alpha2``: a different value of such a knob is the same run, and resumes.
+    MG's ``alpha2``: a different value of such a knob is the same run, and resumes. The
+    epoch cap (``train_config.epochs``) only says where the run ends (no schedule reads
+    it), so a run resumes with another cap: to go on training, or to stop sooner.
     """
+    if key == "train_config" and isinstance(values, dict):
+        return {k: v for k, v in values.items() if k != "epochs"}
     if key not in ("mg", "method") or not isinstance(values, dict):
         return values
     try:
@@ -103,11 +107,32 @@ def _live_settings(key: str, values: Any) -> Any:
     return {k: v for k, v in values.items() if k not in inert}
 
 
-def _same_for_resume(key: str, saved: Any, current: Any) -> bool:
+def _resume_differences(key: str, saved: Any, current: Any) -> list[str]:
+    """What differs between a checkpoint's ``key`` settings and this run's, one ``"key.field: A there, B here"`` each.
+
+    Empty when the run may resume (:func:`_live_settings`).
+    """
     if key == "dataset" and isinstance(saved, dict) and isinstance(current, dict) and "splits_sha256" not in saved:
         current = {k: v for k, v in current.items() if k in saved}  # a checkpoint from before the split hash
     saved, current = _live_settings(key, saved), _live_settings(key, current)
-    return json.dumps(saved, sort_keys=True, default=str) == json.dumps(current, sort_keys=True, default=str)
+
+    def text(value: Any) -> str:
+        shown = json.dumps(value, sort_keys=True, default=str)
+        return shown if len(shown) <= 40 else shown[:37] + "..."
+
+    if isinstance(saved, dict) and isinstance(current, dict):
+        fields = sorted(set(saved) | set(current))
+        selector = {"mg": "enabled", "method": "name"}.get(key)
+        if selector is not None and saved.get(selector) != current.get(selector):
+            fields = [selector]  # another method altogether: its knobs are beside the point
+        return [
+            f"{key}.{field}: {text(saved.get(field))} there, {text(current.get(field))} here"
+            for field in fields
+            if json.dumps(saved.get(field), sort_keys=True, default=str) != json.dumps(current.get(field), sort_keys=True, default=str)
+        ]
+    if json.dumps(saved, sort_keys=True, default=str) != json.dumps(current, sort_keys=True, default=str):
+        return [f"{key}: {text(saved)} there, {text(current)} here"]
+    return []
 
 
 def _placement(cfg: TrainConfig) -> Placement | None:
@@ -207,7 +232,9 @@ def train(
         atomically, after every epoch (orbax folders; see :mod:`mirrorgrad_jax.train.checkpoint`).
         ``None`` keeps nothing on disk.
       resume: continue from ``checkpoint_dir/last.ckpt`` when it exists; the run
-        then ends exactly as an uninterrupted one would.
+        then ends exactly as an uninterrupted one would. The checkpoint's settings must be
+        this run's, except ``train_config.epochs`` (a larger cap trains on) and knobs the
+        method does not read; a difference raises :class:`TrainingError` naming each one.
       stop_after_epochs: stop (as if interrupted) after this many epochs of THIS call;
         used to test resuming.
       log: progress printer (``None`` for silence).
@@ -406,12 +433,14 @@ def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, op
         raise TrainingError(f"cannot resume from {path}: it is not a last.ckpt written by the trainer")
     saved_meta = saved.get("meta", {})
     mismatched = [
-        k
+        difference
         for k in [*meta, *(k for k in saved_meta if k not in meta)]  # a key either side has (e.g. "method")
-        if k not in _RESUME_IGNORES and not _same_for_resume(k, saved_meta.get(k), meta.get(k))
+        if k not in _RESUME_IGNORES
+        for difference in _resume_differences(k, saved_meta.get(k), meta.get(k))
     ]
     if mismatched:
-        raise TrainingError(f"cannot resume from {path}: its {', '.join(mismatched)} differ from this run's")
+        shown = "; ".join(mismatched[:4]) + (f"; and {len(mismatched) - 4} more" if len(mismatched) > 4 else "")
+        raise TrainingError(f"cannot resume from {path}: it was written with other settings ({shown})")
     try:
         expected = {**model_arrays(params, model), "opt_state": flatten_arrays(opt_state)}
         arrays = ckpt.read_arrays(expected=expected, targets=targets)
