@@ -419,6 +419,11 @@ def test_resume_to_a_larger_epoch_cap_is_the_longer_run_and_a_changed_knob_is_na
                  "--valid-metric", "recall@20", "--set", "embedding_size=8", "--patience", "10", "--quiet", "--epochs", "4",
                  "--checkpoint-dir", str(tmp_path / "split"), "--resume"])  # fmt: skip
     _one_line_error(capsys, code, "cannot resume from", "it was written with other settings (method.rho: 0.05 there, 0.5 here)")
+    # A cap below the epochs already done is not that cap's run: refused, nothing rewritten.
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "whole").rglob("*"))
+    code, _ = run("whole", 2, "--resume")
+    _one_line_error(capsys, code, "it has 4 epochs done, more than this run's 2 (--epochs); give --epochs 4 or more")
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "whole").rglob("*")) == before
 
 
 class _CountingCheckpointer:

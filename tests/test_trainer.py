@@ -76,6 +76,18 @@ def test_resume_with_other_settings_is_refused(small, tmp_path):
         train(BPRMF, BPRMFConfig(embedding_size=8), small, _cfg(epochs=2), MGConfig(enabled=True), checkpoint_dir=tmp_path, resume=True, log=None)
 
 
+def test_a_resume_refusal_tells_long_settings_apart():
+    """Values past 40 characters are cut where they differ: their tails when their heads agree."""
+    from mirrorgrad_jax.train.loop import _resume_differences
+
+    there, here = {"source": "/data/" + "x" * 60 + "/baby"}, {"source": "/data/" + "x" * 60 + "/kids"}
+    (line,) = _resume_differences("dataset", there, here)
+    # the last 37 characters of the JSON string: 31 x, then /kids and the closing quote
+    assert line == 'dataset.source: ...' + "x" * 31 + '/baby" there, ...' + "x" * 31 + '/kids" here'
+    assert _resume_differences("train_config", {"epochs": 2, "seed": 1}, {"epochs": 9, "seed": 1}) == []  # the cap is free
+    assert _resume_differences("mg", {"enabled": False}, {"enabled": True, "alpha2": 0.2}) == ["mg.enabled: false there, true here"]
+
+
 class _PoisonedBPRMF(BPRMF):
     """BPR-MF whose loss turns NaN from the third epoch on (pre_epoch flips a constant)."""
 

@@ -94,7 +94,8 @@ def _live_settings(key: str, values: Any) -> Any:
     A SAM run does not read the gradient-norm penalty's ``alpha``, nor a run with MG off
     MG's ``alpha2``: a different value of such a knob is the same run, and resumes. The
     epoch cap (``train_config.epochs``) only says where the run ends (no schedule reads
-    it), so a run resumes with another cap: to go on training, or to stop sooner.
+    it), so a run resumes with a larger cap to go on training (a cap below the epochs
+    already done is refused by :func:`_resume`).
     """
     if key == "train_config" and isinstance(values, dict):
         return {k: v for k, v in values.items() if k != "epochs"}
@@ -116,23 +117,24 @@ def _resume_differences(key: str, saved: Any, current: Any) -> list[str]:
         current = {k: v for k, v in current.items() if k in saved}  # a checkpoint from before the split hash
     saved, current = _live_settings(key, saved), _live_settings(key, current)
 
-    def text(value: Any) -> str:
-        shown = json.dumps(value, sort_keys=True, default=str)
-        return shown if len(shown) <= 40 else shown[:37] + "..."
+    def both(there: Any, here: Any) -> str:
+        """``A there, B here``, each cut to 40 characters where they differ (their tails when the heads agree)."""
+        a, b = (json.dumps(v, sort_keys=True, default=str) for v in (there, here))
+        if max(len(a), len(b)) > 40:
+            same_head = a[:37] == b[:37]
+            a, b = ((("..." + t[-37:]) if same_head else (t[:37] + "...")) if len(t) > 40 else t for t in (a, b))
+        return f"{a} there, {b} here"
+
+    def differs(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str)
 
     if isinstance(saved, dict) and isinstance(current, dict):
         fields = sorted(set(saved) | set(current))
         selector = {"mg": "enabled", "method": "name"}.get(key)
         if selector is not None and saved.get(selector) != current.get(selector):
             fields = [selector]  # another method altogether: its knobs are beside the point
-        return [
-            f"{key}.{field}: {text(saved.get(field))} there, {text(current.get(field))} here"
-            for field in fields
-            if json.dumps(saved.get(field), sort_keys=True, default=str) != json.dumps(current.get(field), sort_keys=True, default=str)
-        ]
-    if json.dumps(saved, sort_keys=True, default=str) != json.dumps(current, sort_keys=True, default=str):
-        return [f"{key}: {text(saved)} there, {text(current)} here"]
-    return []
+        return [f"{key}.{field}: {both(saved.get(field), current.get(field))}" for field in fields if differs(saved.get(field), current.get(field))]
+    return [f"{key}: {both(saved, current)}"] if differs(saved, current) else []
 
 
 def _placement(cfg: TrainConfig) -> Placement | None:
@@ -233,8 +235,9 @@ def train(
         ``None`` keeps nothing on disk.
       resume: continue from ``checkpoint_dir/last.ckpt`` when it exists; the run
         then ends exactly as an uninterrupted one would. The checkpoint's settings must be
-        this run's, except ``train_config.epochs`` (a larger cap trains on) and knobs the
-        method does not read; a difference raises :class:`TrainingError` naming each one.
+        this run's, except ``train_config.epochs`` (a larger cap trains on; one below the
+        epochs already done is refused) and knobs the method does not read; a difference
+        raises :class:`TrainingError` naming each one.
       stop_after_epochs: stop (as if interrupted) after this many epochs of THIS call;
         used to test resuming.
       log: progress printer (``None`` for silence).
@@ -432,15 +435,24 @@ def _resume(path: str, meta: dict[str, Any], model: Recommender, params: Any, op
     if "opt_state" not in stored_groups or "host_rng" not in saved:
         raise TrainingError(f"cannot resume from {path}: it is not a last.ckpt written by the trainer")
     saved_meta = saved.get("meta", {})
+    keys = [*meta, *(k for k in saved_meta if k not in meta)]  # a key either side has (e.g. "method")
+    first = ("model", "mg", "method")  # what decides the run most: named before the rest
     mismatched = [
         difference
-        for k in [*meta, *(k for k in saved_meta if k not in meta)]  # a key either side has (e.g. "method")
+        for k in [*(k for k in first if k in keys), *(k for k in keys if k not in first)]
         if k not in _RESUME_IGNORES
         for difference in _resume_differences(k, saved_meta.get(k), meta.get(k))
     ]
     if mismatched:
         shown = "; ".join(mismatched[:4]) + (f"; and {len(mismatched) - 4} more" if len(mismatched) > 4 else "")
         raise TrainingError(f"cannot resume from {path}: it was written with other settings ({shown})")
+    done, cap = saved.get("epoch"), meta.get("train_config", {}).get("epochs")
+    if isinstance(done, int) and isinstance(cap, int) and done + 1 > cap:
+        # Training stops at the cap: a run already past it is not the run of that cap.
+        raise TrainingError(
+            f"cannot resume from {path}: it has {done + 1} epochs done, more than this run's {cap} (--epochs); "
+            f"give --epochs {done + 1} or more to go on, or another --checkpoint-dir to train afresh"
+        )
     try:
         expected = {**model_arrays(params, model), "opt_state": flatten_arrays(opt_state)}
         arrays = ckpt.read_arrays(expected=expected, targets=targets)
