@@ -627,6 +627,11 @@ def _npy_version(path: Path, major: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def _huge_header(path: Path) -> None:
+    """A format 2.0 file whose header length field says 4e9 bytes (numpy's reader would read them all first)."""
+    path.write_bytes(b"\x93NUMPY\x02\x00" + (4_000_000_000).to_bytes(4, "little") + b"{'descr': '<f4'}")
+
+
 def _non_utf8(path: Path) -> None:
     path.write_bytes(b"userID\titemID\tx_label\n0\t1\t0\n1\t\xff\t0\n")
 
@@ -640,7 +645,8 @@ def _huge_id(path: Path) -> None:
     [
         (lambda f: _forge_header(_first_feature(f)), "declares a float32 array of shape (2000000000, 1000)"),
         (lambda f: np.save(_first_feature(f), np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True), "holds Python objects"),
-        (lambda f: _npy_version(_first_feature(f), 9), "is stored in .npy format 9.0, which numpy does not write (1.0, 2.0, 3.0)"),
+        (lambda f: _npy_version(_first_feature(f), 9), "is stored in .npy format 9.0, which cannot be read (1.0, 2.0 and 3.0 can)"),
+        (lambda f: _huge_header(_first_feature(f)), "declares a .npy header of 4,000,000,000 bytes, more than the 10,000 read"),
         (lambda f: _non_utf8(next(f.glob("*.inter"))), "is not UTF-8 text"),
         (lambda f: _huge_id(next(f.glob("*.inter"))), "userID 4611686018427387904 at line 14 does not fit in int32"),
     ],

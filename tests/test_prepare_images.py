@@ -275,6 +275,12 @@ def test_npz_weights_declaring_a_huge_array_are_refused_from_the_archive_metadat
         archive.writestr("conv1.weight.npy", bytes(member))
     with pytest.raises(DatasetError, match=r"v9.npz: conv1.weight is stored in .npy format 9.0"):
         images.load_resnet(tmp_path / "v9.npz")
+    # A member whose header length says 60 MB, compressed to almost nothing: refused before it is read.
+    with zipfile.ZipFile(tmp_path / "header.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("conv1.weight.npy", b"\x93NUMPY\x02\x00" + (60_000_000).to_bytes(4, "little") + b" " * 60_000_000)
+    assert (tmp_path / "header.npz").stat().st_size < 200_000
+    with pytest.raises(DatasetError, match=r"header.npz: conv1.weight declares a .npy header of 60,000,000 bytes, more than the 10,000 read"):
+        images.load_resnet(tmp_path / "header.npz")
     # Many members, each fine, too large together.
     many = random_resnet_weights()
     np.savez(tmp_path / "w.npz", **many)

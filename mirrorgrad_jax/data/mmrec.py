@@ -242,31 +242,48 @@ def load_mmrec(
     return with_source(dataset, str(folder.resolve()))
 
 
+#: The largest ``.npy`` header read, in bytes (numpy's own default limit for ``np.load``);
+#: numpy writes a few hundred for a numeric array.
+MAX_NPY_HEADER_BYTES = 10_000
+
+
 def npy_header(handle: Any, where: Any) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype a ``.npy`` file (or ``.npz`` member) declares, from its header alone.
 
     The handle is left at the first byte of the data. Shared by every reader of a ``.npy``
     header in the package, so that each one sizes a file before ``np.load`` allocates it.
+    The header's length field is read and checked first (at most
+    :data:`MAX_NPY_HEADER_BYTES`): numpy's readers would read the whole declared header
+    (up to 4 GiB in format 2.0) before their own size check.
 
     Args:
       handle: a binary file object at the start of the ``.npy`` data.
       where: names the file in messages.
 
     Raises:
-      DatasetError: not a ``.npy`` file, or a format version numpy does not write (1.0, 2.0
-        and 3.0 are read; 3.0 differs from 2.0 only in its header's encoding, UTF-8 for
-        Latin-1, which is the same for the ASCII header of a numeric array).
+      DatasetError: not a ``.npy`` file, a header longer than the cap, or a format version
+        other than 1.0, 2.0 and 3.0 (3.0 differs from 2.0 only in its header's encoding,
+        UTF-8 for Latin-1, the same bytes for the ASCII header of a numeric array).
     """
     try:
         version = np.lib.format.read_magic(handle)
         if version not in ((1, 0), (2, 0), (3, 0)):
-            raise DatasetError(f"{where} is stored in .npy format {version[0]}.{version[1]}, which numpy does not write (1.0, 2.0, 3.0)")
+            raise DatasetError(f"{where} is stored in .npy format {version[0]}.{version[1]}, which cannot be read (1.0, 2.0 and 3.0 can); save it with np.save")
+        width = 2 if version == (1, 0) else 4
+        length_bytes = handle.read(width)
+        if len(length_bytes) < width:
+            raise DatasetError(f"{where} is not a .npy file: it ends inside its header")
+        length = int.from_bytes(length_bytes, "little")
+        if length > MAX_NPY_HEADER_BYTES:
+            raise DatasetError(f"{where} declares a .npy header of {length:,} bytes, more than the {MAX_NPY_HEADER_BYTES:,} read")
+        header = io.BytesIO(length_bytes + handle.read(length))
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(handle)
+        shape, _, dtype = read_header(header)
     except (ValueError, OSError, EOFError) as err:
         if isinstance(err, DatasetError):
             raise
-        raise DatasetError(f"{where} is not a .npy file: {err}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DatasetError(f"{where} is not a .npy file: {reason}") from None
     return tuple(int(d) for d in shape), dtype
 
 
