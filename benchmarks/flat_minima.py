@@ -971,7 +971,7 @@ def interleaved_timing(model: str, dataset_name: str, epochs: int, graph: str = 
 
     from mirrorgrad_jax.data import epoch_batches
     from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.train import TrainConfig
+    from mirrorgrad_jax.train import TrainConfig, resolved_model_config
     from mirrorgrad_jax.train.engine import EpochEngine
     from mirrorgrad_jax.train.optimizer import build_optimizer
 
@@ -983,9 +983,9 @@ def interleaved_timing(model: str, dataset_name: str, epochs: int, graph: str = 
     arms = {}
     for method in KNOBS:
         mg, method_config = configs(method, knob[method])
-        net = cls(dataset, build_config(cls, {}), rngs=nnx.Rngs(params=FIRST_SEED))
+        net = cls(dataset, resolved_model_config(cls, build_config(cls, {}), mg), rngs=nnx.Rngs(params=FIRST_SEED))
         tx = build_optimizer(cfg, mg, batches, method=method_config)
-        engine = EpochEngine(net, tx, mg, cfg, perturbed=COST[method] == 2.0)
+        engine = EpochEngine(net, tx, mg, cfg, perturbed=method in TWO_PASS)
         arms[method] = {"net": net, "engine": engine, "state": (engine.params, engine.init_opt_state(tx)), "rng": np.random.default_rng(FIRST_SEED)}
     rng = np.random.default_rng(FIRST_SEED)
     times: dict = {m: [] for m in KNOBS}
@@ -998,6 +998,7 @@ def interleaved_timing(model: str, dataset_name: str, epochs: int, graph: str = 
             arm["net"].pre_epoch(arm["rng"])
             arm["engine"].refresh_constants(arm["net"])
             params, opt_state = arm["state"]
+            jax.block_until_ready((arm["engine"].consts, params, opt_state))  # pre_epoch's device work is not timed
             start = time.perf_counter()
             params, opt_state, _ = arm["engine"].run_epoch(params, opt_state, full, drawn.last, key, epoch * batches, batches)
             jax.block_until_ready(params)
@@ -1007,7 +1008,7 @@ def interleaved_timing(model: str, dataset_name: str, epochs: int, graph: str = 
             nnx.update(arm["net"], arm["engine"].cache)
     plain = statistics.median(times["plain"])
     lines = [
-        f"{batches} batches of {cfg.batch_size} an epoch; {epochs - 1} timed epochs (of {epochs}) per method, one epoch of each "
+        f"{batches} batches of {cfg.batch_size} an epoch; {len(times['plain'])} timed epochs (of {epochs}) per method, one epoch of each "
         f"method in turn on the same batches (the order reversed every other epoch); MG at beta {MG_BETA} mirrors "
         f"{mirror_batches(batches)} of them. Timed: the trainer's epoch dispatch alone (no batch drawing, no pre_epoch).",
         "",
@@ -1063,13 +1064,16 @@ def main(argv=None):
     tokens = argv if argv is not None else sys.argv[1:]
     if not args.summarise_only:  # before anything trains: a typo would otherwise fail every run
         _check_names(models, datasets, timing=args.timing)
-    if args.interleave and (not args.timing or args.rounds is not None):
-        print("flat_minima.py: error: --interleave times --timing's methods one epoch at a time: give --timing, and no --rounds", file=sys.stderr)
+    if args.interleave and not args.timing:
+        print("flat_minima.py: error: --interleave is a way of --timing: give --timing too", file=sys.stderr)
+        raise SystemExit(2)
+    if args.interleave and args.rounds is not None:
+        print("flat_minima.py: error: --interleave runs one epoch of each method in turn: it takes --epochs, not --rounds", file=sys.stderr)
         raise SystemExit(2)
     if args.timing:
         args.rounds = 2 if args.rounds is None else args.rounds
         if args.epochs < 2 or args.rounds < 1:
-            parser.error("--timing needs --epochs >= 2 and --rounds >= 1")
+            parser.error("--timing needs --epochs >= 2" + ("" if args.interleave else " and --rounds >= 1"))
         if datasets[0] == BABY_GRAPH and not os.path.exists(os.path.join(args.graph, "baby.inter")):
             print(f"flat_minima.py: error: --datasets {BABY_GRAPH}: no baby.inter in {args.graph} (pass --graph)", file=sys.stderr)
             raise SystemExit(2)

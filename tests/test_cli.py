@@ -621,7 +621,7 @@ def test_demo_prints_both_arms_and_mgs_relative_change_as_make_demo_runs_it(caps
     assert main(["demo", "--seeds", "1", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "VBPR on synthetic, test metrics at the best-validation epoch, mean ± std over 1 seeds" in lines
+    assert "VBPR on synthetic, test metrics at the best-validation epoch, mean ± std over 1 seed" in lines
     rows = {line[:18].strip(): line[18:].split() for line in lines if line.startswith(("no MG", "MG (alpha2=0.2)", "relative change"))}
     assert set(rows) == {"no MG", "MG (alpha2=0.2)", "relative change"}
     # each arm row: four "mean ± std" cells; the change row: (MG - no MG) / no MG per metric

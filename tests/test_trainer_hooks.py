@@ -26,7 +26,10 @@ from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig, train
 
 @pytest.mark.parametrize("method", ["mg", "plain", "gnp"])
 def test_lattice_graph_learner_is_skipped_except_on_the_first_batch_with_torch2_zero_grad(tmp_path, method):
-    """With MG, without, and with a two-pass method (GNP: both passes of batch 0 take the first-batch loss)."""
+    """With MG, without, and with a two-pass method (GNP): the learner steps on batch 0 of each epoch only.
+
+    Which loss the two-pass method's passes of batch 0 take is not checked here (the step
+    counts and the moved learner would be the same either way)."""
     ds = make_synthetic(num_users=60, num_items=40, seed=30)
     config = LATTICEConfig(embedding_size=8, feat_embed_dim=8, knn_k=3)
     cfg = TrainConfig(epochs=2, batch_size=128, learning_rate=1e-2, valid_metric="recall@20", topk=(10, 20), seed=3, zero_grad="none")

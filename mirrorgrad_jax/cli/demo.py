@@ -46,7 +46,7 @@ def run_demo(seeds: int = 3, epochs: int = 80) -> dict[str, dict[str, list[float
                 flush=True,
             )
     print()
-    print(f"VBPR on {dataset.name}, test metrics at the best-validation epoch, mean ± std over {seeds} seeds")
+    print(f"VBPR on {dataset.name}, test metrics at the best-validation epoch, mean ± std over {seeds} seed{'s' if seeds != 1 else ''}")
     header = f"{'':18s}" + "".join(f"{m:>20s}" for m in METRICS)
     print(header)
     for arm in arms:
