@@ -43,12 +43,14 @@ from mirrorgrad_jax.errors import ConfigError
 
 __all__ = [
     "Constraint",
+    "FiniteFloat",
     "Fraction",
     "NonNegativeFloat",
     "NonNegativeInt",
     "PositiveFloat",
     "PositiveInt",
     "Range",
+    "Seed",
     "UnitInterval",
     "check_config",
     "check_field_types",
@@ -115,20 +117,32 @@ class Range:
         )
 
     def describe(self) -> str:
-        """``">= 1"``, ``"> 0"``, ``"in [0, 1)"``..."""
-        low = (f"[{self.ge:g}", self.ge) if self.ge is not None else (f"({self.gt:g}", self.gt) if self.gt is not None else None
-        high = (f"{self.le:g}]", self.le) if self.le is not None else (f"{self.lt:g})", self.lt) if self.lt is not None else None
+        """``">= 1"``, ``"> 0"``, ``"in [0, 1)"``, ``"in [1, 2**31)"``... (a power-of-two int bound as a power)."""
+
+        def num(value: float) -> str:
+            if isinstance(value, int) and value >= 2**16 and value & (value - 1) == 0:
+                return f"2**{value.bit_length() - 1}"  # the int bounds of counts and seeds
+            return str(value) if isinstance(value, int) else f"{value:g}"
+
+        low = (f"[{num(self.ge)}", self.ge) if self.ge is not None else (f"({num(self.gt)}", self.gt) if self.gt is not None else None
+        high = (f"{num(self.le)}]", self.le) if self.le is not None else (f"{num(self.lt)})", self.lt) if self.lt is not None else None
         if low and high:
             return f"in {low[0]}, {high[0]}"
         if low:
-            return (">= " if self.ge is not None else "> ") + f"{low[1]:g}"
+            return (">= " if self.ge is not None else "> ") + num(low[1])
         if high:
-            return ("<= " if self.le is not None else "< ") + f"{high[1]:g}"
-        return "any"
+            return ("<= " if self.le is not None else "< ") + num(high[1])
+        return "finite"
 
 
-PositiveInt = Annotated[int, Range(ge=1)]
-NonNegativeInt = Annotated[int, Range(ge=0)]
+#: Counts and sizes: at least 1 and below 2**31, so that any of them fits an array dimension
+#: or a 32-bit index (a batch size of 1e30 is a mistake, not a request).
+PositiveInt = Annotated[int, Range(ge=1, lt=2**31)]
+NonNegativeInt = Annotated[int, Range(ge=0, lt=2**31)]
+#: A random seed: what both numpy's generators and ``jax.random.key`` take (0 <= seed < 2**63).
+Seed = Annotated[int, Range(ge=0, lt=2**63)]
+#: Any finite number (no NaN, no infinity).
+FiniteFloat = Annotated[float, Range()]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 #: A share that may be 0 but not 1: dropout rates, pruned fractions.
@@ -165,7 +179,8 @@ def _describe(tp: Any) -> str:
         ranges = [e for e in extras if isinstance(e, Range)]
         text = _describe(base)
         if ranges and base in (int, float):
-            text = ("an integer " if base is int else "a finite number ") + " and ".join(r.describe() for r in ranges)
+            bounds = [r.describe() for r in ranges if r.describe() != "finite"]
+            text = ("an integer" if base is int else "a finite number") + ("".join(f" {b}" for b in bounds[:1]) + "".join(f" and {b}" for b in bounds[1:]))
         return text
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -267,8 +282,8 @@ def check_field_types(config: Any) -> None:
             hint = ""
             if isinstance(value, str):
                 try:
-                    float(value)
-                    hint = " (a number written as text: write it without quotes)"
+                    if math.isfinite(float(value)):  # "nan" and "inf" are not numbers written as text
+                        hint = " (a number written as text: write it without quotes)"
                 except ValueError:
                     pass
             raise ConfigError(

@@ -201,7 +201,7 @@ def test_profile_step_attributes_ops_to_source_lines_and_skips_loops(tmp_path):
         (["--model", "slmrec", "--graph", "{missing}"], "the Baby graph is not at"),
         (["--model", "slmrec", "--settings", "n_layers"], "--settings takes key=value"),
         (["--model", "nosuch"], "unknown model 'nosuch'"),
-        (["--model", "slmrec", "--settings", "n_layers=-1"], "n_layers must be an integer >= 0"),
+        (["--model", "slmrec", "--settings", "n_layers=-1"], "n_layers must be an integer in [0, 2**31)"),
         (["--model", "slmrec", "--mg", "--method", "sam"], "--mg and --method sam are two training methods: name one"),
         (["--model", "slmrec", "--method-options", "rho=0.5"], "--method-options needs --method"),
         (["--model", "slmrec", "--method", "asam", "--method-options", "rho"], "--method-options takes key=value"),

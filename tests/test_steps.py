@@ -99,6 +99,13 @@ def test_plan_epoch_scans_whole_blocks_and_steps_the_rest():
     ]
 
 
+def test_plan_epoch_with_a_beta_longer_than_the_epoch_steps_each_batch_without_building_a_block():
+    """Batch 0 mirrors and no block of beta fits: single steps (a beta of 1e12 must not allocate a list of 1e12)."""
+    assert [tuple(s) for s in plan_epoch([True, False, False], 10**12)] == [("step", 0, 1, True), ("step", 1, 2, False), ("step", 2, 3, False)]
+    # the same epoch with beta 3: one block
+    assert [tuple(s) for s in plan_epoch([True, False, False], 3)] == [("blocks", 0, 3, True)]
+
+
 def test_plan_epoch_runs_a_first_batch_alone_and_starts_blocks_at_the_next_block():
     # A model with a first-batch loss: batch 0 alone, 1 and 2 single, blocks from 3.
     assert plan_epoch(_reference_flags(9, 3), 3, first_alone=True) == [

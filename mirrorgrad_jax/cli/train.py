@@ -195,6 +195,12 @@ def run(args: argparse.Namespace) -> int:
     check_at_least_one(("--seeds", args.seeds))
     if args.results and not os.path.isdir(os.path.dirname(os.path.abspath(args.results))):
         raise ConfigError(f"--results {args.results}: its folder does not exist")
+    if args.results and os.path.isdir(args.results):
+        raise ConfigError(f"--results {args.results}: is a folder; give the JSON file to write")
+    if args.checkpoint_dir and os.path.exists(args.checkpoint_dir) and not os.path.isdir(args.checkpoint_dir):
+        raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir}: not a folder")
+    if args.resume and not args.checkpoint_dir:
+        raise ConfigError("--resume continues the runs kept in --checkpoint-dir: give --checkpoint-dir too")
     seeds = [args.seed + i for i in range(args.seeds)]
     # The device layout (flags or config file) is checked now, by TrainConfig's own checks and
     # against the devices, not after minutes of reading a large dataset.
@@ -223,8 +229,12 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(report))
     if args.results:
         tmp = args.results + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-        os.replace(tmp, args.results)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(report, f, indent=1, default=str)
+            os.replace(tmp, args.results)
+        finally:
+            if os.path.exists(tmp):  # a write or rename that failed leaves nothing half-written
+                os.remove(tmp)
         print(f"results written to {args.results}")
     return 0

@@ -99,7 +99,8 @@ def plan_epoch(mirror: Sequence[bool], beta: int, *, scan: bool = True, first_al
     if beta < 1:
         raise ValueError(f"beta must be >= 1, got {beta}")
     flags = [bool(m) for m in mirror]
-    block = [True] + [False] * (beta - 1)
+    # A block longer than the epoch never fits: not built (a beta of 1e9 would be a list of 1e9).
+    block = [True] + [False] * (beta - 1) if beta <= len(flags) else None
     segments: list[EpochSegment] = []
     i = 0
     if first_alone and flags:
@@ -109,7 +110,7 @@ def plan_epoch(mirror: Sequence[bool], beta: int, *, scan: bool = True, first_al
         return segments + [EpochSegment("scan", i, len(flags))]
     while i < len(flags):
         stop = i
-        while scan and flags[stop : stop + beta] == block:
+        while scan and block is not None and flags[stop : stop + beta] == block:
             stop += beta
         if stop > i:
             segments.append(EpochSegment("blocks", i, stop, True))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from mirrorgrad_jax.config import Constraint, PositiveInt, config_class
+from mirrorgrad_jax.config import Constraint, PositiveInt, Seed, config_class
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.prepare.splits import TEMPORAL_RATIOS
 
@@ -54,7 +54,7 @@ class PrepareOptions:
     item_core: PositiveInt | None = None
     repeated_pairs: Literal["count", "drop"] = "count"
     split: Literal["per-user", "temporal"] = "per-user"
-    seed: int = 999
+    seed: Seed = 999
     odd_row_to: Literal["valid", "test"] = "valid"
     temporal_ratios: tuple[float, float, float] = TEMPORAL_RATIOS
     text_model: str | os.PathLike | None = None

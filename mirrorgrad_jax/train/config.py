@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from mirrorgrad_jax.config import Constraint, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, config_class
+from mirrorgrad_jax.config import Constraint, FiniteFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Seed, UnitInterval, config_class
 from mirrorgrad_jax.errors import ConfigError
 from mirrorgrad_jax.evaluation import DEFAULT_TOPK, METRICS
 
@@ -35,8 +35,8 @@ class MGConfig:
     """
 
     enabled: bool = True
-    alpha1: float = 1.0
-    alpha2: float = 0.2
+    alpha1: FiniteFloat = 1.0
+    alpha2: FiniteFloat = 0.2
     beta: PositiveInt = 3
     apply_to: Literal["gradient", "update"] = "gradient"
     schedule: Literal["reference", "global", "algorithm1"] = "reference"
@@ -167,7 +167,7 @@ class TrainConfig:
     min_epochs: NonNegativeInt = 0
     eval_batch_size: PositiveInt = 4096
     topk: tuple[PositiveInt, ...] = DEFAULT_TOPK
-    seed: int = 999
+    seed: Seed = 999
     dispatch: Literal["scan", "per_batch"] = "scan"
     mesh: str | None = None
     shard_tables: bool = False
@@ -176,6 +176,11 @@ class TrainConfig:
 
     constraints = (
         Constraint(("topk",), lambda cfg: len(cfg.topk) > 0, "must hold at least one cutoff"),
+        Constraint(
+            ("min_epochs", "epochs"),
+            lambda cfg: cfg.min_epochs <= cfg.epochs,
+            "must satisfy min_epochs <= epochs (early stopping cannot wait past the last epoch)",
+        ),
         Constraint(
             ("valid_metric", "topk"),
             _valid_metric_in_topk,

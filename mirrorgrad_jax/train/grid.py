@@ -40,6 +40,9 @@ def expand(section: dict[str, Any]) -> list[dict[str, Any]]:
 
     ``lr_schedule: [0.96, 50]`` and ``topk: [5, 10]`` are one value each; write
     ``lr_schedule: [[1.0, 50], [0.96, 50]]`` to grid over them.
+
+    Raises:
+      ConfigError: an empty list (a grid with no point would run nothing).
     """
     keys = sorted(section)
 
@@ -47,6 +50,8 @@ def expand(section: dict[str, Any]) -> list[dict[str, Any]]:
         value = section[key]
         if key in LIST_VALUED and isinstance(value, list) and not any(isinstance(v, list) for v in value):
             return [value]
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"{key}: an empty list has no value to train with; give one value or a list of them")
         return as_grid(value)
 
     combos = itertools.product(*(points(k) for k in keys))
