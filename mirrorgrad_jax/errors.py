@@ -7,7 +7,7 @@ handle every expected input mistake at once (each is also a ``ValueError``).
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "TrainingError", "UserInputError"]
+__all__ = ["CheckpointError", "ConfigError", "NoEpochFinished", "TrainingError", "UserInputError"]
 
 
 class UserInputError(ValueError):
@@ -24,3 +24,11 @@ class CheckpointError(UserInputError):
 
 class TrainingError(UserInputError):
     """A training set-up that cannot run as asked (a checkpoint that cannot be resumed from, a model's declared parameter groups that do not exist)."""
+
+
+class NoEpochFinished(TrainingError, RuntimeError):
+    """A run of the analysis tools that finished no epoch (its loss was not finite from the start, say): nothing to measure.
+
+    A :class:`TrainingError`, so the command line says it in one line; also a
+    ``RuntimeError``, what these tools raised before.
+    """

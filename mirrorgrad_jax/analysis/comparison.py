@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.data import RecDataset
-from mirrorgrad_jax.errors import CheckpointError
+from mirrorgrad_jax.errors import CheckpointError, NoEpochFinished
 from mirrorgrad_jax.analysis.flatness import LossSlice, hessian_top_eigenvalue, loss_slice_1d, loss_slice_2d, model_train_loss, sharpness
 from mirrorgrad_jax.analysis.perturb import PERTURBATIONS
 from mirrorgrad_jax.analysis.plots import plot_comparison
@@ -125,14 +125,15 @@ def train_and_measure(
       A :class:`TrainedRun`.
 
     Raises:
-      RuntimeError: when no epoch finished (no best checkpoint was written).
+      NoEpochFinished: when no epoch finished (no best checkpoint was written); a
+        ``RuntimeError`` too.
     """
 
     def run(folder: str) -> TrainedRun:
         result = train(model_cls, model_config, dataset, train_config, mg, method=method, checkpoint_dir=folder, log=log, events=events)
         best = os.path.join(folder, "best.ckpt")
         if not os.path.exists(best):
-            raise RuntimeError(f"training stopped before any epoch finished ({result.stop_reason}); there is nothing to measure")
+            raise NoEpochFinished(f"training stopped before any epoch finished ({result.stop_reason}); there is nothing to measure")
         state = load_trained_state(model_cls, model_config, dataset, best)
         return TrainedRun(state, result, best if checkpoint_dir is not None else None)
 

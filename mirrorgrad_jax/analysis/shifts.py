@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 # The package's own table cell and parameter filter, shared with the MG-off/on comparison.
+from mirrorgrad_jax.errors import NoEpochFinished
 from mirrorgrad_jax.analysis.comparison import Comparison, _cell, _params_of, compare_runs, train_and_measure
 from mirrorgrad_jax.analysis.plots import contour_levels, draw_robustness, draw_slice_2d, draw_slices_1d, save_figure
 from mirrorgrad_jax.analysis.flatness import loss_slice_2d, model_train_loss
@@ -78,7 +79,7 @@ def train_methods(
 
     Raises:
       ConfigError: MG enabled together with another method.
-      RuntimeError: a run that finished no epoch.
+      NoEpochFinished: a run that finished no epoch (a ``RuntimeError`` too).
     """
     for mg, method in methods.values():
         training_method(mg, method)  # every contradiction is reported before any training
@@ -90,8 +91,8 @@ def train_methods(
             started = time.perf_counter()
             try:
                 run = train_and_measure(model_cls, model_config, dataset, cfg, mg, method=method, log=log)
-            except RuntimeError as err:
-                raise RuntimeError(f"{label}: {err}") from None
+            except NoEpochFinished as err:
+                raise NoEpochFinished(f"{label}: {err}") from None
             result = run.result
             states[label].append(run.state)
             results[label].append(result)

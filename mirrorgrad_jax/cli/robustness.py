@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -332,7 +333,10 @@ def _sharpness_rho(args: argparse.Namespace) -> float:
     given = {v for v in (args.sharpness_rho, args.rho) if v is not None}
     if len(given) > 1:
         raise ConfigError(f"--sharpness-rho {args.sharpness_rho:g} and --rho {args.rho:g} are one setting (--rho is its old name): give one")
-    return given.pop() if given else DEFAULT_SHARPNESS_RHO
+    rho = given.pop() if given else DEFAULT_SHARPNESS_RHO
+    if not (math.isfinite(rho) and rho >= 0):
+        raise ConfigError(f"--sharpness-rho must be a finite number >= 0, got {rho:g}")
+    return rho
 
 
 def _knobs_text(methods: dict[str, tuple[Any, Any]]) -> str:
@@ -355,7 +359,12 @@ def _train(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, tuple[An
     from mirrorgrad_jax.models import build_config, get_model
     from mirrorgrad_jax.train import TrainConfig
 
-    check_at_least_one(("--seeds", args.seeds), ("--perturb-seeds", args.perturb_seeds))
+    check_at_least_one(
+        ("--seeds", args.seeds), ("--perturb-seeds", args.perturb_seeds),
+        ("--directions", args.directions), ("--iterations", args.iterations), ("--flatness-batches", args.flatness_batches),
+    )  # fmt: skip
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise ConfigError(f"--out-dir {args.out_dir}: not a folder")
     methods = _method_configs(args)
     shifts = _shifts(args)
     rho = _sharpness_rho(args)
@@ -398,18 +407,24 @@ def _train(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, tuple[An
 def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatness: bool, slices_2d: bool) -> int:
     started = time.perf_counter()
     model_cls, model_config, dataset, methods, shifts, rho, states, results = _train(args)
+    created = not os.path.exists(args.out_dir)
     os.makedirs(args.out_dir, exist_ok=True)
     figure = os.path.join(args.out_dir, f"{name}.png")
     from mirrorgrad_jax.analysis.robustness import DEFAULT_METRICS
     from mirrorgrad_jax.analysis.shifts import compare_shifts
 
-    comparison = compare_shifts(
-        model_cls, model_config, dataset, states, shifts if robustness else [],
-        path=figure, metrics=(args.valid_metric, *(m for m in DEFAULT_METRICS if m != args.valid_metric)),
-        perturb_seeds=range(args.perturb_seeds), flatness=flatness, rho=rho, num_directions=args.directions,
-        power_iterations=args.iterations, flatness_batches=args.flatness_batches, slices_2d=slices_2d,
-        log=None if args.quiet else print,
-    )  # fmt: skip
+    try:
+        comparison = compare_shifts(
+            model_cls, model_config, dataset, states, shifts if robustness else [],
+            path=figure, metrics=(args.valid_metric, *(m for m in DEFAULT_METRICS if m != args.valid_metric)),
+            perturb_seeds=range(args.perturb_seeds), flatness=flatness, rho=rho, num_directions=args.directions,
+            power_iterations=args.iterations, flatness_batches=args.flatness_batches, slices_2d=slices_2d,
+            log=None if args.quiet else print,
+        )  # fmt: skip
+    except BaseException:
+        if created and not os.listdir(args.out_dir):  # the folder this call made, still empty: not left behind
+            os.rmdir(args.out_dir)
+        raise
     trained_with = (
         f"MG alpha1={args.alpha1:g} alpha2={args.alpha2:g} beta={args.beta}" if args.methods is None else f"methods: {_knobs_text(methods)}"
     )
