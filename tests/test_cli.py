@@ -441,6 +441,13 @@ class _CountingCheckpointer:
             self.log.append((item, sorted(value) if item == "arrays" else None))
         return restored
 
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.inner.__exit__(*exc)
+
 
 def test_evaluate_reads_the_checkpoint_once_and_never_its_optimizer_state(tmp_path, monkeypatch, capsys):
     from mirrorgrad_jax.train import checkpoint
@@ -568,7 +575,8 @@ def test_a_logdir_holding_runs_of_the_grid_is_refused_before_training_unless_res
         raise ConfigError("the dataset is being read")
 
     # Resuming from checkpoints continues the curves: the check passes and the dataset is read (here: refused).
-    _one_line_error(capsys, main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs"), "--resume"]), "already holds")  # no checkpoints
+    # --resume without checkpoints to resume from is refused outright
+    _one_line_error(capsys, main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs"), "--resume"]), "--resume continues the runs kept in --checkpoint-dir")
     monkeypatch.setattr(mirrorgrad_jax.data, "load_dataset", reached)
     resumed = main([*FOUR_RUNS, "--logdir", str(tmp_path / "runs"), "--resume", "--checkpoint-dir", str(tmp_path / "ckpt")])
     _one_line_error(capsys, resumed, "the dataset is being read")
@@ -636,3 +644,72 @@ def test_demo_prints_both_arms_and_mgs_relative_change_as_make_demo_runs_it(caps
 @pytest.mark.parametrize("argv, message", [(["--seeds", "0"], "--seeds must be at least 1, got 0"), (["--epochs", "-1"], "--epochs must be at least 1, got -1")])
 def test_demo_refuses_a_count_below_one_in_one_line(argv, message, capsys):
     _one_line_error(capsys, main(["demo", *argv]), message)
+
+
+# ---------------------------------------------------------------------------------------
+# Values that used to reach a traceback after the data was loaded (a CLI sweep, 2026-12-07).
+# ---------------------------------------------------------------------------------------
+
+_TRAIN = ["train", "--model", "bprmf", "--dataset", "synthetic-small", "--epochs", "1", "--quiet"]
+_FLATNESS = ["flatness", "--model", "bprmf", "--dataset", "synthetic-small", "--epochs", "1", "--arms", "none", "--quiet"]
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        ([*_TRAIN, "--seed", "-1"], ["TrainConfig.seed must be an integer in [0, 2**63), got -1"]),
+        ([*_TRAIN, "--seed", "99999999999999999999999"], ["TrainConfig.seed must be an integer in [0, 2**63)"]),
+        ([*_TRAIN, "--batch-size", "1e30"], ["TrainConfig.batch_size must be an integer in [1, 2**31), got 1e+30"]),
+        ([*_TRAIN, "--beta", "1e30"], ["MGConfig.beta must be an integer in [1, 2**31)"]),
+        ([*_TRAIN, "--alpha1", "inf"], ["MGConfig.alpha1 must be a finite number, got 'inf' (str)"]),
+        ([*_TRAIN, "--set", "reg_weight=[]"], ["reg_weight: an empty list has no value to train with"]),
+        ([*_TRAIN, "--min-epochs", "5"], ["min_epochs", "must satisfy min_epochs <= epochs"]),
+        ([*_TRAIN, "--results", "{adir}"], ["--results", "is a folder; give the JSON file to write"]),
+        ([*_TRAIN, "--checkpoint-dir", "{afile}"], ["--checkpoint-dir", "not a folder"]),
+        ([*_FLATNESS, "--directions", "0", "--out-dir", "{new}"], ["--directions must be at least 1, got 0"]),
+        ([*_FLATNESS, "--iterations", "0", "--out-dir", "{new}"], ["--iterations must be at least 1, got 0"]),
+        ([*_FLATNESS, "--sharpness-rho", "-1", "--out-dir", "{new}"], ["--sharpness-rho must be a finite number >= 0, got -1"]),
+        ([*_FLATNESS, "--sharpness-rho", "nan", "--out-dir", "{new}"], ["--sharpness-rho must be a finite number >= 0, got nan"]),
+        ([*_FLATNESS, "--out-dir", "{afile}"], ["--out-dir", "not a folder"]),
+        (["datasets", "large:scale=inf"], ["expected large:scale=S with S > 0"]),
+        (["datasets", "{inter_folder}"], ["no .inter file in"]),
+        (["datasets", "{bad_graph}"], ["user_graph.npz is not an .npz archive"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--delimiter", "ab", "--quiet"], ["--delimiter must be one character", "'ab'"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--items", "{empty}", "--quiet"], ["is empty (given as --items)"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--seed", "-1", "--quiet"], ["seed must be an integer in [0, 2**63)"]),
+    ],
+)
+def test_values_that_reached_a_traceback_are_one_line_and_write_nothing(argv, fragments, tmp_path, monkeypatch, capsys):
+    from mirrorgrad_jax.data import make_synthetic, write_mmrec
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "inter" / "inter.inter").mkdir(parents=True)  # a folder named like the interactions file
+    write_mmrec(make_synthetic(num_users=40, num_items=30, seed=1, name="graph"), tmp_path / "graph")
+    (tmp_path / "graph" / "user_graph.npz").write_bytes(b"not a zip archive")
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "interactions.csv").write_text("user,item\n" + "".join(f"u{u},i{(u + k) % 9}\n" for u in range(12) for k in range(6)))
+    places = {"afile": "afile", "adir": "adir", "new": "new", "empty": "empty.csv", "inter_folder": "inter", "bad_graph": "graph", "source": "source"}
+    argv = [a.format(**{k: str(tmp_path / v) for k, v in places.items()}) for a in argv]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    _one_line_error(capsys, main(argv), *fragments)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # nothing written, nothing left
+
+
+def test_a_run_that_finishes_no_epoch_is_one_line_for_the_analysis_commands_and_leaves_no_folder(tmp_path, capsys):
+    """A learning rate that makes the loss non-finite at once: nothing to measure, said in one line (it was a RuntimeError)."""
+    from mirrorgrad_jax.errors import NoEpochFinished, TrainingError
+
+    assert issubclass(NoEpochFinished, TrainingError) and issubclass(NoEpochFinished, RuntimeError)  # old callers still catch it
+    out = tmp_path / "out"
+    code = main([*_FLATNESS, "--lr", "1e30", "--optimizer", "sgd", "--out-dir", str(out)])
+    _one_line_error(capsys, code, "training stopped before any epoch finished (nan_loss); there is nothing to measure")
+    assert not out.exists()
+
+
+def test_a_tab_delimiter_may_be_written_as_backslash_t_or_tab():
+    from mirrorgrad_jax.cli.prepare import _delimiter
+
+    assert [_delimiter(text) for text in ("\\t", "tab", "\t", ";", None)] == ["\t", "\t", "\t", ";", None]

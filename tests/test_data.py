@@ -727,3 +727,17 @@ def test_a_damaged_movielens_cache_is_rebuilt_from_its_raw_files(tmp_path):
     again = movielens.load_movielens_100k(cache, verbose=False)
     np.testing.assert_array_equal(again.train, first.train)
     assert json.loads((cache / "build_info.json").read_text())["format"]  # written whole again
+
+
+def test_a_user_graph_npz_declaring_more_than_it_holds_is_refused_before_it_is_read(tmp_path):
+    """np.load allocates what a member's header declares; the members are sized from their headers first."""
+    import io
+    import zipfile
+
+    folder = write_folder(tmp_path / "toy")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(folder / "user_graph.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("indptr.npy", header.getvalue() + b"\0" * 64)
+    with pytest.raises(DatasetError, match=re.escape("user_graph.npz: indptr.npy declares 8,000,000,000,000 bytes but holds")):
+        load_mmrec(folder)

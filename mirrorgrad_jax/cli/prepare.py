@@ -66,6 +66,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
 
 
+#: How people write a tab on a command line, besides the character itself.
+_TAB_SPELLINGS = ("\\t", "tab", "TAB")
+
+
+def _delimiter(text: str | None) -> str | None:
+    """``--delimiter`` as one character: a tab written as ``\\t`` or ``tab`` is a tab.
+
+    Raises:
+      UserInputError: anything longer than one character.
+    """
+    if text is None or len(text) == 1:
+        return text
+    if text in _TAB_SPELLINGS:
+        return "\t"
+    raise UserInputError(f"--delimiter must be one character (or \\t / tab for a tab), got {text!r}")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``prepare`` (with ``amazon`` and ``folder``) to the ``mirrorgrad`` parser."""
     prepare = subparsers.add_parser(
@@ -108,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     folder.add_argument("--item-column", help="name of the item column (both tables)")
     folder.add_argument("--rating-column", help="name of the rating column")
     folder.add_argument("--timestamp-column", help="name of the timestamp column")
-    folder.add_argument("--delimiter", help="field separator (default: from the extension)")
+    folder.add_argument("--delimiter", help="field separator, one character (\\t or tab for a tab; default: from the extension)")
     folder.add_argument("--image-batch-size", type=int, default=32, help="images per device batch (default 32)")
     _common(folder)
     folder.set_defaults(func=run)
@@ -139,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 missing_text="mean" if args.allow_missing_meta else "error",
             )  # fmt: skip
         else:
+            delimiter = _delimiter(args.delimiter)
             source = Path(args.source) if args.source else None
             if source is not None and not source.is_dir():
                 raise UserInputError(f"{source} is not a folder")
@@ -160,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 image_weights=args.image_weights,
                 user_column=args.user_column, item_column=args.item_column,
                 rating_column=args.rating_column, timestamp_column=args.timestamp_column,
-                delimiter=args.delimiter, options=options, image_batch_size=args.image_batch_size,
+                delimiter=delimiter, options=options, image_batch_size=args.image_batch_size,
             )  # fmt: skip
     except ImportError as err:  # a missing extra is the user's to install, not a bug
         raise UserInputError(str(err)) from None

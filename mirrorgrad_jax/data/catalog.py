@@ -10,6 +10,8 @@ scripts all resolve names here.
 
 from __future__ import annotations
 
+import math
+
 import os
 import types
 from typing import Mapping
@@ -97,6 +99,6 @@ def _large_scale(name: str) -> float:
         scale = float(value)
     except ValueError:
         scale = float("nan")
-    if key.strip() != "scale" or not scale > 0:
+    if key.strip() != "scale" or not (scale > 0 and math.isfinite(scale)):
         raise DatasetError(f"dataset {name!r}: expected large:scale=S with S > 0 (e.g. large:scale=0.1)")
     return scale

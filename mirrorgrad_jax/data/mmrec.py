@@ -34,6 +34,7 @@ import io
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -68,7 +69,7 @@ def _find_inter_file(folder: Path, name: str | None) -> tuple[Path, str]:
     default = folder / f"{folder.resolve().name}.inter"
     if default.is_file():
         return default, default.stem
-    candidates = sorted(folder.glob("*.inter"))
+    candidates = sorted(p for p in folder.glob("*.inter") if p.is_file())  # a folder named x.inter is not a file to read
     if len(candidates) == 1:
         return candidates[0], candidates[0].stem
     if not candidates:
@@ -358,7 +359,27 @@ def _read_pickled_user_graph(path: Path) -> Any:
     return value
 
 
+def _check_npz_members(path: Path) -> None:
+    """Refuses an ``.npz`` that is not a zip archive, or whose members declare more data than they hold
+    (``np.load`` allocates what a member's header declares before reading it) or hold objects."""
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path.name} is not an .npz archive (a zip of .npy arrays)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    shape, dtype = npy_header(member, f"{path.name}: {info.filename}")
+                if dtype.hasobject:
+                    raise DatasetError(f"{path.name}: {info.filename} holds Python objects, which are never unpickled")
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if declared > info.file_size:
+                    raise DatasetError(f"{path.name}: {info.filename} declares {declared:,} bytes but holds {info.file_size:,}")
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DatasetError(f"{path.name} is not a readable .npz archive: {err}") from None
+
+
 def _read_npz_user_graph(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    _check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("indptr", "neighbours", "weights") if k not in npz.files]

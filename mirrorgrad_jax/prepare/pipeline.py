@@ -141,10 +141,26 @@ def _check_image_extra() -> None:
         raise ImportError("image folders need Pillow: pip install 'mirrorgrad-jax[images]'")
 
 
+#: The inputs that are folders; every other input is a file.
+_FOLDER_INPUTS = ("images",)
+
+
 def _require_inputs(**paths: str | os.PathLike | None) -> None:
+    """Refuses a missing input, a folder given for a file (or a file for a folder), and an empty file,
+    before any step runs (so a mistaken input leaves no work folder behind)."""
     for what, path in paths.items():
-        if path is not None and not Path(path).exists():
-            raise DatasetError(f"{path} does not exist (given as {what.replace('_', '-')})")
+        if path is None:
+            continue
+        given, path = f"given as --{what.replace('_', '-')}", Path(path)
+        if not path.exists():
+            raise DatasetError(f"{path} does not exist ({given})")
+        if what in _FOLDER_INPUTS:
+            if not path.is_dir():
+                raise DatasetError(f"{path} is not a folder ({given})")
+        elif not path.is_file():
+            raise DatasetError(f"{path} is not a file ({given})")
+        elif path.stat().st_size == 0:
+            raise DatasetError(f"{path} is empty ({given})")
 
 
 def _text_step(

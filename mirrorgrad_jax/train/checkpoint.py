@@ -133,6 +133,9 @@ def _orbax():
 
 
 def _checkpointer():
+    """An orbax checkpointer for one save or restore; use it in a ``with`` block, which closes it
+    (a failed restore then drains its pending reads before the error reaches the caller, instead
+    of leaving them to an event loop that is closed at exit)."""
     ocp = _orbax()
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
 
@@ -174,7 +177,8 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Mapping[str, A
                 shutil.rmtree(stale) if os.path.isdir(stale) else os.unlink(stale)
     _sync(f"mirrorgrad-checkpoint-clean:{path}")
     # Collective over processes: each writes its own shards.
-    _checkpointer().save(nxt, args=ocp.args.Composite(arrays=ocp.args.StandardSave(groups), meta=ocp.args.JsonSave(payload)))
+    with _checkpointer() as checkpointer:
+        checkpointer.save(nxt, args=ocp.args.Composite(arrays=ocp.args.StandardSave(groups), meta=ocp.args.JsonSave(payload)))
     if primary:
         if os.path.lexists(path):
             os.rename(path, prev)
@@ -274,7 +278,8 @@ class CheckpointFile:
         if not os.path.isdir(os.path.join(self.folder, "meta")) or not os.path.isdir(os.path.join(self.folder, "arrays")):
             raise CheckpointError(f"{self.path} is not a mirrorgrad checkpoint (it has no 'meta' and 'arrays' items)")
         try:
-            meta = _checkpointer().restore(self.folder, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            with _checkpointer() as checkpointer:
+                meta = checkpointer.restore(self.folder, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as err:  # orbax raises many types for unreadable folders
             raise CheckpointError(f"{self.path}: cannot read the checkpoint metadata ({type(err).__name__}: {err})") from None
         if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
@@ -360,7 +365,8 @@ class CheckpointFile:
         else:
             restore = ocp.args.StandardRestore()
         try:
-            arrays = _checkpointer().restore(self.folder, args=ocp.args.Composite(arrays=restore))["arrays"]
+            with _checkpointer() as checkpointer:
+                arrays = checkpointer.restore(self.folder, args=ocp.args.Composite(arrays=restore))["arrays"]
         except Exception as err:
             raise CheckpointError(f"{self.path}: cannot read the checkpoint arrays ({type(err).__name__}: {err})") from None
         return {g: dict(a) for g, a in arrays.items() if g != _FORMAT_GROUP}
