@@ -666,6 +666,8 @@ _FLATNESS = ["flatness", "--model", "bprmf", "--dataset", "synthetic-small", "--
         ([*_TRAIN, "--min-epochs", "5"], ["min_epochs", "must satisfy min_epochs <= epochs"]),
         ([*_TRAIN, "--results", "{adir}"], ["--results", "is a folder; give the JSON file to write"]),
         ([*_TRAIN, "--checkpoint-dir", "{afile}"], ["--checkpoint-dir", "not a folder"]),
+        ([*_TRAIN, "--alpha2", "0.1,"], ["--alpha2 '0.1,': an empty value in a comma-separated list"]),
+        ([*_TRAIN, "--set", "embedding_size=,"], ["--set embedding_size=',': an empty value in a comma-separated list"]),
         ([*_FLATNESS, "--directions", "0", "--out-dir", "{new}"], ["--directions must be at least 1, got 0"]),
         ([*_FLATNESS, "--iterations", "0", "--out-dir", "{new}"], ["--iterations must be at least 1, got 0"]),
         ([*_FLATNESS, "--sharpness-rho", "-1", "--out-dir", "{new}"], ["--sharpness-rho must be a finite number >= 0, got -1"]),

@@ -12,8 +12,15 @@ __all__ = ["check_at_least_one", "csv_list", "grid_value", "key_values"]
 
 
 def grid_value(text: str) -> Any:
-    """``"1e-4"`` -> 1e-4; ``"0.1,0.2"`` -> [0.1, 0.2] (a grid)."""
-    parts = [parse_scalar(part.strip()) for part in str(text).split(",")]
+    """``"1e-4"`` -> 1e-4; ``"0.1,0.2"`` -> [0.1, 0.2] (a grid).
+
+    Raises:
+      ConfigError: an empty item in a comma list (``"0.1,"``), which is a typo, not a value.
+    """
+    items = str(text).split(",")
+    if len(items) > 1 and any(not item.strip() for item in items):
+        raise ConfigError(f"{text!r}: an empty value in a comma-separated list")
+    parts = [parse_scalar(item.strip()) for item in items]
     return parts if len(parts) > 1 else parts[0]
 
 
@@ -28,7 +35,10 @@ def key_values(items: Sequence[str] | None, flag: str = "--set") -> dict[str, An
         key, _, value = item.partition("=")
         if not key or not value:
             raise ConfigError(f"{flag} expects key=value, got {item!r}")
-        out[key.strip()] = grid_value(value)
+        try:
+            out[key.strip()] = grid_value(value)
+        except ConfigError as err:
+            raise ConfigError(f"{flag} {key.strip()}={err}") from None
     return out
 
 

@@ -183,7 +183,10 @@ def run(args: argparse.Namespace) -> int:
     for flag, (section, key) in _FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            sections[section][key] = grid_value(value)
+            try:
+                sections[section][key] = grid_value(value)
+            except ConfigError as err:
+                raise ConfigError(f"--{flag.replace('_', '-')} {err}") from None
     if args.mg is not None:
         sections["mg"]["enabled"] = args.mg
     if args.method is not None:
