@@ -920,6 +920,20 @@ def timing_dataset(name: str, graph: str):
     return load_dataset(name, verbose=False)
 
 
+#: Each method's knob in the timing sittings (MG alpha2, SAM and ASAM rho, GNP alpha).
+TIMING_KNOBS = {"plain": None, "mg": 0.2, "sam": 0.05, "asam": 0.5, "gnp": 0.5}
+
+
+def _timing_setup(model: str, dataset_name: str, epochs: int, graph: str):
+    """``(dataset, model class, TrainConfig, batches per epoch)`` of a timing sitting (both modes)."""
+    from mirrorgrad_jax.models import get_model
+    from mirrorgrad_jax.train import TrainConfig
+
+    dataset = timing_dataset(dataset_name, graph)
+    cfg = TrainConfig(epochs=epochs, patience=epochs, valid_metric=METRIC, seed=FIRST_SEED)
+    return dataset, get_model(model), cfg, cfg.steps_per_epoch(len(dataset.train))
+
+
 def timing(model: str, dataset_name: str, epochs: int, rounds: int, graph: str = DEFAULT_GRAPH) -> list[str]:
     """Each method trained ``epochs`` epochs in turn, ``rounds`` times, round-robin; median epoch time / plain's.
 
@@ -927,18 +941,14 @@ def timing(model: str, dataset_name: str, epochs: int, rounds: int, graph: str =
     training time per epoch (the first epoch of each run, which compiles, left out), the
     ratio to plain's, the ideal ratio (:func:`ideal_cost`) and the ratio over that ideal.
     """
-    from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.train import TrainConfig, train
+    from mirrorgrad_jax.models import build_config
+    from mirrorgrad_jax.train import train
 
-    dataset = timing_dataset(dataset_name, graph)
-    cls = get_model(model)
-    knob = {"plain": None, "mg": 0.2, "sam": 0.05, "asam": 0.5, "gnp": 0.5}
+    dataset, cls, cfg, batches = _timing_setup(model, dataset_name, epochs, graph)
     times: dict = {m: [] for m in KNOBS}
-    cfg = TrainConfig(epochs=epochs, patience=epochs, valid_metric=METRIC, seed=FIRST_SEED)
-    batches = cfg.steps_per_epoch(len(dataset.train))
     for _ in range(rounds):
         for method in KNOBS:
-            mg, method_config = configs(method, knob[method])
+            mg, method_config = configs(method, TIMING_KNOBS[method])
             result = train(cls, build_config(cls, {}), dataset, cfg, mg, method=method_config, log=None)
             times[method] += [h["train_s"] for h in result.history[1:]]
     plain = statistics.median(times["plain"])
@@ -970,19 +980,15 @@ def interleaved_timing(model: str, dataset_name: str, epochs: int, graph: str = 
     from flax import nnx
 
     from mirrorgrad_jax.data import epoch_batches
-    from mirrorgrad_jax.models import build_config, get_model
-    from mirrorgrad_jax.train import TrainConfig, resolved_model_config
+    from mirrorgrad_jax.models import build_config
+    from mirrorgrad_jax.train import resolved_model_config
     from mirrorgrad_jax.train.engine import EpochEngine
     from mirrorgrad_jax.train.optimizer import build_optimizer
 
-    dataset = timing_dataset(dataset_name, graph)
-    cls = get_model(model)
-    knob = {"plain": None, "mg": 0.2, "sam": 0.05, "asam": 0.5, "gnp": 0.5}
-    cfg = TrainConfig(epochs=epochs, patience=epochs, valid_metric=METRIC, seed=FIRST_SEED)
-    batches = cfg.steps_per_epoch(len(dataset.train))
+    dataset, cls, cfg, batches = _timing_setup(model, dataset_name, epochs, graph)
     arms = {}
     for method in KNOBS:
-        mg, method_config = configs(method, knob[method])
+        mg, method_config = configs(method, TIMING_KNOBS[method])
         net = cls(dataset, resolved_model_config(cls, build_config(cls, {}), mg), rngs=nnx.Rngs(params=FIRST_SEED))
         tx = build_optimizer(cfg, mg, batches, method=method_config)
         engine = EpochEngine(net, tx, mg, cfg, perturbed=method in TWO_PASS)
