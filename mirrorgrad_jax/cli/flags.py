@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Callable, Sequence
 
 from mirrorgrad_jax.config import parse_scalar
 from mirrorgrad_jax.errors import ConfigError
 
-__all__ = ["check_at_least_one", "csv_list", "grid_value", "key_values"]
+__all__ = ["check_at_least_one", "check_folder_option", "csv_list", "grid_value", "key_values"]
 
 
 def grid_value(text: str) -> Any:
@@ -51,6 +52,16 @@ def check_at_least_one(*flags: tuple[str, int]) -> None:
     for flag, value in flags:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+
+
+def check_folder_option(flag: str, path: str | None) -> None:
+    """Refuses a folder option (``--checkpoint-dir``, ``--out-dir``) that names an existing non-folder.
+
+    Raises:
+      ConfigError: ``path`` exists and is not a folder, in one line.
+    """
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path}: not a folder")
 
 
 def csv_list(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import check_at_least_one, csv_list, key_values
+from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, csv_list, key_values
 from mirrorgrad_jax.cli.train import _FLAGS as TRAIN_FLAGS
 from mirrorgrad_jax.cli.train import _set_method
 from mirrorgrad_jax.prepare.work import atomic_write
@@ -363,8 +363,7 @@ def _train(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, tuple[An
         ("--seeds", args.seeds), ("--perturb-seeds", args.perturb_seeds),
         ("--directions", args.directions), ("--iterations", args.iterations), ("--flatness-batches", args.flatness_batches),
     )  # fmt: skip
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        raise ConfigError(f"--out-dir {args.out_dir}: not a folder")
+    check_folder_option("--out-dir", args.out_dir)
     methods = _method_configs(args)
     shifts = _shifts(args)
     rho = _sharpness_rho(args)

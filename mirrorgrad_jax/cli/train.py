@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import check_at_least_one, grid_value, key_values
+from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, grid_value, key_values
 from mirrorgrad_jax.errors import ConfigError, UserInputError
 
 __all__ = ["register", "run", "read_config"]
@@ -200,8 +200,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--results {args.results}: its folder does not exist")
     if args.results and os.path.isdir(args.results):
         raise ConfigError(f"--results {args.results}: is a folder; give the JSON file to write")
-    if args.checkpoint_dir and os.path.exists(args.checkpoint_dir) and not os.path.isdir(args.checkpoint_dir):
-        raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir}: not a folder")
+    check_folder_option("--checkpoint-dir", args.checkpoint_dir)
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume continues the runs kept in --checkpoint-dir: give --checkpoint-dir too")
     seeds = [args.seed + i for i in range(args.seeds)]
