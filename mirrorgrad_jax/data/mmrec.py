@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import pickle
 import warnings
@@ -359,27 +360,51 @@ def _read_pickled_user_graph(path: Path) -> Any:
     return value
 
 
-def _check_npz_members(path: Path) -> None:
-    """Refuses an ``.npz`` that is not a zip archive, or whose members declare more data than they hold
-    (``np.load`` allocates what a member's header declares before reading it) or hold objects."""
+def npz_members(path: Path, where: Any = None, *, max_member_bytes: int | None = None, cap_note: str = "") -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """Name -> (shape, dtype, bytes) of every member of an ``.npz``, from the members' ``.npy`` headers alone.
+
+    ``np.load`` allocates what a member's header declares before reading it, so every reader
+    of an ``.npz`` in the package walks its members here first. A member's name is its file
+    name without ``.npy`` (the key ``np.load`` gives it).
+
+    Args:
+      path: the archive.
+      where: names the archive in messages (default: ``path``'s file name).
+      max_member_bytes: refuse a member declaring more bytes than this (checked before the
+        bytes it holds, so that the message names the cap).
+      cap_note: completes the cap's message: "more than the N bytes {cap_note}".
+
+    Raises:
+      DatasetError: not a zip archive; a member that is not a ``.npy`` array, holds Python
+        objects, declares more than ``max_member_bytes``, or declares more data than the
+        archive holds for it.
+    """
+    where = path.name if where is None else where
     if not zipfile.is_zipfile(path):
-        raise DatasetError(f"{path.name} is not an .npz archive (a zip of .npy arrays)")
+        raise DatasetError(f"{where} is not an .npz archive (a zip of .npy arrays)")
+    out: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
+                name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
                 with archive.open(info) as member:
-                    shape, dtype = npy_header(member, f"{path.name}: {info.filename}")
+                    shape, dtype = npy_header(member, f"{where}: {name}")
                 if dtype.hasobject:
-                    raise DatasetError(f"{path.name}: {info.filename} holds Python objects, which are never unpickled")
-                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                if declared > info.file_size:
-                    raise DatasetError(f"{path.name}: {info.filename} declares {declared:,} bytes but holds {info.file_size:,}")
+                    raise DatasetError(f"{where}: {name} holds Python objects, which are never unpickled")
+                nbytes = math.prod(shape) * dtype.itemsize
+                described = f"{where}: {name} declares shape {shape} {dtype.name} ({nbytes:,} bytes)"
+                if max_member_bytes is not None and nbytes > max_member_bytes:
+                    raise DatasetError(f"{described}, more than the {max_member_bytes:,} bytes {cap_note}".rstrip())
+                if nbytes > info.file_size:
+                    raise DatasetError(f"{described} but the archive holds only {info.file_size:,} bytes for it")
+                out[name] = (shape, dtype, nbytes)
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DatasetError(f"{path.name} is not a readable .npz archive: {err}") from None
+        raise DatasetError(f"{where} is not a readable .npz archive: {err}") from None
+    return out
 
 
 def _read_npz_user_graph(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    _check_npz_members(path)
+    npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("indptr", "neighbours", "weights") if k not in npz.files]

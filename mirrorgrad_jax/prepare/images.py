@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 
 from mirrorgrad_jax.data import DatasetError
-from mirrorgrad_jax.data.mmrec import npy_header
+from mirrorgrad_jax.data.mmrec import npz_members
 
 __all__ = [
     "AMAZON_FEATURE_DIM",
@@ -382,34 +382,10 @@ class ResNetFeatures(nnx.Module):
 
 
 def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Name -> (shape, dtype) of every member of an ``.npz``, from the members' ``.npy`` headers only."""
-    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    total = 0
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
-                with archive.open(info) as member:
-                    shape, dtype = npy_header(member, f"{path}: {name}")
-                if dtype.hasobject:
-                    raise DatasetError(f"{path}: {name} holds Python objects, which are never unpickled")
-                nbytes = math.prod(shape) * dtype.itemsize
-                described = f"{name} declares shape {tuple(shape)} {dtype.name} ({nbytes} bytes)"
-                if nbytes > MAX_WEIGHT_BYTES:
-                    raise DatasetError(
-                        f"{path}: {described}, more than the {MAX_WEIGHT_BYTES} bytes image-model weights may hold "
-                        "(mirrorgrad_jax.prepare.images.MAX_WEIGHT_BYTES)"
-                    )
-                if nbytes > info.file_size:
-                    raise DatasetError(f"{path}: {described} but the archive holds only {info.file_size} bytes for it")
-                total += nbytes
-                out[name] = (shape, dtype)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        if isinstance(err, DatasetError):
-            raise
-        raise DatasetError(f"{path}: not a numeric .npz archive ({err})") from None
-    _check_total(path, total)
-    return out
+    """Name -> (shape, dtype) of every member of an ``.npz``, from the members' ``.npy`` headers only; the size limits checked."""
+    members = npz_members(path, path, max_member_bytes=MAX_WEIGHT_BYTES, cap_note="image-model weights may hold (mirrorgrad_jax.prepare.images.MAX_WEIGHT_BYTES)")
+    _check_total(path, sum(nbytes for _, _, nbytes in members.values()))
+    return {name: (shape, dtype) for name, (shape, dtype, _) in members.items()}
 
 
 def _check_total(path: Path, total: int) -> None:
