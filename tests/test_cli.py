@@ -582,6 +582,30 @@ def test_a_logdir_holding_runs_of_the_grid_is_refused_before_training_unless_res
     _one_line_error(capsys, resumed, "the dataset is being read")
 
 
+def test_a_grid_over_epochs_resumed_under_larger_caps_goes_on_in_the_same_tensorboard_runs(tmp_path, capsys):
+    """The epoch cap only says where a run ends, so it is not in the run names: a resumed
+    grid with larger caps adds epochs to the runs it began instead of starting new folders."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mirrorgrad_jax.train import event_run_folders
+
+    grid = [*FOUR_RUNS[:-2], "--seeds", "1", "--logdir", str(tmp_path / "runs"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    grid[grid.index("--epochs") + 1] = "1,2"
+    assert main(grid) == 0
+    first = event_run_folders(tmp_path / "runs")
+    assert len(first) == 4 and not any("epochs" in name for name in first), first
+    grid[grid.index("--epochs") + 1] = "2,3"
+    assert main([*grid, "--resume"]) == 0
+    capsys.readouterr()
+    assert event_run_folders(tmp_path / "runs") == first
+    steps = []
+    for name in first:
+        events = EventAccumulator(str(tmp_path / "runs" / name), size_guidance={"scalars": 0})
+        events.Reload()
+        steps.append([e.step for e in events.Scalars("train/loss")])
+    assert sorted(steps) == [[0, 1], [0, 1], [0, 1, 2], [0, 1, 2]], steps
+
+
 def test_no_progress_bars_when_the_output_is_not_a_terminal_and_none_with_quiet(monkeypatch, capsys):
     import mirrorgrad_jax.cli.train as train_command
 

@@ -130,13 +130,17 @@ _SHORT_NAMES = {"alpha1": "a1", "alpha2": "a2", "beta": "b", "learning_rate": "l
 
 def _live_settings(plan: _Plan) -> dict[tuple[str, str], Any]:
     """(section, field) -> value of every setting that can change the plan's run (the seed and
-    what the method prefix of its name says aside), MG's and the method's first."""
+    what the method prefix of its name says aside), MG's and the method's first.
+
+    The epoch cap is left out too: it only says where a run ends (no schedule reads it), and
+    a run resumed under a larger cap must keep its name, so that its curves go on in one
+    TensorBoard run."""
     inert = {"mg": set(plan.mg.inert_fields()) | {"enabled"}, "method": set(plan.method.inert_fields()) | {"name"}}
     sections = {
         "mg": dataclasses.asdict(plan.mg),
         "method": dataclasses.asdict(plan.method),
         "model": dataclasses.asdict(plan.model_config),
-        "train": {k: v for k, v in dataclasses.asdict(plan.train_configs[0]).items() if k != "seed"},
+        "train": {k: v for k, v in dataclasses.asdict(plan.train_configs[0]).items() if k not in ("seed", "epochs")},
     }
     return {(section, k): v for section, values in sections.items() for k, v in values.items() if k not in inert.get(section, ())}
 
@@ -354,7 +358,7 @@ def run_grid(
         runs.append(
             {
                 "model_config": dataclasses.asdict(ran),
-                "train": {k: v for k, v in dataclasses.asdict(plan.train_configs[0]).items() if k != "seed"},
+                "train": {k: v for k, v in dataclasses.asdict(plan.train_configs[0]).items() if k not in ("seed", "epochs")},
                 "mg": dataclasses.asdict(plan.mg),
                 "method": dataclasses.asdict(plan.method),
                 "seeds": per_seed,
