@@ -1,6 +1,7 @@
 """mirrorgrad-jax: Mirror Gradient as an optax transformation, with Flax multimodal recommenders.
 
-The top level holds the transformation (the names of :mod:`mirrorgrad_jax.optim`); the
+The top level holds the transformation (the core names of :mod:`mirrorgrad_jax.optim`;
+the other flat-minima methods and step builders are imported from there); the
 rest of the library is laid out in subpackages, each importing only those below it:
 
 ====================  ==============================================================

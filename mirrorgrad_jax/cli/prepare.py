@@ -62,7 +62,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-user-graph", dest="user_graph", action="store_false", help="skip the DualGNN/DRAGON user-user graph"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an output folder that already holds files")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder that an earlier prepare wrote (other non-empty folders are refused)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
 
 

@@ -151,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="resume each run from its last checkpoint")
     t.add_argument("--logdir", metavar="DIR", help="write one TensorBoard run per combination and seed here (needs the tensorboard extra); view with tensorboard --logdir DIR")
     t.add_argument("--quiet", action="store_true", help="no per-epoch output and no progress bars")
-    s = t.add_argument_group("scaling out (see README, 'Scaling out')")
+    s = t.add_argument_group("scaling out (see the docs page 'Scaling out', docs/scaling.md)")
     s.add_argument("--mesh", help="device mesh, e.g. data=4 or data=2,model=2 ('auto': every device on data); default: one device")
     s.add_argument("--shard-tables", dest="shard_tables", action="store_true", default=None, help="row-shard tables (embeddings, features, graph edges) over the model axis")
     s.add_argument("--device-budget-mb", dest="device_budget_mb", type=float, metavar="MB", help="tables bigger than this are split over the whole mesh (default: 1/8 of a device's memory)")
