@@ -169,3 +169,33 @@ def test_hessian_vector_product_of_the_model_matches_reverse_over_reverse(tiny):
     scale = float(optax.tree.max(jax.tree.map(jnp.abs, rev)))
     for a, b in zip(jax.tree.leaves(fwd), jax.tree.leaves(rev)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_model_train_loss_of_a_first_batch_model_reaches_every_parameter_as_an_epoch_does(tiny):
+    """LATTICE's graph learner is trained from each epoch's first batch alone, through
+    ``first_batch_loss``; ``loss`` reads its graph detached. The measured loss is the
+    epoch's: the first batch through ``first_batch_loss``, the second through ``loss`` on the
+    graph that call cached, so every parameter has a gradient (with ``loss`` alone the
+    graph learner's would all be exactly zero)."""
+    from mirrorgrad_jax.models.lattice import LATTICE, LATTICEConfig
+    from mirrorgrad_jax.train.trained import trained_state
+
+    ds = tiny[0]
+    config = LATTICEConfig(embedding_size=4, feat_embed_dim=4, knn_k=3)
+    model = LATTICE(ds, config, rngs=nnx.Rngs(params=2))
+    state = trained_state(model)
+    params = nnx.state(model, nnx.Param)
+    loss_fn = model_train_loss(LATTICE, config, ds, state, seed=4, num_batches=2, batch_size=64)
+    value, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+    learner = nnx.state(model.graph_learner, nnx.Param)
+    assert len(jax.tree.leaves(learner)) > 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(grads):
+        assert float(jnp.max(jnp.abs(leaf))) > 0, f"no gradient on {jax.tree_util.keystr(path)}"
+
+    full = epoch_batches(ds, 64, np.random.default_rng(4), negatives=LATTICE.uses_negatives).full[:2]
+    keys = jax.random.split(jax.random.key(4), 2)
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    by_hand = nnx.merge(graphdef, params, rest, copy=True)
+    head = float(by_hand.first_batch_loss(jnp.asarray(full[0]), keys[0]))
+    tail = float(by_hand.loss(jnp.asarray(full[1]), keys[1]))  # on the graph the first call cached
+    np.testing.assert_allclose(float(value), (head + tail) / 2, rtol=1e-5)  # float32, other evaluation order

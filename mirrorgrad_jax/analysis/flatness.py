@@ -230,7 +230,9 @@ def sharpness(
     """The worst loss increase within a radius relative to the parameter norm.
 
     The radius is ``r = rho * ||params||`` (global L2 norm), so models of different
-    scale are comparable.
+    scale are comparable. The norm is over every parameter: in a model that fine-tunes
+    its raw feature tables (BM3, FREEDOM, LATTICE, MGCN, SMORE, PGL) those tables hold
+    nearly all of it, so there the radius is in effect relative to the features' norm.
 
     * ``"sam"``: one ascent step, ``L(params + r * g / ||g||) - L(params)`` with
       ``g = grad L(params)`` (SAM's first-order worst case; 0 at a zero gradient).
@@ -390,7 +392,10 @@ def model_train_loss(
     :func:`~mirrorgrad_jax.data.epoch_batches` with ``np.random.default_rng(seed)``
     (fixed shuffling and negatives; the last, smaller batch only when there is no full
     one), each with a fixed key derived from ``seed``. Host-side refreshes
-    (``pre_epoch``) are not run.
+    (``pre_epoch``) are not run. A model with ``first_batch_params`` (LATTICE) is measured
+    as a training epoch sees it: the first batch through ``first_batch_loss`` (so the
+    first-batch parameters, which ``loss`` reads only detached, are in the loss), the
+    others through ``loss`` on what that call cached, all at the given parameters.
 
     Args:
       model_cls: a :class:`~mirrorgrad_jax.models.Recommender` class.
@@ -426,12 +431,25 @@ def model_train_loss(
     else:
         batches = jnp.asarray(epoch.last)[None]
     keys = jax.random.split(jax.random.key(seed), batches.shape[0])
+    first_batch = bool(model_cls.first_batch_params)
 
-    def loss_fn(p):
+    def mean_loss(p, state, batches, keys):
         def one(xs):
             batch, key = xs
-            return nnx.merge(graphdef, p, rest, copy=True).loss(batch, key)
+            return nnx.merge(graphdef, p, state, copy=True).loss(batch, key)
 
-        return jnp.mean(jax.lax.map(one, (batches, keys)))
+        return jnp.sum(jax.lax.map(one, (batches, keys)))
+
+    def loss_fn(p):
+        if not first_batch:
+            return mean_loss(p, rest, batches, keys) / batches.shape[0]
+        # As in a training epoch: the first batch's loss reaches the first-batch parameters
+        # (LATTICE's graph learner), and what it caches serves the batches after it.
+        model = nnx.merge(graphdef, p, rest, copy=True)
+        head = model.first_batch_loss(batches[0], keys[0])
+        if batches.shape[0] == 1:
+            return head
+        _, _, after = nnx.split(model, nnx.Param, ...)
+        return (head + mean_loss(p, after, batches[1:], keys[1:])) / batches.shape[0]
 
     return loss_fn
