@@ -311,3 +311,63 @@ def test_a_wrong_method_or_level_is_one_line_exit_2_and_nothing_is_written(argv,
 def test_the_help_names_every_kind_and_preset():
     assert robustness_cli.KINDS_HELP == ", ".join(PERTURBATIONS)
     assert robustness_cli.PRESETS_HELP == ", ".join(SHIFT_PRESETS)
+
+
+# ---------------------------------------------------------------------------------------
+# Fine-tuned feature tables: kept as trained, or shifted with the features.
+# ---------------------------------------------------------------------------------------
+
+
+def _init_state(model_cls, config, dataset, seed=3):
+    from flax import nnx
+
+    from mirrorgrad_jax.train.trained import trained_state
+
+    return trained_state(model_cls(dataset, config, rngs=nnx.Rngs(params=seed)))
+
+
+def test_shifted_feature_tables_are_the_trained_tables_plus_the_shift(dataset):
+    """LATTICE fine-tunes its raw feature tables and ranks through a graph learned from them.
+    At initialisation the 'trained' tables are the clean features, so adding the shift must
+    rank exactly as the model built on the shifted features does (exact: the same arrays)."""
+    import warnings
+
+    from mirrorgrad_jax.analysis.perturb import apply_perturbation
+    from mirrorgrad_jax.analysis.robustness import StateEvaluator, ShiftNotReached
+    from mirrorgrad_jax.models.lattice import LATTICE, LATTICEConfig
+
+    config = LATTICEConfig(embedding_size=8, feat_embed_dim=8, knn_k=3)
+    shifted = apply_perturbation(dataset, "noise", 2.0, seed=0)
+    clean_state, shifted_state = _init_state(LATTICE, config, dataset), _init_state(LATTICE, config, shifted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShiftNotReached)  # it reaches LATTICE either way
+        kept = StateEvaluator(LATTICE, config, dataset, "test", (20,), seed=3).evaluate(clean_state, shifted, round_to=None)
+        moved = StateEvaluator(LATTICE, config, dataset, "test", (20,), seed=3, feature_tables="shifted").evaluate(clean_state, shifted, round_to=None)
+    built_on_shifted = StateEvaluator(LATTICE, config, dataset, "test", (20,), seed=3).evaluate(shifted_state, shifted, round_to=None)
+    assert moved == built_on_shifted
+    assert kept != moved  # keeping the trained tables is another measurement
+    # A model without fine-tuned tables (VBPR reads its features as constants) ranks the same either way.
+    state = _init_state(VBPR, CONFIG, dataset)
+    assert evaluate_params(VBPR, CONFIG, shifted, state) == evaluate_params(VBPR, CONFIG, shifted, state, feature_tables="shifted")
+    with pytest.raises(ValueError, match="feature_tables must be one of"):
+        StateEvaluator(VBPR, CONFIG, dataset, "test", (20,), feature_tables="frozen")
+
+
+def test_a_shift_that_reaches_no_score_is_named_in_a_note_not_reported_silently(dataset, tmp_path, capsys):
+    """BM3 ranks with its id embeddings alone: no shift of its features changes a score, so
+    its retention is 1 by construction. The command says so in one note (and the library warns)."""
+    from mirrorgrad_jax.analysis.robustness import ShiftNotReached
+    from mirrorgrad_jax.models import BM3, BM3Config
+
+    config = BM3Config(embedding_size=8)
+    state = _init_state(BM3, config, dataset)
+    with pytest.warns(ShiftNotReached, match="BM3: shifting image, text changes none of its scores.*ranks without them"):
+        rows = robustness_curve(BM3, config, dataset, state, "noise", [2.0], seeds=[0], feature_tables="shifted")
+    assert rows[0]["retention"]["recall@20"] == 1.0
+    status = main([
+        "robustness", "--model", "bm3", "--dataset", "synthetic-small", "--methods", "plain", "--epochs", "1", "--batch-size", "512",
+        "--set", "embedding_size=8", "--levels", "noise=1", "--quiet", "--out-dir", str(tmp_path / "bm3"),
+    ])  # fmt: skip
+    assert status == 0
+    err = capsys.readouterr().err
+    assert err.count("note: BM3: shifting image, text changes none of its scores") == 1, err

@@ -242,6 +242,7 @@ def compare_runs(
     slices_2d: bool = False,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    feature_tables: str = "trained",
 ) -> Comparison:
     """One markdown table and one figure comparing several labelled training runs.
 
@@ -278,6 +279,8 @@ def compare_runs(
       slices_2d: add 2-D slice panels.
       seed: seeds the flatness batches, the power iteration and the directions.
       log: progress printer.
+      feature_tables: ``"trained"`` or ``"shifted"``: what a shift does to fine-tuned feature
+        tables (:class:`~mirrorgrad_jax.analysis.robustness.StateEvaluator`).
 
     Returns:
       A :class:`Comparison`.
@@ -290,7 +293,7 @@ def compare_runs(
     if unknown:
         raise ValueError(f"unknown perturbation(s) {unknown}; available: {', '.join(PERTURBATIONS)}")
     grouped = {label: list(v) if isinstance(v, (list, tuple)) else [v] for label, v in runs.items()}
-    evaluator = StateEvaluator(model_cls, model_config, dataset, "test", metric_cutoffs(metrics))
+    evaluator = StateEvaluator(model_cls, model_config, dataset, "test", metric_cutoffs(metrics), feature_tables=feature_tables)
     key = jax.random.key(seed)
     k_power, k_random, k_slice = jax.random.split(key, 3)
     loss_fn = None

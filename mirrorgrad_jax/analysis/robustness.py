@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from typing import Any, Mapping, Sequence
+import warnings
+from typing import Any, Literal, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -47,11 +49,14 @@ from mirrorgrad_jax.evaluation import DEFAULT_TOPK, RankingEvaluator
 from mirrorgrad_jax.analysis.flatness import check_params_fit
 from mirrorgrad_jax.models import CHECKPOINTED, check_ready_to_rank
 from mirrorgrad_jax.analysis.perturb import FRACTION_KINDS, PERTURBATIONS, apply_perturbation, check_level
+from mirrorgrad_jax.train.checkpoint import flatten_arrays, unflatten_like
 from mirrorgrad_jax.train.trained import fit_trained_state
 
 __all__ = [
     "DEFAULT_LEVELS",
     "DEFAULT_METRICS",
+    "FEATURE_TABLES",
+    "ShiftNotReached",
     "SHIFT_PRESETS",
     "Shift",
     "evaluate_params",
@@ -61,6 +66,13 @@ __all__ = [
 ]
 
 DEFAULT_METRICS = ("recall@20", "ndcg@20")
+
+#: What a shift does to a model's fine-tuned feature tables (parameters built from the features).
+FEATURE_TABLES = ("trained", "shifted")
+
+
+class ShiftNotReached(UserWarning):
+    """A shift changed the features but none of the arrays the model ranks with."""
 
 
 def metric_cutoffs(metrics: Sequence[str]) -> tuple[int, ...]:
@@ -81,10 +93,42 @@ class StateEvaluator:
     constants follow that dataset's features; the compiled scorer is reused because the
     constants keep their shapes. ``recompute=True`` ranks a stale-evaluation model by
     recomputing its representation (see the module docstring); other models ignore it.
+
+    Some models fine-tune their raw feature tables (BM3, FREEDOM, LATTICE, MGCN, SMORE,
+    PGL: the reference's ``from_pretrained(..., freeze=False)``): those are parameters,
+    initialised from the features, and training replaces them. ``feature_tables`` says
+    what a shift does to them:
+
+    * ``"trained"`` (the default, and what loading the trained weights into a model built
+      on new features does): they keep their trained values, so the shift reaches such a
+      model only through the constants built from the features (FREEDOM's and LATTICE's
+      kNN graphs); BM3 reads its features through nothing else, and no shift changes it.
+    * ``"shifted"``: the shift is added to them, ``trained + (built on shifted - built on
+      clean)``, every parameter whose initial value depends on the features: what the
+      model learned on top of the features is kept, the features under it move.
+
+    A shift that changes the features but none of the arrays the model ranks with raises
+    a :class:`ShiftNotReached` warning (once per evaluator), since every retention it
+    gives is exactly 1.
     """
 
-    def __init__(self, model_cls: type, model_config: Any, dataset: RecDataset, split: str, topk: Sequence[int], *, eval_batch_size: int = 4096, seed: int = 0):
+    def __init__(
+        self,
+        model_cls: type,
+        model_config: Any,
+        dataset: RecDataset,
+        split: str,
+        topk: Sequence[int],
+        *,
+        eval_batch_size: int = 4096,
+        seed: int = 0,
+        feature_tables: Literal["trained", "shifted"] = "trained",
+    ):
+        if feature_tables not in FEATURE_TABLES:
+            raise ValueError(f"feature_tables must be one of {FEATURE_TABLES}, got {feature_tables!r}")
         self.model_cls, self.dataset, self.split, self.seed = model_cls, dataset, split, seed
+        self.feature_tables = feature_tables
+        self._checked: set[tuple[str, ...]] = set()
         self.configs = {False: model_config}
         if getattr(model_config, "stale_eval", False):
             self.configs[True] = dataclasses.replace(model_config, stale_eval=False)
@@ -104,10 +148,13 @@ class StateEvaluator:
             self._built[recompute] = (model, graphdef, consts, scores_fn)
         return self._built[recompute]
 
-    def _constants(self, dataset: RecDataset, recompute: bool) -> Any:
+    def _rebuilt(self, dataset: RecDataset, recompute: bool) -> tuple[Any, dict[str, Any]]:
+        """The constants of the model built on ``dataset``, and ``name -> shift`` of each
+        parameter whose initial value moved from the clean build's (the same seed, so only
+        the features can move it)."""
         model, _, consts, _ = self._clean(recompute)
         if dataset is self.dataset:
-            return consts
+            return consts, {}
         clean = self.dataset
         if dataset.num_items != clean.num_items or dataset.num_users != clean.num_users or not all(
             np.array_equal(dataset.split(s), clean.split(s)) for s in ("train", self.split)
@@ -116,7 +163,9 @@ class StateEvaluator:
         rebuilt = self.model_cls(dataset, self.configs[recompute], rngs=nnx.Rngs(params=self.seed))
         _, _, perturbed = nnx.split(rebuilt, CHECKPOINTED, ...)
         check_params_fit(consts, perturbed, f"the constants of {self.model_cls.__name__} on {clean.name!r}")
-        return perturbed
+        before, after = flatten_arrays(nnx.state(model, nnx.Param)), flatten_arrays(nnx.state(rebuilt, nnx.Param))
+        moved = {name: np.asarray(after[name]) - np.asarray(before[name]) for name in before if not np.array_equal(before[name], after[name])}
+        return perturbed, moved
 
     def evaluate(self, state: Any, dataset: RecDataset | None = None, *, recompute: bool = False, round_to: int | None = 4) -> dict[str, float]:
         """Metrics of the trained ``state`` on ``dataset`` (default: the clean one).
@@ -126,16 +175,48 @@ class StateEvaluator:
             or a stale-evaluation model whose cache is empty (and ``recompute`` is off).
         """
         recompute = recompute and True in self.configs
-        model, graphdef, _, scores_fn = self._clean(recompute)
+        model, graphdef, clean_consts, scores_fn = self._clean(recompute)
         what = f"the trained state of {self.model_cls.__name__} on {self.dataset.name!r}"
         try:
-            fitted = fit_trained_state(model, state, what, ignore_cache=recompute)
+            trained = fit_trained_state(model, state, what, ignore_cache=recompute)
         except CheckpointError as err:
             raise ValueError(str(err)) from None
-        consts = self._constants(self.dataset if dataset is None else dataset, recompute)
+        consts, moved = self._rebuilt(self.dataset if dataset is None else dataset, recompute)
+        fitted = _add(trained, moved) if moved and self.feature_tables == "shifted" else trained
         if not recompute and model.ranks_with_training_cache():
             check_ready_to_rank(nnx.merge(graphdef, fitted, consts))
+        if dataset is not None and dataset is not self.dataset:
+            self._check_reached(dataset, scores_fn, (trained, clean_consts), (fitted, consts), moved)
         return self.evaluator.evaluate(scores_fn, (fitted, consts), round_to=round_to)
+
+    def _check_reached(self, dataset: RecDataset, scores_fn: Any, clean: Any, shifted: Any, moved: dict[str, Any]) -> None:
+        """Warns (once per set of shifted modalities) when a shift of the features leaves the first users' scores unchanged."""
+        changed = tuple(
+            sorted(m for m in self.dataset.features if m in dataset.features and not np.array_equal(self.dataset.features[m], dataset.features[m]))
+        )
+        if not changed or changed in self._checked:
+            return
+        self._checked.add(changed)
+        users = jnp.arange(min(64, self.dataset.num_users))
+        before = np.asarray(scores_fn(clean, users))
+        if not np.array_equal(before, np.asarray(scores_fn(shifted, users))):
+            return
+        why = "it ranks without them (BM3, for one, scores with its id embeddings alone)"
+        if moved and self.feature_tables == "trained":
+            if not np.array_equal(before, np.asarray(scores_fn((_add(shifted[0], moved), shifted[1]), users))):
+                why = "its feature tables are trained parameters, kept as trained (feature_tables='shifted' adds the shift to them)"
+        warnings.warn(
+            f"{self.model_cls.__name__}: shifting {', '.join(changed)} changes none of its scores, so every retention is 1: {why}",
+            ShiftNotReached,
+            stacklevel=3,
+        )
+
+
+def _add(state: Any, moved: Mapping[str, Any]) -> Any:
+    """``state`` with ``moved[name]`` added to each array it names."""
+    arrays = flatten_arrays(state)
+    arrays.update({name: arrays[name] + np.asarray(moved[name]).astype(arrays[name].dtype) for name in moved})
+    return unflatten_like(state, arrays, "the trained state")
 
 
 def evaluate_params(
@@ -150,6 +231,7 @@ def evaluate_params(
     round_to: int | None = 4,
     seed: int = 0,
     recompute: bool = False,
+    feature_tables: Literal["trained", "shifted"] = "trained",
 ) -> dict[str, float]:
     """Full-ranking metrics of a trained state on ``dataset``.
 
@@ -172,6 +254,8 @@ def evaluate_params(
       seed: seeds the throw-away initial parameters of the rebuilt model.
       recompute: stale-evaluation models recompute their representation instead of
         using the cached one (see the module docstring).
+      feature_tables: ``"trained"`` or ``"shifted"``: what a shift does to fine-tuned
+        feature tables (:class:`StateEvaluator`).
 
     Returns:
       ``{'recall@5': ..., ..., 'map@50': ...}``.
@@ -179,7 +263,7 @@ def evaluate_params(
     Raises:
       ValueError: a state of another structure or shape than the model's.
     """
-    evaluator = StateEvaluator(model_cls, model_config, dataset, split, topk, eval_batch_size=eval_batch_size, seed=seed)
+    evaluator = StateEvaluator(model_cls, model_config, dataset, split, topk, eval_batch_size=eval_batch_size, seed=seed, feature_tables=feature_tables)
     return evaluator.evaluate(state, recompute=recompute, round_to=round_to)
 
 
@@ -196,6 +280,7 @@ def robustness_curve(
     metrics: Sequence[str] = DEFAULT_METRICS,
     split: str = "test",
     eval_batch_size: int = 4096,
+    feature_tables: Literal["trained", "shifted"] = "trained",
 ) -> list[dict[str, Any]]:
     """Metrics under a perturbation, for every level and seed, relative to the clean metrics.
 
@@ -215,6 +300,8 @@ def robustness_curve(
       metrics: which metrics to record, e.g. ``("recall@20", "ndcg@20")``.
       split: the ranked split.
       eval_batch_size: users per evaluation block.
+      feature_tables: ``"trained"`` or ``"shifted"``: what a shift does to fine-tuned
+        feature tables (:class:`StateEvaluator`).
 
     Returns:
       One row per (level, seed): ``{"kind", "level", "seed", "metrics": {m: value},
@@ -222,7 +309,9 @@ def robustness_curve(
       NaN where the clean value is 0).
     """
     metrics = tuple(metrics)
-    evaluator = StateEvaluator(model_cls, model_config, clean_dataset, split, metric_cutoffs(metrics), eval_batch_size=eval_batch_size)
+    evaluator = StateEvaluator(
+        model_cls, model_config, clean_dataset, split, metric_cutoffs(metrics), eval_batch_size=eval_batch_size, feature_tables=feature_tables
+    )
     return perturbation_rows(evaluator, state, kind, levels, seeds, modality=modality, metrics=metrics)
 
 

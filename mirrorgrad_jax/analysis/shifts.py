@@ -133,6 +133,7 @@ def compare_shifts(
     slices_2d: bool = False,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    feature_tables: str = "trained",
 ) -> Comparison:
     """One markdown table and one figure of labelled runs under shifts with levels of their own.
 
@@ -167,6 +168,8 @@ def compare_shifts(
         :func:`~mirrorgrad_jax.analysis.comparison.compare_runs` would use.
       seed: seeds the flatness batches, the power iteration and the directions.
       log: progress printer.
+      feature_tables: ``"trained"`` or ``"shifted"``: what a shift does to fine-tuned feature
+        tables (:class:`~mirrorgrad_jax.analysis.robustness.StateEvaluator`).
 
     Returns:
       A :class:`~mirrorgrad_jax.analysis.comparison.Comparison` (``curves``: label ->
@@ -194,7 +197,7 @@ def compare_shifts(
     base = compare_runs(
         model_cls, model_config, dataset, runs, path=None, metrics=metrics, robustness=False, flatness=flatness, rho=rho,
         num_directions=num_directions, power_iterations=power_iterations, flatness_batches=flatness_batches,
-        batch_size=batch_size, slices_2d=False, seed=seed, log=log,
+        batch_size=batch_size, slices_2d=False, seed=seed, log=log, feature_tables=feature_tables,
     )  # fmt: skip
     grouped = {label: list(v) if isinstance(v, (list, tuple)) else [v] for label, v in runs.items()}
     numbers = {label: dict(cols) for label, cols in base.numbers.items()}
@@ -202,7 +205,7 @@ def compare_shifts(
     retention_columns = list(dict.fromkeys(f"{s.kind} {level:g}" for s in shifts for level in s.levels))
     columns += retention_columns
     curves: dict[str, list[dict[str, Any]]] = {}
-    evaluator = StateEvaluator(model_cls, model_config, dataset, "test", metric_cutoffs(metrics)) if shifts else None
+    evaluator = StateEvaluator(model_cls, model_config, dataset, "test", metric_cutoffs(metrics), feature_tables=feature_tables) if shifts else None
     for label, states in grouped.items():
         started = time.perf_counter()
         cols = numbers[label]

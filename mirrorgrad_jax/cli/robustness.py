@@ -24,7 +24,9 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,11 @@ def _add_robustness_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--perturb-seeds", type=int, default=1, help="perturbation seeds per level (0, 1, ...)")
     p.add_argument("--modality", action="append", metavar="[KIND=]MODALITIES", help="perturbed modality or comma list (default all), or KIND[,KIND]=MODALITIES for those kinds; repeatable")
+    p.add_argument(
+        "--feature-tables", choices=("trained", "shifted"), default="trained",
+        help="what a shift does to feature tables a model fine-tunes (BM3, FREEDOM, LATTICE, MGCN, SMORE, PGL): keep them as trained "
+        "(default; the shift then reaches the model only through what it builds from the features) or add the shift to them",
+    )  # fmt: skip
 
 
 def _add_flatness_arguments(p: argparse.ArgumentParser) -> None:
@@ -409,17 +416,24 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
     created = not os.path.exists(args.out_dir)
     os.makedirs(args.out_dir, exist_ok=True)
     figure = os.path.join(args.out_dir, f"{name}.png")
-    from mirrorgrad_jax.analysis.robustness import DEFAULT_METRICS
+    from mirrorgrad_jax.analysis.robustness import DEFAULT_METRICS, ShiftNotReached
     from mirrorgrad_jax.analysis.shifts import compare_shifts
 
     try:
-        comparison = compare_shifts(
-            model_cls, model_config, dataset, states, shifts if robustness else [],
-            path=figure, metrics=(args.valid_metric, *(m for m in DEFAULT_METRICS if m != args.valid_metric)),
-            perturb_seeds=range(args.perturb_seeds), flatness=flatness, rho=rho, num_directions=args.directions,
-            power_iterations=args.iterations, flatness_batches=args.flatness_batches, slices_2d=slices_2d,
-            log=None if args.quiet else print,
-        )  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ShiftNotReached)
+            comparison = compare_shifts(
+                model_cls, model_config, dataset, states, shifts if robustness else [],
+                path=figure, metrics=(args.valid_metric, *(m for m in DEFAULT_METRICS if m != args.valid_metric)),
+                perturb_seeds=range(args.perturb_seeds), flatness=flatness, rho=rho, num_directions=args.directions,
+                power_iterations=args.iterations, flatness_batches=args.flatness_batches, slices_2d=slices_2d,
+                log=None if args.quiet else print, feature_tables=args.feature_tables,
+            )  # fmt: skip
+        for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ShiftNotReached)):
+            print(f"note: {message}", file=sys.stderr)
+        for w in caught:
+            if not issubclass(w.category, ShiftNotReached):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except BaseException:
         if created and not os.listdir(args.out_dir):  # the folder this call made, still empty: not left behind
             os.rmdir(args.out_dir)
@@ -433,6 +447,8 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
     )
     if flatness:
         title += f", sharpness radius {rho:g}"
+    if robustness and args.feature_tables == "shifted":
+        title += ", shifts added to the fine-tuned feature tables"
     print()
     print(title)
     print(comparison.table)
