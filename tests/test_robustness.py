@@ -371,3 +371,13 @@ def test_a_shift_that_reaches_no_score_is_named_in_a_note_not_reported_silently(
     assert status == 0
     err = capsys.readouterr().err
     assert err.count("note: BM3: shifting image, text changes none of its scores") == 1, err
+
+
+def test_a_table_cell_says_how_many_of_its_values_its_mean_covers():
+    """A retention is NaN where the clean metric is 0; the cell's mean leaves it out and says so."""
+    from mirrorgrad_jax.analysis.comparison import _cell
+
+    assert _cell([0.5, 0.7], ".2f") == "0.60 ± 0.14"
+    assert _cell([0.5, float("nan"), 0.7], ".2f") == "0.60 ± 0.14 (2 of 3)"
+    assert _cell([float("nan")], ".2f") == "n/a"
+    assert _cell([0.25], ".2f") == "0.25"

@@ -211,13 +211,14 @@ class Comparison:
 
 
 def _cell(values: Sequence[float], fmt: str) -> str:
+    """``mean ± std`` of the values that are numbers; ``(k of n)`` when some are NaN (a
+    retention whose clean metric is 0), so the cell says what its mean covers."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "n/a"
     mean = statistics.fmean(finite)
-    if len(finite) == 1:
-        return format(mean, fmt)
-    return f"{format(mean, fmt)} ± {format(statistics.stdev(finite), fmt)}"
+    text = format(mean, fmt) if len(finite) == 1 else f"{format(mean, fmt)} ± {format(statistics.stdev(finite), fmt)}"
+    return text if len(finite) == len(values) else f"{text} ({len(finite)} of {len(values)})"
 
 
 def compare_runs(
