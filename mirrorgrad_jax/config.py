@@ -93,6 +93,10 @@ def parse_scalar(text: str) -> Any:
 # ---------------------------------------------------------------------------------------
 
 
+#: The largest float32: a ranged float beyond it would be infinite once it reaches a jitted step.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 @dataclasses.dataclass(frozen=True)
 class Range:
     """The bounds of a numeric field: ``Annotated[float, Range(ge=0, lt=1)]``.
@@ -106,8 +110,9 @@ class Range:
     lt: float | None = None
 
     def contains(self, value: float) -> bool:
-        """Whether ``value`` is finite and inside every bound."""
-        if not math.isfinite(value):
+        """Whether ``value`` is finite (a float also in float32's range: it becomes one in a
+        jitted step, where 1e308 would be infinite) and inside every bound."""
+        if not math.isfinite(value) or (isinstance(value, float) and abs(value) > FLOAT32_MAX):
             return False
         return (
             (self.ge is None or value >= self.ge)
@@ -286,6 +291,8 @@ def check_field_types(config: Any) -> None:
                         hint = " (a number written as text: write it without quotes)"
                 except ValueError:
                     pass
+            elif isinstance(value, float) and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+                hint = " (beyond float32's largest number, 3.4e38: it would be infinite in the jitted step)"
             raise ConfigError(
                 f"{type(config).__name__}.{field.name} must be {_describe(expected)}, got {value!r} "
                 f"({type(value).__name__}){hint}"

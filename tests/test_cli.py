@@ -686,6 +686,8 @@ _FLATNESS = ["flatness", "--model", "bprmf", "--dataset", "synthetic-small", "--
         ([*_TRAIN, "--batch-size", "1e30"], ["TrainConfig.batch_size must be an integer in [1, 2**31), got 1e+30"]),
         ([*_TRAIN, "--beta", "1e30"], ["MGConfig.beta must be an integer in [1, 2**31)"]),
         ([*_TRAIN, "--alpha1", "inf"], ["MGConfig.alpha1 must be a finite number, got 'inf' (str)"]),
+        ([*_TRAIN, "--alpha1", "1e308"], ["MGConfig.alpha1 must be a finite number, got 1e+308", "beyond float32's largest number"]),
+        ([*_TRAIN, "--lr", "1e39"], ["learning_rate must be a finite number > 0, got 1e+39", "beyond float32's largest number"]),
         ([*_TRAIN, "--set", "reg_weight=[]"], ["reg_weight: an empty list has no value to train with"]),
         ([*_TRAIN, "--min-epochs", "5"], ["min_epochs", "must satisfy min_epochs <= epochs"]),
         ([*_TRAIN, "--results", "{adir}"], ["--results", "is a folder; give the JSON file to write"]),
