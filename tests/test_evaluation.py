@@ -161,6 +161,23 @@ def test_ranking_metrics_hand_computed():
     assert ranking_metrics(hits, n, topk=(1, 3))["ndcg@3"] == round(expected["ndcg@3"], 4)
 
 
+def test_ranking_metrics_add_the_users_in_order_as_the_reference_mean_does():
+    """The reference averages a (users, K) matrix with ``mean(axis=0)``, which adds the users
+    one after another; ``np.mean`` of a column adds them pairwise, a last-bit difference that
+    can flip the 4-decimal rounding early stopping compares. Exact equality with a literal
+    in-order sum (no tolerance: the same float64 additions in the same order)."""
+    rng = np.random.default_rng(7)
+    hits = rng.random((3000, 20)) < 0.2
+    n = rng.integers(1, 30, size=3000)
+    got = ranking_metrics(hits, n, topk=(5, 20), round_to=None)
+    per_user = {key: [ranking_metrics(hits[u : u + 1], n[u : u + 1], topk=(5, 20), round_to=None)[key] for u in range(0, 3000)] for key in ("ndcg@20", "map@5")}
+    for key, values in per_user.items():
+        total = 0.0
+        for value in values:
+            total += value
+        assert got[key] == total / len(values), key
+
+
 def test_ranking_metrics_rejects_bad_input():
     hits = np.ones((2, 3), bool)
     with pytest.raises(ValueError, match="num_positives >= 1"):

@@ -22,6 +22,11 @@ metrics. A change that moves a model's numbers ON PURPOSE re-records its case
 * lattice, re-recorded when TrainConfig.zero_grad became "zeros" by default (PyTorch
   1.13's optimizer.zero_grad(), the reference's environment): the graph learner now moves
   on its Adam momentum after the first batch of every epoch instead of being skipped.
+* freedom, lattice, slmrec, re-recorded when ``ranking_metrics`` began to add the users in
+  order, as the reference's ``mean(axis=0)`` does, instead of pairwise: precision@20, a
+  multiple of 1/(20 users) that often lies exactly half-way between two 4-decimal values,
+  now rounds as the reference rounds it (0.0118 -> 0.0117 and the like, 7 values in all;
+  the losses and every other metric are unchanged).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def ranking_metrics(
     positives: Recall@k = sum_{r<=k} h_r / n (full ``n``); Precision@k =
     sum_{r<=k} h_r / k; NDCG@k = sum_{r<=k} h_r / log2(r+1) divided by
     sum_{r<=min(k,n)} 1 / log2(r+1); MAP@k = sum_{r<=k} h_r * P@r / min(k, n) with
-    P@r = sum_{j<=r} h_j / r. Computed in float64.
+    P@r = sum_{j<=r} h_j / r. Computed in float64; each mean adds the users one after
+    another, as the reference's ``mean(axis=0)`` does, so the 4-decimal rounding agrees.
 
     Args:
       hits: ``(n_users, K)`` booleans, ``hits[u, r]`` true when the item at rank
@@ -89,10 +90,9 @@ def ranking_metrics(
         per_user[f"precision@{k}"] = c / k
         per_user[f"map@{k}"] = avg_prec_sum[:, k - 1] / depth
 
-    result = {}
-    for metric in METRICS:
-        for k in cutoffs:
-            key = f"{metric}@{k}"
-            mean = np.mean(per_user[key])
-            result[key] = float(mean if round_to is None else np.round(mean, round_to))
-    return result
+    # The means over users as the reference takes them: ``mean(axis=0)`` of a (users, columns)
+    # matrix adds the users one after another, where ``np.mean`` of one column would add
+    # them pairwise; the two differ in the last bits, which can flip a 4-decimal rounding.
+    keys = [f"{metric}@{k}" for metric in METRICS for k in cutoffs]
+    means = np.stack([per_user[key] for key in keys], axis=1).mean(axis=0)
+    return {key: float(mean if round_to is None else np.round(mean, round_to)) for key, mean in zip(keys, means)}
