@@ -426,6 +426,50 @@ def test_resume_to_a_larger_epoch_cap_is_the_longer_run_and_a_changed_knob_is_na
     assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "whole").rglob("*")) == before
 
 
+def _bprmf_run(tmp_path, folder, *extra):
+    import json
+
+    results = tmp_path / f"{folder}.json"
+    argv = ["train", "--model", "bprmf", "--dataset", "synthetic-small", "--no-mg", "--batch-size", "256", "--valid-metric", "recall@20",
+            "--set", "embedding_size=8", "--patience", "10", "--checkpoint-dir", str(tmp_path / folder), "--results", str(results), *extra]  # fmt: skip
+    code = main(argv)
+    return code, (json.loads(results.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}")) if code == 0 else None)
+
+
+def test_a_save_stopped_between_its_two_renames_resumes_from_the_checkpoint_it_had_written(tmp_path, capsys):
+    """A checkpoint replaces the last one by two renames (last -> .prev, .next -> last). A run
+    stopped between them leaves no last.ckpt but a complete last.ckpt.next: --resume goes on
+    from it (it used to start again from epoch 0 and delete it), as the run that never stopped."""
+    import shutil
+
+    _, whole = _bprmf_run(tmp_path, "whole", "--epochs", "4")
+    _bprmf_run(tmp_path, "cut", "--epochs", "2")
+    folder = tmp_path / "cut" / "combo0-seed999"
+    shutil.copytree(folder / "last.ckpt", folder / "last.ckpt.next")
+    (folder / "last.ckpt").rename(folder / "last.ckpt.prev")
+    capsys.readouterr()
+    code, resumed = _bprmf_run(tmp_path, "cut", "--epochs", "4", "--resume")
+    assert code == 0 and "resumed" in capsys.readouterr().out
+    runs = [r["runs"][0]["seeds"][0] for r in (whole, resumed)]
+    assert [h["loss"] for h in runs[1]["history"]] == [h["loss"] for h in runs[0]["history"]]
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_fresh_run_removes_an_earlier_runs_checkpoints_and_a_diverged_combination_is_never_selected(tmp_path, capsys):
+    """Without --resume a run starts afresh: the checkpoints of an earlier run in its folder go,
+    even when it saves none itself (here every combination but one diverges at once). The
+    selected combination is one with a score; NaN scores are written as null (standard JSON)."""
+    _bprmf_run(tmp_path, "ck", "--epochs", "1")
+    folder = tmp_path / "ck" / "combo0-seed999"
+    assert (folder / "best.ckpt").is_dir()
+    capsys.readouterr()
+    code, report = _bprmf_run(tmp_path, "ck", "--epochs", "1", "--lr", "1e30,0.05")
+    assert code == 0 and "removed the checkpoints of an earlier run" in capsys.readouterr().out
+    assert not (folder / "best.ckpt").exists() and not (folder / "last.ckpt").exists()  # combination 0 diverged at once
+    assert report["runs"][0]["selection_score"] is None and report["runs"][0]["seeds"][0]["stop_reason"] == "nan_loss"
+    assert report["best_index"] == 1 and report["runs"][1]["selection_score"] > 0
+
+
 class _CountingCheckpointer:
     """Wraps orbax's checkpointer and records which items each restore reads."""
 

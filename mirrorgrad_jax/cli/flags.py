@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 from typing import Any, Callable, Sequence
 
 from mirrorgrad_jax.config import parse_scalar
 from mirrorgrad_jax.errors import ConfigError
 
-__all__ = ["check_at_least_one", "check_folder_option", "csv_list", "grid_value", "key_values"]
+__all__ = ["check_at_least_one", "check_folder_option", "csv_list", "grid_value", "key_values", "report_json"]
 
 
 def grid_value(text: str) -> Any:
@@ -80,3 +82,20 @@ def csv_list(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
         return values
 
     return parse
+
+
+def report_json(report: Any) -> str:
+    """A command's JSON report as standard JSON: a number that is not finite (the score of
+    runs that ended before a clean epoch) is written as ``null``. Python's own writer would
+    write ``NaN``, which most JSON readers refuse; other values that JSON lacks are strings."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {key: plain(v) for key, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return json.dumps(plain(report), indent=1, default=str, allow_nan=False)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -30,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, csv_list, key_values
+from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, csv_list, key_values, report_json
 from mirrorgrad_jax.cli.train import _FLAGS as TRAIN_FLAGS
 from mirrorgrad_jax.cli.train import _set_method
 from mirrorgrad_jax.prepare.work import atomic_write
@@ -463,7 +462,7 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
         "train": {label: [r.to_dict() for r in rs] for label, rs in results.items()},
         **comparison.to_dict(),
     }
-    atomic_write(Path(args.out_dir) / f"{name}.json", lambda f: f.write(json.dumps(report, indent=1, default=str).encode()))
+    atomic_write(Path(args.out_dir) / f"{name}.json", lambda f: f.write(report_json(report).encode()))
     print(f"\nfigure {figure}; table and JSON report in {args.out_dir} ({time.perf_counter() - started:.0f}s)")
     return 0
 

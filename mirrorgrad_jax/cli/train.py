@@ -25,13 +25,12 @@ the runs of a grid; ``--quiet`` turns it off with the per-epoch lines.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, grid_value, key_values
+from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, grid_value, key_values, report_json
 from mirrorgrad_jax.errors import ConfigError, UserInputError
 
 __all__ = ["register", "run", "read_config"]
@@ -233,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         tmp = args.results + ".tmp"
         try:
             with open(tmp, "w") as f:
-                json.dump(report, f, indent=1, default=str)
+                f.write(report_json(report))
             os.replace(tmp, args.results)
         finally:
             if os.path.exists(tmp):  # a write or rename that failed leaves nothing half-written

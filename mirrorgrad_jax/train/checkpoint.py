@@ -45,9 +45,11 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
     "CheckpointFile",
+    "checkpoint_exists",
     "flatten_arrays",
     "load_checkpoint",
     "open_checkpoint",
+    "remove_checkpoint",
     "save_checkpoint",
     "unflatten_like",
 ]
@@ -172,6 +174,8 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Mapping[str, A
     nxt, prev = path + _NEXT, path + _PREV
     primary = jax.process_index() == 0
     if primary:
+        if _completed_next(path):  # a swap cut short between its two renames: finish it first
+            os.rename(nxt, path)
         for stale in (nxt, prev):
             if os.path.lexists(stale):
                 shutil.rmtree(stale) if os.path.isdir(stale) else os.unlink(stale)
@@ -208,11 +212,37 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _completed_next(path: str) -> bool:
+    """Whether a swap stopped between its two renames: no ``path``, a complete ``path.next``
+    (orbax writes a folder under a temporary name and renames it when done)."""
+    return not os.path.lexists(path) and os.path.isdir(path + _NEXT) and os.path.exists(os.path.join(path + _NEXT, "meta"))
+
+
+def checkpoint_exists(path: str | os.PathLike) -> bool:
+    """Whether there is something to resume from at ``path``: anything there (reading it says
+    whether it is a checkpoint), or the complete ``path.next`` that a save stopped between its
+    two renames left (:func:`save_checkpoint`)."""
+    path = os.path.abspath(os.fspath(path))
+    return os.path.lexists(path) or _completed_next(path)
+
+
+def remove_checkpoint(path: str | os.PathLike) -> bool:
+    """Removes the checkpoint at ``path`` and what an interrupted save left beside it
+    (``path.next``, ``path.prev``); process 0 removes, every process waits. Whether anything was there."""
+    path = os.path.abspath(os.fspath(path))
+    found = [p for p in (path, path + _NEXT, path + _PREV) if os.path.lexists(p)]
+    if jax.process_index() == 0:
+        for stale in found:
+            shutil.rmtree(stale) if os.path.isdir(stale) and not os.path.islink(stale) else os.unlink(stale)
+    _sync(f"mirrorgrad-checkpoint-removed:{path}")
+    return bool(found)
+
+
 def _resolve(path: str) -> str:
     """The folder to read: ``path``, or a completed ``path.next`` left by an interrupted swap."""
     if os.path.isdir(path):
         return path
-    if not os.path.lexists(path) and os.path.isdir(path + _NEXT) and os.path.exists(os.path.join(path + _NEXT, "meta")):
+    if _completed_next(path):
         return path + _NEXT
     if os.path.isfile(path):
         raise CheckpointError(

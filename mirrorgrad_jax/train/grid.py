@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import statistics
 from typing import Any, Callable, Sequence
@@ -366,8 +367,14 @@ def run_grid(
             }
         )
     bar.close()
-    best = max(range(len(runs)), key=lambda i: runs[i]["selection_score"])
+    # A combination whose runs ended before a clean epoch scores NaN; it is never selected
+    # over one that has a score (max would keep a NaN met first: every comparison is False).
+    best = max(range(len(runs)), key=lambda i: _finite_or_lowest(runs[i]["selection_score"]))
     return {"model": model_name, "dataset": dataset.name, "select_on": select_on, "runs": runs, "best_index": best}
+
+
+def _finite_or_lowest(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
 
 
 def summary_table(report: dict[str, Any], metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")) -> str:

@@ -38,7 +38,14 @@ from mirrorgrad_jax.devices import Placement, auto_budget_bytes, describe_mesh, 
 from mirrorgrad_jax.errors import CheckpointError, TrainingError
 from mirrorgrad_jax.evaluation import EarlyStopping, RankingEvaluator, SplitEvaluators
 from mirrorgrad_jax.models import Recommender, TrainingSetup
-from mirrorgrad_jax.train.checkpoint import flatten_arrays, open_checkpoint, save_checkpoint, unflatten_like
+from mirrorgrad_jax.train.checkpoint import (
+    checkpoint_exists,
+    flatten_arrays,
+    open_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+    unflatten_like,
+)
 from mirrorgrad_jax.train.config import LAYOUT_FIELDS, MethodConfig, MGConfig, TrainConfig, fit_topk, training_method
 from mirrorgrad_jax.train.engine import EpochEngine
 from mirrorgrad_jax.train.events import TensorBoardRun
@@ -288,6 +295,10 @@ def train(
         os.makedirs(checkpoint_dir, exist_ok=True)
         last_path = os.path.join(checkpoint_dir, "last.ckpt")
         best_path = os.path.join(checkpoint_dir, "best.ckpt")
+        if not resume and any([remove_checkpoint(last_path), remove_checkpoint(best_path)]):
+            # A fresh run: an earlier run's checkpoints would otherwise stay until this one
+            # saves, and for good when it saves none (a loss that is not finite at once).
+            say(f"removed the checkpoints of an earlier run in {checkpoint_dir} (--resume continues them instead)")
     if events is not None:
         events.write_settings(meta)
     if not model_cls.trainable:
@@ -304,7 +315,7 @@ def train(
     opt_state = engine.init_opt_state(tx)
     progress = _Progress(EarlyStopping(metric=cfg.valid_metric, patience=cfg.patience))
     start_epoch = 0
-    if resume and last_path and os.path.exists(last_path):
+    if resume and last_path and checkpoint_exists(last_path):
         params, opt_state, saved = _resume(last_path, meta, model, params, opt_state, engine)
         engine.refresh_constants(model)
         engine.take_cache(model)
