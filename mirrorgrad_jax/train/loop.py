@@ -58,7 +58,13 @@ __all__ = ["TrainResult", "resolved_model_config", "train"]
 
 @dataclasses.dataclass
 class TrainResult:
-    """What one training run produced (``layout``: the mesh and the per-device shard shapes of split arrays, with a mesh)."""
+    """What one training run produced (``layout``: the mesh and the per-device shard shapes of split arrays, with a mesh).
+
+    ``stop_reason``: ``"max_epochs"``, ``"early_stopping"``, ``"interrupted"`` (Ctrl-C) or
+    ``"nan_loss"``: a batch's loss was NaN or infinite, and the epoch it ended is not
+    evaluated. The reference stops on NaN only; an infinite loss is stopped on too, since
+    the step after it is NaN in practice (so the best epoch is the same).
+    """
 
     best_epoch: int
     best_valid: dict[str, float]
