@@ -161,6 +161,16 @@ def test_named_table_columns_iso_dates_and_aliases(tmp_path):
     assert raw.ratings.tolist() == [5.0, 4.0]
 
 
+def test_a_byte_order_mark_is_dropped_from_plain_and_gzipped_tables(tmp_path):
+    text = "\ufeffuser,item,timestamp\nu1,i1,100\n"
+    (tmp_path / "log.csv").write_text(text, encoding="utf-8")
+    with gzip.open(tmp_path / "log.csv.gz", "wt", encoding="utf-8") as handle:
+        handle.write(text)
+    for name in ("log.csv", "log.csv.gz"):
+        raw = read_interaction_table(tmp_path / name)
+        assert list(raw.user_ids) == ["u1"] and list(raw.item_ids) == ["i1"], name
+
+
 @pytest.mark.parametrize(
     "content, message",
     [

@@ -402,6 +402,25 @@ def test_cli_repeated_pairs_count_toward_the_k_core_unless_dropped(tmp_path, cap
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_user_left_with_two_items_once_repeats_merge_is_named_with_the_cause(tmp_path, capsys):
+    # User "Z" rates two items five times in all: the 5-core keeps Z (repeats count, as in the
+    # reference), merging the repeats leaves two rows, and the per-user split needs three.
+    # The error says why and what to pass, in one line; nothing is written.
+    rows = amazon_rows(seed=7)
+    items = sorted({i for _, i, _, _ in rows})[:2]
+    extra = [("Z", items[k % 2], 5.0, 1_400_000_000 + k) for k in range(5)]
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    (shop / "interactions.csv").write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, _, t in rows + extra))
+    out = tmp_path / "data"
+    code = main(["prepare", "folder", str(shop), "--out", str(out), "--no-user-graph", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "count toward the k-core but become one row each" in err and "--repeated-pairs drop" in err
+    assert not out.exists()
+    assert main(["prepare", "folder", str(shop), "--out", str(out), "--no-user-graph", "--quiet", "--repeated-pairs", "drop"]) == 0
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(amazon, tmp_path, capsys):
     bad = tmp_path / "r.csv"
     bad.write_text("u1,i1,5.0,100\nu2,i2\n")

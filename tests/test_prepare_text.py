@@ -21,6 +21,17 @@ def test_parse_record_reads_python_and_json_dicts():
         "asin": "B1", "price": 3.5, "x": None, "c": [["A", "B"]],
     }  # fmt: skip
     assert parse_record('{"asin": "B2", "ok": true, "gone": null}') == {"asin": "B2", "ok": True, "gone": None}
+    # A JSON line is read by JSON's rules, even when Python's would also take it: "\/" is a
+    # slash and a surrogate pair one character (Python's would keep the backslash and two
+    # lone surrogates, which the text encoder cannot take).
+    assert parse_record(r'{"title": "Smile \ud83d\ude00 A\/B"}') == {"title": "Smile \U0001F600 A/B"}
+    assert parse_record("{'title': 'It\\'s \\xe9'}") == {"title": "It's \xe9"}  # Python's display: its own escapes
+
+
+def test_a_lone_surrogate_is_refused_with_file_and_line():
+    for line in (r'{"title": "half \ud83d"}', "{'title': 'half \\ud83d'}"):
+        with pytest.raises(DatasetError, match=r"meta.json:3: a string holds '\\ud83d', a lone surrogate"):
+            parse_record(line, "meta.json", 3)
 
 
 @pytest.mark.parametrize(

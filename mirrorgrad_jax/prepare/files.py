@@ -27,14 +27,14 @@ COLUMN_ALIASES: Mapping[str, tuple[str, ...]] = {
 
 
 def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Opens a UTF-8 text file, transparently gunzipping it (by its magic bytes)."""
+    """Opens a UTF-8 text file, transparently gunzipping it (by its magic bytes); a leading byte-order mark is dropped either way."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path} does not exist or is not a file")
     with open(path, "rb") as handle:
         magic = handle.read(2)
     if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
 
 

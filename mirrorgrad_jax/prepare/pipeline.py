@@ -97,7 +97,17 @@ def _split(
         if options.split == "temporal":
             order, labels = split_temporal(arrays["timestamps"], options.temporal_ratios)
         else:
-            order, labels = split_per_user(arrays["users"], options.seed, odd_row_to=options.odd_row_to)
+            try:
+                order, labels = split_per_user(arrays["users"], options.seed, odd_row_to=options.odd_row_to)
+            except DatasetError as err:
+                if options.repeated_pairs != "count":
+                    raise
+                # The k-core counted each user's repeated ratings; merging them can leave a user
+                # with fewer distinct items than the split needs, whatever the threshold.
+                raise DatasetError(
+                    f"{err}. With --repeated-pairs count (the default) a user's repeated ratings count toward the "
+                    "k-core but become one row each afterwards; --repeated-pairs drop counts each pair once"
+                ) from None
         return {"order": order, "labels": labels}, {}
 
     result, _ = work.step("split", fingerprint, compute)

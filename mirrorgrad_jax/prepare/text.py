@@ -82,6 +82,12 @@ def parse_record(line: str, source: str | os.PathLike = "<text>", line_no: int =
     """
     where = f"{source}:{line_no}"
     text = line.strip()
+    try:  # JSON first: a JSON line read by Python's rules would keep "\/" and split "\ud83d\ude00"
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        record = None
+    if isinstance(record, dict):
+        return _checked_text(record, where)
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as err:
@@ -90,15 +96,29 @@ def parse_record(line: str, source: str | os.PathLike = "<text>", line_no: int =
         kind = type(tree.body).__name__
         raise DatasetError(f"{where}: expected one dict literal per line, found a {kind} expression")
     try:
-        return ast.literal_eval(tree.body)
+        record = ast.literal_eval(tree.body)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        try:  # JSON spells its constants true/false/null, which are names to Python
-            record = json.loads(text)
-        except (ValueError, RecursionError):
-            raise DatasetError(f"{where}: the dict holds {_first_non_literal(tree.body)}, not only literals") from None
-        if isinstance(record, dict):
-            return record
-        raise DatasetError(f"{where}: expected one dict per line") from None
+        raise DatasetError(f"{where}: the dict holds {_first_non_literal(tree.body)}, not only literals") from None
+    return _checked_text(record, where)
+
+
+def _checked_text(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """``record``, once every string in it is text that UTF-8 can hold (a lone surrogate such
+    as ``\ud83d`` is not, and would stop the text encoder in the middle of its work)."""
+    stack: list[Any] = [record]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise DatasetError(f"{where}: a string holds {value[err.start:err.end]!r}, a lone surrogate, which is not text") from None
+    return record
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
