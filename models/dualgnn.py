@@ -237,7 +237,8 @@ def aggregate_user_neighbours(user_rep: jax.Array, idx: jax.Array, weights: jax.
 class DualGNNConfig:
     """Attributes:
     embedding_size: latent size d of each modality branch (64; MLP width 4d).
-    reg_weight: weight of the squared-mean regulariser; grid {0.1, 0.01, 1e-3, 1e-4, 1e-5}.
+    reg_weight: weight of the squared-mean regulariser; grid {0.1, 0.01, 1e-3, 1e-4, 1e-5};
+      default 1e-3, a middle value of the grid (MMRec gives only the grid; its first value, 0.1, is not the default here).
     aggr_mode: GCN aggregation, ``"add"`` (the reference's only grid value: symmetric
       normalised sum) or ``"mean"`` (PyG mean of unnormalised messages).
     num_user_neighbours: k of the per-epoch user-graph sample (40, a code constant).

@@ -39,7 +39,8 @@ with neither is refused with a ``ValueError`` naming what is missing.
 
 Parameters (the reference's count: ``d(U + I) + sum_m [I F_m + F_m d + d]``, 85,979,328 on sports); the
 projections use torch's default Linear init. The reference's ``lambda_coeff``,
-``weight_size``, ``cf_model`` and ``degree_ratio`` are read but unused, and
+``cf_model`` and ``degree_ratio`` are read but unused (its yaml's ``weight_size`` is not even
+read), and
 ``feat_embed_dim`` must equal ``embedding_size`` (user vectors are dotted with the
 projected features), so none of them is an option here.
 """

@@ -108,7 +108,8 @@ class GRCNConfig:
     embedding_size: d, width of the id branch (64).
     latent_embedding: C, width of every content branch (64).
     n_layers: routing iterations (3); with ``routing="reference"`` they only re-normalise.
-    reg_weight: regulariser weight; grid {0.1, 0.01, 1e-3, 1e-4, 1e-5}.
+    reg_weight: regulariser weight; grid {0.1, 0.01, 1e-3, 1e-4, 1e-5};
+      default 1e-3, a middle value of the grid (MMRec gives only the grid; its first value, 0.1, is not the default here).
     routing: ``"reference"`` (the faithful no-op loop) or ``"item_to_user"`` (the loop
       the method intends: users attend over their items).
     stale_eval: rank with the representation of the last training forward (True: the

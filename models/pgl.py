@@ -90,7 +90,7 @@ The paper was not at hand while porting: where the reference departs from it is 
 established here, so no option offers a "paper" variant.
 
 Not implemented: the reference's ``alignment`` and ``uniformity`` helpers (defined but not
-used by its loss), ``lambda_coeff`` and ``weight_size`` (read but unused), and
+used by its loss), ``lambda_coeff`` (read but unused) and ``weight_size`` (in its yaml, never read), and
 ``feat_embed_dim``, which must equal ``embedding_size`` (user and item rows are stacked
 into one matrix), so it is not an option. The reference needs both an image and a text
 table (it fails with one); so does this port (:func:`image_and_text_roles`).

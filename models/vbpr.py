@@ -99,7 +99,8 @@ def modality_order(names) -> list[str]:
 class VBPRConfig:
     """Attributes:
     embedding_size: d; user vectors have 2d entries (64 in the reference).
-    reg_weight: lambda of the non-squared EmbLoss; grid {2.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5}.
+    reg_weight: lambda of the non-squared EmbLoss; grid {2.0, 1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5};
+      default 1e-3, a middle value of the grid (MMRec gives only the grid; its first value, 2.0, is not the default here).
     projection: how the item features are projected (the same model either way; see the
       module docstring): ``"distinct_items"`` (default), ``"batch_items"`` or ``"all_items"``
       (the reference's).

@@ -785,3 +785,24 @@ def test_a_tab_delimiter_may_be_written_as_backslash_t_or_tab():
     from mirrorgrad_jax.cli.prepare import _delimiter
 
     assert [_delimiter(text) for text in ("\\t", "tab", "\t", ";", None)] == ["\t", "\t", "\t", ";", None]
+
+
+def test_a_model_run_without_its_packaged_config_is_told_what_optimizer_settings_it_leaves_out(monkeypatch, capsys):
+    """LATTICE's learning-rate schedule and SLMRec's weight decay live in their packaged configs,
+    not in the models: ``--model lattice`` alone trains with a constant rate, and says so."""
+    import mirrorgrad_jax.data
+
+    def reached(*args, **kwargs):
+        raise ConfigError("the dataset is being read")
+
+    monkeypatch.setattr(mirrorgrad_jax.data, "load_dataset", reached)
+    for argv, note in (
+        (["--model", "lattice"], "note: lattice's packaged config trains with lr_schedule=[0.96, 50], which this run leaves out (--config lattice"),
+        (["--model", "slmrec"], "note: slmrec's packaged config trains with weight_decay=0.0001, which this run leaves out (--config slmrec runs the packaged settings; or pass --weight-decay)"),
+    ):
+        assert main(["train", *argv, "--dataset", "synthetic-small"]) == 2
+        assert note in capsys.readouterr().out
+    # DA-MRS's packaged schedule is the constant default: nothing is left out.
+    for argv in (["--model", "slmrec", "--weight-decay", "0"], ["--config", "lattice"], ["--model", "vbpr"], ["--model", "lattice", "--quiet"], ["--model", "damrs"]):
+        assert main(["train", *argv, "--dataset", "synthetic-small"]) == 2
+        assert "packaged config trains with" not in capsys.readouterr().out, argv

@@ -61,6 +61,38 @@ _FLAGS = {
 }
 
 
+#: Trainer settings a packaged config may carry that change how a model trains (not when it stops).
+_OPTIMIZER_KEYS = ("lr_schedule", "weight_decay")
+
+
+def _packaged_training_notes(model_name: str, train: dict[str, Any]) -> list[str]:
+    """What the model's packaged config trains with that this run (no ``--config``) leaves out:
+    its learning-rate schedule and weight decay live in ``models/configs/<model>.yaml``, not in
+    the model, so ``--model lattice`` alone trains with a constant learning rate."""
+    import dataclasses
+
+    from mirrorgrad_jax import models
+    from mirrorgrad_jax.train import TrainConfig
+
+    if not os.path.exists(os.path.join(os.path.dirname(models.__file__), "configs", f"{model_name}.yaml")):
+        return []
+    packaged = read_config(model_name).get("train") or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return [
+        f"{model_name}'s packaged config trains with {key}={packaged[key]}, which this run leaves out "
+        f"(--config {model_name} runs the packaged settings" + ("; or pass --weight-decay)" if key == "weight_decay" else ")")
+        for key in _OPTIMIZER_KEYS
+        if key in packaged and key not in train and _numbers(packaged[key]) != _numbers(defaults[key])
+    ]
+
+
+def _numbers(value: Any) -> Any:
+    """A setting as floats, so that ``[1.0, 50]`` (YAML) and ``(1.0, 50.0)`` (a default) compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_numbers(v) for v in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 def read_config(name: str) -> dict[str, Any]:
     """A YAML run config from a path, or the packaged reference config of a model name.
 
@@ -214,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
         _check_event_writer()
     check_grid(model_name, model_grid, sections["train"], sections["mg"], seeds=seeds, select_on=args.select_on,
                method_grid=sections["method"], logdir=args.logdir, resume=args.resume and args.checkpoint_dir is not None)  # fmt: skip
+    if primary and not args.quiet and not args.config:
+        for line in _packaged_training_notes(model_name, sections["train"]):
+            print(f"note: {line}")
     dataset = load_dataset(dataset_name, verbose=primary)
     if primary:
         print(dataset.summary())

@@ -122,7 +122,8 @@ class TrainConfig:
       optimizer: one of adam (torch defaults), sgd, adagrad, rmsprop (torch formulas).
       weight_decay: coupled L2 added to the gradient inside the optimizer (0; SLMRec 1e-4).
       lr_schedule: ``(s, T)``: per-epoch learning rate ``lr * s ** (epoch / T)`` ((1.0, 50): constant;
-        LATTICE and MGCN use (0.96, 50)).
+        LATTICE, MGCN, SMORE and PGL use (0.96, 50) in their packaged configs; the
+        model alone does not carry it, and ``mirrorgrad train --model X`` says so).
       clip_grad_norm: clip the gradient the optimizer steps with to this global norm, as the
         reference trainer: on a mirror batch only the mirror step's, under SAM and ASAM the
         perturbed point's, under the gradient-norm penalty the combined gradient; ``None``
