@@ -69,28 +69,26 @@ def _packaged_training_notes(model_name: str, train: dict[str, Any]) -> list[str
     """What the model's packaged config trains with that this run (no ``--config``) leaves out:
     its learning-rate schedule and weight decay live in ``models/configs/<model>.yaml``, not in
     the model, so ``--model lattice`` alone trains with a constant learning rate."""
-    import dataclasses
-
-    from mirrorgrad_jax import models
     from mirrorgrad_jax.train import TrainConfig
 
-    if not os.path.exists(os.path.join(os.path.dirname(models.__file__), "configs", f"{model_name}.yaml")):
+    if not os.path.exists(_packaged_config(model_name)):
         return []
     packaged = read_config(model_name).get("train") or {}
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    default = TrainConfig()
     return [
         f"{model_name}'s packaged config trains with {key}={packaged[key]}, which this run leaves out "
         f"(--config {model_name} runs the packaged settings" + ("; or pass --weight-decay)" if key == "weight_decay" else ")")
         for key in _OPTIMIZER_KEYS
-        if key in packaged and key not in train and _numbers(packaged[key]) != _numbers(defaults[key])
+        # TrainConfig's own coercion: YAML's [1.0, 50] is the default (1.0, 50.0)
+        if key in packaged and key not in train and getattr(TrainConfig(**{key: packaged[key]}), key) != getattr(default, key)
     ]
 
 
-def _numbers(value: Any) -> Any:
-    """A setting as floats, so that ``[1.0, 50]`` (YAML) and ``(1.0, 50.0)`` (a default) compare equal."""
-    if isinstance(value, (list, tuple)):
-        return [_numbers(v) for v in value]
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+def _packaged_config(name: str) -> str:
+    """The path of a model's packaged reference config (``models/configs/<name>.yaml``)."""
+    from mirrorgrad_jax import models
+
+    return os.path.join(os.path.dirname(models.__file__), "configs", f"{name}.yaml")
 
 
 def read_config(name: str) -> dict[str, Any]:
@@ -99,12 +97,11 @@ def read_config(name: str) -> dict[str, Any]:
     Raises:
       ConfigError: no such file or packaged config, bad YAML, or unknown top-level keys.
     """
-    from mirrorgrad_jax import models
     from mirrorgrad_jax.config import load_yaml
 
     path = name
     if not os.path.exists(path):
-        packaged = os.path.join(os.path.dirname(models.__file__), "configs", f"{name}.yaml")
+        packaged = _packaged_config(name)
         if not os.path.exists(packaged):
             raise ConfigError(f"--config {name!r}: no such file, and no packaged config of that name")
         path = packaged

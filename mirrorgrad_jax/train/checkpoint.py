@@ -178,7 +178,7 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Mapping[str, A
             os.rename(nxt, path)
         for stale in (nxt, prev):
             if os.path.lexists(stale):
-                shutil.rmtree(stale) if os.path.isdir(stale) else os.unlink(stale)
+                _remove_path(stale)
     _sync(f"mirrorgrad-checkpoint-clean:{path}")
     # Collective over processes: each writes its own shards.
     with _checkpointer() as checkpointer:
@@ -188,7 +188,7 @@ def save_checkpoint(path: str | os.PathLike, arrays: Mapping[str, Mapping[str, A
             os.rename(path, prev)
         os.rename(nxt, path)
         if os.path.lexists(prev):
-            shutil.rmtree(prev) if os.path.isdir(prev) else os.unlink(prev)
+            _remove_path(prev)
     _sync(f"mirrorgrad-checkpoint-swapped:{path}")
 
 
@@ -212,6 +212,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _remove_path(path: str) -> None:
+    """Removes a folder with its contents, or a file or link (a link to a folder: the link alone)."""
+    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+
+
 def _completed_next(path: str) -> bool:
     """Whether a swap stopped between its two renames: no ``path``, a complete ``path.next``
     (orbax writes a folder under a temporary name and renames it when done)."""
@@ -233,7 +238,7 @@ def remove_checkpoint(path: str | os.PathLike) -> bool:
     found = [p for p in (path, path + _NEXT, path + _PREV) if os.path.lexists(p)]
     if jax.process_index() == 0:
         for stale in found:
-            shutil.rmtree(stale) if os.path.isdir(stale) and not os.path.islink(stale) else os.unlink(stale)
+            _remove_path(stale)
     _sync(f"mirrorgrad-checkpoint-removed:{path}")
     return bool(found)
 
