@@ -107,7 +107,13 @@ None of them is a field.
 Departures that change no number in normal use: exact top-k ties in the kNN graphs and
 the pseudo-labels go to the lower item id (the reference runs those ``topk`` on the GPU,
 whose order for exact ties is unspecified); a feature row of zeros has cosine 0 with every
-item (the reference divides by a zero norm and propagates NaN); the KL form above.
+item (the reference divides by a zero norm: NaN cosines, whose NaN mean switches its
+consistency mask off, and which its ``topk`` ranks first, so every list would take
+``knn_k`` neighbours, the zero-feature items first; MMRec's Amazon files mean-fill missing
+features, so no row is zero there); the KL form above; the denoised BPR's
+``log(sigmoid(x))`` computed as ``log_sigmoid(x)``, equal where the reference's is finite
+(it reaches ``-inf``, or NaN times a zero weight, once a score gap passes about 88 in
+float32).
 
 Both modality roles are required (the reference reads both tables unconditionally); on a
 dataset without an ``image`` table but with ``text`` and exactly one other modality, that
@@ -340,7 +346,7 @@ def behaviour_adjacency(rows, cols, counts, num_items: int, values: Literal["bin
 def _normalise_rows(table: np.ndarray) -> np.ndarray:
     table = np.asarray(table, np.float64)
     norm = np.linalg.norm(table, axis=1, keepdims=True)
-    # The reference divides by the norm unguarded (a zero row becomes NaN); here it stays 0.
+    # The reference divides by the norm unguarded (a zero row becomes NaN, module docstring); here it stays 0.
     return (table / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 

@@ -59,7 +59,7 @@ class DRAGONConfig:
       fused representation has 2d entries).
     reg_weight: weight of the squared-mean regulariser; grid {0.1, 0.01, 1e-3, 1e-4, 1e-5};
       default 1e-3, a middle value of the grid (MMRec gives only the grid; its first value, 0.1, is not the default here).
-    knn_k: neighbours per item in each modality's kNN graph, the item itself included (10).
+    knn_k: neighbours per item in each modality's kNN graph, the item itself a candidate (10).
     mm_image_weight: weight of the image kNN graph in ``mm_adj`` (0.1; text gets 1 - it).
     n_mm_layers: propagation steps on ``mm_adj`` for the item side (1).
     aggr_mode: GCN aggregation, ``"add"`` (reference) or ``"mean"``.

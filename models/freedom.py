@@ -78,7 +78,7 @@ class FREEDOMConfig:
     embedding_size: d of the id tables and of the modality projections (64).
     n_mm_layers: propagations of the item ids on the frozen kNN graph (1).
     n_ui_layers: LightGCN layers on the user-item graph (2).
-    knn_k: neighbours per item in each modality's kNN graph, the item itself included (10).
+    knn_k: neighbours per item in each modality's kNN graph, the item itself a candidate (10).
     mm_image_weight: weight of the image kNN graph; the text graph gets ``1 - w`` (0.1).
     dropout: share of train edges pruned every epoch; grid {0.8, 0.9}.
     reg_weight: weight of the modality BPR losses; grid {0, 1e-5, 1e-4, 1e-3}.

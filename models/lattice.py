@@ -11,7 +11,7 @@ The reference's ``lattice.py``. Two graphs:
       S = (1 - lambda) * norm(sum_m w_m Knn(cos(trs_m(emb_m)))) + lambda * sum_m w_m K_val_m
 
   with ``w = softmax(modal_weight)`` (image first), ``Knn`` the top-``knn_k`` cosine VALUES
-  of each row (the item itself included), ``norm`` the symmetric normalisation by the row
+  of each row (the item itself a candidate), ``norm`` the symmetric normalisation by the row
   sums of the combined kept values (:func:`~mirrorgrad_jax.graph.normalize_knn_values`),
   and ``K_val_m`` the same top-k graph of the RAW features, normalised per modality and
   built once at init. ``w`` weighs both parts, so it gets gradient through both.
@@ -120,7 +120,7 @@ class LATTICEConfig:
       (64); they feed only the similarity, so it may differ from ``embedding_size``.
     n_ui_layers: LightGCN layers on ``A_rw+I`` (2; the reference's ``len(weight_size)``).
     n_layers: hops of the item ids on the item graph ``S`` (1).
-    knn_k: neighbours per item in every kNN graph, the item itself included (10).
+    knn_k: neighbours per item in every kNN graph, the item itself a candidate (10).
     lambda_coeff: weight of the frozen raw-feature graphs in ``S``; the learned graph gets
       ``1 - lambda_coeff`` (0.9).
     reg_weight: weight of the L2 term on the batch's propagated embeddings; grid

@@ -83,7 +83,7 @@ class MGCNConfig:
     embedding_size: d of the id tables, the projections, the gates and the fuser (64).
     n_ui_layers: LightGCN layers of the content view (2).
     n_layers: hops of the purified item features on each item-item graph (1).
-    knn_k: neighbours per item in each modality's kNN graph, the item itself included (10).
+    knn_k: neighbours per item in each modality's kNN graph, the item itself a candidate (10).
     reg_weight: weight of the L2 term on the batch's final embeddings (1e-4).
     cl_weight: weight of the two InfoNCE terms (the reference's ``cl_loss``); grid
       {0.001, 0.01, 0.1}.

@@ -9,9 +9,13 @@ cache file named like FREEDOM's):
 
 * the frozen item-item graph ``S = w K_bin(image) + (1 - w) K_bin(text)``, ``w =
   mm_image_weight`` (0.1): each modality's top-``knn_k`` cosine neighbours of the RAW feature
-  tables (the item itself included), binary, symmetrically normalised with the row counts,
+  tables (the item itself a candidate), binary, symmetrically normalised with the row counts,
   so every entry is ``1 / (knn_k + 1e-7)``; built once and never rebuilt, although the
-  feature tables are fine-tuned;
+  feature tables are fine-tuned. Exact ties go to the lower item id (see
+  :func:`~mirrorgrad_jax.graph.knn_item_graph`); a feature row of zeros has cosine 0 with
+  every item, where the reference's NaN cosines, which its ``topk`` ranks first, would put
+  the zero-feature items into every item's list (MMRec's Amazon files mean-fill missing
+  features, so no row is zero there);
 * ``A_sym = D^-1/2 A D^-1/2`` over the ``U + I`` user and item nodes (binary degrees + 1e-7),
   used for ranking;
 * the principal subgraph ``G`` used for training, by ``mode``:
@@ -161,7 +165,7 @@ class PGLConfig:
       ``global`` mode also the number of singular values kept.
     n_mm_layers: propagations on the frozen item-item graph (1).
     n_ui_layers: LightGCN layers on the user-item graph (2).
-    knn_k: neighbours per item in each modality's kNN graph, the item itself included (10).
+    knn_k: neighbours per item in each modality's kNN graph, the item itself a candidate (10).
     mm_image_weight: weight of the image kNN graph; the text graph gets ``1 - w`` (0.1).
     dropout: rate of the four dropouts that make the contrastive views (0.2).
     reg_weight: weight of the contrastive term (grid ``[0]``, so 0).

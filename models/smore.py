@@ -10,7 +10,8 @@ text feature tables (trainable), ``lin_g(x) = x W_g + b_g`` a Linear d -> d.
   -> 0, no eps, no self-loops (:func:`~mirrorgrad_jax.graph.summed_bipartite_adjacency`);
   ``R_n`` is its ``U x I`` user-item block.
 * ``S_v``, ``S_t``: per modality, the top-``image_knn_k`` / ``text_knn_k`` cosine kNN graph of
-  the RAW feature table (the item itself included, as its own first neighbour), with the
+  the RAW feature table (the item itself a candidate: usually its own first neighbour, see
+  :func:`~mirrorgrad_jax.graph.knn_item_graph` on ties), with the
   kept cosines normalised symmetrically by their row sums,
   ``S[i, j] = c_ij / sqrt(r_i r_j)`` (the reference's ``build_sim`` then
   ``build_knn_normalized_graph(norm_type='sym')``). Stored as ``(I, k)`` neighbour lists,
@@ -158,7 +159,7 @@ class SMOREConfig:
     embedding_size: d of the id tables, projections, filters, gates and queries (64).
     n_ui_layers: LightGCN layers of the content view; grid {3, 4}.
     n_layers: hops of the gated item features on each item-item graph (1).
-    image_knn_k: neighbours per item in the image kNN graph, the item itself included; grid
+    image_knn_k: neighbours per item in the image kNN graph, the item itself a candidate; grid
       {10, 15, 20, 40}.
     text_knn_k: the same for the text kNN graph; grid {10, 15, 20, 40}.
     reg_weight: weight of the L2 term on the batch's final embeddings; grid {1e-5, 1e-4}.

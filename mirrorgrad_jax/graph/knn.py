@@ -51,8 +51,9 @@ def _checked_features(features: jax.Array | np.ndarray, k: int, chunk_size: int)
 
 
 def _l2_normalise_rows(features: jax.Array) -> jax.Array:
-    # The reference divides by the norm without a guard (an all-zero row becomes NaN);
-    # here such a row gets cosine 0 with every item instead.
+    # The reference divides by the norm without a guard: an all-zero row gets NaN cosines,
+    # which torch's topk ranks above every number (what follows depends on the model: see
+    # each model's docstring); here such a row gets cosine 0 with every item instead.
     norm = jnp.linalg.norm(features, axis=-1, keepdims=True)
     return features / jnp.where(norm > 0, norm, 1.0)
 
@@ -79,7 +80,12 @@ def knn_topk_cosine(features: jax.Array, k: int, *, chunk_size: int = 2048) -> t
     ``(chunk_size, I)`` block reduced with ``jax.lax.top_k``. The row itself is a candidate,
     so (cosine 1) it is normally its own first neighbour, as in the reference. Ties are
     broken towards the lower column index (``lax.top_k``); torch's order for exact ties is
-    unspecified.
+    unspecified. So an item whose feature row points the same way as other items' (duplicate
+    rows: mean-filled missing images, MovieLens-100K's genre-and-year ``meta`` table, 711
+    distinct rows among 1,682 items) ties with them at cosine 1, and when more than ``k`` of
+    them have lower ids it is not in its own list at all (``meta`` at ``k = 10``: 386 items),
+    while the lowest-id one is in all of theirs. Nothing in the reference guarantees the
+    item's own place either (its ``topk`` order for ties is unspecified).
 
     Args:
       features: ``(I, F)`` item features.
