@@ -361,16 +361,39 @@ def test_a_shift_that_reaches_no_score_is_named_in_a_note_not_reported_silently(
 
     config = BM3Config(embedding_size=8)
     state = _init_state(BM3, config, dataset)
-    with pytest.warns(ShiftNotReached, match="BM3: shifting image, text changes none of its scores.*ranks without them"):
+    with pytest.warns(ShiftNotReached, match=r"BM3: shifting image, text \(synthetic-small~noise2\) changes none of its scores.*ranks without them"):
         rows = robustness_curve(BM3, config, dataset, state, "noise", [2.0], seeds=[0], feature_tables="shifted")
     assert rows[0]["retention"]["recall@20"] == 1.0
     status = main([
         "robustness", "--model", "bm3", "--dataset", "synthetic-small", "--methods", "plain", "--epochs", "1", "--batch-size", "512",
-        "--set", "embedding_size=8", "--levels", "noise=1", "--quiet", "--out-dir", str(tmp_path / "bm3"),
+        "--set", "embedding_size=8", "--kinds", "noise,campaign", "--levels", "noise=1,2", "--quiet", "--out-dir", str(tmp_path / "bm3"),
     ])  # fmt: skip
     assert status == 0
-    err = capsys.readouterr().err
-    assert err.count("note: BM3: shifting image, text changes none of its scores") == 1, err
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    # One line for every shift of the same modalities (each level named once, its seeds together).
+    assert len(notes) == 1 and notes[0].startswith("note: BM3: shifting image, text changes none of its scores under "), notes
+    assert "(noise1, noise2, campaign" in notes[0] and "so their retention is 1: it ranks without them" in notes[0], notes
+
+
+def test_each_shift_is_checked_for_reaching_the_scores_not_only_the_first_of_its_modalities(dataset):
+    """A shift too small to move FREEDOM's kNN graph reaches no score; a larger shift of the
+    same modalities does. Only the small one is named (the check used to run once per set of
+    modalities, so the first shift's verdict spoke for every later one)."""
+    import warnings
+
+    from mirrorgrad_jax.analysis.robustness import ShiftNotReached, StateEvaluator, perturbation_rows
+    from mirrorgrad_jax.models import FREEDOM, FREEDOMConfig
+
+    config = FREEDOMConfig(embedding_size=8, knn_k=3)
+    evaluator = StateEvaluator(FREEDOM, config, dataset, "test", (20,))
+    state = _init_state(FREEDOM, config, dataset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = perturbation_rows(evaluator, state, "noise", [1e-7, 2.0], [0], modality=None, metrics=("recall@20",))
+    unreached = [w.message for w in caught if issubclass(w.category, ShiftNotReached)]
+    assert [w.shift for w in unreached] == ["synthetic-small~noise1e-07"], [str(w) for w in unreached]
+    assert unreached[0].modalities == ("image", "text") and "its retention is 1" in str(unreached[0])
+    assert rows[0]["retention"]["recall@20"] == 1.0 and rows[1]["retention"]["recall@20"] != 1.0
 
 
 def test_a_table_cell_says_how_many_of_its_values_its_mean_covers():

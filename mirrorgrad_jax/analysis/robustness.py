@@ -72,7 +72,18 @@ FEATURE_TABLES = ("trained", "shifted")
 
 
 class ShiftNotReached(UserWarning):
-    """A shift changed the features but none of the arrays the model ranks with."""
+    """A shift changed the features but none of the first users' scores, so its retention is 1.
+
+    Attributes:
+      model: the model's class name.
+      shift: the shifted dataset's name (``"<name>~<kind><level>"`` for a perturbation).
+      modalities: the modalities the shift changed.
+      reason: why it reached no score.
+    """
+
+    def __init__(self, model: str, shift: str, modalities: tuple[str, ...], reason: str):
+        super().__init__(f"{model}: shifting {', '.join(modalities)} ({shift}) changes none of its scores, so its retention is 1: {reason}")
+        self.model, self.shift, self.modalities, self.reason = model, shift, modalities, reason
 
 
 def metric_cutoffs(metrics: Sequence[str]) -> tuple[int, ...]:
@@ -107,9 +118,9 @@ class StateEvaluator:
       clean)``, every parameter whose initial value depends on the features: what the
       model learned on top of the features is kept, the features under it move.
 
-    A shift that changes the features but none of the arrays the model ranks with raises
-    a :class:`ShiftNotReached` warning (once per evaluator), since every retention it
-    gives is exactly 1.
+    A shift that changes the features but none of the first 64 users' scores raises a
+    :class:`ShiftNotReached` warning naming it, since the retention it gives is exactly 1
+    (every shifted dataset is checked: a small shift can miss where a larger one reaches).
     """
 
     def __init__(
@@ -128,7 +139,6 @@ class StateEvaluator:
             raise ValueError(f"feature_tables must be one of {FEATURE_TABLES}, got {feature_tables!r}")
         self.model_cls, self.dataset, self.split, self.seed = model_cls, dataset, split, seed
         self.feature_tables = feature_tables
-        self._checked: set[tuple[str, ...]] = set()
         self.configs = {False: model_config}
         if getattr(model_config, "stale_eval", False):
             self.configs[True] = dataclasses.replace(model_config, stale_eval=False)
@@ -190,13 +200,12 @@ class StateEvaluator:
         return self.evaluator.evaluate(scores_fn, (fitted, consts), round_to=round_to)
 
     def _check_reached(self, dataset: RecDataset, scores_fn: Any, clean: Any, shifted: Any, moved: dict[str, Any]) -> None:
-        """Warns (once per set of shifted modalities) when a shift of the features leaves the first users' scores unchanged."""
+        """Warns when a shift of the features leaves the first users' scores unchanged."""
         changed = tuple(
             sorted(m for m in self.dataset.features if m in dataset.features and not np.array_equal(self.dataset.features[m], dataset.features[m]))
         )
-        if not changed or changed in self._checked:
+        if not changed:
             return
-        self._checked.add(changed)
         users = jnp.arange(min(64, self.dataset.num_users))
         before = np.asarray(scores_fn(clean, users))
         if not np.array_equal(before, np.asarray(scores_fn(shifted, users))):
@@ -205,11 +214,7 @@ class StateEvaluator:
         if moved and self.feature_tables == "trained":
             if not np.array_equal(before, np.asarray(scores_fn((_add(shifted[0], moved), shifted[1]), users))):
                 why = "its feature tables are trained parameters, kept as trained (feature_tables='shifted' adds the shift to them)"
-        warnings.warn(
-            f"{self.model_cls.__name__}: shifting {', '.join(changed)} changes none of its scores, so every retention is 1: {why}",
-            ShiftNotReached,
-            stacklevel=3,
-        )
+        warnings.warn(ShiftNotReached(self.model_cls.__name__, dataset.name, changed, why), stacklevel=3)
 
 
 def _add(state: Any, moved: Mapping[str, Any]) -> Any:

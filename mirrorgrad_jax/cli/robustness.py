@@ -409,6 +409,24 @@ def _train(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, tuple[An
     return model_cls, model_config, dataset, methods, shifts, rho, states, results
 
 
+def _unreached_notes(unreached: list[Any], clean_name: str) -> list[str]:
+    """One ``note:`` line per (model, modalities, reason) of the :class:`ShiftNotReached`
+    warnings, naming each shift once (seeds of one level share a name)."""
+    groups: dict[tuple[str, tuple[str, ...], str], list[str]] = {}
+    for w in unreached:
+        shift = w.shift.removeprefix(f"{clean_name}~")
+        names = groups.setdefault((w.model, w.modalities, w.reason), [])
+        if shift not in names:
+            names.append(shift)
+    lines = []
+    for (model, modalities, reason), names in groups.items():
+        which = f"({names[0]}) changes none of its scores, so its retention is 1" if len(names) == 1 else (
+            f"changes none of its scores under {len(names)} shifts ({', '.join(names)}), so their retention is 1"
+        )
+        lines.append(f"note: {model}: shifting {', '.join(modalities)} {which}: {reason}")
+    return lines
+
+
 def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatness: bool, slices_2d: bool) -> int:
     started = time.perf_counter()
     model_cls, model_config, dataset, methods, shifts, rho, states, results = _train(args)
@@ -428,8 +446,8 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
                 power_iterations=args.iterations, flatness_batches=args.flatness_batches, slices_2d=slices_2d,
                 log=None if args.quiet else print, feature_tables=args.feature_tables,
             )  # fmt: skip
-        for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ShiftNotReached)):
-            print(f"note: {message}", file=sys.stderr)
+        for line in _unreached_notes([w.message for w in caught if isinstance(w.message, ShiftNotReached)], dataset.name):
+            print(line, file=sys.stderr)
         for w in caught:
             if not issubclass(w.category, ShiftNotReached):
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
