@@ -818,3 +818,25 @@ def test_subnormals_mistakes_stop_in_one_line(args, message, tmp_path, capsys):
     assert stop.value.code == 2 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_shifts_paired_differences_a_committed_report_run_by_run(capsys, tmp_path):
+    """As its Usage shows, on a committed report; the cells recomputed here with numpy from the
+    report's per-run numbers (three runs, two perturbation seeds each, run by run)."""
+    paired = _load("shifts_paired")
+    path = os.path.join(ROOT, "benchmarks", "results", "shifts_extreme_vbpr_movielens-100k.json")
+    assert paired.main([path]) == 0
+    out = capsys.readouterr().out
+    numbers = json.load(open(path))["numbers"]
+    diffs = (np.asarray(numbers["SAM"]["noise 1"]) - np.asarray(numbers["plain"]["noise 1"])).reshape(3, 2).mean(axis=1)
+    header, _, *rows = [line for line in out.splitlines() if line.startswith("|")]
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    cells = dict(zip(split(header), split(next(r for r in rows if r.startswith("| SAM - plain |")))))
+    assert cells["noise 1"] == f"{diffs.mean():+.4f} ± {diffs.std(ddof=1):.4f} ({int((diffs > 0).sum())}/3)", cells
+    assert [r.split(" | ")[0] for r in rows] == ["| MG - plain", "| SAM - plain", "| ASAM - plain", "| GNP - plain"]
+    # A file that is not a report: one line, status 2.
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert paired.main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"shifts_paired.py: error: {bad}: KeyError"), err

@@ -182,6 +182,13 @@ def test_robustness_command_trains_each_method_and_measures_extreme_shifts(tmp_p
     assert [(s["kind"], s["levels"], s["modality"]) for s in report["shifts"]] == [
         ("noise", [0.0, 8.0], None), ("missing-mean", [1.0], ["image"]), ("shuffle", [1.0], ["image"]),
     ]  # fmt: skip
+    # The paired table: SAM minus plain per run (one run here: no spread), level 0 exactly 0.
+    table = (out_dir / "robustness.md").read_text()
+    assert "Paired by run" in table and "| SAM - plain | " in table, table
+    paired_row = next(line for line in table.splitlines() if line.startswith("| SAM - plain |"))
+    header = next(line for line in table.splitlines() if line.startswith("| run | recall@20 |") and "sharpness" not in line)
+    cell = dict(zip(_cells(header), _cells(paired_row)))
+    assert cell["noise 0"] == "+0.0000 (0/1)", cell
     for label in ("plain", "SAM"):
         numbers = report["numbers"][label]
         assert numbers["noise 0"] == [1.0]  # level 0: the clean ranking, exactly
@@ -189,6 +196,11 @@ def test_robustness_command_trains_each_method_and_measures_extreme_shifts(tmp_p
         assert {c["kind"] for c in report["curves"][label]} == {"noise", "missing-mean", "shuffle"}
         assert len(report["train"][label]) == 1
     assert _png(out_dir / "robustness.png")
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of one markdown table row."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
 def _fake_trainers(monkeypatch, trained, calls):
@@ -404,3 +416,26 @@ def test_a_table_cell_says_how_many_of_its_values_its_mean_covers():
     assert _cell([0.5, float("nan"), 0.7], ".2f") == "0.60 ± 0.14 (2 of 3)"
     assert _cell([float("nan")], ".2f") == "n/a"
     assert _cell([0.25], ".2f") == "0.25"
+
+
+def test_paired_differences_average_each_runs_perturbation_seeds_then_spread_over_runs():
+    """By hand: three runs; the retention column holds two perturbation seeds per run."""
+    from mirrorgrad_jax.analysis.shifts import paired_differences
+
+    numbers = {
+        "plain": {"recall@20": [0.1, 0.2, 0.3], "noise 1": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]},
+        "SAM": {"recall@20": [0.25, 0.25, 0.5], "noise 1": [1.25, 0.75, 1.25, 1.25, 0.75, 0.75]},
+    }
+    table = paired_differences(numbers, ["recall@20", "noise 1"], runs=3)
+    row = table.splitlines()[2]
+    # recall: differences 0.15, 0.05, 0.2 -> mean 0.1333, sample std 0.0764, three above zero.
+    # noise 1: per run (0.25 - 0.25) / 2 = 0, 0.25, -0.25 -> mean 0, sample std 0.25, one above.
+    assert row == "| SAM - plain | +0.1333 ± 0.0764 (3/3) | +0.0000 ± 0.2500 (1/3) |", row
+    assert paired_differences({"plain": numbers["plain"]}, ["recall@20"], runs=3) == ""
+    assert paired_differences(numbers, ["recall@20"], runs=3, baseline="SAM").splitlines()[2].startswith("| plain - SAM | -0.1333")
+    with pytest.raises(ValueError, match="baseline 'MG' is not one of"):
+        paired_differences(numbers, ["recall@20"], runs=3, baseline="MG")
+    with pytest.raises(ValueError, match="cannot be paired"):
+        paired_differences({**numbers, "GNP": {"recall@20": [0.1, 0.2]}}, ["recall@20"], runs=3)
+    with pytest.raises(ValueError, match="not a multiple of 4 runs"):
+        paired_differences(numbers, ["noise 1"], runs=4)

@@ -45,7 +45,7 @@ from mirrorgrad_jax.analysis.robustness import DEFAULT_METRICS, Shift, StateEval
 from mirrorgrad_jax.data import RecDataset
 from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig, TrainResult, training_method
 
-__all__ = ["compare_shifts", "plot_shift_comparison", "train_methods"]
+__all__ = ["compare_shifts", "paired_differences", "plot_shift_comparison", "train_methods"]
 
 
 def train_methods(
@@ -112,6 +112,77 @@ def _column_format(name: str, metrics: Sequence[str]) -> str:
     if name == "lambda_max":
         return ".4g"
     return ".3g" if name.startswith("sharpness") else ".3f"
+
+
+def paired_differences(
+    numbers: Mapping[str, Mapping[str, Sequence[float]]],
+    columns: Sequence[str],
+    *,
+    runs: int,
+    baseline: str | None = None,
+    fmt: Callable[[str], str] = lambda _name: ".4f",
+) -> str:
+    """A markdown table of each label minus ``baseline``, paired by run.
+
+    ``numbers`` is :attr:`Comparison.numbers`: label -> column -> values, one per run, or
+    for a retention column one per run and perturbation seed, run by run (the runs of
+    every label in the same order: run ``r`` of each label trained with the same seed, and
+    each perturbation seed gives every label the same perturbed dataset). Per run, the
+    difference is the label's value minus the baseline's, averaged over the perturbation
+    seeds; a cell is the mean ± sample standard deviation of those per-run differences,
+    then ``(k/n)``: how many of the ``n`` runs lie above the baseline. Pairing removes
+    what the runs share (a seed's split of luck, a perturbed dataset), which the spreads of
+    the absolute table include: a difference can stand clear of zero while both absolute
+    cells overlap.
+
+    Args:
+      numbers: label -> column -> values.
+      columns: the columns to difference (each label's lists must have the baseline's lengths).
+      runs: the number of runs per label; a column holds ``runs`` values, or ``runs``
+        times the number of perturbation seeds.
+      baseline: the label subtracted; the first label by default.
+      fmt: the number format of a column's cells.
+
+    Returns:
+      The table; empty when there is no other label.
+
+    Raises:
+      ValueError: an unknown baseline, or a column whose number of values is not a
+        multiple of ``runs`` or differs from the baseline's (runs that cannot be paired).
+    """
+    labels = list(numbers)
+    baseline = labels[0] if baseline is None else baseline
+    if baseline not in numbers:
+        raise ValueError(f"baseline {baseline!r} is not one of the labels {labels}")
+    others = [label for label in labels if label != baseline]
+    if not others:
+        return ""
+    header = ["run", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for label in others:
+        cells = []
+        for name in columns:
+            mine, base = list(numbers[label][name]), list(numbers[baseline][name])
+            if len(mine) != len(base):
+                raise ValueError(f"{label!r} has {len(mine)} values of {name!r} and {baseline!r} {len(base)}: the runs cannot be paired")
+            if runs < 1 or len(base) % runs:
+                raise ValueError(f"{name!r} has {len(base)} values, not a multiple of {runs} runs")
+            per_run = len(base) // runs
+            diffs = [
+                statistics.fmean(m - b for m, b in zip(mine[i : i + per_run], base[i : i + per_run]))
+                for i in range(0, len(base), per_run)
+            ]
+            finite = [d for d in diffs if not math.isnan(d)]
+            if not finite:
+                cells.append("n/a")
+                continue
+            f = fmt(name)
+            text = f"{format(statistics.fmean(finite), '+' + f)}"
+            if len(finite) > 1:
+                text += f" ± {format(statistics.stdev(finite), f)}"
+            cells.append(f"{text} ({sum(d > 0 for d in finite)}/{len(finite)})")
+        lines.append("| " + " | ".join([f"{label} - {baseline}", *cells]) + " |")
+    return "\n".join(lines)
 
 
 def compare_shifts(
@@ -233,8 +304,17 @@ def compare_shifts(
         lines.append("| " + " | ".join([label, str(len(grouped[label])), *cells]) + " |")
     if shifts:
         lines.append("")
-        lines.append(f"Retention columns: test {metrics[0]} under the perturbation / clean test {metrics[0]} (1 = unaffected).")
+        lines.append(
+            f"Retention columns: test {metrics[0]} under the perturbation / clean test {metrics[0]} (1 = unaffected); "
+            f"mean ± sample standard deviation over the runs and {len(perturb_seeds)} perturbation seed(s) each."
+        )
         lines.extend(f"- {shift.describe()}" for shift in shifts)
+    sizes = {len(states) for states in grouped.values()}
+    if len(grouped) > 1 and sizes == {len(grouped[next(iter(grouped))])}:
+        paired = [metrics[0], *(["lambda_max"] if flatness else []), *retention_columns]
+        lines += ["", f"Paired by run (the runs of every label in the same order, each perturbation seed the same data): "
+                  f"each label minus {next(iter(grouped))}, mean ± sample standard deviation over the runs, (k/n) = runs above.", ""]
+        lines.append(paired_differences(numbers, paired, runs=sizes.pop(), fmt=lambda name: ".4f" if name in metrics else ".4g" if name == "lambda_max" else ".4f"))
     table = "\n".join(lines)
 
     figure = None
