@@ -341,7 +341,9 @@ def test_flat_minima_chooses_knobs_on_the_first_seeds_validation_then_runs_the_o
     # exactly 1 + ceil(n / 3) / n for an epoch of n batches: 16 batches mirror 0, 3, ..., 15 (6), so
     # 60 / 1.375 = 43.6 -> 44 epochs; 3 batches mirror batch 0 only, 1 + 1/3 -> 45.
     assert (fm.equal_compute_epochs("plain", 30), fm.equal_compute_epochs("mg", 30), fm.equal_compute_epochs("sam", 30)) == (60, 45, 30)
-    assert (fm.equal_compute_epochs("mg", 30, 16), fm.equal_compute_epochs("mg", 30, 3), fm.equal_compute_epochs("sam", 30, 16)) == (44, 45, 30)
+    # Rounded down: 60 / 1.375 = 43.6 -> 43 (44 would cost 60.5 epochs of gradients); 60 / (4/3) = 45 exactly.
+    assert (fm.equal_compute_epochs("mg", 30, 16), fm.equal_compute_epochs("mg", 30, 3), fm.equal_compute_epochs("sam", 30, 16)) == (43, 45, 30)
+    assert fm.equal_compute_epochs("mg", 125, 16) == 181 and fm.equal_compute_epochs("mg", 125, 40) == 185
     assert fm.batches_per_epoch([{**_fm_row("mg", 0.1, 999, rising, rising), "batches": 16}]) == 16
     # The "none" selection reads only the first epochs asked for.
     assert fm.selection(_fm_row("plain", None, 999, rising, rising), 3).best_epoch == 2
