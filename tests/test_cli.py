@@ -770,6 +770,44 @@ def test_values_that_reached_a_traceback_are_one_line_and_write_nothing(argv, fr
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # nothing written, nothing left
 
 
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--model", ""], "argument --model: expected a value, got an empty one"),
+        (["train", "--dataset", " "], "argument --dataset: expected a value, got an empty one"),
+        (["train", "--config", ""], "argument --config: expected a value"),
+        (["train", "--results", ""], "argument --results: expected a value"),
+        (["train", "--set", ""], "argument --set: expected a value"),
+        (["evaluate", "", "--quiet"], "argument checkpoint: expected a value"),
+        (["evaluate", "{afile}", "--metrics", ""], "argument --metrics: expected a value"),
+        (["datasets", ""], "argument name: expected a value"),
+        (["robustness", "--kinds", ""], "argument --kinds: expected a value"),
+        (["robustness", "--out-dir", ""], "argument --out-dir: expected a value"),
+        # The folder to build: empty once meant the current folder, which prepare then replaced.
+        (["prepare", "amazon", "--ratings", "{afile}", "--out", ""], "argument --out: expected a value"),
+        (["prepare", "folder", "{adir}", "--out", ""], "argument --out: expected a value"),
+        # argparse's own mistakes: one line naming --help, not the command's whole usage.
+        (["train", "--select-on", "foo"], "argument --select-on: invalid choice: 'foo'"),
+        (["train", "--device-budget-mb", "abc"], "argument --device-budget-mb"),
+        (["robustness", "--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
+        (["prepare", "amazon", "--ratings", "{afile}"], "the following arguments are required: --out"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)
+def test_usage_mistakes_and_empty_values_are_one_line_naming_help_and_change_nothing(argv, fragment, tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    argv = [a.format(afile=str(tmp_path / "afile"), adir=str(tmp_path / "adir")) for a in argv]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert fragment in err and "--help)" in err and "Traceback" not in err, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # the current folder untouched
+
+
 def test_a_run_that_finishes_no_epoch_is_one_line_for_the_analysis_commands_and_leaves_no_folder(tmp_path, capsys):
     """A learning rate that makes the loss non-finite at once: nothing to measure, said in one line (it was a RuntimeError)."""
     from mirrorgrad_jax.errors import NoEpochFinished, TrainingError

@@ -17,6 +17,7 @@ import importlib
 import sys
 from typing import Sequence
 
+from mirrorgrad_jax.cli.flags import OneLineParser
 from mirrorgrad_jax.errors import UserInputError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
@@ -35,7 +36,7 @@ Mirror Gradient (WWW 2024) for multimodal recommenders, in JAX.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mirrorgrad", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="mirrorgrad", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)

@@ -6,12 +6,43 @@ import argparse
 import json
 import math
 import os
-from typing import Any, Callable, Sequence
+import sys
+from typing import Any, Callable, NoReturn, Sequence
 
 from mirrorgrad_jax.config import parse_scalar
 from mirrorgrad_jax.errors import ConfigError
 
-__all__ = ["check_at_least_one", "check_folder_option", "csv_list", "grid_value", "key_values", "report_json"]
+__all__ = ["OneLineParser", "check_at_least_one", "check_folder_option", "csv_list", "grid_value", "key_values", "report_json"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are ONE line, and which refuses empty values.
+
+    argparse prints a command's whole usage (eighteen lines for ``train``) above a usage
+    error; here the error is one line that names ``--help``, exit status 2, as every other
+    user mistake of the command line. An option or argument given as an empty string
+    (``--out ""``, ``--model ""``), or as a comma list with no item (``--metrics ""``), is a
+    usage error too: several commands would otherwise read it as "not given" and fall back
+    to a default (``prepare --out ""`` would build into the current folder). Subcommand
+    parsers inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):  # type: ignore[override]
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            if action.dest in (argparse.SUPPRESS, "help") or not hasattr(parsed, action.dest):
+                continue
+            value = getattr(parsed, action.dest)
+            if value is action.default:
+                continue
+            values = value if isinstance(value, list) else [value]
+            if (isinstance(value, list) and not value and action.default is None) or any(isinstance(v, str) and not v.strip() for v in values):
+                name = "/".join(action.option_strings) or action.metavar or action.dest
+                self.error(f"argument {name}: expected a value, got an empty one")
+        return parsed, extras
 
 
 def grid_value(text: str) -> Any:
