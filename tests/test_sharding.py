@@ -242,3 +242,28 @@ def test_two_processes_reproduce_the_single_process_run(sharded_runs, tmp_path):
     assert len(list((tmp_path / "events").iterdir())) == 1, "more than one process wrote event files"
     # Exact: the event file stores each loss as float32.
     assert read_scalars(tmp_path / "events")["train/loss"] == [(e, float(np.float32(v))) for e, v in enumerate(results[0]["losses"])]
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--coordinator", "localhost:abc", "--num-processes", "1", "--process-id", "0"], "--coordinator must be host:port with a port in 1..65535, got 'localhost:abc'"),
+        (["--coordinator", "localhost:0", "--num-processes", "1", "--process-id", "0"], "a port in 1..65535"),
+        (["--coordinator", ":1234", "--num-processes", "1", "--process-id", "0"], "must be host:port"),
+        (["--coordinator", "auto"], "--coordinator auto found no cluster to join"),
+    ],
+)
+def test_a_coordinator_that_cannot_work_is_one_line_before_jax_starts(flags, fragment, tmp_path):
+    """Run as a user runs it, in a fresh process (JAX's distributed set-up must come before
+    anything touches a device, so it cannot be tried inside the test process)."""
+    # No cluster for "auto" to find, whatever machine runs the suite (JAX looks for these).
+    env = {k: v for k, v in _env(1).items() if not k.startswith(("SLURM_", "OMPI_", "KUBERNETES_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mirrorgrad_jax", "train", "--model", "bprmf", "--dataset", "synthetic-small", "--epochs", "1", "--quiet",
+         "--checkpoint-dir", str(tmp_path / "ckpt"), *flags],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert fragment in err, err
+    assert not (tmp_path / "ckpt").exists()

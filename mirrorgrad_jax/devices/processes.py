@@ -55,15 +55,19 @@ def initialize_distributed(
     if jax.distributed.is_initialized():
         return True
     if coordinator == "auto":
-        jax.distributed.initialize(initialization_timeout=timeout_s)
+        try:
+            jax.distributed.initialize(initialization_timeout=timeout_s)
+        except ValueError as err:  # no cluster environment JAX recognises
+            raise ConfigError(f"--coordinator auto found no cluster to join ({err}); give --coordinator host:port, --num-processes and --process-id") from None
         return True
     missing = [name for name, value in (("--coordinator", coordinator), ("--num-processes", num_processes), ("--process-id", process_id)) if value is None]
     if missing:
         raise ConfigError(f"a multi-process run needs --coordinator, --num-processes and --process-id (or JAX_* variables); missing {', '.join(missing)}")
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ConfigError(f"--process-id must be in 0..{num_processes - 1} and --num-processes >= 1, got {process_id} of {num_processes}")
-    if ":" not in coordinator:
-        raise ConfigError(f"--coordinator must be host:port, got {coordinator!r}")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--coordinator must be host:port with a port in 1..65535, got {coordinator!r}")
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id, initialization_timeout=timeout_s
     )
