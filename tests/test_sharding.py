@@ -144,6 +144,31 @@ def test_a_mesh_larger_than_the_devices_is_one_line_exit_2(capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "needs 64 devices" in err, err
 
 
+def test_large_shapes_are_known_before_building_and_a_build_that_cannot_fit_is_refused_in_one_line(monkeypatch, capsys):
+    import mirrorgrad_jax.data.large as large
+    from mirrorgrad_jax.data import make_large
+    from mirrorgrad_jax.data.large import large_shape
+
+    shape, built = large_shape(0.01, {"image": 32, "text": 8}), make_large(0.01, modalities={"image": 32, "text": 8})
+    assert (shape.num_users, shape.num_items) == (built.num_users, built.num_items)
+    assert shape.feature_bytes == sum(f.nbytes for f in built.features.values())
+    total = len(built.train) + len(built.valid) + len(built.test)
+    assert abs(total - shape.interactions) <= 0.02 * shape.interactions, (total, shape.interactions)
+    # Describing large-10x builds nothing (it holds 11.3 GB of features).
+    monkeypatch.setattr(large, "make_large", lambda *a, **k: pytest.fail("built to be described"))
+    assert main(["datasets", "large-10x"]) == 0
+    out = capsys.readouterr().out
+    assert "1924032 users, 630016 items" in out and "image 630016x4096" in out and "11.3 GB float32" in out, out
+    monkeypatch.undo()
+    # A machine with 1 GB free: Electronics' size (2.4 GB to build) is refused before anything is allocated.
+    monkeypatch.setattr(large, "available_memory", lambda: 10**9)
+    code = main(["train", "--model", "lightgcn", "--dataset", "large", "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "large needs about 2.7 GB of memory to build and 1.0 GB is available here: use a smaller scale, or no features" in err, err
+    assert make_large(0.01, modalities={}).num_items == 640  # small builds go on
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [(["--mesh", "data=0"], "positive integer"), (["--mesh", "rows=2"], "axis=size"), (["--device-budget-mb", "-5"], "device_budget_mb must be a finite number > 0")],

@@ -14,10 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mirrorgrad_jax.data import DATASETS, load_dataset
+    from mirrorgrad_jax.data import DATASETS, describe_dataset
 
     if args.name:
-        print(load_dataset(args.name).summary())
+        print(describe_dataset(args.name))
         return 0
     for name, description in DATASETS.items():
         print(f"{name:16s} {description}")

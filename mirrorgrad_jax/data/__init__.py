@@ -16,8 +16,8 @@
 from mirrorgrad_jax.data.dataset import SPLIT_LABELS, DatasetError, RecDataset
 from mirrorgrad_jax.data.splits import per_user_split
 from mirrorgrad_jax.data.mmrec import convert_user_graph, load_mmrec, read_user_graph, write_mmrec
-from mirrorgrad_jax.data.catalog import DATASETS, load_dataset
-from mirrorgrad_jax.data.large import ELECTRONICS_SHAPE, make_large
+from mirrorgrad_jax.data.catalog import DATASETS, describe_dataset, load_dataset
+from mirrorgrad_jax.data.large import ELECTRONICS_SHAPE, LargeShape, large_shape, make_large
 from mirrorgrad_jax.data.movielens import load_movielens_100k
 from mirrorgrad_jax.data.sampling import EpochBatches, epoch_batches, sample_negatives
 from mirrorgrad_jax.data.synthetic import SYNTHETIC_DEFAULT, make_synthetic
@@ -29,11 +29,14 @@ __all__ = [
     "SYNTHETIC_DEFAULT",
     "DatasetError",
     "EpochBatches",
+    "LargeShape",
     "RecDataset",
     "convert_user_graph",
+    "describe_dataset",
     "epoch_batches",
     "load_dataset",
     "load_mmrec",
+    "large_shape",
     "load_movielens_100k",
     "make_large",
     "make_synthetic",

@@ -18,11 +18,11 @@ from typing import Mapping
 
 from mirrorgrad_jax.data.dataset import DatasetError, RecDataset, with_source
 from mirrorgrad_jax.data.mmrec import load_mmrec
-from mirrorgrad_jax.data.large import make_large
+from mirrorgrad_jax.data.large import large_shape, make_large
 from mirrorgrad_jax.data.movielens import load_movielens_100k
 from mirrorgrad_jax.data.synthetic import SYNTHETIC_DEFAULT, make_synthetic
 
-__all__ = ["DATASETS", "is_dataset", "load_dataset"]
+__all__ = ["DATASETS", "describe_dataset", "is_dataset", "load_dataset"]
 
 #: Name -> one-line description (``<folder>`` stands for any MMRec folder).
 DATASETS: Mapping[str, str] = types.MappingProxyType(
@@ -52,6 +52,25 @@ def load_dataset(name: str, *, verbose: bool = True) -> RecDataset:
     return with_source(_builtin(name, verbose), name)
 
 
+def describe_dataset(name: str) -> str:
+    """What ``mirrorgrad datasets NAME`` prints: :meth:`RecDataset.summary`, except for the
+    generated large sets, which are described from their shapes without being built
+    (``large-10x`` holds 11.3 GB of features).
+
+    Raises:
+      DatasetError: as :func:`load_dataset`.
+    """
+    scale = {"large": 1.0, "large-10x": 10.0}.get(name)
+    if scale is None and name.startswith("large:"):
+        scale = _large_scale(name)
+    if scale is not None and not (os.path.isdir(name) and not _is_builtin(name)):
+        try:
+            return large_shape(scale).summary(name)
+        except ValueError as err:
+            raise DatasetError(f"dataset {name!r}: {err}") from None
+    return load_dataset(name).summary()
+
+
 def is_dataset(name: str) -> bool:
     """Whether :func:`load_dataset` would look ``name`` up: a built-in name or an existing folder (nothing is loaded)."""
     return (_is_builtin(name) and name != "<folder>") or os.path.isdir(name)
@@ -71,13 +90,10 @@ def _builtin(name: str, verbose: bool) -> RecDataset:
         return make_synthetic(**SYNTHETIC_DEFAULT)
     if name == "synthetic-small":
         return make_synthetic(num_users=200, num_items=120, seed=0, name="synthetic-small")
-    if name == "large":
-        return make_large()
-    if name == "large-10x":
-        return make_large(10)
-    if name.startswith("large:"):
+    if name in ("large", "large-10x") or name.startswith("large:"):
+        scale = {"large": 1.0, "large-10x": 10.0}.get(name) or _large_scale(name)
         try:
-            return make_large(_large_scale(name))
+            return make_large(scale, name=None if name.startswith("large:") else name)
         except ValueError as err:
             if isinstance(err, DatasetError):
                 raise

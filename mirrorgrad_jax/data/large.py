@@ -23,13 +23,18 @@ numpy, and deterministic in ``seed``:
 4. each modality is a random projection of the item's cluster centroid plus noise, so
    features carry the cluster signal.
 
-Electronics-size generation takes about 30 s on a busy 2-core CPU and 2.8 GB of memory
-(most of it drawing 1.1 GB of feature noise).
+Electronics-size generation takes 12-30 s on a 2-core CPU and 2.9 GB of memory at its peak
+(measured 2026-12-08: 0.5 GB without features, so about 2.1 bytes per byte of the 1.13 GB of
+float32 features). :func:`large_shape` gives a scale's sizes and that estimate without
+building anything, and :func:`make_large` refuses a scale whose estimate exceeds the memory
+available (``scale=10`` needs about 27 GB with its features, 3.5 GB without).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -37,7 +42,7 @@ import numpy as np
 from mirrorgrad_jax.data.dataset import RecDataset
 from mirrorgrad_jax.data.splits import per_user_split
 
-__all__ = ["ELECTRONICS_SHAPE", "make_large"]
+__all__ = ["ELECTRONICS_SHAPE", "LargeShape", "large_shape", "make_large"]
 
 #: MMRec Amazon Electronics: users, items, interactions, feature dimensions.
 ELECTRONICS_SHAPE: Mapping[str, object] = {
@@ -52,6 +57,89 @@ _MIN_PER_USER = 5
 ROW_MULTIPLE = 64
 # Feature rows generated at a time: bounds the float32 temporaries to ~64 MB.
 _FEATURE_ROWS = 4096
+
+
+#: Measured peak bytes of building: per float32 feature byte, and per unit of scale for the
+#: interactions and their split (2026-12-08, scale 1: 2.88 GB with features, 0.50 GB without).
+_PEAK_PER_FEATURE_BYTE = 2.1
+_PEAK_PER_SCALE = 0.33e9
+
+
+@dataclass(frozen=True)
+class LargeShape:
+    """The sizes :func:`make_large` gives a scale, known before anything is built.
+
+    Attributes:
+      num_users: users (rounded up to a multiple of 64).
+      num_items: items (rounded up to a multiple of 64).
+      interactions: the expected interaction count: Electronics' mean per user (plus the
+        1% drawn over it) times the users (the built set lands within about 1% of it).
+      modalities: modality -> feature dimension.
+      feature_bytes: bytes of the float32 feature tables.
+      build_bytes: the estimated peak memory of building it (measured factors, above).
+    """
+
+    num_users: int
+    num_items: int
+    interactions: int
+    modalities: Mapping[str, int]
+    feature_bytes: int
+    build_bytes: int
+
+    def summary(self, name: str) -> str:
+        """What ``mirrorgrad datasets NAME`` prints for a generated large set (nothing is built)."""
+        features = ", ".join(f"{m} {self.num_items}x{d}" for m, d in self.modalities.items()) or "none"
+        available = available_memory()
+        here = f", {_gb(available)} available here" if available is not None else ""
+        if available is not None and self.build_bytes > available:
+            here += ": more than there is, so a command that uses it refuses it"
+        return "\n".join(
+            [
+                f"dataset {name}: {self.num_users} users, {self.num_items} items, about {self.interactions} interactions "
+                "(generated when a command uses it; not built to describe it)",
+                f"  features: {features} ({_gb(self.feature_bytes)} float32)",
+                f"  building it needs about {_gb(self.build_bytes)} of memory{here}",
+            ]
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def large_shape(scale: float = 1.0, modalities: Mapping[str, int] | None = None) -> LargeShape:
+    """The sizes and memory estimate of ``make_large(scale, modalities=modalities)``, without building it.
+
+    Raises:
+      ValueError: a scale that is not a finite number > 0, or so small that fewer than
+        100 users or items would remain.
+    """
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
+    num_users = -(-round(ELECTRONICS_SHAPE["num_users"] * scale) // ROW_MULTIPLE) * ROW_MULTIPLE
+    num_items = -(-round(ELECTRONICS_SHAPE["num_items"] * scale) // ROW_MULTIPLE) * ROW_MULTIPLE
+    if num_items < 100 or num_users < 100:
+        raise ValueError(f"scale={scale} leaves {num_users} users and {num_items} items; use scale >= {100 / ELECTRONICS_SHAPE['num_items']:.4f}")
+    dims = {m: int(d) for m, d in (ELECTRONICS_SHAPE["modalities"] if modalities is None else modalities).items()}
+    feature_bytes = 4 * num_items * sum(dims.values())
+    build = int(_PEAK_PER_FEATURE_BYTE * feature_bytes + _PEAK_PER_SCALE * scale)
+    interactions = round(1.01 * ELECTRONICS_SHAPE["interactions"] / ELECTRONICS_SHAPE["num_users"] * num_users)  # the draw's mean, below
+    return LargeShape(num_users, num_items, interactions, dims, feature_bytes, build)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), else the physical memory, else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _draw(cum: np.ndarray, low: np.ndarray, high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -148,22 +236,23 @@ def make_large(
       name: dataset name; default ``large`` (``large:scale=S`` for other scales).
 
     Raises:
-      ValueError: a scale so small that fewer than 100 items would remain.
+      ValueError: a scale so small that fewer than 100 items would remain, or one whose
+        build would need more memory than is available (:func:`large_shape`'s estimate
+        against :func:`available_memory`), said before anything is allocated.
     """
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    num_users = -(-round(ELECTRONICS_SHAPE["num_users"] * scale) // ROW_MULTIPLE) * ROW_MULTIPLE
-    num_items = -(-round(ELECTRONICS_SHAPE["num_items"] * scale) // ROW_MULTIPLE) * ROW_MULTIPLE
-    if num_items < 100 or num_users < 100:
-        raise ValueError(f"scale={scale} leaves {num_users} users and {num_items} items; use scale >= {100 / ELECTRONICS_SHAPE['num_items']:.4f}")
+    shape = large_shape(scale, modalities)
+    num_users, num_items, modalities = shape.num_users, shape.num_items, dict(shape.modalities)
+    label = name or ("large" if scale == 1 else f"large:scale={scale:g}")
+    available = available_memory()
+    if available is not None and shape.build_bytes > available:
+        smaller = ", or no features (make_large(scale, modalities={}), as benchmarks/scaling.py builds large-10x)" if shape.feature_bytes else ""
+        raise ValueError(f"{label} needs about {_gb(shape.build_bytes)} of memory to build and {_gb(available)} is available here: use a smaller scale{smaller}")
     # 1% over Electronics' mean: dropping repeated draws costs about half a percent.
     per_user = 1.01 * ELECTRONICS_SHAPE["interactions"] / ELECTRONICS_SHAPE["num_users"]
-    modalities = dict(ELECTRONICS_SHAPE["modalities"] if modalities is None else modalities)
     clusters = num_clusters or max(2, int(round(math.sqrt(num_items))))
     rng = np.random.default_rng(seed)
     pairs, cluster_of_item = _interactions(num_users, num_items, per_user, clusters, personal, rng)
     train, valid, test = per_user_split(pairs, rng)
     centroids = rng.standard_normal((clusters, 16))
     features = {m: _features(cluster_of_item, int(d), centroids, feature_noise, rng) for m, d in modalities.items()}
-    label = name or ("large" if scale == 1 else f"large:scale={scale:g}")
     return RecDataset.from_arrays(label, train, valid, test, features, num_users=num_users, num_items=num_items, verbose=False)
