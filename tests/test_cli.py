@@ -792,6 +792,7 @@ def test_values_that_reached_a_traceback_are_one_line_and_write_nothing(argv, fr
         (["robustness", "--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
         (["prepare", "amazon", "--ratings", "{afile}"], "the following arguments are required: --out"),
         (["nosuch"], "invalid choice: 'nosuch'"),
+        (["train", "--mg", "--no-mg"], "argument --no-mg: not allowed with argument --mg"),
     ],
 )
 def test_usage_mistakes_and_empty_values_are_one_line_naming_help_and_change_nothing(argv, fragment, tmp_path, monkeypatch, capsys):
@@ -844,3 +845,19 @@ def test_a_model_run_without_its_packaged_config_is_told_what_optimizer_settings
     for argv in (["--model", "slmrec", "--weight-decay", "0"], ["--config", "lattice"], ["--model", "vbpr"], ["--model", "lattice", "--quiet"], ["--model", "damrs"]):
         assert main(["train", *argv, "--dataset", "synthetic-small"]) == 2
         assert "packaged config trains with" not in capsys.readouterr().out, argv
+
+
+def test_train_help_says_what_each_grid_flag_sets_and_its_default(capsys):
+    from mirrorgrad_jax.cli.train import _FLAGS
+    from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "value, or comma-separated values for a grid" not in text  # the one text all nineteen once shared
+    for flag, expected in [("--lr", TrainConfig().learning_rate), ("--patience", TrainConfig().patience), ("--alpha2", MGConfig().alpha2),
+                           ("--asam-eta", MethodConfig().eta), ("--optimizer", TrainConfig().optimizer)]:  # fmt: skip
+        entry = text.split(f"{flag} VALUE ", 1)[1].split(" --", 1)[0]
+        assert f"(default {expected}; a comma list is a grid)" in entry, (flag, entry)
+    assert text.count("a comma list is a grid") == len(_FLAGS)

@@ -25,6 +25,7 @@ the runs of a grid; ``--quiet`` turns it off with the per-epoch lines.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -59,6 +60,40 @@ _FLAGS = {
     "gnp_alpha": ("method", "alpha"),
     "gnp_radius": ("method", "radius"),
 }
+
+
+#: What each of those flags sets (``train --help``); the default is read from the config class.
+_FLAG_HELP = {
+    "epochs": "most epochs a run trains",
+    "patience": "stop after this many + 1 epochs without a better validation metric",
+    "min_epochs": "never stop early before this many epochs",
+    "lr": "learning rate",
+    "optimizer": "adam, sgd, adagrad or rmsprop (torch's formulas)",
+    "batch_size": "training rows per batch",
+    "valid_metric": "the metric that picks the best epoch and stops early, e.g. recall@20",
+    "weight_decay": "L2 penalty added to the gradient inside the optimizer (torch's weight_decay)",
+    "clip_grad_norm": "clip the gradient's global norm to this (none: no clipping)",
+    "zero_grad": "parameters a batch's loss leaves out: zeros (the optimizer sees a zero gradient, torch 1.13) or none (skipped, torch 2)",
+    "alpha1": "MG's alpha1, the weight of the first gradient",
+    "alpha2": "MG's alpha2, the weight of the mirror gradient (alpha1 > alpha2 > 0)",
+    "beta": "MG mirrors one batch in every beta",
+    "apply_to": "MG on the gradient (the reference) or on the optimizer's update",
+    "schedule": "which batches MG mirrors: reference (the index restarts every epoch), global or algorithm1",
+    "rho": "SAM's and ASAM's ascent radius (none: SAM 0.05, ASAM 0.5)",
+    "asam_eta": "ASAM's floor added to |w|",
+    "gnp_alpha": "the gradient-norm penalty's weight of the perturbed gradient, in [0, 1]",
+    "gnp_radius": "the gradient-norm penalty's finite-difference step",
+}
+
+
+def _flag_help(flag: str) -> str:
+    from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig
+
+    section, key = _FLAGS[flag]
+    config = {"train": TrainConfig, "mg": MGConfig, "method": MethodConfig}[section]
+    default = {f.name: f.default for f in dataclasses.fields(config)}[key]
+    shown = "none" if default is None else default
+    return f"{_FLAG_HELP[flag]} (default {shown}; a comma list is a grid)"
 
 
 #: Trainer settings a packaged config may carry that change how a model trains (not when it stops).
@@ -165,11 +200,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--model", help="model name (see `mirrorgrad models`); default vbpr")
     t.add_argument("--dataset", help="synthetic | synthetic-small | large | large-10x | movielens-100k | an MMRec folder (see `mirrorgrad datasets`)")
     t.add_argument("--config", help="YAML file (keys model, dataset, model_config, train, mg, method; lists = grids), or a model name for its packaged reference config")
-    t.add_argument("--mg", dest="mg", action="store_true", default=None, help="train with Mirror Gradient (default); the same as --method mg")
-    t.add_argument("--no-mg", dest="mg", action="store_false", help="train without Mirror Gradient; the same as --method plain")
+    on_off = t.add_mutually_exclusive_group()
+    on_off.add_argument("--mg", dest="mg", action="store_true", default=None, help="train with Mirror Gradient (default); the same as --method mg")
+    on_off.add_argument("--no-mg", dest="mg", action="store_false", help="train without Mirror Gradient; the same as --method plain")
     t.add_argument("--method", help="what to train with: plain, mg (default), sam, asam or gnp (gradient-norm penalty); knobs --rho, --asam-eta, --gnp-alpha, --gnp-radius")
     for flag in _FLAGS:
-        t.add_argument("--" + flag.replace("_", "-"), dest=flag, metavar="VALUE", help="value, or comma-separated values for a grid")
+        t.add_argument("--" + flag.replace("_", "-"), dest=flag, metavar="VALUE", help=_flag_help(flag))
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option (repeatable; comma list = grid)")
     t.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...)")
     t.add_argument("--seed", type=int, default=999, help="first seed (999 as the reference)")
