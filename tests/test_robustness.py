@@ -291,6 +291,13 @@ def test_flatness_command_takes_methods_and_the_old_rho_still_names_the_sharpnes
         (["--sam-rho", "0.1"], "--sam-rho is a knob of a training method: give --methods"),
         (["--methods", "gnp", "--gnp-alpha", "2"], "MethodConfig.alpha must be a finite number in [0, 1], got 2.0"),
         (["--sharpness-rho", "0.1", "--rho", "0.2"], "are one setting"),
+        # An option of a measurement the run does not make would be ignored: refused instead.
+        (["--directions", "3"], "--directions sets a measurement this run does not make: add --flatness"),
+        (["--sharpness-rho", "0.1"], "--sharpness-rho sets a measurement this run does not make: add --flatness"),
+        (["--rho", "0.1"], "old name of the sharpness radius (--sharpness-rho), which this run does not measure (add --flatness)"),
+        (["--arms", "none,none"], "--arms lists an arm twice: none,none"),
+        (["--kinds", "noise,noise"], "--kinds lists a perturbation twice: noise,noise"),
+        (["--set", "reg_weight=0.1,0.2"], "--set reg_weight: one value here (a comma list is a grid"),
         (["--levels", "noise=-1"], "noise level must be a finite number >= 0, got -1"),
         (["--levels", "shuffle=0.5,1.5"], "shuffle level is a fraction of items and must be in [0, 1], got 1.5"),
         (["--levels", "0.5,1,2", "--kinds", "swap"], "swap level is a fraction of items and must be in [0, 1], got 2"),
@@ -439,3 +446,33 @@ def test_paired_differences_average_each_runs_perturbation_seeds_then_spread_ove
         paired_differences({**numbers, "GNP": {"recall@20": [0.1, 0.2]}}, ["recall@20"], runs=3)
     with pytest.raises(ValueError, match="not a multiple of 4 runs"):
         paired_differences(numbers, ["noise 1"], runs=4)
+
+
+@pytest.mark.parametrize("argv", [["--kinds", "noise"], ["--shifts", "extreme"], ["--perturb-seeds", "2"], ["--feature-tables", "shifted"]])
+def test_flatness_refuses_a_shift_option_without_robustness(argv, tmp_path, monkeypatch, capsys):
+    """Without --robustness the flatness command measures no shift, so these options would be ignored."""
+    monkeypatch.setattr(shift_study, "train_methods", lambda *a, **k: pytest.fail("trained although an option was wrong"))
+    monkeypatch.setattr(comparison, "train_arms", lambda *a, **k: pytest.fail("trained although an option was wrong"))
+    out_dir = tmp_path / "never"
+    assert main(["flatness", "--dataset", "synthetic-small", "--quiet", "--out-dir", str(out_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mirrorgrad flatness: error: {argv[0]} sets a measurement this run does not make: add --robustness", err
+    assert not out_dir.exists()
+
+
+def test_the_flatness_loss_is_measured_on_batches_of_the_training_batch_size(tmp_path, monkeypatch, trained):
+    """--batch-size sets the rows of the fixed batches the flatness loss averages (it was 2048 whatever the run trained with)."""
+    _fake_trainers(monkeypatch, trained, [])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(shift_study, "compare_shifts", record)
+    with pytest.raises(Stop):
+        main(["flatness", "--dataset", "synthetic-small", "--methods", "plain", "--batch-size", "96", "--flatness-batches", "2", "--quiet", "--out-dir", str(tmp_path / "f")])
+    assert (seen["batch_size"], seen["flatness_batches"], seen["num_directions"], seen["power_iterations"]) == (96, 2, 10, 20)

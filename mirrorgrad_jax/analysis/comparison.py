@@ -74,7 +74,8 @@ def load_trained_state(model_cls: type, model_config: Any, dataset: RecDataset, 
       checkpoint_path: the checkpoint folder.
 
     Returns:
-      The trained state (jax arrays), ready for the robustness and flatness tools.
+      The trained state as host (numpy) arrays, as the checkpoint holds them, ready for the
+      robustness and flatness tools (which place them on the device inside their jitted calls).
 
     Raises:
       ValueError: a checkpoint of another model or config, or arrays that do not fit.

@@ -107,21 +107,50 @@ def _add_robustness_arguments(p: argparse.ArgumentParser) -> None:
         help="comma list of levels for every kind without its own (default 0.5,1,2; 0.2,0.5,1 for fraction kinds), "
         "or KIND[,KIND]=LEVELS for those kinds; repeatable",
     )  # fmt: skip
-    p.add_argument("--perturb-seeds", type=int, default=1, help="perturbation seeds per level (0, 1, ...)")
+    p.add_argument("--perturb-seeds", type=int, help="perturbation seeds per level (0, 1, ...; default 1)")
     p.add_argument("--modality", action="append", metavar="[KIND=]MODALITIES", help="perturbed modality or comma list (default all), or KIND[,KIND]=MODALITIES for those kinds; repeatable")
     p.add_argument(
-        "--feature-tables", choices=("trained", "shifted"), default="trained",
+        "--feature-tables", choices=("trained", "shifted"),
         help="what a shift does to feature tables a model fine-tunes (BM3, FREEDOM, LATTICE, MGCN, SMORE, PGL): keep them as trained "
         "(default; the shift then reaches the model only through what it builds from the features) or add the shift to them",
     )  # fmt: skip
 
 
+#: Defaults of the options that only one half of a command reads (set after the check below).
+_SHIFT_DEFAULTS = {"perturb_seeds": 1, "feature_tables": "trained"}
+_FLATNESS_DEFAULTS = {"directions": 10, "iterations": 20, "flatness_batches": 4}
+_SHIFT_OPTIONS = ("shifts", "kinds", "levels", "modality", *_SHIFT_DEFAULTS)
+_FLATNESS_OPTIONS = ("sharpness_rho", "rho", *_FLATNESS_DEFAULTS)
+
+
+def _settle_measurements(args: argparse.Namespace, *, robustness: bool, flatness: bool, switch: str) -> None:
+    """Refuses an option of a measurement this run does not make, then fills the defaults.
+
+    Raises:
+      ConfigError: e.g. ``flatness --kinds noise`` without ``--robustness`` (it measures no
+        shifts, so the option would be ignored).
+    """
+    _sharpness_rho(args)  # --sharpness-rho and its old name --rho disagreeing: that first
+    if args.rho is not None and not flatness:
+        raise ConfigError(
+            f"--rho is this command's old name of the sharpness radius (--sharpness-rho), which this run does not measure (add {switch}): "
+            "give SAM's and ASAM's ascent radii as --sam-rho and --asam-rho"
+        )
+    for measured, options in ((robustness, _SHIFT_OPTIONS), (flatness, _FLATNESS_OPTIONS)):
+        given = [name for name in options if getattr(args, name) is not None]
+        if given and not measured:
+            raise ConfigError(f"--{given[0].replace('_', '-')} sets a measurement this run does not make: add {switch}")
+    for name, value in {**_SHIFT_DEFAULTS, **_FLATNESS_DEFAULTS}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def _add_flatness_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharpness-rho", type=float, metavar="VALUE", help=f"relative radius of the measured sharpness (default {DEFAULT_SHARPNESS_RHO:g})")
     p.add_argument("--rho", type=float, metavar="VALUE", help="old name of --sharpness-rho (NOT a training radius: those are --sam-rho, --asam-rho)")
-    p.add_argument("--directions", type=int, default=10, help="random directions of the random sharpness")
-    p.add_argument("--iterations", type=int, default=20, help="power-iteration steps for lambda_max")
-    p.add_argument("--flatness-batches", type=int, default=4, help="fixed training batches of the measured loss")
+    p.add_argument("--directions", type=int, help=f"random directions of the random sharpness (default {_FLATNESS_DEFAULTS['directions']})")
+    p.add_argument("--iterations", type=int, help=f"power-iteration steps for lambda_max (default {_FLATNESS_DEFAULTS['iterations']})")
+    p.add_argument("--flatness-batches", type=int, help=f"fixed training batches of the measured loss (default {_FLATNESS_DEFAULTS['flatness_batches']})")
 
 
 def _csv(text: str) -> list[str]:
@@ -244,7 +273,9 @@ def _shifts(args: argparse.Namespace) -> list[Any]:
         unknown = [k for k in args.kinds if k not in PERTURBATIONS]
         if unknown or not args.kinds:
             raise ConfigError(f"--kinds: unknown perturbation(s) {unknown}; allowed: {', '.join(PERTURBATIONS)}")
-        kinds = list(dict.fromkeys(args.kinds))
+        if len(set(args.kinds)) != len(args.kinds):
+            raise ConfigError(f"--kinds lists a perturbation twice: {','.join(args.kinds)}")
+        kinds = list(args.kinds)
         for flag, own in (("--levels", own_levels), ("--modality", own_modality)):
             left_out = [k for k in own if k not in kinds]
             if left_out:
@@ -290,6 +321,8 @@ def _method_configs(args: argparse.Namespace) -> dict[str, tuple[Any, Any]]:
             unknown = [a for a in args.arms if a not in ARM_LABELS]
             if unknown or not args.arms:
                 raise ConfigError(f"--arms: unknown arm(s) {unknown}; allowed: {', '.join(ARM_LABELS)}")
+            if len(set(args.arms)) != len(args.arms):
+                raise ConfigError(f"--arms lists an arm twice: {','.join(args.arms)}")
             if knobs:
                 raise ConfigError(f"--{next(iter(knobs)).replace('_', '-')} is a knob of a training method: give --methods")
             return {
@@ -374,7 +407,11 @@ def _train(args: argparse.Namespace) -> tuple[type, Any, Any, dict[str, tuple[An
     shifts = _shifts(args)
     rho = _sharpness_rho(args)
     model_cls = get_model(args.model)
-    model_config = build_config(model_cls, key_values(args.set))
+    options = key_values(args.set)
+    grids = [key for key, value in options.items() if isinstance(value, list)]
+    if grids:
+        raise ConfigError(f"--set {grids[0]}: one value here (a comma list is a grid, which `mirrorgrad train` runs; this command trains one setting)")
+    model_config = build_config(model_cls, options)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     try:
         configs = [
@@ -443,7 +480,7 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
                 model_cls, model_config, dataset, states, shifts if robustness else [],
                 path=figure, metrics=(args.valid_metric, *(m for m in DEFAULT_METRICS if m != args.valid_metric)),
                 perturb_seeds=range(args.perturb_seeds), flatness=flatness, rho=rho, num_directions=args.directions,
-                power_iterations=args.iterations, flatness_batches=args.flatness_batches, slices_2d=slices_2d,
+                power_iterations=args.iterations, flatness_batches=args.flatness_batches, batch_size=args.batch_size, slices_2d=slices_2d,
                 log=None if args.quiet else print, feature_tables=args.feature_tables,
             )  # fmt: skip
         for line in _unreached_notes([w.message for w in caught if isinstance(w.message, ShiftNotReached)], dataset.name):
@@ -486,8 +523,10 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
 
 
 def _cmd_robustness(args: argparse.Namespace) -> int:
+    _settle_measurements(args, robustness=True, flatness=args.flatness, switch="--flatness")
     return _run_command(args, "robustness", robustness=True, flatness=args.flatness, slices_2d=False)
 
 
 def _cmd_flatness(args: argparse.Namespace) -> int:
+    _settle_measurements(args, robustness=args.robustness, flatness=True, switch="--robustness")
     return _run_command(args, "flatness", robustness=args.robustness, flatness=True, slices_2d=True)
