@@ -749,6 +749,15 @@ _FLATNESS = ["flatness", "--model", "bprmf", "--dataset", "synthetic-small", "--
         (["prepare", "folder", "{source}", "--out", "{new}", "--delimiter", "ab", "--quiet"], ["--delimiter must be one character", "'ab'"]),
         (["prepare", "folder", "{source}", "--out", "{new}", "--items", "{empty}", "--quiet"], ["is empty (given as --items)"]),
         (["prepare", "folder", "{source}", "--out", "{new}", "--seed", "-1", "--quiet"], ["seed must be an integer in [0, 2**63)"]),
+        # Options the rest of the line makes meaningless: refused, not ignored.
+        (["prepare", "folder", "{source}", "--out", "{new}", "--split", "temporal", "--odd-row-to", "test", "--quiet"], ["--odd-row-to sets the per-user split, and --split temporal splits by time"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--split", "temporal", "--seed", "3", "--quiet"], ["--seed sets the per-user split"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--image-weights", "{afile}", "--quiet"], ["--image-weights encodes item images, and there are none"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--text-model", "{adir}", "--quiet"], ["--text-model encodes item texts, and there are none"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--images", "{adir}/nope", "--image-weights", "{afile}", "--quiet"], ["/nope: no such folder"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--user-column", "user", "--item-column", "user", "--quiet"], ["--user-column and --item-column name the same column, 'user'"]),
+        (["prepare", "amazon", "--ratings", "{afile}", "--out", "{new}", "--allow-missing-meta", "--quiet"], ["--allow-missing-meta fills items the metadata leaves out, and there is no --meta"]),
+        (["prepare", "amazon", "--ratings", "{afile}", "--out", "{new}", "--text-model", "{adir}", "--quiet"], ["--text-model encodes item texts, and there are none: give --meta"]),
     ],
 )
 def test_values_that_reached_a_traceback_are_one_line_and_write_nothing(argv, fragments, tmp_path, monkeypatch, capsys):

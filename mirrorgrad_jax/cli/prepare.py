@@ -49,11 +49,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default="per-user",
         help="per-user random split (the reference's, default) or global 70/10/20 by time",
     )
-    parser.add_argument("--seed", type=int, default=999, help="seed of the per-user split (default 999)")
+    parser.add_argument("--seed", type=int, help="seed of the per-user split (default 999)")
     parser.add_argument(
         "--odd-row-to",
         choices=("valid", "test"),
-        default="valid",
         help="per-user split: where an odd held-out row goes; valid as in the released "
         "Baby set (default), test as the reference notebook computes",
     )
@@ -131,6 +130,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     folder.set_defaults(func=run)
 
 
+def _check_option_pairs(args: argparse.Namespace, *, images: str | None, items: str | None) -> None:
+    """Refuses an option that the rest of the command line makes meaningless (it would be
+    ignored), then fills the per-user split's defaults.
+
+    Raises:
+      UserInputError: e.g. ``--odd-row-to`` with ``--split temporal``, ``--allow-missing-meta``
+        without ``--meta``, ``--image-weights`` with no images, or one column named as both
+        the user and the item column.
+    """
+    if args.split == "temporal":
+        for flag, value in (("--seed", args.seed), ("--odd-row-to", args.odd_row_to)):
+            if value is not None:
+                raise UserInputError(f"{flag} sets the per-user split, and --split temporal splits by time")
+    args.seed = 999 if args.seed is None else args.seed
+    args.odd_row_to = args.odd_row_to or "valid"
+    texts = ("--meta", args.meta) if args.source == "amazon" else ("an item table (--items, or SOURCE/items.csv)", items)
+    if args.text_model is not None and texts[1] is None:
+        raise UserInputError(f"--text-model encodes item texts, and there are none: give {texts[0]}")
+    if args.source == "amazon":
+        if args.allow_missing_meta and args.meta is None:
+            raise UserInputError("--allow-missing-meta fills items the metadata leaves out, and there is no --meta")
+        return
+    if args.image_weights is not None and images is None:
+        raise UserInputError("--image-weights encodes item images, and there are none: give --images, or SOURCE/images")
+    if args.images is not None and not Path(args.images).is_dir():
+        raise UserInputError(f"--images {args.images}: no such folder")
+    if args.user_column is not None and args.user_column == args.item_column:
+        raise UserInputError(f"--user-column and --item-column name the same column, {args.user_column!r}")
+
+
 def _first_existing(source: Path | None, names: tuple[str, ...]) -> str | None:
     if source is None:
         return None
@@ -145,6 +174,26 @@ def run(args: argparse.Namespace) -> int:
     from mirrorgrad_jax import prepare
 
     try:
+        source = interactions = items = images = delimiter = None
+        if args.source == "amazon":
+            _check_option_pairs(args, images=None, items=None)
+        else:
+            delimiter = _delimiter(args.delimiter)
+            source = Path(args.source) if args.source else None
+            if source is not None and not source.is_dir():
+                raise UserInputError(f"{source} is not a folder")
+            interactions = args.interactions or _first_existing(source, ("interactions.csv", "interactions.tsv"))
+            if interactions is None:
+                raise UserInputError("no interaction table: give SOURCE with interactions.csv, or --interactions")
+            items = args.items or _first_existing(source, ("items.csv", "items.tsv"))
+            images = args.images or _first_existing(source, ("images",))
+            _check_option_pairs(args, images=images, items=items)
+            if images is not None and args.images is None and args.image_weights is None:
+                print(
+                    f"mirrorgrad prepare: note: {images} is left out; pass --image-weights to encode it",
+                    file=sys.stderr,
+                )
+                images = None
         options = prepare.PrepareOptions(
             name=args.name, k_core=args.k_core, repeated_pairs=args.repeated_pairs, split=args.split, seed=args.seed, odd_row_to=args.odd_row_to,
             text_model=args.text_model, text_batch_size=args.batch_size, user_graph=args.user_graph,
@@ -156,24 +205,10 @@ def run(args: argparse.Namespace) -> int:
                 missing_text="mean" if args.allow_missing_meta else "error",
             )  # fmt: skip
         else:
-            delimiter = _delimiter(args.delimiter)
-            source = Path(args.source) if args.source else None
-            if source is not None and not source.is_dir():
-                raise UserInputError(f"{source} is not a folder")
-            interactions = args.interactions or _first_existing(source, ("interactions.csv", "interactions.tsv"))
-            if interactions is None:
-                raise UserInputError("no interaction table: give SOURCE with interactions.csv, or --interactions")
-            images = args.images or _first_existing(source, ("images",))
-            if images is not None and args.images is None and args.image_weights is None:
-                print(
-                    f"mirrorgrad prepare: note: {images} is left out; pass --image-weights to encode it",
-                    file=sys.stderr,
-                )
-                images = None
             result = prepare.prepare_folder(
                 args.out,
                 interactions=interactions,
-                items=args.items or _first_existing(source, ("items.csv", "items.tsv")),
+                items=items,
                 images=images,
                 image_weights=args.image_weights,
                 user_column=args.user_column, item_column=args.item_column,
