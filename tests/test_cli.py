@@ -870,3 +870,19 @@ def test_train_help_says_what_each_grid_flag_sets_and_its_default(capsys):
         entry = text.split(f"{flag} VALUE ", 1)[1].split(" --", 1)[0]
         assert f"(default {expected}; a comma list is a grid)" in entry, (flag, entry)
     assert text.count("a comma list is a grid") == len(_FLAGS)
+
+
+def test_evaluate_given_a_runs_folder_names_the_checkpoint_inside_it(tmp_path, capsys):
+    """--checkpoint-dir keeps one folder per run, holding best.ckpt and last.ckpt: a natural thing to pass by mistake."""
+    run = tmp_path / "combo0-seed999"
+    (run / "best.ckpt").mkdir(parents=True)
+    (run / "last.ckpt").mkdir()
+    line = _one_line_error(capsys, main(["evaluate", str(run)]), f"{run} is a run's folder, not a checkpoint: give {run / 'best.ckpt'}")
+    assert "(it holds best.ckpt and last.ckpt)" in line
+    _one_line_error(capsys, main(["evaluate", str(tmp_path)]), "is not a mirrorgrad checkpoint (it has no 'meta' and 'arrays' items)")
+
+
+def test_a_bad_value_given_by_a_flag_is_reported_under_that_flag(capsys):
+    _one_line_error(capsys, main(["train", "--dataset", "synthetic-small", "--lr", "fast"]), "--lr: TrainConfig.learning_rate must be a finite number > 0")
+    _one_line_error(capsys, main(["train", "--dataset", "synthetic-small", "--method", "sam", "--rho", "-1"]), "--rho: MethodConfig.rho must be")
+    _one_line_error(capsys, main(["train", "--dataset", "synthetic-small", "--asam-eta", "-1", "--method", "asam"]), "--asam-eta: MethodConfig.eta")

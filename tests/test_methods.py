@@ -176,6 +176,13 @@ def test_the_trainer_runs_each_method_through_the_command_line(method, tmp_path,
     assert notes == (["note: the method setting alpha=0.3 cannot change the run: sam does not read it"] if method == "sam" else [])
 
 
+def test_a_knob_given_to_plain_training_is_noted_under_the_name_the_user_typed(capsys):
+    argv = ["train", "--model", "bprmf", "--dataset", "synthetic-small", "--method", "plain", "--rho", "0.1", "--epochs", "1", "--set", "embedding_size=8"]
+    assert main(argv) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the method setting rho=0.1 cannot change the run: plain does not read it"]  # it said "none"
+
+
 def test_sam_with_first_batch_parameters_and_a_stale_cache_resumes_bit_identically(small, tmp_path):
     from mirrorgrad_jax.models import LATTICE, LATTICEConfig
 

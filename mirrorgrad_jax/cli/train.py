@@ -86,6 +86,19 @@ _FLAG_HELP = {
 }
 
 
+_CONFIG_CLASS = {"train": "TrainConfig", "mg": "MGConfig", "method": "MethodConfig"}
+
+
+def _with_flag(message: str, args: argparse.Namespace) -> str:
+    """A config error about a field the user set with a flag, led by that flag:
+    ``TrainConfig.learning_rate must be ...`` -> ``--lr: TrainConfig.learning_rate must be ...``
+    (a value from a --config file keeps the field's name alone)."""
+    for flag, (section, field) in _FLAGS.items():
+        if getattr(args, flag, None) is not None and message.startswith(f"{_CONFIG_CLASS[section]}.{field} "):
+            return f"--{flag.replace('_', '-')}: {message}"
+    return message
+
+
 def _flag_help(flag: str) -> str:
     from mirrorgrad_jax.train import MethodConfig, MGConfig, TrainConfig
 
@@ -268,17 +281,20 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume continues the runs kept in --checkpoint-dir: give --checkpoint-dir too")
     seeds = [args.seed + i for i in range(args.seeds)]
-    # The device layout (flags or config file) is checked now, by TrainConfig's own checks and
-    # against the devices, not after minutes of reading a large dataset.
-    layout = TrainConfig(**{key: sections["train"][key] for key in LAYOUT_FIELDS if key in sections["train"]})
-    if layout.mesh is not None:
-        make_mesh(layout.mesh)
-    # The model name and every combination's config too: an unknown model or a bad value is
-    # reported before the dataset is read (which can take minutes), not after.
-    if args.logdir:
-        _check_event_writer()
-    check_grid(model_name, model_grid, sections["train"], sections["mg"], seeds=seeds, select_on=args.select_on,
-               method_grid=sections["method"], logdir=args.logdir, resume=args.resume and args.checkpoint_dir is not None)  # fmt: skip
+    try:
+        # The device layout (flags or config file) is checked now, by TrainConfig's own checks and
+        # against the devices, not after minutes of reading a large dataset.
+        layout = TrainConfig(**{key: sections["train"][key] for key in LAYOUT_FIELDS if key in sections["train"]})
+        if layout.mesh is not None:
+            make_mesh(layout.mesh)
+        # The model name and every combination's config too: an unknown model or a bad value is
+        # reported before the dataset is read (which can take minutes), not after.
+        if args.logdir:
+            _check_event_writer()
+        check_grid(model_name, model_grid, sections["train"], sections["mg"], seeds=seeds, select_on=args.select_on,
+                   method_grid=sections["method"], logdir=args.logdir, resume=args.resume and args.checkpoint_dir is not None)  # fmt: skip
+    except ConfigError as err:
+        raise ConfigError(_with_flag(str(err), args)) from None
     if primary and not args.quiet and not args.config:
         for line in _packaged_training_notes(model_name, sections["train"]):
             print(f"note: {line}")

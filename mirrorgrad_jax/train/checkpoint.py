@@ -311,6 +311,9 @@ class CheckpointFile:
         self.folder = _resolve(os.path.abspath(self.path))
         ocp = _orbax()
         if not os.path.isdir(os.path.join(self.folder, "meta")) or not os.path.isdir(os.path.join(self.folder, "arrays")):
+            inside = [name for name in ("best.ckpt", "last.ckpt") if os.path.isdir(os.path.join(self.folder, name))]
+            if inside:  # a run's folder: the checkpoints are in it
+                raise CheckpointError(f"{self.path} is a run's folder, not a checkpoint: give {os.path.join(self.path, inside[0])} (it holds {' and '.join(inside)})")
             raise CheckpointError(f"{self.path} is not a mirrorgrad checkpoint (it has no 'meta' and 'arrays' items)")
         try:
             with _checkpointer() as checkpointer:

@@ -120,7 +120,7 @@ def _without_inert_repeats(plans: list[_Plan], grids: dict[str, dict[str, Any]],
         for axis in sorted(given - {k for s, k in collapsed if s == section}):
             if all(axis in (plan.mg if section == "mg" else plan.method).inert_fields() for plan in kept):
                 first = kept[0].mg_values if section == "mg" else kept[0].method_values
-                why = "MG is off" if section == "mg" else f"{kept[0].method.name} does not read it"
+                why = "MG is off" if section == "mg" else f"{training_method(kept[0].mg, kept[0].method)} does not read it"
                 say(f"note: the {section} setting {axis}={first.get(axis)} cannot change the run: {why}")
     return kept
 
