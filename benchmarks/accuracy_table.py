@@ -38,6 +38,7 @@ import sys
 import time
 
 from reporting import (
+    STD_NOTE,
     add_logdir_option,
     append_run,
     arm_name,
@@ -269,8 +270,9 @@ def main(argv=None):
         f"Model settings: each model's packaged reference config (scalars; grid-valued options keep the dataclass "
         f"default; optimizer settings of its train section, e.g. SLMRec's Adam weight decay 1e-4), recorded per run. "
         f"Early stopping on {args.valid_metric}, patience {args.patience}, at most {args.epochs} epochs (this command's cap; "
-        f"rows that record their settings show their own cap in the epoch-cap column). "
-        f"MG: alpha1 1.0, beta 3, alpha2 from {list(ALPHA2_GRID)} chosen on validation.\n"
+        f"rows that record their settings show their own cap in the epoch-cap column, and older rows, which record none, ran "
+        f"under the cap of their day, 100 epochs for some models: the column's maximum shows it). "
+        f"MG: alpha1 1.0, beta 3, alpha2 from {list(ALPHA2_GRID)} chosen on validation. {STD_NOTE}\n"
     )
     text = (
         header + "\n" + "\n".join(summarise(done, args.valid_metric)) + "\n\n"

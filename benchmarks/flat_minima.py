@@ -86,6 +86,7 @@ from typing import NamedTuple
 from mirrorgrad_jax.analysis.patience import paired_difference, sweep_patience
 
 from reporting import (
+    STD_NOTE,
     DEFAULT_GRAPH,
     append_run,
     baby_dataset,
@@ -407,6 +408,7 @@ def render(done: list[dict], args, command: str, figure_names: dict | None = Non
         *report_header(command),
         f"Runs by device: {device_counts(done)}; {seconds / 3600:.1f} h of training and evaluation recorded.  ",
         (
+            f"{STD_NOTE}  \n"
             f"Protocol: fixed budgets, no early stopping; the reported test {METRIC} is at the best validation epoch "
             f"(the patience replay's \"none\"). Two-pass methods train {args.budget} epochs, plain and MG {2 * args.budget}; "
             f"\"equal epochs\" reads every method within {args.budget} epochs, \"equal gradient evaluations\" plain within "
@@ -477,7 +479,8 @@ def plot_comparison(cells: dict, chosen: dict, budget: int, title: str, path: st
         curves = [selection_curve(r) for r in runs.values()]
         n = min(len(c) for c in curves)
         values = np.array([c[:n] for c in curves])
-        mean, std = values.mean(0), values.std(0)
+        mean = values.mean(0)
+        std = values.std(0, ddof=1) if len(values) > 1 else np.zeros_like(mean)  # the tables' sample std
         finals.append(mean[-1])
         tops.append(float((mean + std).max()))
         epochs = np.arange(1, n + 1)

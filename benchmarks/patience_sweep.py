@@ -41,6 +41,7 @@ import time
 from mirrorgrad_jax.analysis.patience import DEFAULT_PATIENCES, paired_difference, patience_label, sweep_patience
 
 from reporting import (
+    STD_NOTE,
     add_logdir_option,
     append_run,
     arm_name,
@@ -324,7 +325,7 @@ def render(rows: list[dict], args, command: str) -> str:
             "patience + 1 non-improving epochs, test at the best validation epoch) is replayed afterwards with "
             "`mirrorgrad_jax.analysis.patience.replay_early_stopping` (equal to a live run at that patience, tested in "
             "`tests/test_patience.py`). \"none\" = the best validation epoch over the whole budget. "
-            f"Selection metric: validation {METRIC} (the MG reference uses recall@5, upstream MMRec recall@20).  "
+            f"Selection metric: validation {METRIC} (the MG reference uses recall@5, upstream MMRec recall@20). {STD_NOTE}  "
         ),
         (
             f"Settings: each model's config defaults, Adam lr 1e-3, batch 2048, seeds {FIRST_SEED}.. (same seed = same "

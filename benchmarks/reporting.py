@@ -149,6 +149,10 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Iterable] = ()) -> lis
     return [markdown_row(columns), "|" + "---|" * len(columns), *(markdown_row(row) for row in rows)]
 
 
+#: The sentence every summary's header carries about its spreads.
+STD_NOTE = "Every ± is the sample standard deviation (n - 1) over seeds; paired differences are taken seed by seed."
+
+
 def format_mean_std(values, digits: int = 4) -> str:
     """``mean ± std`` of ``values`` (std 0 for one value), ``n/a`` for none."""
     if not values:
