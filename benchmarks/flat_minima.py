@@ -1090,7 +1090,7 @@ def main(argv=None):
             print(f"flat_minima.py: error: --datasets {BABY_GRAPH}: no baby.inter in {args.graph} (pass --graph)", file=sys.stderr)
             raise SystemExit(2)
         text = "\n".join([
-            f"## Epoch time side by side{', interleaved' if args.interleave else ''}: {models[0]} on {datasets[0]}", "",
+            f"{TIMING_HEADING}{', interleaved' if args.interleave else ''}: {models[0]} on {datasets[0]}", "",
             *report_header(command_as_run("flat_minima.py", tokens)), "",
             *(interleaved_timing(models[0], datasets[0], args.epochs, args.graph) if args.interleave
               else timing(models[0], datasets[0], args.epochs, args.rounds, args.graph)), "",
@@ -1151,8 +1151,26 @@ def main(argv=None):
     text = render(done, args, command_as_run("flat_minima.py", tokens), figure_names)
     print(text)
     if args.out:
+        kept = _timing_sections(args.out)
         with open(args.out, "w") as f:
-            f.write(text + "\n")
+            f.write(text.rstrip("\n") + "\n" + ("\n" + kept if kept else ""))
+
+
+#: The heading every ``--timing`` section of the summary starts with (appended, never regenerated).
+TIMING_HEADING = "## Epoch time side by side"
+
+
+def _timing_sections(path: str) -> str:
+    """The ``--timing`` sections an existing summary holds, from the first of them to its end:
+    a summary rewritten from the runs file keeps them (they come from timing runs, which the
+    runs file does not record)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return ""
+    start = text.find("\n" + TIMING_HEADING)
+    return text[start + 1 :] if start >= 0 else ""
 
 
 def _check_names(models: list[str], datasets: list[str], *, timing: bool) -> None:

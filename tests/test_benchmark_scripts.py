@@ -630,6 +630,15 @@ def test_flat_minima_ablation_summary_and_figure_are_written(tmp_path):
     figure = tmp_path / "report" / "figures" / "flat_minima_ablation_bprmf_d.png"
     assert "Figure: `figures/flat_minima_ablation_bprmf_d.png`" in section
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A --timing section appended to the summary survives the summary's rewrite (the runs file
+    # does not hold timings, so a rewrite could not make it again); the rewrite is the same text.
+    timing = "## Epoch time side by side: bprmf on d\n\n| method | median epoch (s) |\n|---|---|\n| plain | 0.05 |\n"
+    out.write_text(text + "\n" + timing)
+    fm.main(["--summarise-only", "--models", "bprmf", "--datasets", "d", "--budget", "3", "--runs", path, "--out", str(out)])
+    again = out.read_text()
+    assert again.endswith("\n\n" + timing) and again.count("## Epoch time side by side") == 1
+    strip_date = lambda t: [line for line in t.splitlines() if not line.startswith("Date: ")]  # noqa: E731
+    assert strip_date(again[: -len(timing)].rstrip("\n")) == strip_date(text.rstrip("\n"))
 
 
 def test_flat_minima_selection_curve_is_the_none_selection_of_every_prefix():
