@@ -476,3 +476,17 @@ def test_the_flatness_loss_is_measured_on_batches_of_the_training_batch_size(tmp
     with pytest.raises(Stop):
         main(["flatness", "--dataset", "synthetic-small", "--methods", "plain", "--batch-size", "96", "--flatness-batches", "2", "--quiet", "--out-dir", str(tmp_path / "f")])
     assert (seen["batch_size"], seen["flatness_batches"], seen["num_directions"], seen["power_iterations"]) == (96, 2, 10, 20)
+
+
+def test_a_run_with_no_mg_arm_does_not_title_itself_with_mg_settings(tmp_path, monkeypatch, trained):
+    def fake_arms(model_cls, model_config, dataset, configs, arms, **kwargs):
+        return {label: [trained.state] * len(configs) for label in arms}, {label: [trained.result] * len(configs) for label in arms}
+
+    monkeypatch.setattr(comparison, "train_arms", fake_arms)
+    out_dir = tmp_path / "r"
+    argv = ["robustness", "--dataset", "synthetic-small", "--alpha2", "0.5", "--kinds", "noise", "--levels", "1", "--set", "embedding_size=8", "--quiet"]
+    assert main([*argv, "--arms", "none", "--out-dir", str(out_dir)]) == 0
+    title = (out_dir / "robustness.md").read_text().splitlines()[0]
+    assert "MG off" in title and "alpha2" not in title, title
+    assert main([*argv, "--arms", "none,gradient", "--out-dir", str(tmp_path / "r2")]) == 0
+    assert "MG alpha1=1 alpha2=0.5 beta=3" in (tmp_path / "r2" / "robustness.md").read_text().splitlines()[0]

@@ -492,9 +492,12 @@ def _run_command(args: argparse.Namespace, name: str, *, robustness: bool, flatn
         if created and not os.listdir(args.out_dir):  # the folder this call made, still empty: not left behind
             os.rmdir(args.out_dir)
         raise
-    trained_with = (
-        f"MG alpha1={args.alpha1:g} alpha2={args.alpha2:g} beta={args.beta}" if args.methods is None else f"methods: {_knobs_text(methods)}"
-    )
+    if args.methods is not None:
+        trained_with = f"methods: {_knobs_text(methods)}"
+    elif any(mg.enabled for mg, _ in methods.values()):
+        trained_with = f"MG alpha1={args.alpha1:g} alpha2={args.alpha2:g} beta={args.beta}"
+    else:  # --arms none: the MG settings trained nothing
+        trained_with = "MG off"
     title = (
         f"{model_cls.name} on {dataset.name}, {args.optimizer}, {trained_with}, "
         f"{args.seeds} training seed(s), best-validation ({args.valid_metric}) parameters"
