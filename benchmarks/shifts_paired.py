@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from mirrorgrad_jax.analysis.shifts import paired_differences
@@ -27,7 +28,8 @@ from mirrorgrad_jax.analysis.shifts import paired_differences
 
 def paired_table(report: dict, baseline: str | None = None) -> str:
     """The paired table of one JSON report of ``mirrorgrad robustness`` (or ``flatness``)."""
-    numbers = report["numbers"]
+    # The report writes a NaN (a retention whose clean metric is 0) as null.
+    numbers = {label: {c: [math.nan if v is None else v for v in vs] for c, vs in cols.items()} for label, cols in report["numbers"].items()}
     first = next(iter(numbers.values()))
     metric = next(iter(first))
     retention = [f"{shift['kind']} {level:g}" for shift in report.get("shifts", []) for level in shift["levels"]]

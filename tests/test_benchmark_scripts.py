@@ -338,8 +338,8 @@ def test_flat_minima_chooses_knobs_on_the_first_seeds_validation_then_runs_the_o
     assert fm.chosen_knobs(done, "bprmf", "d", 3)["sam"] == 0.01
     assert ("bprmf", "d", "sam", 0.01, 1000) in fm.pending_runs(done, ["bprmf"], ["d"], 2, 3)
     # Equal compute: plain twice the two-pass budget, MG at 4/3 gradient evaluations a batch on average,
-    # exactly 1 + ceil(n / 3) / n for an epoch of n batches: 16 batches mirror 0, 3, ..., 15 (6), so
-    # 60 / 1.375 = 43.6 -> 44 epochs; 3 batches mirror batch 0 only, 1 + 1/3 -> 45.
+    # exactly 1 + ceil(n / 3) / n for an epoch of n batches: 16 batches mirror 0, 3, ..., 15 (6);
+    # 3 batches mirror batch 0 only, 1 + 1/3.
     assert (fm.equal_compute_epochs("plain", 30), fm.equal_compute_epochs("mg", 30), fm.equal_compute_epochs("sam", 30)) == (60, 45, 30)
     # Rounded down: 60 / 1.375 = 43.6 -> 43 (44 would cost 60.5 epochs of gradients); 60 / (4/3) = 45 exactly.
     assert (fm.equal_compute_epochs("mg", 30, 16), fm.equal_compute_epochs("mg", 30, 3), fm.equal_compute_epochs("sam", 30, 16)) == (43, 45, 30)
@@ -845,6 +845,16 @@ def test_shifts_paired_differences_a_committed_report_run_by_run(capsys, tmp_pat
     cells = dict(zip(split(header), split(next(r for r in rows if r.startswith("| SAM - plain |")))))
     assert cells["noise 1"] == f"{diffs.mean():+.4f} ± {diffs.std(ddof=1):.4f} ({int((diffs > 0).sum())}/3)", cells
     assert [r.split(" | ")[0] for r in rows] == ["| MG - plain", "| SAM - plain", "| ASAM - plain", "| GNP - plain"]
+    # A retention whose clean metric was 0 is NaN, written as null: left out of its cell, not an error.
+    report = json.load(open(path))
+    report["numbers"]["plain"]["noise 1"][0] = None
+    with_null = tmp_path / "null.json"
+    with_null.write_text(json.dumps(report))
+    assert paired.main([str(with_null)]) == 0
+    out = capsys.readouterr().out
+    header, _, *rows = [line for line in out.splitlines() if line.startswith("|")]
+    cells = dict(zip(split(header), split(next(r for r in rows if r.startswith("| SAM - plain |")))))
+    assert cells["noise 1"].endswith("(3/3)") and cells["noise 1"] != "n/a", cells  # seed 999 keeps its second perturbation seed
     # A file that is not a report: one line, status 2.
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

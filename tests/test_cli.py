@@ -783,12 +783,13 @@ def test_values_that_reached_a_traceback_are_one_line_and_write_nothing(argv, fr
     ("argv", "fragment"),
     [
         (["train", "--model", ""], "argument --model: expected a value, got an empty one"),
-        (["train", "--dataset", " "], "argument --dataset: expected a value, got an empty one"),
+        (["train", "--dataset", ""], "argument --dataset: expected a value, got an empty one"),
         (["train", "--config", ""], "argument --config: expected a value"),
         (["train", "--results", ""], "argument --results: expected a value"),
         (["train", "--set", ""], "argument --set: expected a value"),
         (["evaluate", "", "--quiet"], "argument checkpoint: expected a value"),
         (["evaluate", "{afile}", "--metrics", ""], "argument --metrics: expected a value"),
+        (["evaluate", "{afile}", "--metrics", ","], "argument --metrics: expected a value"),
         (["datasets", ""], "argument name: expected a value"),
         (["robustness", "--kinds", ""], "argument --kinds: expected a value"),
         (["robustness", "--out-dir", ""], "argument --out-dir: expected a value"),
@@ -870,6 +871,22 @@ def test_train_help_says_what_each_grid_flag_sets_and_its_default(capsys):
         entry = text.split(f"{flag} VALUE ", 1)[1].split(" --", 1)[0]
         assert f"(default {expected}; a comma list is a grid)" in entry, (flag, entry)
     assert text.count("a comma list is a grid") == len(_FLAGS)
+
+
+def test_a_tab_or_a_space_is_a_delimiter_not_an_empty_value(tmp_path, capsys):
+    """--delimiter takes the character itself: only an exactly empty value is refused as empty."""
+    from mirrorgrad_jax.data import load_mmrec
+
+    rows = [(u, (u + k) % 9) for u in range(12) for k in range(6)]
+    for delimiter, name in (("\t", "tab"), (" ", "space")):
+        source = tmp_path / name
+        source.mkdir()
+        (source / "interactions.txt").write_text(f"user{delimiter}item\n" + "".join(f"u{u}{delimiter}i{i}\n" for u, i in rows))
+        out = tmp_path / f"data-{name}"
+        argv = ["prepare", "folder", str(source), "--interactions", str(source / "interactions.txt"), "--delimiter", delimiter,
+                "--out", str(out), "--no-user-graph", "--quiet"]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        assert load_mmrec(out, verbose=False).num_users == 12
 
 
 def test_evaluate_given_a_runs_folder_names_the_checkpoint_inside_it(tmp_path, capsys):

@@ -412,6 +412,10 @@ def test_each_shift_is_checked_for_reaching_the_scores_not_only_the_first_of_its
     unreached = [w.message for w in caught if issubclass(w.category, ShiftNotReached)]
     assert [w.shift for w in unreached] == ["synthetic-small~noise1e-07"], [str(w) for w in unreached]
     assert unreached[0].modalities == ("image", "text") and "its retention is 1" in str(unreached[0])
+    import pickle
+
+    again = pickle.loads(pickle.dumps(unreached[0]))  # as a warning turned error reaches a parent process
+    assert (again.shift, again.modalities, str(again)) == (unreached[0].shift, unreached[0].modalities, str(unreached[0]))
     assert rows[0]["retention"]["recall@20"] == 1.0 and rows[1]["retention"]["recall@20"] != 1.0
 
 
@@ -438,6 +442,10 @@ def test_paired_differences_average_each_runs_perturbation_seeds_then_spread_ove
     # recall: differences 0.15, 0.05, 0.2 -> mean 0.1333, sample std 0.0764, three above zero.
     # noise 1: per run (0.25 - 0.25) / 2 = 0, 0.25, -0.25 -> mean 0, sample std 0.25, one above.
     assert row == "| SAM - plain | +0.1333 ± 0.0764 (3/3) | +0.0000 ± 0.2500 (1/3) |", row
+    # A NaN retention (clean metric 0) is left out of its run's mean; a run with none left, out of the cell.
+    nan = float("nan")
+    with_nan = {"plain": {"noise 2": [1.0] * 6}, "SAM": {"noise 2": [nan, 1.5, 1.0, 1.0, nan, nan]}}
+    assert paired_differences(with_nan, ["noise 2"], runs=3).splitlines()[2] == "| SAM - plain | +0.2500 ± 0.3536 (1/2) |"
     assert paired_differences({"plain": numbers["plain"]}, ["recall@20"], runs=3) == ""
     assert paired_differences(numbers, ["recall@20"], runs=3, baseline="SAM").splitlines()[2].startswith("| plain - SAM | -0.1333")
     with pytest.raises(ValueError, match="baseline 'MG' is not one of"):

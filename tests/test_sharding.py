@@ -160,7 +160,7 @@ def test_large_shapes_are_known_before_building_and_a_build_that_cannot_fit_is_r
     out = capsys.readouterr().out
     assert "1924032 users, 630016 items" in out and "image 630016x4096" in out and "11.3 GB float32" in out, out
     monkeypatch.undo()
-    # A machine with 1 GB free: Electronics' size (2.4 GB to build) is refused before anything is allocated.
+    # A machine with 1 GB free: Electronics' size (2.7 GB to build) is refused before anything is allocated.
     monkeypatch.setattr(large, "available_memory", lambda: 10**9)
     code = main(["train", "--model", "lightgcn", "--dataset", "large", "--epochs", "1", "--quiet"])
     err = capsys.readouterr().err.strip()
@@ -275,6 +275,7 @@ def test_two_processes_reproduce_the_single_process_run(sharded_runs, tmp_path):
         (["--coordinator", "localhost:abc", "--num-processes", "1", "--process-id", "0"], "--coordinator must be host:port with a port in 1..65535, got 'localhost:abc'"),
         (["--coordinator", "localhost:0", "--num-processes", "1", "--process-id", "0"], "a port in 1..65535"),
         (["--coordinator", ":1234", "--num-processes", "1", "--process-id", "0"], "must be host:port"),
+        (["--coordinator", "localhost:\u00b2", "--num-processes", "1", "--process-id", "0"], "a port in 1..65535"),
         (["--coordinator", "auto"], "--coordinator auto found no cluster to join"),
     ],
 )

@@ -85,6 +85,10 @@ class ShiftNotReached(UserWarning):
         super().__init__(f"{model}: shifting {', '.join(modalities)} ({shift}) changes none of its scores, so its retention is 1: {reason}")
         self.model, self.shift, self.modalities, self.reason = model, shift, modalities, reason
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str, tuple[str, ...], str]]:
+        # Rebuilt from its fields (a worker process's warning turned error reaches its parent pickled).
+        return type(self), (self.model, self.shift, self.modalities, self.reason)
+
 
 def metric_cutoffs(metrics: Sequence[str]) -> tuple[int, ...]:
     """The ranking cutoffs that ``metrics`` (``"recall@20"``...) need."""

@@ -129,7 +129,8 @@ def paired_differences(
     every label in the same order: run ``r`` of each label trained with the same seed, and
     each perturbation seed gives every label the same perturbed dataset). Per run, the
     difference is the label's value minus the baseline's, averaged over the perturbation
-    seeds; a cell is the mean ± sample standard deviation of those per-run differences,
+    seeds (a NaN one, from a clean metric of 0, left out; a run with none left is left out of
+    its cell); a cell is the mean ± sample standard deviation of those per-run differences,
     then ``(k/n)``: how many of the ``n`` runs lie above the baseline. Pairing removes
     what the runs share (a seed's split of luck, a perturbed dataset), which the spreads of
     the absolute table include: a difference can stand clear of zero while both absolute
@@ -168,10 +169,10 @@ def paired_differences(
             if runs < 1 or len(base) % runs:
                 raise ValueError(f"{name!r} has {len(base)} values, not a multiple of {runs} runs")
             per_run = len(base) // runs
-            diffs = [
-                statistics.fmean(m - b for m, b in zip(mine[i : i + per_run], base[i : i + per_run]))
-                for i in range(0, len(base), per_run)
-            ]
+            diffs = []
+            for i in range(0, len(base), per_run):  # a NaN pair (a clean metric of 0) is left out of its run's mean
+                pairs = [m - b for m, b in zip(mine[i : i + per_run], base[i : i + per_run]) if not math.isnan(m - b)]
+                diffs.append(statistics.fmean(pairs) if pairs else math.nan)
             finite = [d for d in diffs if not math.isnan(d)]
             if not finite:
                 cells.append("n/a")

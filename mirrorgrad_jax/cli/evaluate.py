@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from mirrorgrad_jax.cli.flags import csv_list
+
 __all__ = ["register", "run"]
 
 
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("checkpoint", help="a checkpoint folder written by `mirrorgrad train --checkpoint-dir`")
     e.add_argument("--dataset", help="where the training data is now (default: where the run read it); checked against the checkpoint's fingerprint of it")
-    e.add_argument("--metrics", default="recall,ndcg", help="comma list of recall, ndcg, precision, map (default recall,ndcg)")
+    e.add_argument("--metrics", type=csv_list(str), default=["recall", "ndcg"], help="comma list of recall, ndcg, precision, map (default recall,ndcg)")
     e.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from mirrorgrad_jax.train.checkpoint import open_checkpoint
     from mirrorgrad_jax.train.trained import evaluate_model, load_trained_model, run_metadata
 
-    wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    wanted = args.metrics
     unknown = [m for m in wanted if m not in ("recall", "ndcg", "precision", "map")]
     if unknown or not wanted:
         raise ConfigError(f"--metrics: unknown metric(s) {unknown}; use recall, ndcg, precision, map")

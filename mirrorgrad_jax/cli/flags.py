@@ -39,7 +39,8 @@ class OneLineParser(argparse.ArgumentParser):
             if value is action.default:
                 continue
             values = value if isinstance(value, list) else [value]
-            if (isinstance(value, list) and not value and action.default is None) or any(isinstance(v, str) and not v.strip() for v in values):
+            # Exactly empty: a value of spaces or a tab can be meant (prepare's --delimiter).
+            if (isinstance(value, list) and not value) or any(isinstance(v, str) and not v for v in values):
                 name = "/".join(action.option_strings) or action.metavar or action.dest
                 self.error(f"argument {name}: expected a value, got an empty one")
         return parsed, extras

@@ -93,7 +93,7 @@ def _builtin(name: str, verbose: bool) -> RecDataset:
     if name in ("large", "large-10x") or name.startswith("large:"):
         scale = {"large": 1.0, "large-10x": 10.0}.get(name) or _large_scale(name)
         try:
-            return make_large(scale, name=None if name.startswith("large:") else name)
+            return make_large(scale)
         except ValueError as err:
             if isinstance(err, DatasetError):
                 raise

@@ -66,7 +66,7 @@ def initialize_distributed(
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ConfigError(f"--process-id must be in 0..{num_processes - 1} and --num-processes >= 1, got {process_id} of {num_processes}")
     host, _, port = coordinator.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"--coordinator must be host:port with a port in 1..65535, got {coordinator!r}")
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id, initialization_timeout=timeout_s
