@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 from mirrorgrad_jax.config import parse_scalar
