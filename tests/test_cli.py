@@ -748,7 +748,8 @@ _FLATNESS = ["flatness", "--model", "bprmf", "--dataset", "synthetic-small", "--
         (["datasets", "{bad_graph}"], ["user_graph.npz is not an .npz archive"]),
         (["prepare", "folder", "{source}", "--out", "{new}", "--delimiter", "ab", "--quiet"], ["--delimiter must be one character", "'ab'"]),
         (["prepare", "folder", "{source}", "--out", "{new}", "--items", "{empty}", "--quiet"], ["is empty (given as --items)"]),
-        (["prepare", "folder", "{source}", "--out", "{new}", "--seed", "-1", "--quiet"], ["seed must be an integer in [0, 2**63)"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--seed", "-1", "--quiet"], ["--seed: PrepareOptions.seed must be an integer in [0, 2**63)"]),
+        (["prepare", "folder", "{source}", "--out", "{new}", "--batch-size", "0", "--quiet"], ["--batch-size: PrepareOptions.text_batch_size must be"]),
         # Options the rest of the line makes meaningless: refused, not ignored.
         (["prepare", "folder", "{source}", "--out", "{new}", "--split", "temporal", "--odd-row-to", "test", "--quiet"], ["--odd-row-to sets the per-user split, and --split temporal splits by time"]),
         (["prepare", "folder", "{source}", "--out", "{new}", "--split", "temporal", "--seed", "3", "--quiet"], ["--seed sets the per-user split"]),

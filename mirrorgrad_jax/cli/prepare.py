@@ -130,6 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     folder.set_defaults(func=run)
 
 
+#: PrepareOptions field -> the flag that sets it.
+_OPTION_FLAGS = {"name": "--name", "k_core": "--k-core", "seed": "--seed", "text_model": "--text-model", "text_batch_size": "--batch-size"}
+
+
 def _check_option_pairs(args: argparse.Namespace, *, images: str | None, items: str | None) -> None:
     """Refuses an option that the rest of the command line makes meaningless (it would be
     ignored), then fills the per-user split's defaults.
@@ -194,11 +198,19 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 images = None
-        options = prepare.PrepareOptions(
-            name=args.name, k_core=args.k_core, repeated_pairs=args.repeated_pairs, split=args.split, seed=args.seed, odd_row_to=args.odd_row_to,
-            text_model=args.text_model, text_batch_size=args.batch_size, user_graph=args.user_graph,
-            overwrite=args.overwrite, progress=not args.quiet, verbose=not args.quiet,
-        )  # fmt: skip
+        try:
+            options = prepare.PrepareOptions(
+                name=args.name, k_core=args.k_core, repeated_pairs=args.repeated_pairs, split=args.split, seed=args.seed, odd_row_to=args.odd_row_to,
+                text_model=args.text_model, text_batch_size=args.batch_size, user_graph=args.user_graph,
+                overwrite=args.overwrite, progress=not args.quiet, verbose=not args.quiet,
+            )  # fmt: skip
+        except UserInputError as err:  # led by the flag that set the field (--batch-size, not text_batch_size)
+            message = str(err)
+            for field, flag in _OPTION_FLAGS.items():
+                if message.startswith(f"PrepareOptions.{field} "):
+                    message = f"{flag}: {message}"
+                    break
+            raise type(err)(message) from None
         if args.source == "amazon":
             result = prepare.prepare_amazon(
                 args.ratings, args.out, meta=args.meta, image_features=args.image_features, options=options,
