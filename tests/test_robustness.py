@@ -298,6 +298,8 @@ def test_flatness_command_takes_methods_and_the_old_rho_still_names_the_sharpnes
         (["--arms", "none,none"], "--arms lists an arm twice: none,none"),
         (["--kinds", "noise,noise"], "--kinds lists a perturbation twice: noise,noise"),
         (["--set", "reg_weight=0.1,0.2"], "--set reg_weight: one value here (a comma list is a grid"),
+        (["--methods", "plain,sam", "--sam-rho", "-1"], "--sam-rho: MethodConfig.rho must be a finite number > 0"),
+        (["--methods", "asam", "--asam-eta", "-1"], "--asam-eta: MethodConfig.eta must be"),
         (["--levels", "noise=-1"], "noise level must be a finite number >= 0, got -1"),
         (["--levels", "shuffle=0.5,1.5"], "shuffle level is a fraction of items and must be in [0, 1], got 1.5"),
         (["--levels", "0.5,1,2", "--kinds", "swap"], "swap level is a fraction of items and must be in [0, 1], got 2"),

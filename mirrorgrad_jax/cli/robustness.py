@@ -355,7 +355,15 @@ def _method_configs(args: argparse.Namespace) -> dict[str, tuple[Any, Any]]:
                 if owner == name:
                     section, field = TRAIN_FLAGS[train_flag]
                     sections[section][field] = value
-            configs[METHOD_LABELS[name]] = (MGConfig(**sections["mg"]), MethodConfig(**sections["method"]))
+            try:
+                configs[METHOD_LABELS[name]] = (MGConfig(**sections["mg"]), MethodConfig(**sections["method"]))
+            except UserInputError as err:  # led by the flag that set the field (--sam-rho, not MethodConfig.rho)
+                flags = {f"MGConfig.{k} must ": f"--{k}" for k in mg_values} | {
+                    f"MethodConfig.{TRAIN_FLAGS[train_flag][1]} must ": f"--{dest.replace('_', '-')}"
+                    for dest, (train_flag, owner) in METHOD_KNOB_FLAGS.items() if owner == name and dest in knobs
+                }  # fmt: skip
+                flag = next((f for prefix, f in flags.items() if str(err).startswith(prefix)), None)
+                raise type(err)(f"{flag}: {err}" if flag else str(err)) from None
         return configs
     except UserInputError:
         raise

@@ -94,7 +94,8 @@ def _with_flag(message: str, args: argparse.Namespace) -> str:
     ``TrainConfig.learning_rate must be ...`` -> ``--lr: TrainConfig.learning_rate must be ...``
     (a value from a --config file keeps the field's name alone)."""
     for flag, (section, field) in _FLAGS.items():
-        if getattr(args, flag, None) is not None and message.startswith(f"{_CONFIG_CLASS[section]}.{field} "):
+        # "X.field must ...": one field's own check (a constraint between fields names them all).
+        if getattr(args, flag, None) is not None and message.startswith(f"{_CONFIG_CLASS[section]}.{field} must "):
             return f"--{flag.replace('_', '-')}: {message}"
     return message
 
