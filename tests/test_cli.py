@@ -904,3 +904,30 @@ def test_a_bad_value_given_by_a_flag_is_reported_under_that_flag(capsys):
     _one_line_error(capsys, main(["train", "--dataset", "synthetic-small", "--lr", "fast"]), "--lr: TrainConfig.learning_rate must be a finite number > 0")
     _one_line_error(capsys, main(["train", "--dataset", "synthetic-small", "--method", "sam", "--rho", "-1"]), "--rho: MethodConfig.rho must be")
     _one_line_error(capsys, main(["train", "--dataset", "synthetic-small", "--asam-eta", "-1", "--method", "asam"]), "--asam-eta: MethodConfig.eta")
+
+
+def test_train_options_reach_the_run_and_change_it_as_documented(tmp_path):
+    """--clip-grad-norm, --apply-to, --schedule and --zero-grad through the command line: each is
+    recorded in the results and changes the losses, except --zero-grad on BPR-MF, whose loss reads
+    every parameter array (the option acts on arrays a batch's loss leaves out: LATTICE's graph
+    learner, tests/test_trainer_hooks.py). 4 batches an epoch (1,820 rows by 512), so MG's global
+    schedule mirrors other batches than the per-epoch one in the second epoch."""
+
+    def run(*flags):
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}.json"
+        argv = ["train", "--model", "bprmf", "--dataset", "synthetic-small", "--epochs", "2", "--batch-size", "512", "--quiet", "--results", str(out)]
+        assert main([*argv, *flags]) == 0
+        result = json.loads(out.read_text())["runs"][0]
+        return result, [h["loss"] for h in result["seeds"][0]["history"]]
+
+    _, base = run()
+    for flags, (section, key, value), changes in [
+        (["--clip-grad-norm", "1e-4"], ("train", "clip_grad_norm", 1e-4), True),
+        (["--apply-to", "update"], ("mg", "apply_to", "update"), True),
+        (["--schedule", "global"], ("mg", "schedule", "global"), True),
+        (["--zero-grad", "none"], ("train", "zero_grad", "none"), False),
+    ]:
+        result, losses = run(*flags)
+        assert result[section][key] == value, (flags, result[section])
+        assert (losses != base) == changes, (flags, losses, base)
+    assert run("--schedule", "global")[1][0] == base[0]  # the schedules agree on the first epoch

@@ -475,3 +475,30 @@ def test_the_prepare_warning_uses_the_trainers_largest_default_cutoff():
     from mirrorgrad_jax.prepare import output
 
     assert output.LARGEST_DEFAULT_CUTOFF == max(DEFAULT_TOPK)
+
+
+def test_prepare_folder_reads_named_columns_and_splits_by_time_under_its_own_name(tmp_path, capsys):
+    """--user-column, --item-column, --rating-column, --timestamp-column, --name and --split temporal,
+    through the command line on a ';'-separated log: the columns are read by name, the set is named
+    as asked, and every training row is no later than every test row."""
+    import csv
+
+    from mirrorgrad_jax.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [(f"u{u}", f"i{(u + k) % 9}", 1 + (u * 6 + k) % 5, 1000 + (u * 6 + k) * 37 % 101) for u in range(12) for k in range(6)]
+    (src / "log.csv").write_text("when;stars;iid;uid\n" + "".join(f"{t};{r};{i};{u}\n" for u, i, r, t in rows))  # columns in another order
+    out = tmp_path / "out"
+    argv = ["prepare", "folder", str(src), "--interactions", str(src / "log.csv"), "--delimiter", ";", "--user-column", "uid",
+            "--item-column", "iid", "--rating-column", "stars", "--timestamp-column", "when", "--name", "shop",
+            "--split", "temporal", "--out", str(out), "--no-user-graph", "--quiet"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["name"] == "shop" and summary["split"]["method"] == "temporal" and summary["num_interactions"] == len(rows)
+    with open(out / "shop.inter", newline="") as f:
+        table = list(csv.DictReader(f, delimiter="\t"))
+    assert sorted(float(r["rating"]) for r in table) == sorted(float(r) for _, _, r, _ in rows)
+    train = [int(float(r["timestamp"])) for r in table if r["x_label"] == "0"]
+    test = [int(float(r["timestamp"])) for r in table if r["x_label"] == "2"]
+    assert train and test and max(train) <= min(test), (max(train), min(test))

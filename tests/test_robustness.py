@@ -500,3 +500,21 @@ def test_a_run_with_no_mg_arm_does_not_title_itself_with_mg_settings(tmp_path, m
     assert "MG off" in title and "alpha2" not in title, title
     assert main([*argv, "--arms", "none,gradient", "--out-dir", str(tmp_path / "r2")]) == 0
     assert "MG alpha1=1 alpha2=0.5 beta=3" in (tmp_path / "r2" / "robustness.md").read_text().splitlines()[0]
+
+
+def test_robustness_measures_flatness_too_and_takes_feature_tables_from_the_command_line(tmp_path, monkeypatch, trained):
+    """robustness --flatness adds lambda_max and sharpness; --feature-tables shifted is named in the title,
+    and on VBPR (its features are constants, no fine-tuned table) ranks as 'trained' does."""
+    _fake_trainers(monkeypatch, trained, [])
+    argv = ["robustness", "--dataset", "synthetic-small", "--methods", "plain", "--set", "embedding_size=8", "--kinds", "noise",
+            "--levels", "1", "--flatness", "--iterations", "2", "--directions", "1", "--flatness-batches", "1", "--quiet"]  # fmt: skip
+    reports = {}
+    for tables in ("trained", "shifted"):
+        out_dir = tmp_path / tables
+        assert main([*argv, "--feature-tables", tables, "--out-dir", str(out_dir)]) == 0
+        reports[tables] = json.loads((out_dir / "robustness.json").read_text())
+        title = (out_dir / "robustness.md").read_text().splitlines()[0]
+        assert ("shifts added to the fine-tuned feature tables" in title) == (tables == "shifted"), title
+    numbers = reports["shifted"]["numbers"]["plain"]
+    assert np.isfinite(numbers["lambda_max"][0]) and numbers["lambda_max"][0] > 0
+    assert numbers["noise 1"] == reports["trained"]["numbers"]["plain"]["noise 1"]
