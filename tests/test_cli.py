@@ -926,8 +926,15 @@ def test_train_options_reach_the_run_and_change_it_as_documented(tmp_path):
         (["--apply-to", "update"], ("mg", "apply_to", "update"), True),
         (["--schedule", "global"], ("mg", "schedule", "global"), True),
         (["--zero-grad", "none"], ("train", "zero_grad", "none"), False),
+        (["--weight-decay", "0.5"], ("train", "weight_decay", 0.5), True),
+        # One device as a mesh of one, tables "sharded" over it: the same program's numbers.
+        (["--mesh", "data=1", "--shard-tables"], ("train", "shard_tables", True), False),
     ]:
         result, losses = run(*flags)
         assert result[section][key] == value, (flags, result[section])
         assert (losses != base) == changes, (flags, losses, base)
     assert run("--schedule", "global")[1][0] == base[0]  # the schedules agree on the first epoch
+    # --min-epochs: patience 0 stops this run after its second epoch; with --min-epochs 3, not before the third.
+    assert len(run("--epochs", "6", "--patience", "0")[1]) == 2
+    result, losses = run("--epochs", "6", "--patience", "0", "--min-epochs", "3")
+    assert result["train"]["min_epochs"] == 3 and len(losses) >= 3
