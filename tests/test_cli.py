@@ -938,3 +938,15 @@ def test_train_options_reach_the_run_and_change_it_as_documented(tmp_path):
     assert len(run("--epochs", "6", "--patience", "0")[1]) == 2
     result, losses = run("--epochs", "6", "--patience", "0", "--min-epochs", "3")
     assert result["train"]["min_epochs"] == 3 and len(losses) >= 3
+
+
+def test_output_cut_short_by_its_reader_stops_quietly(tmp_path):
+    """`mirrorgrad models | head -2`: the reader leaves early; the command stops with 141 (a
+    shell's SIGPIPE status) and no traceback, as Unix tools do. Run as a user runs it."""
+    proc = subprocess.run(
+        ["bash", "-c", f'"{sys.executable}" -m mirrorgrad_jax models | head -2; exit "${{PIPESTATUS[0]}}"'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert len(proc.stdout.splitlines()) == 2
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141), proc.returncode  # 0 when the whole listing fit the pipe before head left
