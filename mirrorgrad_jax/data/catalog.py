@@ -60,10 +60,8 @@ def describe_dataset(name: str) -> str:
     Raises:
       DatasetError: as :func:`load_dataset`.
     """
-    scale = {"large": 1.0, "large-10x": 10.0}.get(name)
-    if scale is None and name.startswith("large:"):
-        scale = _large_scale(name)
-    if scale is not None and not (os.path.isdir(name) and not _is_builtin(name)):
+    scale = _large_scale(name)
+    if scale is not None:  # a built-in name: it wins over a folder of that name
         try:
             return large_shape(scale).summary(name)
         except ValueError as err:
@@ -90,13 +88,11 @@ def _builtin(name: str, verbose: bool) -> RecDataset:
         return make_synthetic(**SYNTHETIC_DEFAULT)
     if name == "synthetic-small":
         return make_synthetic(num_users=200, num_items=120, seed=0, name="synthetic-small")
-    if name in ("large", "large-10x") or name.startswith("large:"):
-        scale = {"large": 1.0, "large-10x": 10.0}.get(name) or _large_scale(name)
+    scale = _large_scale(name)
+    if scale is not None:
         try:
             return make_large(scale)
         except ValueError as err:
-            if isinstance(err, DatasetError):
-                raise
             raise DatasetError(f"dataset {name!r}: {err}") from None
     if name in ("movielens-100k", "ml-100k"):
         return load_movielens_100k(verbose=verbose)
@@ -104,12 +100,21 @@ def _builtin(name: str, verbose: bool) -> RecDataset:
     raise DatasetError(f"unknown dataset {name!r}: use one of {known} or an MMRec folder")
 
 
-def _large_scale(name: str) -> float:
-    """``"large:scale=2.5"`` -> 2.5.
+#: The generated large sets' fixed names and their scales.
+_LARGE_NAMES = {"large": 1.0, "large-10x": 10.0}
+
+
+def _large_scale(name: str) -> float | None:
+    """The scale of a generated large set's name: ``"large"`` -> 1, ``"large-10x"`` -> 10,
+    ``"large:scale=2.5"`` -> 2.5; ``None`` for any other name.
 
     Raises:
       DatasetError: anything else after ``large:``.
     """
+    if name in _LARGE_NAMES:
+        return _LARGE_NAMES[name]
+    if not name.startswith("large:"):
+        return None
     key, _, value = name[len("large:") :].partition("=")
     try:
         scale = float(value)
