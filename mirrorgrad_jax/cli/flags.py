@@ -6,12 +6,12 @@ import argparse
 import json
 import math
 import os
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from mirrorgrad_jax.config import parse_scalar
-from mirrorgrad_jax.errors import ConfigError
+from mirrorgrad_jax.errors import ConfigError, UserInputError
 
-__all__ = ["OneLineParser", "check_at_least_one", "check_folder_option", "csv_list", "grid_value", "key_values", "report_json"]
+__all__ = ["OneLineParser", "check_at_least_one", "check_folder_option", "csv_list", "grid_value", "key_values", "lead_with_flag", "report_json"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,6 +43,19 @@ class OneLineParser(argparse.ArgumentParser):
                 name = "/".join(action.option_strings) or action.metavar or action.dest
                 self.error(f"argument {name}: expected a value, got an empty one")
         return parsed, extras
+
+
+def lead_with_flag(err: UserInputError, flags: Mapping[str, str]) -> UserInputError:
+    """``err`` led by the flag that set the field it is about: ``flags`` maps a config field
+    as its messages name it (``"TrainConfig.learning_rate"``) to the flag (``"--lr"``), and
+    ``"TrainConfig.learning_rate must be ..."`` becomes ``"--lr: TrainConfig.learning_rate must
+    be ..."``. Only a field's own check is led so (a constraint between fields names them
+    all); any other error comes back as it is."""
+    message = str(err)
+    for field, flag in flags.items():
+        if message.startswith(f"{field} must "):
+            return type(err)(f"{flag}: {message}")
+    return err
 
 
 def grid_value(text: str) -> Any:

@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mirrorgrad_jax.cli.flags import lead_with_flag
 from mirrorgrad_jax.errors import UserInputError
 
 __all__ = ["register", "run"]
@@ -205,12 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite, progress=not args.quiet, verbose=not args.quiet,
             )  # fmt: skip
         except UserInputError as err:  # led by the flag that set the field (--batch-size, not text_batch_size)
-            message = str(err)
-            for field, flag in _OPTION_FLAGS.items():
-                if message.startswith(f"PrepareOptions.{field} "):
-                    message = f"{flag}: {message}"
-                    break
-            raise type(err)(message) from None
+            raise lead_with_flag(err, {f"PrepareOptions.{field}": flag for field, flag in _OPTION_FLAGS.items()}) from None
         if args.source == "amazon":
             result = prepare.prepare_amazon(
                 args.ratings, args.out, meta=args.meta, image_features=args.image_features, options=options,

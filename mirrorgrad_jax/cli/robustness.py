@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, csv_list, key_values, report_json
+from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, csv_list, key_values, lead_with_flag, report_json
 from mirrorgrad_jax.cli.train import _FLAGS as TRAIN_FLAGS
 from mirrorgrad_jax.cli.train import _set_method
 from mirrorgrad_jax.prepare.work import atomic_write
@@ -358,12 +358,11 @@ def _method_configs(args: argparse.Namespace) -> dict[str, tuple[Any, Any]]:
             try:
                 configs[METHOD_LABELS[name]] = (MGConfig(**sections["mg"]), MethodConfig(**sections["method"]))
             except UserInputError as err:  # led by the flag that set the field (--sam-rho, not MethodConfig.rho)
-                flags = {f"MGConfig.{k} must ": f"--{k}" for k in mg_values} | {
-                    f"MethodConfig.{TRAIN_FLAGS[train_flag][1]} must ": f"--{dest.replace('_', '-')}"
+                flags = {f"MGConfig.{k}": f"--{k}" for k in mg_values} | {
+                    f"MethodConfig.{TRAIN_FLAGS[train_flag][1]}": f"--{dest.replace('_', '-')}"
                     for dest, (train_flag, owner) in METHOD_KNOB_FLAGS.items() if owner == name and dest in knobs
                 }  # fmt: skip
-                flag = next((f for prefix, f in flags.items() if str(err).startswith(prefix)), None)
-                raise type(err)(f"{flag}: {err}" if flag else str(err)) from None
+                raise lead_with_flag(err, flags) from None
         return configs
     except UserInputError:
         raise

@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, grid_value, key_values, report_json
+from mirrorgrad_jax.cli.flags import check_at_least_one, check_folder_option, grid_value, key_values, lead_with_flag, report_json
 from mirrorgrad_jax.errors import ConfigError, UserInputError
 
 __all__ = ["register", "run", "read_config"]
@@ -89,15 +89,14 @@ _FLAG_HELP = {
 _CONFIG_CLASS = {"train": "TrainConfig", "mg": "MGConfig", "method": "MethodConfig"}
 
 
-def _with_flag(message: str, args: argparse.Namespace) -> str:
-    """A config error about a field the user set with a flag, led by that flag:
-    ``TrainConfig.learning_rate must be ...`` -> ``--lr: TrainConfig.learning_rate must be ...``
-    (a value from a --config file keeps the field's name alone)."""
-    for flag, (section, field) in _FLAGS.items():
-        # "X.field must ...": one field's own check (a constraint between fields names them all).
-        if getattr(args, flag, None) is not None and message.startswith(f"{_CONFIG_CLASS[section]}.{field} must "):
-            return f"--{flag.replace('_', '-')}: {message}"
-    return message
+def _given_flags(args: argparse.Namespace) -> dict[str, str]:
+    """Config field -> flag, for the fields the command line set (a value from a --config file
+    keeps the field's name alone in an error)."""
+    return {
+        f"{_CONFIG_CLASS[section]}.{field}": f"--{flag.replace('_', '-')}"
+        for flag, (section, field) in _FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
 
 
 def _flag_help(flag: str) -> str:
@@ -295,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         check_grid(model_name, model_grid, sections["train"], sections["mg"], seeds=seeds, select_on=args.select_on,
                    method_grid=sections["method"], logdir=args.logdir, resume=args.resume and args.checkpoint_dir is not None)  # fmt: skip
     except ConfigError as err:
-        raise ConfigError(_with_flag(str(err), args)) from None
+        raise lead_with_flag(err, _given_flags(args)) from None
     if primary and not args.quiet and not args.config:
         for line in _packaged_training_notes(model_name, sections["train"]):
             print(f"note: {line}")
