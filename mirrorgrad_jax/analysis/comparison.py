@@ -211,6 +211,16 @@ class Comparison:
         }
 
 
+def _row(cells: Sequence[str]) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def _head(header: Sequence[str]) -> list[str]:
+    """A markdown table's first two lines: the header row and the ``|---|`` rule."""
+    return [_row(header), "|" + "|".join(["---"] * len(header)) + "|"]
+
+
 def _cell(values: Sequence[float], fmt: str) -> str:
     """``mean ± std`` of the values that are numbers; ``(k of n)`` when some are NaN (a
     retention whose clean metric is 0), so the cell says what its mean covers."""
@@ -343,9 +353,9 @@ def compare_runs(
         say(f"measured {label!r} ({len(state_list)} run(s)) in {time.perf_counter() - t0:.1f}s")
 
     header = ["run", "n"] + [name for name, _ in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines = _head(header)
     for label, cols in numbers.items():
-        lines.append("| " + " | ".join([label, str(len(grouped[label]))] + [_cell(cols[name], fmt) for name, fmt in columns]) + " |")
+        lines.append(_row([label, str(len(grouped[label]))] + [_cell(cols[name], fmt) for name, fmt in columns]))
     if robustness:
         lines.append("")
         lines.append(f"Retention columns: test {metrics[0]} under the perturbation / clean test {metrics[0]} (1 = unaffected).")

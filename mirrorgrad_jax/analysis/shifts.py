@@ -37,7 +37,7 @@ import jax
 
 # The package's own table cell and parameter filter, shared with the MG-off/on comparison.
 from mirrorgrad_jax.errors import NoEpochFinished
-from mirrorgrad_jax.analysis.comparison import Comparison, _cell, _params_of, compare_runs, train_and_measure
+from mirrorgrad_jax.analysis.comparison import Comparison, _cell, _head, _params_of, _row, compare_runs, train_and_measure
 from mirrorgrad_jax.analysis.plots import contour_levels, draw_robustness, draw_slice_2d, draw_slices_1d, save_figure
 from mirrorgrad_jax.analysis.flatness import loss_slice_2d, model_train_loss
 from mirrorgrad_jax.analysis.perturb import check_level
@@ -158,8 +158,7 @@ def paired_differences(
     others = [label for label in labels if label != baseline]
     if not others:
         return ""
-    header = ["run", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines = _head(["run", *columns])
     for label in others:
         cells = []
         for name in columns:
@@ -182,7 +181,7 @@ def paired_differences(
             if len(finite) > 1:
                 text += f" ± {format(statistics.stdev(finite), f)}"
             cells.append(f"{text} ({sum(d > 0 for d in finite)}/{len(finite)})")
-        lines.append("| " + " | ".join([f"{label} - {baseline}", *cells]) + " |")
+        lines.append(_row([f"{label} - {baseline}", *cells]))
     return "\n".join(lines)
 
 
@@ -298,11 +297,10 @@ def compare_shifts(
             loss_fn = model_train_loss(model_cls, model_config, dataset, states[0], seed=seed, num_batches=flatness_batches, batch_size=batch_size)
             slices2[label] = loss_slice_2d(loss_fn, _params_of(states[0]), key=k_slice)
 
-    header = ["run", "n", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines = _head(["run", "n", *columns])
     for label, cols in numbers.items():
         cells = [_cell(cols[name], _column_format(name, metrics)) for name in columns]
-        lines.append("| " + " | ".join([label, str(len(grouped[label])), *cells]) + " |")
+        lines.append(_row([label, str(len(grouped[label])), *cells]))
     if shifts:
         lines.append("")
         lines.append(
@@ -311,11 +309,11 @@ def compare_shifts(
         )
         lines.extend(f"- {shift.describe()}" for shift in shifts)
     sizes = {len(states) for states in grouped.values()}
-    if len(grouped) > 1 and sizes == {len(grouped[next(iter(grouped))])}:
+    if len(grouped) > 1 and len(sizes) == 1:
         paired = [metrics[0], *(["lambda_max"] if flatness else []), *retention_columns]
         lines += ["", f"Paired by run (the runs of every label in the same order, each perturbation seed the same data): "
                   f"each label minus {next(iter(grouped))}, mean ± sample standard deviation over the runs, (k/n) = runs above.", ""]
-        lines.append(paired_differences(numbers, paired, runs=sizes.pop(), fmt=lambda name: ".4f" if name in metrics else ".4g" if name == "lambda_max" else ".4f"))
+        lines.append(paired_differences(numbers, paired, runs=sizes.pop(), fmt=lambda name: ".4g" if name == "lambda_max" else ".4f"))
     table = "\n".join(lines)
 
     figure = None
